@@ -1,0 +1,49 @@
+"""Shared fixtures: an isolated embedding cache and a CLI runner that returns (exit code, stdout, stderr)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Small shapes, reproducible timings: tests never need more than one thread per process.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test session gets its own embedding cache unless DISTILLCTL_CACHE is set by the caller."""
+    if "DISTILLCTL_TEST_CACHE" in os.environ:
+        monkeypatch.setenv("DISTILLCTL_CACHE", os.environ["DISTILLCTL_TEST_CACHE"])
+    else:
+        monkeypatch.setenv("DISTILLCTL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("DISTILLCTL_QUIET", "1")
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self) -> str:
+        return f"CliResult(code={self.code}, out={self.out[-2000:]!r}, err={self.err[-2000:]!r})"
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``distillctl ARGS`` in-process through the real entry point (exit-code mapping included)."""
+    from distillctl.cli import main
+    from distillctl.console import set_quiet
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            set_quiet(False)
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
