@@ -143,11 +143,15 @@ def recipe_schema() -> None:
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Console-script entry: maps errors to exit codes (2 bad input, 1 run failed)."""
-    from click.exceptions import ClickException, Exit as ClickExit
+    try:  # typer >= 0.20 vendors click as typer._click
+        from typer._click.exceptions import Abort, ClickException, Exit as ClickExit
+    except ImportError:  # pragma: no cover - older typer on top of click
+        from click.exceptions import Abort, ClickException, Exit as ClickExit
 
     from distillctl.errors import RunError, UserError
 
     args = list(sys.argv[1:] if argv is None else argv)
+    _STATE["debug"] = False  # set again by the --debug option of this invocation
     try:
         rv = app(args=args, standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)
@@ -156,7 +160,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     except ClickException as exc:  # usage errors: bad option, missing argument
         exc.show()
         sys.exit(2)
-    except typer.Abort:
+    except Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
     except KeyboardInterrupt:

@@ -245,13 +245,15 @@ def _loc(parts: tuple) -> str:
 
 
 def _describe(err: dict) -> str:
-    msg = err["msg"]
     if err["type"] == "extra_forbidden":
         return "unknown field"
     if err["type"] == "missing":
         return "required field is missing"
-    if err["type"] == "literal_error":
-        return msg.replace("Input should be", "must be")
+    msg = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    if err["type"] not in ("value_error", "assertion_error") and "input" in err:
+        given = err["input"]
+        if not isinstance(given, (dict, list)) or len(repr(given)) < 60:
+            msg += f" (got {given!r})"
     return msg
 
 
@@ -336,41 +338,58 @@ def validate_recipe(data: dict, *, source: str = "<recipe>", base_dir: str | Pat
     """Validate a recipe dict (both passes). Raises :class:`RecipeError` listing every problem."""
     from distillctl.plugins import get_registry
 
+    problems: list[str] = []
+    recipe = None
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        problems = [
+        problems += [
             _one_problem(source, err,
                          _allowed_fields(Recipe, err["loc"]) if err["type"] == "extra_forbidden" else None)
             for err in exc.errors()
         ]
-        raise RecipeError(problems) from None
 
+    # Pass 2 works on the raw sections, so plugin problems are reported even when pass 1 failed.
     registry = registry or get_registry()
     context = {"base_dir": str(Path(base_dir).resolve()) if base_dir is not None else None}
-    problems: list[str] = []
     for path, kind in PLUGIN_SECTIONS:
-        section: PluginSection = _get_path(recipe, path)
+        raw = _raw_section(data, path)
+        if raw is None:  # absent: the default section of the core model (e.g. scheduler: local)
+            if recipe is None:
+                continue
+            section = _get_path(recipe, path)
+            raw = {"name": section.name, **(section.options or {})}
+        if isinstance(raw, str):
+            raw = {"name": raw}
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            continue  # pass 1 already reported it
+        raw = dict(raw)
+        name = raw.pop("name")
         try:
-            info = registry.get(kind, section.name)
+            info = registry.get(kind, name)
         except UserError as exc:
             problems.append(f"{source}: {path}.name: {exc}")
             continue
-        raw = section.options if isinstance(section.options, dict) else (
-            section.options.model_dump() if isinstance(section.options, BaseModel) else {}
-        )
         try:
-            section.options = info.options.model_validate(raw, context=context)
+            options = info.options.model_validate(raw, context=context)
         except ValidationError as exc:
             for err in exc.errors():
-                allowed = None
-                if err["type"] == "extra_forbidden":
-                    allowed = [n for n in info.options.model_fields]
-                problems.append(_one_problem(source, err, allowed, prefix=path,
-                                             plugin=f"{kind} {section.name!r}"))
+                allowed = list(info.options.model_fields) if err["type"] == "extra_forbidden" else None
+                problems.append(_one_problem(source, err, allowed, prefix=path, plugin=f"{kind} {name!r}"))
+            continue
+        if recipe is not None:
+            _get_path(recipe, path).options = options
     if problems:
         raise RecipeError(problems)
     return recipe
+
+
+def _raw_section(data: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)
+    return data
 
 
 def _one_problem(source: str, err: dict, allowed: list[str] | None, prefix: str = "",

@@ -1,0 +1,368 @@
+"""Student training shared by distill validation, eval and baselines: K seeds at once.
+
+:func:`train_and_score` trains K fresh students (one per seed) on a labelled set with a fixed
+:class:`TrainBudget` and scores them on another split. The K students are one stacked set of
+parameters (``torch.func.stack_module_state``) run through ``vmap(functional_call)``; one backward
+of the summed per-student losses gives every student its own gradient (the losses are independent),
+and a functional Adam/SGD written with plain tensor ops updates all K at once.
+
+Seed k's result does not depend on which other seeds train next to it: its initialisation comes
+from a forked RNG seeded with k, and its minibatch order from its own ``torch.Generator``.
+(Students with random layers active in training, e.g. dropout, draw their masks from one shared
+forked generator, so for them this holds only for a fixed list of seeds.)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from distillctl.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+#: rows scored per forward pass at evaluation (bounds memory for K students x big test splits)
+EVAL_CHUNK = 4096
+#: Adam constants (torch.optim.Adam defaults; the budget does not expose them)
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class TrainBudget:
+    """What every student of every arm gets: optimiser, learning rate, steps, batch size."""
+
+    steps: int = 1000
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    batch_size: int = 256
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "sgd"):
+            raise UserError(f"training budget: optimizer {self.optimizer!r} is not one of adam, sgd")
+        if self.steps < 1 or self.batch_size < 1:
+            raise UserError("training budget: steps and batch_size must be >= 1")
+        if not self.lr > 0:
+            raise UserError(f"training budget: lr must be > 0, got {self.lr}")
+
+    @classmethod
+    def from_eval(cls, settings: Any) -> "TrainBudget":
+        """The budget of a recipe's ``eval`` section (:class:`distillctl.recipe.EvalSettings`)."""
+        return cls(steps=settings.steps, optimizer=settings.optimizer, lr=settings.lr,
+                   momentum=settings.momentum, batch_size=settings.batch_size,
+                   weight_decay=settings.weight_decay)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line for humans, e.g. ``adam lr=0.001, 1000 steps, batch 256``."""
+        opt = self.optimizer + (f" (momentum {self.momentum:g})" if self.optimizer == "sgd" else "")
+        wd = f", weight decay {self.weight_decay:g}" if self.weight_decay else ""
+        return f"{opt} lr={self.lr:g}, {self.steps} steps, batch {self.batch_size}{wd}"
+
+
+@dataclass
+class Scores:
+    """Per-seed scores of K students (lists in the order of ``seeds``)."""
+
+    seeds: list[int]
+    accuracy: list[float]
+    macro_f1: list[float]
+    positive_f1: list[float] | None = None  # F1 of class 1, only for two classes
+    train_loss: list[float] = field(default_factory=list)  # last step's loss per seed
+    seconds: float = 0.0  # wall time of training + scoring
+    params: dict | None = field(default=None, repr=False)  # stacked trained weights, on request
+
+    def values(self, metric: str = "accuracy") -> list[float]:
+        vals = getattr(self, metric)
+        if vals is None:
+            raise KeyError(f"no {metric} for this problem")
+        return list(vals)
+
+    def mean(self, metric: str = "accuracy") -> float:
+        vals = self.values(metric)
+        return sum(vals) / len(vals)
+
+    def std(self, metric: str = "accuracy") -> float:
+        """Population standard deviation over the seeds (0 for one seed)."""
+        vals, mu = self.values(metric), self.mean(metric)
+        return math.sqrt(sum((v - mu) ** 2 for v in vals) / len(vals))
+
+    def summary(self, metric: str = "accuracy") -> dict:
+        """``{"mean", "std", "values"}`` of one metric (the shape of the results JSON)."""
+        return {"mean": self.mean(metric), "std": self.std(metric), "values": self.values(metric)}
+
+    def metrics(self) -> dict:
+        """Every metric as ``{name: summary}``: accuracy, macro_f1 (and positive_f1)."""
+        out = {"accuracy": self.summary("accuracy"), "macro_f1": self.summary("macro_f1")}
+        if self.positive_f1 is not None:
+            out["positive_f1"] = self.summary("positive_f1")
+        return out
+
+
+# -- metrics -------------------------------------------------------------------------------------
+
+def classification_scores(pred: "torch.Tensor", y: "torch.Tensor", num_classes: int) -> dict:
+    """Accuracy, macro-F1 over all ``num_classes`` classes and (C == 2) the F1 of class 1.
+
+    ``pred`` is (K, n) or (n,) predicted classes, ``y`` (n,) true classes. A class with no true and no
+    predicted rows has F1 0, as ``sklearn.metrics.f1_score(labels=range(C), average="macro",
+    zero_division=0)``. Returns lists with one value per row of ``pred``.
+    """
+    import torch
+
+    pred = pred.reshape(-1, pred.shape[-1]).long()  # (K, n)
+    y = y.long().to(pred.device)
+    K, n = pred.shape
+    C = num_classes
+    # confusion matrices (K, C_true, C_pred) with one bincount over K*C*C cells
+    cell = torch.arange(K, device=pred.device)[:, None] * C * C + y[None, :] * C + pred  # (K, n)
+    conf = torch.bincount(cell.reshape(-1), minlength=K * C * C).reshape(K, C, C).double()
+    tp = conf.diagonal(dim1=1, dim2=2)  # (K, C)
+    support, predicted = conf.sum(2), conf.sum(1)  # (K, C) true / predicted counts per class
+    denom = support + predicted
+    f1 = torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.zeros_like(tp))  # (K, C)
+    out = {
+        "accuracy": (tp.sum(1) / n).tolist(),
+        "macro_f1": f1.mean(1).tolist(),
+    }
+    if C == 2:
+        out["positive_f1"] = f1[:, 1].tolist()
+    return out
+
+
+# -- building students ---------------------------------------------------------------------------
+
+def student_builder(recipe: Any, input_dim: int, num_classes: int) -> Callable[[], Any]:
+    """``build_student()`` for the recipe's student plugin (a fresh nn.Module per call)."""
+    from distillctl.plugins import get_registry
+
+    info = get_registry().get("student", recipe.student.name)
+    options = recipe.student.options
+    if options is None:
+        options = info.options()
+    return lambda: info.factory(input_dim, num_classes, options)
+
+
+def build_seeded(build_student: Callable[[], Any], seed: int):
+    """Build one student under a forked RNG seeded with ``seed`` (the global RNG is left as it was)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_student()
+
+
+def _mix(seed: int, stream: int) -> int:
+    """A 63-bit seed for stream ``stream`` of seed ``seed`` (splitmix64), so streams don't overlap."""
+    z = (seed * 0x9E3779B97F4A7C15 + stream * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (1 << 64)
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % (1 << 64)
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % (1 << 64)
+    return (z ^ (z >> 31)) >> 1
+
+
+class BatchStream:
+    """Minibatch indices of one seed: consecutive slices of a stream of random permutations.
+
+    Every row is seen once per pass; a batch that crosses the end of a pass continues into the
+    next permutation, so all batches have the same size (needed to stack K students).
+    """
+
+    def __init__(self, n: int, batch: int, seed: int):
+        import torch
+
+        self.n, self.batch = n, batch
+        self.gen = torch.Generator().manual_seed(_mix(seed, 1))
+        self.buf = torch.empty(0, dtype=torch.long)
+
+    def next(self) -> "torch.Tensor":
+        import torch
+
+        while self.buf.numel() < self.batch:
+            self.buf = torch.cat([self.buf, torch.randperm(self.n, generator=self.gen)])
+        out, self.buf = self.buf[: self.batch], self.buf[self.batch:]
+        return out  # (batch,)
+
+
+# -- functional optimisers on stacked parameters (K, *shape) -------------------------------------
+
+class _StackedOptimizer:
+    """Adam or SGD(momentum) over stacked tensors, step for step equal to torch.optim.Adam / SGD."""
+
+    def __init__(self, params: list, budget: TrainBudget):
+        import torch
+
+        self.params, self.b = params, budget
+        self.t = 0
+        self.m = [torch.zeros_like(p) for p in params]  # Adam 1st moment / SGD momentum buffer
+        self.v = [torch.zeros_like(p) for p in params] if budget.optimizer == "adam" else None
+
+    def step(self, grads: Sequence) -> None:
+        import torch
+
+        b = self.b
+        self.t += 1
+        with torch.no_grad():
+            for i, (p, g) in enumerate(zip(self.params, grads)):
+                if b.weight_decay:
+                    g = g.add(p, alpha=b.weight_decay)  # L2 as torch.optim (coupled) weight decay
+                if b.optimizer == "adam":
+                    b1, b2 = ADAM_BETAS
+                    self.m[i].lerp_(g, 1 - b1)
+                    self.v[i].mul_(b2).addcmul_(g, g, value=1 - b2)
+                    bc1, bc2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+                    denom = (self.v[i].sqrt() / math.sqrt(bc2)).add_(ADAM_EPS)
+                    p.addcdiv_(self.m[i], denom, value=-b.lr / bc1)
+                else:
+                    if b.momentum:
+                        buf = self.m[i]
+                        if self.t == 1:
+                            buf.copy_(g)
+                        else:
+                            buf.mul_(b.momentum).add_(g)
+                        g = buf
+                    p.add_(g, alpha=-b.lr)
+
+
+# -- the training core ---------------------------------------------------------------------------
+
+def train_and_score(
+    build_student: Callable[[], Any],
+    x_train: "torch.Tensor",
+    y_train: "torch.Tensor",
+    x_eval: "torch.Tensor",
+    y_eval: "torch.Tensor",
+    *,
+    seeds: Sequence[int],
+    budget: TrainBudget,
+    num_classes: int,
+    description: str | None = None,
+    quiet: bool | None = None,
+    return_params: bool = False,
+) -> Scores:
+    """Train one fresh student per seed on (x_train, y_train) with ``budget``; score on (x_eval, y_eval).
+
+    ``x_train`` (n, d) float; ``y_train`` (n,) int64 classes or (n, C) float class probabilities (soft
+    labels, soft cross-entropy); ``x_eval`` (m, d), ``y_eval`` (m,) int64. Sets smaller than
+    ``budget.batch_size`` are used whole at every step. Students train in the dtype/device of
+    ``x_train``. With ``return_params`` the stacked trained parameters are put in ``scores.params``.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from distillctl.console import progress
+
+    t0 = time.perf_counter()
+    # 1. check the inputs (a malformed set file ends here with one clear line)
+    seeds = [int(s) for s in seeds]
+    C = int(num_classes)
+    if not seeds:
+        raise UserError("train_and_score: needs at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"train_and_score: seeds must be distinct, got {seeds}")
+    x_train, y_train = x_train.detach(), y_train.detach()
+    x_eval, y_eval = x_eval.detach().to(x_train.device, x_train.dtype), y_eval.detach().to(x_train.device)
+    n = x_train.shape[0]
+    if x_train.ndim < 2 or n == 0:
+        raise UserError(f"train_and_score: x_train must be (n, d) with n >= 1, got {tuple(x_train.shape)}")
+    if not x_train.is_floating_point():
+        raise UserError(f"train_and_score: x_train must be floating point, got {x_train.dtype}")
+    soft = y_train.is_floating_point()
+    if soft:
+        if tuple(y_train.shape) != (n, C):
+            raise UserError(f"train_and_score: soft labels must be (n, C) = ({n}, {C}), got {tuple(y_train.shape)}")
+        targets = y_train.to(x_train.device, x_train.dtype)  # (n, C) probabilities
+    else:
+        if tuple(y_train.shape) != (n,):
+            raise UserError(f"train_and_score: hard labels must be (n,) = ({n},), got {tuple(y_train.shape)}")
+        targets = y_train.to(x_train.device).long()  # (n,)
+        if n and (int(targets.min()) < 0 or int(targets.max()) >= C):
+            raise UserError(f"train_and_score: labels must be in [0, {C}), got range "
+                            f"[{int(targets.min())}, {int(targets.max())}]")
+    if x_eval.shape[1:] != x_train.shape[1:]:
+        raise UserError(f"train_and_score: x_eval rows {tuple(x_eval.shape[1:])} differ from x_train rows "
+                        f"{tuple(x_train.shape[1:])}")
+
+    # 2. K students, each initialised under its own seed, stacked into (K, *shape) parameters
+    K = len(seeds)
+    models = [build_seeded(build_student, s).to(device=x_train.device, dtype=x_train.dtype) for s in seeds]
+    params, buffers = stack_module_state(models)  # {name: (K, *shape)}; params are leaves with grad
+    base = copy.deepcopy(models[0]).to("meta")  # structure only, for functional_call
+    del models
+    names, plist = list(params), list(params.values())
+    opt = _StackedOptimizer(plist, budget)
+
+    def forward(p, b, x):  # one student: (B, d) -> (B, C)
+        return functional_call(base, (p, b), (x,))
+
+    # 3. minibatches: the whole set each step when it is smaller than a batch, else per-seed streams
+    whole = n <= budget.batch_size
+    streams = None if whole else [BatchStream(n, budget.batch_size, s) for s in seeds]
+    B = n if whole else budget.batch_size
+
+    # 4. the loop: forward K students, one backward of the summed losses, one optimiser step
+    losses, done = torch.full((K,), float("nan")), 0
+    base.train()
+    with torch.random.fork_rng(devices=[]), progress(description or "training students", budget.steps,
+                                                     unit="step", quiet=quiet) as bar:
+        torch.manual_seed(_mix(seeds[0], 2))  # only random layers (dropout) draw from it
+        for step in range(budget.steps):
+            if whole:
+                xb, yb, x_dim = x_train, targets, None  # (n, d) shared by every student
+            else:
+                idx = torch.stack([s.next() for s in streams]).to(x_train.device)  # (K, B)
+                xb, yb, x_dim = x_train[idx], targets[idx], 0  # (K, B, d), (K, B[, C])
+            logits = vmap(forward, in_dims=(0, 0, x_dim), randomness="different")(
+                dict(zip(names, plist)), buffers, xb)  # (K, B, C)
+            logp = logits.log_softmax(-1)
+            if soft:
+                per_row = -(yb * logp).sum(-1)  # (K, B)
+            else:
+                yk = yb.expand(K, B) if whole else yb  # (K, B)
+                per_row = -logp.gather(-1, yk.unsqueeze(-1)).squeeze(-1)
+            loss_k = per_row.mean(-1)  # (K,) each student's mean loss
+            # students are independent: d(sum_k loss_k)/d(params_k) = d(loss_k)/d(params_k)
+            grads = torch.autograd.grad(loss_k.sum(), plist)
+            opt.step(grads)
+            if (step + 1) % 50 == 0 or step + 1 == budget.steps:  # sync with the loss rarely
+                losses = loss_k.detach().cpu()
+                bar.advance(step + 1 - done, loss=float(losses.mean()))
+                done = step + 1
+
+    # 5. score every student on the evaluation split (eval mode: no dropout), in row chunks
+    base.eval()
+    preds = []
+    with torch.no_grad():
+        frozen = {k: v.detach() for k, v in zip(names, plist)}
+        for start in range(0, x_eval.shape[0], EVAL_CHUNK):
+            xe = x_eval[start:start + EVAL_CHUNK]  # (m', d)
+            logits = vmap(forward, in_dims=(0, 0, None))(frozen, buffers, xe)  # (K, m', C)
+            preds.append(logits.argmax(-1))
+    pred = torch.cat(preds, 1) if preds else torch.empty(K, 0, dtype=torch.long)  # (K, m)
+    if pred.shape[1] == 0:
+        raise UserError("train_and_score: the evaluation split is empty")
+    metrics = classification_scores(pred, y_eval, C)
+    scores = Scores(seeds=seeds, accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],
+                    positive_f1=metrics.get("positive_f1"), train_loss=[float(v) for v in losses],
+                    seconds=time.perf_counter() - t0)
+    if return_params:
+        scores.params = {k: v.detach() for k, v in zip(names, plist)}  # {name: (K, *shape)}
+    return scores
+
+
+def majority_scores(y_train: "torch.Tensor", y_eval: "torch.Tensor", num_classes: int) -> tuple[int, dict]:
+    """The majority class of ``y_train`` (ties: the lowest class) and its scores on ``y_eval``."""
+    import torch
+
+    counts = torch.bincount(y_train.long().reshape(-1), minlength=num_classes)
+    cls = int(torch.argmax(counts))  # argmax returns the first maximum
+    pred = torch.full_like(y_eval.long(), cls)
+    return cls, {k: v[0] for k, v in classification_scores(pred, y_eval, num_classes).items()}

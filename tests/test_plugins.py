@@ -1,0 +1,204 @@
+"""Plugin discovery through entry points: listing, third-party packages, failures, name clashes."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from distillctl.errors import UserError
+from distillctl.plugins import KINDS, load_registry
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "distillctl-linear"
+
+
+def make_dist(root: Path, dist: str, version: str, module: str, source: str, entry: str | None = None) -> list:
+    """A minimal installed distribution: a module plus a dist-info with entry points (what pip leaves)."""
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[distillctl]\n{entry or module} = {module}\n")
+    return list(md.Distribution.at(info).entry_points)
+
+
+def run_cli(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "distillctl.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+STUDENT = """
+    from pydantic import Field
+    from distillctl import hookimpl
+    from distillctl.options import PluginOptions
+
+    class Opts(PluginOptions):
+        width: int = Field(4, description="width")
+
+    def build(input_dim, num_classes, options):
+        import torch.nn as nn
+        return nn.Linear(input_dim, num_classes)
+
+    @hookimpl
+    def register_students(register):
+        register("NAME", build, options=Opts, description="a test student")
+"""
+
+
+def test_builtin_plugins_are_entry_points_of_distillctl():
+    eps = md.entry_points(group="distillctl")
+    ours = {ep.name: ep.value for ep in eps if ep.dist and ep.dist.name == "distillctl"}
+    assert ours == {
+        "datasets": "distillctl_plugins.datasets",
+        "encoders": "distillctl_plugins.encoders",
+        "students": "distillctl_plugins.students",
+        "unroll": "distillctl_plugins.unroll",
+        "schedulers": "distillctl_plugins.schedulers",
+    }
+
+
+def test_builtin_plugins_listed_with_package_and_version():
+    res = run_cli("plugins", "--json")
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    builtin = {(r["kind"], r["name"]) for r in rows if r.get("package") == "distillctl" and not r.get("error")}
+    for kind, name in [("dataset", "agnews"), ("dataset", "mrpc"), ("dataset", "local"), ("dataset", "hf"),
+                       ("encoder", "sentence-transformers"), ("encoder", "hf"), ("student", "mlp"),
+                       ("student", "transformer"), ("unroll", "full"), ("unroll", "truncated"),
+                       ("unroll", "ratbptt"), ("scheduler", "local"), ("scheduler", "slurm")]:
+        assert (kind, name) in builtin, (kind, name)
+    for row in rows:
+        assert {"kind", "name", "package", "version"} <= set(row)
+        assert row["kind"] in KINDS or row.get("error")
+    import distillctl
+
+    assert all(r["version"] == distillctl.__version__ for r in rows if r.get("package") == "distillctl")
+
+
+def test_table_output_names_kinds(cli):
+    res = cli("plugins")
+    assert res.code == 0
+    for word in ("dataset", "encoder", "student", "unroll", "scheduler", "distillctl"):
+        assert word in res.out
+
+
+def test_third_party_student_is_found_and_built(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    eps = make_dist(tmp_path, "distillctl-widget", "2.0.1", "widget_plugin", STUDENT.replace("NAME", "widget"))
+    registry = load_registry(entry_points=eps)
+    info = registry.get("student", "widget")
+    assert (info.package, info.version, info.module) == ("distillctl-widget", "2.0.1", "widget_plugin")
+    model = info.factory(8, 3, info.parse_options({"width": 2}))
+    import torch
+
+    assert model(torch.zeros(5, 8)).shape == (5, 3)
+
+
+def test_failing_plugin_is_reported_and_others_keep_working(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    good = make_dist(tmp_path, "good-plugin", "1.0", "good_plugin", STUDENT.replace("NAME", "good"))
+    bad = make_dist(tmp_path, "bad-plugin", "0.3", "bad_plugin", "import not_a_real_module_xyz\n")
+    registry = load_registry(entry_points=good + bad)
+    assert registry.names("student") == ["good"]
+    assert len(registry.failures) == 1
+    failure = registry.failures[0]
+    assert failure.package == "bad-plugin" and failure.version == "0.3"
+    assert "ModuleNotFoundError" in failure.error and "not_a_real_module_xyz" in failure.error
+    # an unknown name mentions the broken plugin
+    with pytest.raises(UserError, match=r"unknown student plugin 'gone'; known: good \(good-plugin\); failed to load"):
+        registry.get("student", "gone")
+
+
+def test_failing_plugin_in_cli_json_has_error_key(tmp_path):
+    make_dist(tmp_path, "bad-plugin", "0.3", "bad_plugin", "raise RuntimeError('boom at import')\n")
+    res = run_cli("plugins", "--json", pythonpath=tmp_path)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    errors = [r for r in rows if r.get("error")]
+    assert errors == [{"kind": None, "name": "bad-plugin:bad_plugin", "package": "bad-plugin",
+                       "version": "0.3", "error": "RuntimeError: boom at import"}]
+    assert any(r["name"] == "mlp" for r in rows)  # the built-ins still load
+
+
+def test_name_clash_names_both_packages(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    a = make_dist(tmp_path, "pkg-a", "1.0", "mod_a", STUDENT.replace("NAME", "same"))
+    b = make_dist(tmp_path, "pkg-b", "1.0", "mod_b", STUDENT.replace("NAME", "same"))
+    with pytest.raises(UserError) as err:
+        load_registry(entry_points=a + b)
+    msg = str(err.value)
+    assert "student plugin name 'same' is registered twice" in msg
+    assert "pkg-a" in msg and "pkg-b" in msg
+
+
+def test_hook_with_wrong_signature_is_a_reported_failure(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    eps = make_dist(tmp_path, "odd-plugin", "1.0", "odd_plugin", """
+        from distillctl import hookimpl
+
+        @hookimpl
+        def register_students(register, extra_argument):
+            pass
+    """)
+    registry = load_registry(entry_points=eps)
+    assert registry.failures and registry.failures[0].package == "odd-plugin"
+
+
+def test_readme_example_package_installs_and_is_usable(tmp_path):
+    """The README's third-party example, installed with pip, is listed and usable in a recipe."""
+    target = tmp_path / "site"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                          "--no-build-isolation", "--target", str(target), str(EXAMPLE)],
+                         capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stderr
+    res = run_cli("plugins", "--json", pythonpath=target)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert {"kind": "student", "name": "linear", "package": "distillctl-linear", "version": "0.1.0"}.items() \
+        <= next(r for r in rows if r["name"] == "linear").items()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(textwrap.dedent("""\
+        name: linear-demo
+        dataset: {name: agnews, source: sample}
+        student: {name: linear, bias: false}
+        """))
+    res = run_cli("recipe", "show", str(recipe), "--json", pythonpath=target)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["student"] == {"name": "linear", "bias": False}
+    res = run_cli("recipe", "validate", str(recipe), "--set", "student.bias=maybe", pythonpath=target)
+    assert res.returncode == 2
+    assert "student.bias" in res.stderr
+
+
+def test_cli_import_is_light():
+    """`distillctl --help` must stay instant: importing the CLI pulls in no torch, pydantic or transformers."""
+    code = ("import sys, distillctl.cli; "
+            "heavy = [m for m in ('torch', 'transformers', 'pydantic', 'numpy', 'datasets') if m in sys.modules]; "
+            "print(','.join(heavy))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == ""
+
+
+def test_version_and_help(cli):
+    import distillctl
+
+    res = cli("--version")
+    assert res.code == 0 and res.out.strip() == f"distillctl {distillctl.__version__}"
+    res = cli("--help")
+    assert res.code == 0 and "plugins" in res.out and "recipe" in res.out
+
+
+def test_usage_error_exits_2(cli):
+    res = cli("plugins", "--no-such-flag")
+    assert res.code == 2

@@ -1,0 +1,215 @@
+"""Recipe loading and validation: both passes, overrides, formats, the CLI's exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+import toyplugins  # noqa: E402
+
+from distillctl import plugins as plugins_mod  # noqa: E402
+from distillctl.errors import UserError  # noqa: E402
+from distillctl.recipe import RecipeError, apply_overrides, load_recipe, recipe_json_schema  # noqa: E402
+
+
+@pytest.fixture
+def toy_registry(monkeypatch):
+    registry = plugins_mod.load_registry(entry_points=[], extra_plugins=[(toyplugins, "toy-plugins", "1.2.3")])
+    monkeypatch.setattr(plugins_mod, "get_registry", lambda: registry)
+    return registry
+
+
+GOOD = """\
+name: agnews-toy
+seed: 3
+dataset: {name: toyset, train: data/train.csv}
+student: {name: mlp, hidden: [32, 16]}
+distill:
+  ipc: [1, 5, 10]
+  unroll: {name: ratbptt, window: 40, total: 100}
+  inner: {optimizer: adam, lr: 0.001, batch_per_class: 10}
+  outer: {optimizer: adam, lr: 0.001, iterations: 20, real_batch: 64}
+  boost: {beta: 0.3}
+eval: {seeds: 5, steps: 100, optimizer: adam, lr: 0.001}
+scheduler: {name: local}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_valid_recipe_resolves_defaults_and_paths(tmp_path, toy_registry):
+    recipe = load_recipe(write(tmp_path, GOOD))
+    assert recipe.distill.ipc == [1, 5, 10]
+    assert recipe.distill.unroll.options.window == 40
+    assert recipe.student.options.hidden == [32, 16]
+    assert recipe.student.options.activation == "relu"  # plugin default filled in
+    assert recipe.eval.batch_size == 256  # core default filled in
+    # relative paths are resolved against the recipe's folder
+    assert recipe.dataset.options.train == str(tmp_path / "data" / "train.csv")
+    dumped = recipe.to_dict()
+    assert dumped["distill"]["unroll"] == {"name": "ratbptt", "window": 40, "total": 100}
+
+
+def test_resolved_recipe_round_trips(tmp_path, toy_registry):
+    recipe = load_recipe(write(tmp_path, GOOD))
+    again = write(tmp_path, recipe.to_yaml(), "resolved.yaml")
+    assert load_recipe(again).to_dict() == recipe.to_dict()
+    assert load_recipe(again).fingerprint() == recipe.fingerprint()
+
+
+def test_toml_equals_yaml(tmp_path, toy_registry):
+    toml_path = write(tmp_path, """\
+        name = "agnews-toy"
+        seed = 3
+        dataset = {name = "toyset", train = "data/train.csv"}
+        student = {name = "mlp", hidden = [32, 16]}
+        scheduler = {name = "local"}
+
+        [distill]
+        ipc = [1, 5, 10]
+        unroll = {name = "ratbptt", window = 40, total = 100}
+        inner = {optimizer = "adam", lr = 0.001, batch_per_class = 10}
+        outer = {optimizer = "adam", lr = 0.001, iterations = 20, real_batch = 64}
+        boost = {beta = 0.3}
+
+        [eval]
+        seeds = 5
+        steps = 100
+        optimizer = "adam"
+        lr = 0.001
+        """, "r.toml")
+    assert load_recipe(toml_path).to_dict() == load_recipe(write(tmp_path, GOOD)).to_dict()
+
+
+def test_overrides_are_parsed_and_validated(tmp_path, toy_registry):
+    path = write(tmp_path, GOOD)
+    recipe = load_recipe(path, ["distill.unroll.window=60", "distill.ipc=[2, 4]", "eval.lr=0.01"])
+    assert recipe.distill.unroll.options.window == 60
+    assert recipe.distill.ipc == [2, 4]
+    assert recipe.eval.lr == 0.01
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, ["distill.unroll.window=zero"])
+    assert str(err.value) == f"{path}: distill.unroll.window: must be a valid integer, unable to parse string as an integer (got 'zero')"
+    with pytest.raises(UserError, match="expected KEY.PATH=VALUE"):
+        load_recipe(path, ["distill.unroll.window"])
+
+
+def test_override_expands_scheduler_shorthand():
+    data = apply_overrides({"scheduler": "local"}, ["scheduler.workers=2"])
+    assert data["scheduler"] == {"name": "local", "workers": 2}
+
+
+def test_every_problem_is_reported_with_its_field_path(tmp_path, toy_registry):
+    path = write(tmp_path, """\
+        name: bad
+        dataset: {name: toyset, train: a.csv, bogus: 1}
+        student: {name: mlp, activation: tanh}
+        distill:
+          ipc: [5, 1]
+          unroll: {name: nope}
+          outer: {lr: -1}
+        """)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    lines = err.value.problems
+    assert f"{path}: distill.ipc: a Boost-DD chain must be strictly increasing, e.g. [1, 5, 10]" in lines
+    assert f"{path}: distill.outer.lr: must be greater than 0 (got -1)" in lines
+    assert f"{path}: dataset.bogus: unknown field (allowed fields of dataset 'toyset': train, test)" in lines
+    assert f"{path}: student.activation: must be 'relu' or 'gelu' (got 'tanh')" in lines
+    assert f"{path}: distill.unroll.name: unknown unroll plugin 'nope'; known: ratbptt (toy-plugins)" in lines
+    assert len(lines) == 5
+
+
+def test_unknown_top_level_field_lists_allowed(tmp_path, toy_registry):
+    path = write(tmp_path, GOOD + "epochs: 3\n")
+    with pytest.raises(RecipeError, match=r"epochs: unknown field \(allowed fields: name, description, seed"):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: [unclosed\n", "invalid YAML (line 2"),
+    ("- a\n- b\n", "a recipe must be a mapping"),
+])
+def test_malformed_files(tmp_path, toy_registry, text, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_recipe(write(tmp_path, text))
+
+
+def test_missing_and_unknown_format(tmp_path, toy_registry):
+    with pytest.raises(UserError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(UserError, match="unknown recipe format '.json'"):
+        load_recipe(write(tmp_path, "{}", "r.json"))
+
+
+def test_yaml_is_loaded_safely(tmp_path, toy_registry):
+    path = write(tmp_path, "name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(UserError, match="invalid YAML"):
+        load_recipe(path)
+
+
+# -- CLI -------------------------------------------------------------------------------------------
+
+def test_cli_validate_exit_codes(tmp_path, toy_registry, cli):
+    good = write(tmp_path, GOOD)
+    bad = write(tmp_path, GOOD.replace("window: 40", "window: -4"), "bad.yaml")
+    res = cli("recipe", "validate", good)
+    assert res.code == 0 and f"{good}: ok" in res.out
+    res = cli("recipe", "validate", good, bad)
+    assert res.code == 2
+    assert res.err.strip() == f"{bad}: distill.unroll.window: must be greater than or equal to 1 (got -4)"
+    assert "Traceback" not in res.err
+    res = cli("recipe", "validate", good, "--set", "distill.unroll.window=0")
+    assert res.code == 2 and "distill.unroll.window" in res.err
+
+
+def test_cli_show_prints_resolved_recipe(tmp_path, toy_registry, cli):
+    import yaml
+
+    res = cli("recipe", "show", write(tmp_path, GOOD), "--set", "seed=7")
+    assert res.code == 0, res
+    shown = yaml.safe_load(res.out)
+    assert shown["seed"] == 7
+    assert shown["eval"]["batch_size"] == 256
+    assert shown["student"] == {"name": "mlp", "hidden": [32, 16], "activation": "relu"}
+
+
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, toy_registry, cli):
+    res = cli("recipe", "show", tmp_path / "missing.yaml")
+    assert res.code == 2
+    assert res.err.strip() == f"error: {tmp_path / 'missing.yaml'}: recipe file not found"
+    with pytest.raises(UserError):  # --debug re-raises: the traceback is the user's to see
+        cli("--debug", "recipe", "show", tmp_path / "missing.yaml")
+
+
+def test_schema_covers_plugin_options(toy_registry, cli):
+    import jsonschema
+
+    res = cli("recipe", "schema")
+    assert res.code == 0
+    schema = json.loads(res.out)
+    text = json.dumps(schema)
+    assert "Differentiated steps." in text  # a plugin option's description
+    assert "Outer learning rate." in text  # a core field's description
+    validator = jsonschema.Draft202012Validator(schema)
+    good = {"name": "x", "dataset": {"name": "toyset", "train": "a.csv"},
+            "distill": {"unroll": {"name": "ratbptt", "window": 3}}}
+    assert not list(validator.iter_errors(good))
+    bad = {"name": "x", "dataset": {"name": "toyset", "train": "a.csv"},
+           "distill": {"unroll": {"name": "ratbptt", "windw": 3}}}
+    assert list(validator.iter_errors(bad))
+
+
+def test_schema_function_matches_registry(toy_registry):
+    schema = recipe_json_schema(toy_registry)
+    assert schema["title"] == "distillctl recipe"
