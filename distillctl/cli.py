@@ -132,19 +132,301 @@ def recipe_schema() -> None:
 # -- stages (each a thin wrapper over one library function) ---------------------------------------
 # --- embed ---
 
+@app.command("embed")
+def embed_cmd(
+    recipe_file: str = typer.Argument(..., metavar="RECIPE", help="Recipe file (.yaml, .yml, .toml)."),
+    overrides: Optional[List[str]] = SetOption,
+    force: bool = typer.Option(False, "--force", help="Rebuild the cache entry even when it verifies."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Embed the recipe's dataset with its frozen encoder into the verified cache (a hit takes seconds)."""
+    from distillctl.embed import embed
+    from distillctl.recipe import load_recipe
+
+    recipe = load_recipe(recipe_file, overrides)
+    result = embed(recipe, force=force)
+    if as_json:
+        _print_json(result.to_json())
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    state = "cache hit" if result.cache_hit else "embedded"
+    console.print(f"{state} in {result.seconds:.1f} s: {escape(str(result.cache_dir))}", soft_wrap=True)
+    console.print(f"dataset: {escape(result.dataset)}", soft_wrap=True)
+    console.print(f"encoder: {escape(result.encoder)}", soft_wrap=True)
+    wide = len(result.label_names) > 6  # many classes: one column of counts in label order
+    table = Table()
+    table.add_column("split", no_wrap=True)
+    table.add_column("rows x dim", justify="right", no_wrap=True)
+    for name in ["rows per class"] if wide else result.label_names:
+        table.add_column(escape(name), justify="right", no_wrap=not wide)
+    table.add_column("min/max class", justify="right", no_wrap=True)
+    for split, info in result.splits.items():
+        counts = info["class_counts"]
+        balance = min(counts) / max(max(counts), 1)
+        cells = [" ".join(f"{c:,}" for c in counts)] if wide else [f"{c:,}" for c in counts]
+        table.add_row(split, f"{info['n']:,} x {info['dim']}", *cells, f"{balance:.2f}")
+    console.print(table)
+    for note in result.notes:
+        console.print(f"note: {escape(note)}", soft_wrap=True)
+
+
 # --- distill ---
+
+@app.command("distill")
+def distill_cmd(
+    recipe_file: str = typer.Argument(..., metavar="RECIPE", help="Recipe file (.yaml, .yml, .toml)."),
+    overrides: Optional[List[str]] = SetOption,
+    run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Write into this run directory "
+                                          "(default: <runs_dir>/<recipe name>/<new id>)."),
+    resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN_DIR",
+                                         help="Continue an interrupted run of the same recipe exactly."),
+    stage: Optional[int] = typer.Option(None, "--stage", metavar="IPC",
+                                        help="Run only the Boost-DD stage with this ipc (earlier stages must be "
+                                        "finished in the --resume run directory)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Learn synthetic sets (every Boost-DD stage of distill.ipc); embeds first when the cache is missing."""
+    from distillctl.distill import distill
+    from distillctl.recipe import load_recipe
+
+    if run_dir and resume:
+        from distillctl.errors import UserError
+
+        raise UserError("--run-dir and --resume exclude each other (--resume continues RUN_DIR in place)")
+    recipe = load_recipe(recipe_file, overrides)
+    result = distill(recipe, run_dir=run_dir, resume=resume, stage=stage)
+    if as_json:
+        _print_json(result.to_json())
+        return
+    for s in result.sets:
+        typer.echo(f"ipc {s['ipc']:>4}  val accuracy {s['val_accuracy']:.4f}  {s['path']}")
+    typer.echo(f"run directory: {result.run_dir}")
+
 
 # --- eval / baseline / report ---
 
+def _print_results(records: list, title: str) -> None:
+    from rich.console import Console
+
+    from distillctl.evaluate import results_table
+
+    table, lines = results_table(records, title)
+    console = Console()
+    console.print(table)
+    for line in lines:
+        console.print(line, highlight=False)
+
+
+@app.command("eval")
+def eval_cmd(
+    target: str = typer.Argument(..., metavar="RUN_DIR_OR_SET_FILE",
+                                 help="A run directory (every distilled/ipcN set) or one .safetensors set."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="K fresh students per set (default eval.seeds)."),
+    recipe_file: Optional[str] = typer.Option(None, "--recipe", metavar="FILE",
+                                              help="Recipe of a set file outside a run directory "
+                                              "(default: the run's recipe.resolved.yaml)."),
+    overrides: Optional[List[str]] = SetOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Score distilled sets on the test split: K students each, the recipe's eval budget."""
+    from distillctl.evaluate import evaluate
+
+    records = evaluate(target, recipe_file, seeds=seeds, overrides=overrides)
+    if as_json:
+        _print_json(records)
+    else:
+        _print_results(records, f"eval {target}")
+
+
+@app.command("baseline")
+def baseline_cmd(
+    recipe_file: str = typer.Argument(..., metavar="RECIPE", help="Recipe file (.yaml, .yml, .toml)."),
+    kind: str = typer.Option(..., "--kind", help="random | herding | kcenter | full | majority."),
+    ipc: Optional[str] = typer.Option(None, "--ipc", metavar="1,5,10",
+                                      help="Instances per class (default baseline.ipc, else distill.ipc)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="K fresh students (default eval.seeds)."),
+    run_dir: Optional[str] = typer.Option(None, "--run-dir", metavar="DIR",
+                                          help="Store the results in DIR/eval/baseline-<kind>.json."),
+    overrides: Optional[List[str]] = SetOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Score a baseline arm (real subsets, coresets, full data, majority) under the eval protocol."""
+    from distillctl.baselines import baseline
+    from distillctl.recipe import load_recipe
+
+    recipe = load_recipe(recipe_file, overrides)
+    records = baseline(recipe, kind, ipc=ipc, seeds=seeds, run_dir=run_dir, argv=sys.argv)
+    if as_json:
+        _print_json(records)
+    else:
+        _print_results(records, f"baseline {kind}")
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="Run directory with eval/baseline results."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Write report.md, report.json and plots/accuracy_vs_ipc.png from a run's results."""
+    from distillctl.report import report
+
+    path = report(run_dir)
+    if as_json:
+        _print_json(json.loads((path.parent / "report.json").read_text(encoding="utf-8")))
+    else:
+        typer.echo(path.read_text(encoding="utf-8").split("## What the synthetic vectors")[0].rstrip())
+        typer.echo(f"\nwrote {path}, {path.parent / 'report.json'}, {path.parent / 'plots' / 'accuracy_vs_ipc.png'}")
+
+
 # --- submit / status / cancel ---
+
+@app.command("submit")
+def submit_cmd(
+    recipe_file: Optional[str] = typer.Argument(None, metavar="RECIPE", help="Recipe file (.yaml, .yml, .toml)."),
+    overrides: Optional[List[str]] = SetOption,
+    sweeps: Optional[List[str]] = typer.Option(
+        None, "--sweep", metavar="KEY.PATH=V1,V2",
+        help="Run every value (repeatable: the cartesian product), e.g. --sweep distill.unroll.window=20,40."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="NAME",
+                                            help="Scheduler plugin (local, slurm, ...); default the recipe's."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the job graph (and batch scripts); run nothing."),
+    wait: bool = typer.Option(False, "--wait", help="Follow the jobs to the end, then print the results."),
+    retry: Optional[str] = typer.Option(None, "--retry-failed", metavar="RUN",
+                                        help="Re-submit the failed jobs of RUN and what depends on them."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Run a recipe (or a sweep) as a graph of jobs: embed, distill stages, eval, baselines, report."""
+    from distillctl import submit as sm
+    from distillctl.errors import UserError
+
+    if retry is not None:
+        if recipe_file or overrides or sweeps or scheduler or dry_run:
+            raise UserError("--retry-failed RUN takes no RECIPE, --set, --sweep, --scheduler or --dry-run "
+                            "(it re-submits the jobs of RUN as they were)")
+        sub = sm.retry_failed(retry, wait=wait)
+    elif recipe_file is None:
+        raise UserError("missing RECIPE (or --retry-failed RUN)")
+    else:
+        sub = sm.submit(recipe_file, overrides=overrides or [], sweeps=sweeps or [], scheduler=scheduler,
+                        dry_run=dry_run, wait=wait, argv=["distillctl", *sys.argv[1:]])
+    if as_json:
+        out = sub.to_json()
+        if dry_run:
+            out["description"] = sub.description
+        _print_json(out)
+        return
+    if dry_run:
+        typer.echo(sub.description, nl=False)
+        return
+    if wait:
+        reports = sub.reports()
+        if len(sub.data.get("points", [])) == 1:
+            for report in reports:
+                text = report.read_text(encoding="utf-8").split("## What the synthetic vectors")[0].rstrip()
+                typer.echo(text + "\n")
+        else:
+            _print_sweep_summary(sub)
+        for report in reports:
+            typer.echo(f"report: {report}")
+        typer.echo(f"submission: {sub.path} ({sub.state})")
+        return
+    typer.echo(f"submitted {len(sub.handles)} jobs to the {sub.scheduler.name} scheduler: {sub.path}")
+    typer.echo(f"follow with `distillctl status {sub.path}`; stop with `distillctl cancel {sub.path}`")
+
+
+def _print_sweep_summary(sub) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    def pm(x):
+        return "–" if not x else f"{x['mean'] * 100:.2f} ± {x['std'] * 100:.2f}"
+
+    rows = sub.summary()
+    if not rows:
+        return
+    table = Table(title="test accuracy (%) by sweep point", title_justify="left")
+    for col in ("point", "ipc", "distilled", "random", "gain (pp)", "full data"):
+        table.add_column(col, justify="left" if col == "point" else "right")
+    for r in rows:
+        gain = r["gain_over_random"]
+        table.add_row(escape(r["point"]), str(r["ipc"]), pm(r["distilled"]), pm(r["random"]),
+                      "–" if gain is None else f"{gain * 100:+.2f}",
+                      "–" if r["full"] is None else f"{r['full'] * 100:.2f}")
+    Console().print(table)
+
+
+@app.command("status")
+def status_cmd(
+    run: str = typer.Argument(..., metavar="RUN", help="Submission folder (runs/<name>/<id>) or a run inside it."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Each job's state, scheduler id and elapsed time; the log tail of failed jobs."""
+    from distillctl import submit as sm
+
+    sub = sm.status(run)
+    if as_json:
+        _print_json(sub.to_json())
+        return
+    _print_status(sub)
+
+
+def _print_status(sub) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from distillctl.scheduling import format_seconds
+
+    console = Console(highlight=False)
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(sub.counts().items()))
+    table = Table(title=escape(f"{sub.path}: {sub.state} ({counts})"), title_justify="left")
+    for col in ("job", "state", "scheduler id", "elapsed", "exit", "note"):
+        table.add_column(col)
+    style = {"running": "cyan", "done": "green", "failed": "red", "cancelled": "yellow", "pending": "dim"}
+    rows = sub.job_rows()
+    for r in rows:
+        table.add_row(escape(r["id"]), f"[{style.get(r['state'], '')}]{r['state']}[/]",
+                      escape(str(r["scheduler_id"] or "–")), format_seconds(r["elapsed"]),
+                      "" if r["exit_code"] is None else str(r["exit_code"]),
+                      escape(r["reason"]) if r["state"] != "done" else "")
+    console.print(table)
+    for r in rows:
+        if r.get("log_tail"):
+            console.print(f"[red]--- {escape(r['id'])}[/]: last lines of {escape(r['log'])}")
+            console.print(r["log_tail"], markup=False)
+    for report in sub.reports():
+        console.print(f"report: {report}", markup=False)
+    if any(r["state"] == "failed" for r in rows):
+        console.print(f"retry with `distillctl submit --retry-failed {sub.path}`", markup=False)
+
+
+@app.command("cancel")
+def cancel_cmd(
+    run: str = typer.Argument(..., metavar="RUN", help="Submission folder (runs/<name>/<id>) or a run inside it."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Cancel every job of a submission that has not finished (finished results stay)."""
+    from distillctl import submit as sm
+
+    sub = sm.cancel(run)
+    if as_json:
+        _print_json(sub.to_json())
+        return
+    _print_status(sub)
 
 
 # -- entry point ---------------------------------------------------------------------------------
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Console-script entry: maps errors to exit codes (2 bad input, 1 run failed)."""
-    try:  # typer >= 0.20 vendors click as typer._click
-        from typer._click.exceptions import Abort, ClickException, Exit as ClickExit
+    try:  # typer >= 0.20 vendors click as typer._click (Abort and Exit live in typer.exceptions there)
+        from typer._click.exceptions import ClickException
+        from typer.exceptions import Abort, Exit as ClickExit
     except ImportError:  # pragma: no cover - older typer on top of click
         from click.exceptions import Abort, ClickException, Exit as ClickExit
 

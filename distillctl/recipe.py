@@ -122,6 +122,12 @@ class OuterSettings(Section):
     max_seconds: Optional[float] = Field(
         None, gt=0, description="Wall-clock budget per stage in seconds; null = no limit."
     )
+    label_lr: Optional[float] = Field(
+        None, gt=0, description="Outer learning rate of the soft-label logits; null = `lr`."
+    )
+    lr_lr: Optional[float] = Field(
+        None, gt=0, description="Outer learning rate of the log inner learning rate (`inner.learn_lr`); null = `lr`."
+    )
 
 
 class BoostSettings(Section):
@@ -136,10 +142,13 @@ class DistillSettings(Section):
     ipc: list[int] = Field(
         [10], description="Instances per class: one value, or a strictly increasing Boost-DD chain [1, 5, 10]."
     )
-    init: Literal["real", "random"] = Field(
-        "real", description="Initialise synthetic rows from real training vectors of each class, or at random."
+    init: Literal["real", "mean", "random"] = Field(
+        "real", description="Initialise synthetic rows from random real training vectors of each class (`real`), "
+        "from means of random equal parts of each class (`mean`; the class mean at ipc 1), or at random (Gaussian "
+        "with the training set's per-dimension mean and std).",
     )
     soft_labels: bool = Field(False, description="Learn soft labels (logits per synthetic row) with the vectors.")
+    device: str = Field("cpu", description="Torch device of the distillation, e.g. `cpu`, `cuda`, `cuda:1`.")
     unroll: PluginSection = Field(
         default_factory=lambda: PluginSection(name="ratbptt"),
         description="Unroll strategy: `full`, `truncated` or `ratbptt` with its options.",

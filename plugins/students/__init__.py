@@ -1,1 +1,70 @@
-"""Built-in students plugins."""
+"""Built-in students: ``mlp`` and ``transformer`` (a vector split into tokens).
+
+Factories import torch lazily, so loading the plugin registry stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from distillctl import hookimpl
+from distillctl.options import PluginOptions
+
+
+class MLPOptions(PluginOptions):
+    hidden: list[int] = Field(
+        [256], description="Widths of the hidden layers (units), e.g. [256] or [512, 256]; [] = linear model."
+    )
+    activation: Literal["relu", "gelu", "tanh", "silu"] = Field("relu", description="Hidden activation.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability after each hidden activation.")
+
+    @field_validator("hidden", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, int) else v
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive(cls, v):
+        if any(h < 1 for h in v):
+            raise ValueError("hidden widths must be >= 1")
+        return v
+
+
+class TransformerOptions(PluginOptions):
+    n_tokens: int = Field(
+        8, ge=1, description="Tokens the input vector is cut into (equal pieces; the last is zero-padded)."
+    )
+    d_model: int = Field(64, ge=1, description="Width of each token after the input projection (units).")
+    layers: int = Field(2, ge=1, description="Transformer encoder blocks (pre-norm).")
+    heads: int = Field(4, ge=1, description="Attention heads; must divide d_model.")
+    ff: int = Field(128, ge=1, description="Width of the feed-forward layer inside each block (units).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability in attention and feed-forward.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.d_model % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide d_model ({self.d_model})")
+        return self
+
+
+def _mlp(input_dim, num_classes, options):
+    from distillctl_plugins.students.models import build_mlp
+
+    return build_mlp(input_dim, num_classes, options)
+
+
+def _transformer(input_dim, num_classes, options):
+    from distillctl_plugins.students.models import build_transformer
+
+    return build_transformer(input_dim, num_classes, options)
+
+
+@hookimpl
+def register_students(register):
+    register("mlp", _mlp, options=MLPOptions,
+             description="Multi-layer perceptron on the embedding vector.")
+    register("transformer", _transformer, options=TransformerOptions,
+             description="Small Transformer over the embedding vector cut into n_tokens tokens, mean-pooled.")

@@ -1,0 +1,238 @@
+"""baseline: the reference arms of every comparison, under the eval protocol of the distilled sets.
+
+Arms (``kind``):
+
+- ``random``: ``ipc`` real training rows per class, a new stratified draw per seed (the draws of one
+  seed are nested: its ipc-1 rows are the first of its ipc-5 rows).
+- ``herding``: per class, greedy mean matching in embedding space (Welling 2009; Chen, Welling &
+  Smola 2010; the coreset form of Rebuffi et al. 2017): the t-th pick makes the mean of the picks
+  closest to the class mean. Deterministic, nested.
+- ``kcenter``: per class, k-center greedy (Sener & Savarese 2018): start at the row nearest the
+  class mean, then repeatedly add the row farthest from its nearest pick. Deterministic, nested.
+- ``full``: every training row.
+- ``majority``: predict the most frequent training class; no training.
+
+Coresets are chosen on the train split only; every trained arm uses the recipe's student, its eval
+budget and the same K seeds as ``eval`` (same-size sets therefore get the same budget), and is
+scored on the test split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from distillctl.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+KINDS = ("random", "herding", "kcenter", "full", "majority")
+SUBSET_KINDS = ("random", "herding", "kcenter")
+#: recipe sections that must match between a run directory and a baseline stored in it
+PROTOCOL_SECTIONS = ("seed", "dataset", "encoder", "embed", "student", "eval")
+
+
+# -- coreset selection (one class at a time; rows of X are that class's training vectors) ---------
+
+def herding_order(X: "torch.Tensor", k: int) -> "torch.Tensor":
+    """Indices of the first ``k`` herding picks from X (n, d): greedy mean matching.
+
+    Pick t minimises || mu - (x_1 + ... + x_{t-1} + x) / t || over the rows x not yet picked, where mu
+    is the mean of X. Ties go to the lowest index. Computed in float64.
+    """
+    import torch
+
+    X = X.double()  # (n, d)
+    n = X.shape[0]
+    if not 0 <= k <= n:
+        raise ValueError(f"k={k} outside [0, {n}]")
+    mu = X.mean(0)  # (d,)
+    running = torch.zeros_like(mu)  # (d,) sum of the picks so far
+    taken = torch.zeros(n, dtype=torch.bool)
+    order = []
+    for t in range(1, k + 1):
+        gap = ((mu - (running + X) / t) ** 2).sum(1)  # (n,) squared distance of the new mean to mu
+        gap[taken] = float("inf")
+        i = int(torch.argmin(gap))  # first minimum
+        order.append(i)
+        taken[i] = True
+        running += X[i]
+    return torch.tensor(order, dtype=torch.long)
+
+
+def kcenter_order(X: "torch.Tensor", k: int) -> "torch.Tensor":
+    """Indices of the first ``k`` k-center-greedy picks from X (n, d).
+
+    The first pick is the row nearest the mean of X; each next pick is the row with the largest
+    distance to its nearest pick (ties: lowest index). Computed in float64.
+    """
+    import torch
+
+    X = X.double()  # (n, d)
+    n = X.shape[0]
+    if not 0 <= k <= n:
+        raise ValueError(f"k={k} outside [0, {n}]")
+    if k == 0:
+        return torch.zeros(0, dtype=torch.long)
+    first = int(torch.argmin(((X - X.mean(0)) ** 2).sum(1)))
+    order = [first]
+    nearest = ((X - X[first]) ** 2).sum(1)  # (n,) squared distance to the nearest pick
+    nearest[first] = -1.0  # never picked twice, even among duplicates
+    for _ in range(1, k):
+        i = int(torch.argmax(nearest))  # first maximum
+        order.append(i)
+        nearest = torch.minimum(nearest, ((X - X[i]) ** 2).sum(1))
+        nearest[order] = -1.0
+    return torch.tensor(order, dtype=torch.long)
+
+
+def coreset(X: "torch.Tensor", y: "torch.Tensor", num_classes: int, ipc: int, method: str) -> "torch.Tensor":
+    """Row indices (ipc*C,) of a per-class coreset, class-major (rows c*ipc .. c*ipc+ipc-1 are class c)."""
+    import torch
+
+    pick = {"herding": herding_order, "kcenter": kcenter_order}[method]
+    out = []
+    for c in range(num_classes):
+        rows = torch.nonzero(y == c).flatten()  # (n_c,) in row order
+        out.append(rows[pick(X[rows], ipc)])
+    return torch.cat(out)
+
+
+def random_subsets(y: "torch.Tensor", num_classes: int, ipc: int, seeds: Sequence[int]) -> "torch.Tensor":
+    """(K, ipc*C) row indices: for each seed a stratified draw of ``ipc`` rows per class, class-major.
+
+    Seed s draws from its own generator, so its subset does not depend on the other seeds, and its
+    subsets are nested in ipc (the first ipc rows of one fixed permutation per class).
+    """
+    import torch
+
+    from distillctl.training import derive_seed
+
+    out = []
+    for s in seeds:
+        gen = torch.Generator().manual_seed(derive_seed(int(s), 3))
+        rows = []
+        for c in range(num_classes):
+            members = torch.nonzero(y == c).flatten()  # (n_c,)
+            rows.append(members[torch.randperm(len(members), generator=gen)[:ipc]])
+        out.append(torch.cat(rows))
+    return torch.stack(out)
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+def parse_ipc(text: str | Sequence[int] | None) -> list[int] | None:
+    """``"1,5,10"`` -> [1, 5, 10]; a :class:`UserError` for anything else."""
+    if text is None:
+        return None
+    if isinstance(text, str):
+        try:
+            values = [int(v) for v in text.replace(" ", "").split(",") if v]
+        except ValueError:
+            raise UserError(f"--ipc {text!r}: expected comma-separated integers, e.g. 1,5,10") from None
+    else:
+        values = [int(v) for v in text]
+    if not values or any(v < 1 for v in values):
+        raise UserError(f"--ipc {text!r}: expected integers >= 1, e.g. 1,5,10")
+    return sorted(set(values))
+
+
+def _baseline_run_dir(recipe: Any, run_dir: str | Path, argv: list[str] | None):
+    """The run directory to store baselines in: an existing run of a compatible recipe, or a new one."""
+    from distillctl.runs import create_run_dir, open_run_dir
+
+    path = Path(run_dir)
+    if (path / "recipe.resolved.yaml").exists():
+        run = open_run_dir(path)
+        stored = run.load_recipe().to_dict()
+        mine = recipe.to_dict()
+        differ = [k for k in PROTOCOL_SECTIONS if stored.get(k) != mine.get(k)]
+        if differ:
+            raise UserError(f"{path}: the run's recipe differs in {', '.join(differ)}; baselines stored there must "
+                            f"use the same data, encoder, student, eval budget and seed")
+        return run
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UserError(f"{path}: not a run directory (no recipe.resolved.yaml) and not empty")
+    return create_run_dir(recipe, stage="baseline", run_dir=path, argv=argv)
+
+
+def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, seeds: int | None = None,
+             quiet: bool | None = None, run_dir: str | Path | None = None, embeddings: Any = None,
+             argv: list[str] | None = None) -> list[dict]:
+    """Score one baseline arm under the recipe's eval protocol; one record per ipc (one for full/majority).
+
+    ``ipc`` (subset kinds): default ``baseline.ipc``, else ``distill.ipc``. ``seeds``: K (default
+    ``eval.seeds``). With ``run_dir`` the records are merged into ``RUN_DIR/eval/baseline-<kind>.json``.
+    """
+    import torch
+
+    from distillctl.console import info, is_quiet
+    from distillctl.evaluate import (TEST_SPLIT, eval_seeds, load_embeddings, majority_line, result_record,
+                                     split_of, store_results)
+    from distillctl.recipe import Recipe, load_recipe
+    from distillctl.training import TrainBudget, student_builder, train_and_score
+
+    quiet = is_quiet() if quiet is None else quiet
+    # 1. What to run.
+    if kind not in KINDS:
+        raise UserError(f"--kind {kind!r}: unknown baseline (choose from {', '.join(KINDS)})")
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    ipcs = parse_ipc(ipc) or list(recipe.baseline.ipc or recipe.distill.ipc)
+    seed_list = eval_seeds(recipe, seeds)
+    run = _baseline_run_dir(recipe, run_dir, argv) if run_dir is not None else None
+
+    # 2. Data: coresets come from train only; every score is on test.
+    if embeddings is None:
+        embeddings = load_embeddings(recipe, quiet=quiet)
+    train, test = split_of(embeddings, "train"), split_of(embeddings, TEST_SPLIT)
+    X, y = train.X.float(), train.y.long()  # (n, d), (n,)
+    X_test, y_test = test.X.float(), test.y.long()  # (m, d), (m,)
+    C, d = int(embeddings.num_classes), int(X.shape[1])
+    names = list(getattr(embeddings, "label_names", None) or [str(c) for c in range(C)])
+    counts = torch.bincount(y, minlength=C)
+    if kind in SUBSET_KINDS and max(ipcs) > int(counts.min()):
+        c = int(counts.argmin())
+        raise UserError(f"--ipc {max(ipcs)} is larger than class {names[c]!r} ({int(counts[c])} training rows); "
+                        f"use at most {int(counts.min())}")
+    majority = majority_line(embeddings)
+    budget = TrainBudget.from_eval(recipe.eval)
+    build = student_builder(recipe, d, C)
+
+    def score(arm_ipc, x, labels, **extra):
+        scores = train_and_score(build, x, labels, X_test, y_test, seeds=seed_list, budget=budget, num_classes=C,
+                                 description=f"{kind} ipc {arm_ipc}", quiet=quiet)
+        rec = result_record(kind, arm_ipc, recipe, budget, scores, majority=majority, n_test=len(y_test), **extra)
+        if not quiet:
+            where = "all rows" if arm_ipc is None else f"ipc {arm_ipc}"
+            info(f"{kind} {where}: accuracy {scores.mean():.4f} ± {scores.std():.4f} ({len(seed_list)} seeds, "
+                 f"{scores.seconds:.1f} s)")
+        return rec
+
+    # 3. The arm.
+    records = []
+    if kind == "majority":
+        one = lambda v: {"mean": v, "std": 0.0, "values": [v]}  # noqa: E731 - deterministic: one value
+        rec = {"arm": "majority", "ipc": None, "student": None, "seeds": [], "budget": None,
+               "accuracy": one(majority["accuracy"]), "macro_f1": one(majority["macro_f1"])}
+        if "positive_f1" in majority:
+            rec["positive_f1"] = one(majority["positive_f1"])
+        rec.update({"class": majority["class"], "split": TEST_SPLIT, "n_test": len(y_test), "majority": majority,
+                    "chance": majority["chance"], "seconds": 0.0})
+        records.append(rec)
+    elif kind == "full":
+        records.append(score(None, X, y, n_train=int(X.shape[0])))
+    elif kind == "random":
+        for k in ipcs:
+            idx = random_subsets(y, C, k, seed_list)  # (K, k*C), a new draw per seed
+            records.append(score(k, X[idx], y[idx], n_train=k * C))
+    else:
+        for k in ipcs:
+            idx = coreset(X, y, C, k, kind)  # (k*C,), the same rows for every seed
+            records.append(score(k, X[idx], y[idx], n_train=k * C, rows=idx.tolist()))
+
+    # 4. Store them next to the run's eval results.
+    if run is not None:
+        store_results(run.eval / f"baseline-{kind}.json", records, history=run.eval / "history.jsonl")
+    return records

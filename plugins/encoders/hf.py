@@ -1,0 +1,121 @@
+"""The ``hf`` encoder: a Hugging Face transformers ``AutoModel`` with CLS or mean pooling.
+
+Pairs: ``joint`` feeds ``(a, b)`` to the tokenizer's pair input (``[CLS] a [SEP] b [SEP]``) and pools
+one vector; ``features`` encodes both sentences separately and returns ``[u, v, |u-v|, u*v]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from distillctl.encoding import (encode_pairs_separately, encode_sorted, folder_sha256, hub_snapshot, require,
+                                 resolve_device, revision_of)
+from distillctl.errors import UserError
+from distillctl.options import PluginOptions
+
+PLUGIN = "hf"
+
+
+class HFEncoderOptions(PluginOptions):
+    model: str = Field(description="Hub id (e.g. `bert-base-uncased`) or a local folder with a transformers model "
+                       "and its tokenizer.")
+    revision: Optional[str] = Field(None, description="Hub revision (branch, tag or commit).")
+    pooling: Literal["cls", "mean"] = Field(
+        "mean", description="`cls`: the first token's last hidden state; `mean`: the mean over non-pad tokens.")
+    max_length: int = Field(256, ge=1, description="Truncate inputs (a pair together in joint mode) to this many tokens.")
+    normalize: bool = Field(False, description="L2-normalise each vector.")
+    pair_mode: Literal["joint", "features"] = Field(
+        "joint", description="Sentence pairs: `joint` = one vector of the tokenizer's pair input; `features` = "
+        "[u, v, |u-v|, u*v] of the separately encoded sentences (4 x hidden size).")
+
+
+class HFEncoder:
+    """The :class:`distillctl.encoding.Encoder` of the ``hf`` plugin."""
+
+    def __init__(self, options: HFEncoderOptions):
+        self.options = options
+        self.pair_mode = options.pair_mode
+        self._path: Path | None = None
+        self._model = None
+        self._tokenizer = None
+        self._device = "cpu"
+        self._dim: int | None = None
+
+    def path(self) -> Path:
+        if self._path is None:
+            local = Path(self.options.model).expanduser()
+            if local.exists():
+                if not local.is_dir():
+                    raise UserError(f"encoder.model: {local} is not a model folder")
+                self._path = local.resolve()
+            else:
+                self._path = hub_snapshot(self.options.model, self.options.revision, plugin=PLUGIN)
+        return self._path
+
+    def identity(self) -> dict:
+        require("transformers", "transformers", PLUGIN, load=False)
+        o = self.options
+        path = self.path()
+        return {"plugin": PLUGIN, "weights_sha256": folder_sha256(path), "revision": revision_of(path),
+                "pooling": o.pooling, "max_length": o.max_length, "normalize": o.normalize, "pair_mode": o.pair_mode}
+
+    def describe(self) -> str:
+        return f"{self.options.model} ({self.path()}), {self.options.pooling} pooling"
+
+    def load(self, device: str = "cpu") -> None:
+        tf = require("transformers", "transformers", PLUGIN)
+        self._device = resolve_device(device)
+        try:
+            self._tokenizer = tf.AutoTokenizer.from_pretrained(str(self.path()))
+            self._model = tf.AutoModel.from_pretrained(str(self.path())).to(self._device).eval()
+        except Exception as exc:
+            raise UserError(f"encoder.model: cannot load {self.path()} with transformers AutoModel "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        width = int(self._model.config.hidden_size)
+        self._dim = width
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self.load()
+        return self._dim
+
+    def _forward(self, batch: list):
+        import torch
+
+        if self._model is None:
+            self.load()
+        if batch and isinstance(batch[0], tuple):  # joint pairs
+            a, b = [x[0] for x in batch], [x[1] for x in batch]
+            enc = self._tokenizer(a, b, padding=True, truncation=True, max_length=self.options.max_length,
+                                  return_tensors="pt")
+        else:
+            enc = self._tokenizer(batch, padding=True, truncation=True, max_length=self.options.max_length,
+                                  return_tensors="pt")
+        enc = {k: v.to(self._device) for k, v in enc.items()}
+        hidden = self._model(**enc).last_hidden_state  # (b, t, h)
+        if self.options.pooling == "cls":
+            out = hidden[:, 0]  # (b, h)
+        else:
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (b, t, 1)
+            out = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)  # (b, h)
+        if self.options.normalize:
+            out = torch.nn.functional.normalize(out, p=2, dim=1)
+        return out
+
+    def encode_texts(self, texts, *, batch_size: int = 64, progress=None):
+        return encode_sorted(list(texts), self._forward, batch_size=batch_size, progress=progress)
+
+    def encode(self, texts, pairs=None, *, batch_size: int = 64, progress=None):
+        if pairs is None:
+            return self.encode_texts(texts, batch_size=batch_size, progress=progress)
+        if self.pair_mode == "joint":
+            return encode_sorted(list(zip(texts, pairs)), self._forward, batch_size=batch_size, progress=progress)
+        return encode_pairs_separately(texts, pairs, self.encode_texts, batch_size=batch_size, progress=progress)
+
+
+def build(options: HFEncoderOptions) -> HFEncoder:
+    return HFEncoder(options)

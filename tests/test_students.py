@@ -1,0 +1,88 @@
+"""Built-in students: options, shapes, a reference for attention, functional/vmap use, double backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from distillctl.errors import UserError
+from distillctl.plugins import get_registry
+
+
+def build(name, d=12, C=3, **options):
+    info = get_registry().get("student", name)
+    return info.factory(d, C, info.parse_options(options))
+
+
+def test_students_are_registered_with_documented_options():
+    reg = get_registry()
+    for name in ("mlp", "transformer"):
+        info = reg.get("student", name)
+        assert info.package == "distillctl" and info.description
+        assert all(f.description for f in info.options.model_fields.values())
+
+
+def test_mlp_layers_follow_options():
+    m = build("mlp", hidden=[7, 5], activation="gelu", dropout=0.2)
+    linears = [l for l in m if isinstance(l, nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(12, 7), (7, 5), (5, 3)]
+    assert sum(isinstance(l, nn.GELU) for l in m) == 2 and sum(isinstance(l, nn.Dropout) for l in m) == 2
+    assert not any(isinstance(l, nn.Dropout) for l in build("mlp", hidden=4))  # int shorthand, no dropout
+    assert len(list(build("mlp", hidden=[]).parameters())) == 2  # a linear model
+    assert m(torch.randn(5, 12)).shape == (5, 3)
+
+
+def test_transformer_options_are_validated():
+    info = get_registry().get("student", "transformer")
+    with pytest.raises(Exception, match="heads .3. must divide d_model .8."):
+        info.parse_options({"d_model": 8, "heads": 3})
+    with pytest.raises(Exception):
+        info.parse_options({"layers": 0})
+
+
+@pytest.mark.parametrize("d", [12, 13])  # 13: the last token is zero-padded
+def test_transformer_shapes_and_no_buffers(d):
+    m = build("transformer", d=d, n_tokens=4, d_model=8, layers=2, heads=2, ff=16)
+    assert m(torch.randn(6, d)).shape == (6, 3)
+    assert list(m.buffers()) == []
+    assert m.proj.in_features == -(-d // 4)
+
+
+def test_attention_matches_torch_multihead_attention():
+    from distillctl_plugins.students.models import SelfAttention
+
+    torch.manual_seed(0)
+    ours = SelfAttention(8, heads=2, dropout=0.0)
+    ref = nn.MultiheadAttention(8, 2, batch_first=True)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(ours.qkv.weight)
+        ref.in_proj_bias.copy_(ours.qkv.bias)
+        ref.out_proj.weight.copy_(ours.out.weight)
+        ref.out_proj.bias.copy_(ours.out.bias)
+    h = torch.randn(3, 5, 8)
+    torch.testing.assert_close(ours(h), ref(h, h, h, need_weights=False)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,opts", [("mlp", {"hidden": [6]}),
+                                       ("transformer", {"n_tokens": 3, "d_model": 4, "heads": 2, "ff": 8})])
+def test_vmapped_functional_call_and_double_backward(name, opts):
+    from torch.func import functional_call, stack_module_state, vmap
+
+    torch.manual_seed(0)
+    models = [build(name, **opts).double() for _ in range(3)]
+    params, buffers = stack_module_state(models)
+    x = torch.randn(4, 12, dtype=torch.float64, requires_grad=True)
+    out = vmap(lambda p, b, x: functional_call(models[0], (p, b), (x,)), in_dims=(0, 0, None))(params, buffers, x)
+    for k, m in enumerate(models):
+        torch.testing.assert_close(out[k], m(x))
+    # the meta-gradient differentiates through the students' own gradients
+    (g,) = torch.autograd.grad(out.logsumexp(-1).sum(), [params[next(iter(params))]], create_graph=True)
+    (gx,) = torch.autograd.grad(g.pow(2).sum(), x)
+    assert torch.isfinite(gx).all() and gx.abs().sum() > 0
+
+
+def test_unknown_student_lists_known_ones():
+    with pytest.raises(UserError, match="unknown student plugin 'cnn'; known: ") as info:
+        get_registry().get("student", "cnn")
+    assert "mlp (distillctl)" in str(info.value) and "transformer (distillctl)" in str(info.value)

@@ -1,0 +1,205 @@
+"""submit's job graph: expansion of recipes and sweeps, dependencies, sharing, dry runs, --stage."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import distill_fakes
+from distillctl import submit as sm
+from distillctl.errors import UserError
+from distillctl.recipe import RecipeError
+from submit_fakes import env, recipe_data  # noqa: F401 - env is a fixture
+
+
+def by_id(jobs):
+    return {j.id: j for j in jobs}
+
+
+def test_graph_of_a_boost_chain(env):
+    path = env.write()
+    points = sm.expand_points(path)
+    folder = env.tmp / "runs" / "tiny" / "X"
+    g = sm.build_graph(points, folder)
+    jobs = by_id(g.jobs)
+    assert list(jobs) == ["embed", "distill-ipc1", "eval-ipc1", "distill-ipc2", "eval-ipc2", "baseline-random",
+                          "baseline-full", "report"]
+    r = str(folder)
+    rf = f"{r}/recipe.resolved.yaml"
+    assert jobs["embed"].argv == ["distillctl", "embed", rf]
+    assert jobs["distill-ipc1"].argv == ["distillctl", "distill", rf, "--resume", r, "--stage", "1"]
+    assert jobs["distill-ipc2"].argv == ["distillctl", "distill", rf, "--resume", r, "--stage", "2"]
+    assert jobs["distill-ipc2"].depends_on == ["embed", "distill-ipc1"] and jobs["distill-ipc2"].requeue
+    assert jobs["eval-ipc2"].argv == ["distillctl", "eval", f"{r}/distilled/ipc2.safetensors"]
+    assert jobs["eval-ipc2"].depends_on == ["distill-ipc2", "eval-ipc1"]
+    assert jobs["baseline-full"].argv == ["distillctl", "baseline", rf, "--kind", "full", "--run-dir", r]
+    assert jobs["baseline-full"].depends_on == ["embed"]
+    assert jobs["report"].argv == ["distillctl", "report", r]
+    assert sorted(jobs["report"].depends_on) == ["baseline-full", "baseline-random", "eval-ipc1", "eval-ipc2"]
+    assert all(j.cwd == r and j.log.startswith(f"{r}/logs/") for j in g.jobs)
+    assert not any(j.requeue for j in g.jobs if j.kind != "distill")
+    assert g.links == [] and g.reports == {"": folder / "report.md"}
+
+
+def test_single_stage_has_no_stage_option(env):
+    path = env.write(distill={**recipe_data()["distill"], "ipc": [4]})
+    jobs = by_id(sm.build_graph(sm.expand_points(path), env.tmp / "S").jobs)
+    assert jobs["distill-ipc4"].argv[-2:] == ["--resume", str(env.tmp / "S")]
+
+
+def test_sweep_is_a_cartesian_product_sharing_embed_and_baselines(env):
+    path = env.write()
+    points = sm.expand_points(path, sweeps=["distill.unroll.window=2,3", "distill.inner.lr=0.01,0.1,1e-3"])
+    assert len(points) == 6
+    assert [p.name for p in points][:3] == ["window=2_lr=0.01", "window=2_lr=0.1", "window=2_lr=1e-3"]
+    assert points[2].recipe.distill.inner.lr == pytest.approx(1e-3)
+    assert points[3].recipe.distill.unroll.options.window == 3
+    folder = env.tmp / "F"
+    g = sm.build_graph(points, folder)
+    jobs = by_id(g.jobs)
+    # one embed (same data and encoder), one job per baseline arm (same protocol), 6 x (2 distill + 2 eval + report)
+    assert [j for j in jobs if "embed" in j] == ["embed"]
+    assert sorted(j for j in jobs if "baseline" in j) == ["window=2_lr=0.01/baseline-full",
+                                                          "window=2_lr=0.01/baseline-random"]
+    assert len(g.jobs) == 1 + 2 + 6 * 5
+    owner = folder / "window=2_lr=0.01"
+    other = folder / "window=3_lr=0.1"
+    assert (other / "eval" / "baseline-full.json", owner / "eval" / "baseline-full.json") in g.links
+    rep = jobs["window=3_lr=0.1/report"]
+    assert "window=2_lr=0.01/baseline-full" in rep.depends_on and "window=3_lr=0.1/eval-ipc2" in rep.depends_on
+    d = jobs["window=3_lr=0.1/distill-ipc1"]
+    assert d.argv[2] == str(other / "recipe.resolved.yaml") and d.group == "distill-0"
+
+
+def test_sweep_over_student_or_data_splits_baselines_and_embeds(env):
+    path = env.write()
+    g = sm.build_graph(sm.expand_points(path, sweeps=["student.hidden=[8],[16, 16]"]), env.tmp / "A")
+    ids = [j.id for j in g.jobs]
+    assert ids.count("embed") == 1 and len([i for i in ids if "/baseline-" in i]) == 4
+    assert "hidden=8/report" in ids and "hidden=16-16/report" in ids
+    g = sm.build_graph(sm.expand_points(path, sweeps=["dataset.size=10,20"]), env.tmp / "B")
+    emb = [j for j in g.jobs if j.kind == "embed"]
+    assert [j.id for j in emb] == ["embed-1", "embed-2"]
+    assert g.jobs[-1].id == "size=20/report"
+    assert by_id(g.jobs)["size=20/distill-ipc1"].depends_on == ["embed-2"]
+    assert emb[1].argv[-1] == str(env.tmp / "B" / "size=20" / "recipe.resolved.yaml")
+
+
+def test_sweep_values_and_errors(env):
+    assert sm.split_values("1,[1, 5],{a: 1, b: 2},'x,y'") == ["1", "[1, 5]", "{a: 1, b: 2}", "'x,y'"]
+    assert sm.parse_sweep("distill.ipc=[1,5],[1,5,10]") == ("distill.ipc", ["[1,5]", "[1,5,10]"])
+    for bad in ("distill.ipc", "distill.ipc=", "x=1,,2", "x=1,1"):
+        with pytest.raises(UserError, match="--sweep"):
+            sm.parse_sweep(bad)
+    path = env.write()
+    with pytest.raises(RecipeError) as exc:
+        sm.expand_points(path, sweeps=["distill.unroll.window=3,abc,9"])
+    lines = str(exc.value).splitlines()
+    assert any("distill.unroll.window" in x and "window=abc" in x for x in lines)
+    assert any("window (9) must be <= total" in x and "window=9" in x for x in lines)
+    with pytest.raises(UserError, match="shared by every point"):
+        sm.expand_points(path, sweeps=["scheduler.workers=1,2"])
+    with pytest.raises(UserError, match="swept twice"):
+        sm.expand_points(path, sweeps=["seed=1,2", "seed=3"])
+
+
+def test_scheduler_override_starts_from_its_defaults(env):
+    path = env.write()
+    p = sm.expand_points(path, scheduler="slurm")[0]
+    assert p.recipe.scheduler.name == "slurm" and p.recipe.scheduler.options.time == 60
+    p = sm.expand_points(path, scheduler="local")[0]
+    assert p.recipe.scheduler.options.workers == 2  # the recipe's own options stay
+    with pytest.raises(RecipeError, match="unknown scheduler plugin 'nope'"):
+        sm.expand_points(path, scheduler="nope")
+
+
+def test_cli_dry_run_prints_the_graph_and_writes_nothing(env, cli):
+    path = env.write()
+    r = cli("submit", path, "--dry-run", "--sweep", "distill.unroll.window=2,3")
+    assert r.code == 0, r
+    assert "dry run" in r.out and "window=3/distill-ipc2   (after embed, window=3/distill-ipc1)" in r.out
+    assert "$ distillctl distill " in r.out and "--stage 2" in r.out
+    assert "local scheduler: 13 jobs" in r.out
+    assert not (env.tmp / "runs").exists()
+    r = cli("submit", path, "--dry-run", "--json")
+    assert r.code == 0 and json.loads(r.out)["dry_run"] is True and len(json.loads(r.out)["jobs"]) == 8
+    r = cli("submit", path, "--dry-run", "--sweep", "distill.unroll.window=x")
+    assert r.code == 2 and "distill.unroll.window" in r.err and "sweep point" in r.err
+    r = cli("submit")
+    assert r.code == 2 and "missing RECIPE" in r.err
+    r = cli("submit", path, "--retry-failed", env.tmp)
+    assert r.code == 2 and "takes no RECIPE" in r.err
+
+
+def test_cli_dry_run_slurm_prints_arrays_and_dependencies(env, cli):
+    path = env.write(scheduler={"name": "slurm", "partition": "debug", "time": 30, "setup": ["source /venv/bin/activate"]})
+    r = cli("submit", path, "--dry-run", "--sweep", "distill.unroll.window=2,3")
+    assert r.code == 0, r
+    out = r.out
+    assert "\ndistill_0=$(sbatch --parsable --dependency=afterok:$embed " in out
+    assert "\ndistill_1=$(sbatch --parsable --dependency=afterok:$embed,aftercorr:$distill_0 " in out
+    assert "\neval_1=$(sbatch --parsable --dependency=aftercorr:$distill_1,aftercorr:$eval_0 " in out
+    assert ("\nreport=$(sbatch --parsable --dependency=aftercorr:$eval_0,aftercorr:$eval_1,afterok:$baseline_random,"
+            "afterok:$baseline_full ") in out
+    assert "#SBATCH --array=0-1" in out and "#SBATCH --partition=debug" in out and "#SBATCH --time=30" in out
+    assert out.count("#SBATCH --signal=B:USR1@120") == 2  # the two distill stage arrays
+    assert "source /venv/bin/activate" in out
+
+
+# -- distill --stage: a chain run one stage per job equals the chain in one go ---------------------------------
+
+@pytest.fixture
+def fake_embeddings(env, monkeypatch):
+    emb = distill_fakes.gaussian_embeddings()
+    try:
+        import distillctl.embed as embed_module
+    except ImportError:
+        embed_module = types.ModuleType("distillctl.embed")
+        monkeypatch.setitem(sys.modules, "distillctl.embed", embed_module)
+    monkeypatch.setattr(embed_module, "load_embeddings", lambda recipe, *, quiet=None: emb, raising=False)
+    return emb
+
+
+def test_distill_stage_by_stage_equals_the_whole_chain(env, fake_embeddings):
+    import torch
+
+    from distillctl.distill import distill
+    from distillctl.runs import create_run_dir
+    from distillctl.synthetic import SyntheticSet
+
+    path = env.write()
+    recipe = sm.expand_points(path)[0].recipe
+    whole = distill(recipe, run_dir=env.tmp / "whole", quiet=True)
+    run = create_run_dir(recipe, stage="submit", run_dir=env.tmp / "staged")
+    with pytest.raises(UserError, match="earlier stage ipc=1 is not finished"):
+        distill(recipe, resume=run.path, stage=2, quiet=True)
+    first = distill(recipe, resume=run.path, stage=1, quiet=True)
+    assert [s["ipc"] for s in first.sets] == [1] and not (run.distilled / "ipc2.safetensors").exists()
+    second = distill(recipe, resume=run.path, stage=2, quiet=True)
+    assert [s["ipc"] for s in second.sets] == [1, 2]
+    for a, b in zip(whole.sets, second.sets):
+        sa, sb = SyntheticSet.load(a["path"]), SyntheticSet.load(b["path"])
+        assert torch.equal(sa.x, sb.x) and a["val_accuracy"] == b["val_accuracy"]
+    with pytest.raises(UserError, match="--stage 3: not a stage"):
+        distill(recipe, resume=run.path, stage=3, quiet=True)
+
+
+def test_quickstart_recipe_is_the_whole_pipeline(cli):
+    """recipes/quickstart.yaml (the README's main command) expands to the full graph; runs no job."""
+    from distillctl.plugins import get_registry
+
+    reg = get_registry()
+    if "agnews" not in reg.names("dataset") or "sentence-transformers" not in reg.names("encoder"):
+        pytest.skip("the embed stage's agnews / sentence-transformers plugins are not installed in this checkout")
+    path = Path(__file__).parent.parent / "recipes" / "quickstart.yaml"
+    r = cli("submit", path, "--dry-run", "--json")
+    assert r.code == 0, r
+    out = json.loads(r.out)
+    assert [j["id"] for j in out["jobs"]] == [
+        "embed", "distill-ipc1", "eval-ipc1", "distill-ipc5", "eval-ipc5", "distill-ipc10", "eval-ipc10",
+        "baseline-random", "baseline-full", "baseline-majority", "report"]
+    assert out["scheduler"] == "local" and "2 at a time" in out["description"]
