@@ -7,6 +7,7 @@ Heavy imports (torch, transformers, pydantic models) happen inside the commands,
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -448,6 +449,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except BrokenPipeError:
+        # `distillctl ... | head`: the reader went away; that is not a failure. Point stdout at devnull so
+        # the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except UserError as exc:
         if _STATE["debug"]:
             raise
