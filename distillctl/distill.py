@@ -139,6 +139,10 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
                 previous = done
                 continue
         if stage is not None and ipc < stage:
+            if set_path.exists():
+                raise UserError(f"--stage {stage}: {set_path} was made from another recipe (its recipe_fingerprint "
+                                f"differs), so stage ipc={stage} cannot start from it; rerun the chain from ipc={ipc} "
+                                f"in a new run directory")
             raise UserError(f"--stage {stage}: the earlier stage ipc={ipc} is not finished in {run.path}; run it "
                             f"first (`distillctl distill RECIPE --resume {run.path} --stage {ipc}`)")
 

@@ -255,9 +255,8 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
     # 1. Read the text data (bad rows skipped or failing per embed.bad_rows).
     data = _load_dataset(source, settings.bad_rows)
     splits = {name: s for name, s in data.splits.items() if name in SPLIT_ORDER and len(s) > 0}
-    for name in ("train", "test"):
-        if name not in splits:
-            raise UserError(f"dataset {recipe.dataset.name!r}: no {name!r} split with rows")
+    if "train" not in splits:
+        raise UserError(f"dataset {recipe.dataset.name!r}: no 'train' split with rows")
     C = data.num_classes
     for name, s in splits.items():
         if s.labels.size and (s.labels.min() < 0 or s.labels.max() >= C):
@@ -423,7 +422,7 @@ def _read_texts(entry: Path, split: str, manifest: dict) -> dict:
 
 
 def _open(recipe, entry: Path, manifest: dict) -> Embeddings:
-    """Load the verified entry and carve ``val`` from train when the dataset has none."""
+    """Load the verified entry; carve ``test`` and then ``val`` from train when the dataset lacks them."""
     import torch
     from safetensors.torch import load_file
 
@@ -442,21 +441,29 @@ def _open(recipe, entry: Path, manifest: dict) -> Embeddings:
         native[split] = (X, y)
     index = {name: (name, list(range(native[name][0].shape[0]))) for name in native}
     carve = None
-    if "val" not in native:
+    for held, size, where in (("test", recipe.embed.test_size, "embed.test_size"),
+                              ("val", recipe.embed.val_size, "embed.val_size")):
+        # A split the dataset lacks is held out from (what is left of) train: test first, so the test
+        # rows never depend on val_size; a different seed stream per split.
+        if held in native:
+            continue
         X, y = native["train"]
-        tr, va = carve_val(y.numpy(), recipe.embed.val_size, recipe.seed)
-        carve = {"val_size": recipe.embed.val_size, "seed": recipe.seed}
-        tr_t, va_t = torch.from_numpy(tr), torch.from_numpy(va)  # (n_train,), (n_val,) int64 row indices
-        native["val"] = (X[va_t], y[va_t])
+        origin = index["train"][1]  # stored train rows behind the current train rows
+        tr, ho = carve_val(y.numpy(), size, recipe.seed + (1_000_003 if held == "test" else 0), where=where,
+                           what="test" if held == "test" else "validation")
+        carve = {**(carve or {}), f"{held}_size": size, "seed": recipe.seed}
+        tr_t, ho_t = torch.from_numpy(tr), torch.from_numpy(ho)  # int64 row indices into the current train
+        native[held] = (X[ho_t], y[ho_t])
         native["train"] = (X[tr_t], y[tr_t])
-        index["val"] = ("train", va.tolist())
-        index["train"] = ("train", tr.tolist())
+        index[held] = ("train", [origin[i] for i in ho.tolist()])
+        index["train"] = ("train", [origin[i] for i in tr.tolist()])
     splits = {name: EmbeddingSplit(*native[name]) for name in SPLIT_ORDER if name in native}
     fingerprint = _sha256(_canonical({"key": manifest["key"], "carve": carve}).encode())
     notes = list(manifest["dataset"].get("notes", []))
-    if carve:
-        notes.append(f"val: {splits['val'].y.shape[0]} rows carved from train (stratified, val_size "
-                     f"{recipe.embed.val_size}, seed {recipe.seed})")
+    for held in ("test", "val"):
+        if carve and f"{held}_size" in carve:
+            notes.append(f"{held}: {splits[held].y.shape[0]} rows carved from train (stratified, {held}_size "
+                         f"{carve[f'{held}_size']}, seed {recipe.seed})")
     return Embeddings(splits=splits, label_names=label_names, num_classes=C, dim=int(manifest["encoder"]["dim"]),
                       fingerprint=fingerprint, cache_dir=entry, notes=notes, manifest=manifest, _text_index=index)
 

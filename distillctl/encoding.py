@@ -52,6 +52,31 @@ class Encoder(Protocol):
         """``(n, dim)`` float32 vectors of ``texts`` (or of the pairs ``(texts[i], pairs[i])``)."""
 
 
+class BatchEncoder:
+    """Shared ``encode`` of the built-in encoders: length-sorted batches through the subclass's ``_forward``.
+
+    A subclass sets ``pair_mode`` and implements ``_forward(batch) -> (b, dim) tensor``, where a batch
+    holds texts, or ``(text, pair)`` tuples when ``pair_mode == "joint"``.
+    """
+
+    pair_mode: str = "features"
+
+    def _forward(self, batch: list):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def encode_texts(self, texts: Sequence[str], *, batch_size: int = 64,
+                     progress: Progress | None = None) -> np.ndarray:
+        return encode_sorted(list(texts), self._forward, batch_size=batch_size, progress=progress)
+
+    def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *, batch_size: int = 64,
+               progress: Progress | None = None) -> np.ndarray:
+        if pairs is None:
+            return self.encode_texts(texts, batch_size=batch_size, progress=progress)
+        if self.pair_mode == "joint":
+            return encode_sorted(list(zip(texts, pairs)), self._forward, batch_size=batch_size, progress=progress)
+        return encode_pairs_separately(texts, pairs, self.encode_texts, batch_size=batch_size, progress=progress)
+
+
 def output_dim(encoder: Encoder, pairs: bool) -> int:
     """Width of what ``encode`` returns: ``dim``, or ``4 * dim`` for pairs in ``features`` mode."""
     return int(encoder.dim) * (4 if pairs and getattr(encoder, "pair_mode", "features") == "features" else 1)

@@ -79,6 +79,12 @@ class EmbedSettings(Section):
         description="Validation rows carved from train when the dataset has no validation split: a "
         "fraction (0 < x < 1) or a row count (x >= 1). The split is stratified and seeded by `seed`.",
     )
+    test_size: float = Field(
+        0.2, gt=0,
+        description="Test rows held out from train when the dataset has no test split (before `val` is "
+        "carved): a fraction (0 < x < 1) or a row count (x >= 1); stratified, seeded by `seed`. They are "
+        "only ever used for final scores.",
+    )
     batch_size: int = Field(64, ge=1, description="Sentences per encoder forward pass.")
     dtype: Literal["float32", "float16"] = Field("float32", description="Storage type of the cached vectors.")
     device: str = Field("cpu", description="Torch device for the encoder, e.g. `cpu`, `cuda`, `cuda:1`.")
@@ -225,8 +231,14 @@ class Recipe(Section):
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
     def fingerprint(self) -> str:
-        """sha256 of the canonical JSON of the resolved recipe."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """sha256 of the canonical JSON of the recipe's core fields that differ from their defaults.
+
+        Leaving defaults out keeps the fingerprint of a run stable when a later distillctl adds a field
+        with a default (``--resume`` of an older run still matches); a value written out that equals
+        the default fingerprints like an omitted one. Plugin sections count with all their options.
+        """
+        data = self.model_dump(mode="json", exclude_defaults=True)
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -296,7 +296,8 @@ def map_labels(raw: Sequence[Any], *, where: str, label_names: Sequence[str] | N
 
 # -- validation split -------------------------------------------------------------------------------
 
-def carve_val(labels: np.ndarray, val_size: float, seed: int, *, where: str = "embed.val_size") -> tuple[np.ndarray, np.ndarray]:
+def carve_val(labels: np.ndarray, val_size: float, seed: int, *, where: str = "embed.val_size",
+              what: str = "validation") -> tuple[np.ndarray, np.ndarray]:
     """A seeded, stratified validation split: ``(train_index, val_index)``, both sorted.
 
     ``val_size`` < 1 is a fraction of the rows, >= 1 a row count. Every class gets its share (largest
@@ -310,7 +311,7 @@ def carve_val(labels: np.ndarray, val_size: float, seed: int, *, where: str = "e
     if n_val < 1:
         raise UserError(f"{where}: {val_size} of {n} training rows is less than one row; use a larger value")
     if n_val >= n:
-        raise UserError(f"{where}: {n_val} validation rows asked for but train has only {n}; use a fraction "
+        raise UserError(f"{where}: {n_val} {what} rows asked for but train has only {n}; use a fraction "
                         "(0 < x < 1) or a smaller count")
     classes, counts = np.unique(labels, return_counts=True)
     quota = counts * (n_val / n)
@@ -339,8 +340,8 @@ def assemble(parts: dict[str, list[TextSplit]], label_names: Sequence[str], *, n
     """Merge each split's parts (one per file); with ``dedupe``, drop duplicate train / val rows and
     train / val rows whose text occurs in test (the test split itself is never changed).
 
-    ``parts`` maps ``train`` / ``val`` / ``test`` to the parsed files of that split (``val`` may be
-    missing or empty: it is then carved from train by the embed stage).
+    ``parts`` maps ``train`` / ``val`` / ``test`` to the parsed files of that split (``val`` and ``test``
+    may be missing: the embed stage then carves them from train).
     """
     splits: dict[str, TextSplit] = {}
     for name in SPLITS:
@@ -349,10 +350,11 @@ def assemble(parts: dict[str, list[TextSplit]], label_names: Sequence[str], *, n
             # duplicates are removed from train / val, and so is any row whose text occurs in test.
             splits[name] = merge_parts(parts[name], where=f"{where}.{name}", notes=notes,
                                        dedupe=dedupe and name != "test")
-    for name in ("train", "test"):
-        if name not in splits or len(splits[name]) == 0:
-            raise UserError(f"{where}.{name}: no usable rows")
-    if dedupe:
+    if "train" not in splits or len(splits["train"]) == 0:
+        raise UserError(f"{where}.train: no usable rows")
+    if parts.get("test") and len(splits.get("test", ())) == 0:  # test files given, but nothing usable in them
+        raise UserError(f"{where}.test: no usable rows")
+    if dedupe and "test" in splits:
         for name in ("train", "val"):
             if name in splits:
                 splits[name] = drop_overlap(splits[name], splits["test"], where=f"{where}.{name}", notes=notes)

@@ -94,6 +94,33 @@ def test_rows_texts_and_vectors_stay_aligned_after_the_carve(tmp_path, reg):
     assert set(emb.texts("train")).isdisjoint(emb.texts("val"))
 
 
+def test_no_test_split_holds_out_a_stratified_test_set_that_ignores_val_size(tmp_path, reg):
+    from distillctl.embed import load_embeddings
+
+    data = make_data(tmp_path, n_train=60)
+    del data["test"]
+    emb = load_embeddings(load(write_recipe(tmp_path, data, test_size=0.2)))
+    n = {k: emb.splits[k].y.shape[0] for k in ("train", "val", "test")}
+    assert n == {"train": 36, "val": 12, "test": 12}  # 20 % of 60 held out, then 25 % of the 48 left
+    assert torch_bincount(emb.splits["test"].y, 3) == [4, 4, 4]  # stratified: 20 per class in train
+    texts = {k: emb.texts(k) for k in ("train", "val", "test")}
+    assert set(texts["test"]).isdisjoint(texts["train"]) and set(texts["test"]).isdisjoint(texts["val"])
+    assert len(set(texts["train"]) | set(texts["val"]) | set(texts["test"])) == 60
+    for i, t in enumerate(texts["test"]):  # vectors and labels follow their texts through both carves
+        np.testing.assert_allclose(emb.splits["test"].X[i].numpy(), embed_fakes.vector(t))
+        assert LABELS[int(emb.splits["test"].y[i])] in t
+    # Another val_size changes val, never the test rows (they are carved first).
+    other = load_embeddings(load(write_recipe(tmp_path, data, test_size=0.2, val_size=0.5)))
+    assert other.texts("test") == texts["test"] and other.splits["val"].y.shape[0] == 24
+    assert any("test: 12 rows carved from train" in note for note in emb.notes)
+
+
+def torch_bincount(y, C):
+    import torch
+
+    return torch.bincount(y, minlength=C).tolist()
+
+
 def test_pairs_are_joined_in_texts_and_features_have_4d(tmp_path, reg):
     from distillctl.embed import load_embeddings
 

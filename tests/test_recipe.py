@@ -67,6 +67,19 @@ def test_resolved_recipe_round_trips(tmp_path, toy_registry):
     assert load_recipe(again).fingerprint() == recipe.fingerprint()
 
 
+def test_fingerprint_ignores_spelled_out_defaults_but_not_changes(tmp_path, toy_registry):
+    base = load_recipe(write(tmp_path, GOOD))
+    # The resolved recipe of an older version lacks a core field added since (here embed.test_size):
+    # the run must still match, or `--resume` of that run would refuse after an upgrade.
+    older = base.to_dict()
+    del older["embed"]["test_size"]
+    assert load_recipe(write(tmp_path, __import__("yaml").safe_dump(older), "old.yaml")).fingerprint() \
+        == base.fingerprint()
+    assert load_recipe(write(tmp_path, GOOD), ["embed.test_size=0.2"]).fingerprint() == base.fingerprint()
+    assert load_recipe(write(tmp_path, GOOD), ["embed.test_size=0.3"]).fingerprint() != base.fingerprint()
+    assert load_recipe(write(tmp_path, GOOD), ["distill.unroll.window=20"]).fingerprint() != base.fingerprint()
+
+
 def test_toml_equals_yaml(tmp_path, toy_registry):
     toml_path = write(tmp_path, """\
         name = "agnews-toy"

