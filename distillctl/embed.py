@@ -440,30 +440,26 @@ def _open(recipe, entry: Path, manifest: dict) -> Embeddings:
                            f"({want}, {manifest['encoder']['dim']}); run `distillctl embed RECIPE --force`")
         native[split] = (X, y)
     index = {name: (name, list(range(native[name][0].shape[0]))) for name in native}
-    carve = None
-    for held, size, where in (("test", recipe.embed.test_size, "embed.test_size"),
-                              ("val", recipe.embed.val_size, "embed.val_size")):
-        # A split the dataset lacks is held out from (what is left of) train: test first, so the test
-        # rows never depend on val_size; a different seed stream per split.
+    carve: dict = {}  # what was held out, for the fingerprint
+    notes = list(manifest["dataset"].get("notes", []))
+    # A split the dataset lacks is held out from (what is left of) train: test first, so the test rows
+    # never depend on val_size; a different seed stream per split.
+    for held, size, seed_offset, what in (("test", recipe.embed.test_size, 1_000_003, "test"),
+                                          ("val", recipe.embed.val_size, 0, "validation")):
         if held in native:
             continue
         X, y = native["train"]
         origin = index["train"][1]  # stored train rows behind the current train rows
-        tr, ho = carve_val(y.numpy(), size, recipe.seed + (1_000_003 if held == "test" else 0), where=where,
-                           what="test" if held == "test" else "validation")
-        carve = {**(carve or {}), f"{held}_size": size, "seed": recipe.seed}
+        tr, ho = carve_val(y.numpy(), size, recipe.seed + seed_offset, where=f"embed.{held}_size", what=what)
+        carve.update({f"{held}_size": size, "seed": recipe.seed})
         tr_t, ho_t = torch.from_numpy(tr), torch.from_numpy(ho)  # int64 row indices into the current train
         native[held] = (X[ho_t], y[ho_t])
         native["train"] = (X[tr_t], y[tr_t])
         index[held] = ("train", [origin[i] for i in ho.tolist()])
         index["train"] = ("train", [origin[i] for i in tr.tolist()])
+        notes.append(f"{held}: {ho.size} rows carved from train (stratified, {held}_size {size}, seed {recipe.seed})")
     splits = {name: EmbeddingSplit(*native[name]) for name in SPLIT_ORDER if name in native}
-    fingerprint = _sha256(_canonical({"key": manifest["key"], "carve": carve}).encode())
-    notes = list(manifest["dataset"].get("notes", []))
-    for held in ("test", "val"):
-        if carve and f"{held}_size" in carve:
-            notes.append(f"{held}: {splits[held].y.shape[0]} rows carved from train (stratified, {held}_size "
-                         f"{carve[f'{held}_size']}, seed {recipe.seed})")
+    fingerprint = _sha256(_canonical({"key": manifest["key"], "carve": carve or None}).encode())
     return Embeddings(splits=splits, label_names=label_names, num_classes=C, dim=int(manifest["encoder"]["dim"]),
                       fingerprint=fingerprint, cache_dir=entry, notes=notes, manifest=manifest, _text_index=index)
 
