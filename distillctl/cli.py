@@ -33,6 +33,9 @@ SetOption = typer.Option(
     help="Override a recipe field, e.g. --set distill.unroll.window=60 (repeatable).",
 )
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+RecipeArgument = typer.Argument(..., metavar="RECIPE", help="Recipe file (.yaml, .yml, .toml).")
+SubmissionArgument = typer.Argument(..., metavar="RUN",
+                                    help="Submission folder (runs/<name>/<id>) or a run inside it.")
 
 
 def _version_callback(value: bool) -> None:
@@ -135,7 +138,7 @@ def recipe_schema() -> None:
 
 @app.command("embed")
 def embed_cmd(
-    recipe_file: str = typer.Argument(..., metavar="RECIPE", help="Recipe file (.yaml, .yml, .toml)."),
+    recipe_file: str = RecipeArgument,
     overrides: Optional[List[str]] = SetOption,
     force: bool = typer.Option(False, "--force", help="Rebuild the cache entry even when it verifies."),
     as_json: bool = JsonOption,
@@ -179,7 +182,7 @@ def embed_cmd(
 
 @app.command("distill")
 def distill_cmd(
-    recipe_file: str = typer.Argument(..., metavar="RECIPE", help="Recipe file (.yaml, .yml, .toml)."),
+    recipe_file: str = RecipeArgument,
     overrides: Optional[List[str]] = SetOption,
     run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Write into this run directory "
                                           "(default: <runs_dir>/<recipe name>/<new id>)."),
@@ -245,7 +248,7 @@ def eval_cmd(
 
 @app.command("baseline")
 def baseline_cmd(
-    recipe_file: str = typer.Argument(..., metavar="RECIPE", help="Recipe file (.yaml, .yml, .toml)."),
+    recipe_file: str = RecipeArgument,
     kind: str = typer.Option(..., "--kind", help="random | herding | kcenter | full | majority."),
     ipc: Optional[str] = typer.Option(None, "--ipc", metavar="1,5,10",
                                       help="Instances per class (default baseline.ipc, else distill.ipc)."),
@@ -363,7 +366,7 @@ def _print_sweep_summary(sub) -> None:
 
 @app.command("status")
 def status_cmd(
-    run: str = typer.Argument(..., metavar="RUN", help="Submission folder (runs/<name>/<id>) or a run inside it."),
+    run: str = SubmissionArgument,
     as_json: bool = JsonOption,
 ) -> None:
     """Each job's state, scheduler id and elapsed time; the log tail of failed jobs."""
@@ -408,7 +411,7 @@ def _print_status(sub) -> None:
 
 @app.command("cancel")
 def cancel_cmd(
-    run: str = typer.Argument(..., metavar="RUN", help="Submission folder (runs/<name>/<id>) or a run inside it."),
+    run: str = SubmissionArgument,
     as_json: bool = JsonOption,
 ) -> None:
     """Cancel every job of a submission that has not finished (finished results stay)."""
