@@ -168,8 +168,9 @@ def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, 
     import torch
 
     from distillctl.console import info, is_quiet
-    from distillctl.evaluate import (TEST_SPLIT, eval_seeds, load_embeddings, majority_line, result_record,
-                                     split_of, store_results)
+    from distillctl.embed import load_embeddings
+    from distillctl.evaluate import (TEST_SPLIT, eval_seeds, majority_line, result_record, split_of,
+                                     store_results)
     from distillctl.recipe import Recipe, load_recipe
     from distillctl.training import TrainBudget, student_builder, train_and_score
 

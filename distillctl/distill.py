@@ -93,11 +93,12 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
         from distillctl.embed import load_embeddings
 
         embeddings = load_embeddings(recipe, quiet=quiet)
+    from distillctl.evaluate import split_of
+
     device = torch.device(ds.device)
-    X_train = embeddings.splits["train"].X.to(device, torch.float32)  # (n, d)
-    y_train = embeddings.splits["train"].y.to(device)  # (n,)
-    X_val = embeddings.splits["val"].X.to(device, torch.float32)  # (m, d)
-    y_val = embeddings.splits["val"].y.to(device)  # (m,)
+    train, val = split_of(embeddings, "train"), split_of(embeddings, "val")
+    X_train, y_train = train.X.to(device, torch.float32), train.y.to(device)  # (n, d), (n,)
+    X_val, y_val = val.X.to(device, torch.float32), val.y.to(device)  # (m, d), (m,)
     C, d = int(embeddings.num_classes), int(X_train.shape[1])
     counts = torch.bincount(y_train.cpu(), minlength=C)
     if int(counts.min()) < max(ds.ipc):
@@ -119,7 +120,7 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
 
     def validate(learn: dict) -> float:
         """Mean accuracy on `val` of fresh students trained on the current set with the eval budget."""
-        x, y = learn["x"].detach(), _labels(learn, hard, C).detach()
+        x, y = learn["x"].detach(), _labels(learn, hard).detach()
         scores = train_and_score(build_student, x, y, X_val, y_val, seeds=val_seeds, budget=val_budget,
                                  num_classes=C, quiet=True)
         return float(sum(scores.accuracy) / len(scores.accuracy))
@@ -275,7 +276,7 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
         best = state["best"]
         wall = time.perf_counter() - t_stage
         syn = SyntheticSet(
-            x=best["x"].cpu(), labels=_labels(best, hard, C).cpu(), ipc=ipc, num_classes=C,
+            x=best["x"].cpu(), labels=_labels(best, hard).cpu(), ipc=ipc, num_classes=C,
             inner_lr=float(best["log_lr"].exp()) if "log_lr" in best else None,
             meta={**meta_common, "stage": si, "ipc_chain": list(ds.ipc), "outer_step": state["best_step"],
                   "outer_steps_run": state["step"], "val_accuracy": state["best_acc"],
@@ -292,7 +293,7 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
 
 # -- helpers (each used once above; kept apart so the loop reads top to bottom) --------------------
 
-def _labels(learn: dict, hard: "torch.Tensor", C: int) -> "torch.Tensor":
+def _labels(learn: dict, hard: "torch.Tensor") -> "torch.Tensor":
     """(n,) int64 hard labels, or (n, C) probabilities from the learnable logits."""
     return learn["label_logits"].softmax(-1) if "label_logits" in learn else hard
 

@@ -36,13 +36,6 @@ def eval_seeds(recipe: Any, k: int | None = None) -> list[int]:
     return [recipe.seed * SEED_STRIDE + i for i in range(k)]
 
 
-def load_embeddings(recipe: Any, quiet: bool | None = None):
-    """The recipe's cached embeddings (embedded first when missing), via the embed stage."""
-    from distillctl.embed import load_embeddings as _load
-
-    return _load(recipe, quiet=quiet)
-
-
 def split_of(embeddings: Any, name: str):
     """``embeddings.splits[name]``, or a :class:`UserError` naming the splits there are."""
     splits = getattr(embeddings, "splits", {}) or {}
@@ -139,6 +132,7 @@ def evaluate(target: str | Path, recipe: Any = None, *, seeds: int | None = None
     for a run directory, writes ``eval/results.json`` and appends ``eval/history.jsonl``.
     """
     from distillctl.console import info, is_quiet
+    from distillctl.embed import load_embeddings
     from distillctl.synthetic import SyntheticSet
     from distillctl.training import TrainBudget, student_builder, train_and_score
 

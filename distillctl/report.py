@@ -107,7 +107,7 @@ def build_tables(records: list[dict]) -> dict:
     }
 
 
-def _markdown_table(rows: list[dict], metric: str, deviating: set) -> list[str]:
+def _markdown_table(rows: list[dict], deviating: set) -> list[str]:
     head = ["IPC"] + [h for _, h in COLUMNS] + ["gain over random"]
     out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---:"] * len(head)) + "|"]
     for row in rows:
@@ -171,7 +171,7 @@ def plot_accuracy(summary: dict, path: Path, title: str) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def nearest_texts(run_path: Path, recipe: Any, embeddings: Any, k: int = NEIGHBOURS) -> list[dict]:
+def nearest_texts(run_path: Path, embeddings: Any, k: int = NEIGHBOURS) -> list[dict]:
     """For each synthetic vector of each distilled set: the k most cosine-similar real training texts."""
     import torch
 
@@ -179,6 +179,8 @@ def nearest_texts(run_path: Path, recipe: Any, embeddings: Any, k: int = NEIGHBO
     from distillctl.synthetic import SyntheticSet
 
     train = split_of(embeddings, "train")
+    if not callable(getattr(embeddings, "texts", None)):  # embeddings built in Python may carry no texts
+        raise UserError("the embeddings carry no texts (no `texts(split)` method)")
     texts = embeddings.texts("train")
     X = torch.nn.functional.normalize(train.X.float(), dim=1)  # (n, d) unit rows
     if len(texts) != X.shape[0]:
@@ -211,7 +213,8 @@ def _short(text: str) -> str:
 
 def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = None) -> Path:
     """Write report.md, report.json and plots/accuracy_vs_ipc.png for a run; returns report.md's path."""
-    from distillctl.evaluate import _set_files, load_embeddings
+    from distillctl.embed import load_embeddings
+    from distillctl.evaluate import _set_files
     from distillctl.runs import atomic_write_json, atomic_write_text, open_run_dir
     from distillctl.training import TrainBudget
 
@@ -233,8 +236,8 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
         try:
             if embeddings is None:
                 embeddings = load_embeddings(recipe, quiet=quiet)
-            nearest = nearest_texts(run.path, recipe, embeddings)
-        except (UserError, AttributeError, NotImplementedError) as exc:
+            nearest = nearest_texts(run.path, embeddings)
+        except (UserError, NotImplementedError) as exc:
             nearest_note = f"nearest texts unavailable: {exc}"
 
     # 4. report.md
@@ -268,7 +271,7 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
         md += [f"## {title} (%) by instances per class", ""]
         rows = summary["tables"][metric]
         if rows:
-            md += _markdown_table(rows, metric, summary["deviating"]) + [""]
+            md += _markdown_table(rows, summary["deviating"]) + [""]
         full = (summary["full"] or {}).get(metric)
         if full or not rows:
             md += [f"Full training data: {_pct(full)}" if full else "No per-ipc results yet.", ""]

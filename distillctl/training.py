@@ -318,7 +318,6 @@ def train_and_score(
                         f"{tuple(x_train.shape[-1:])}")
 
     # 2. K students, each initialised under its own seed, stacked into (K, *shape) parameters
-    K = len(seeds)
     models = [build_seeded(build_student, s).to(device=x_train.device, dtype=x_train.dtype) for s in seeds]
     params, buffers = stack_module_state(models)  # {name: (K, *shape)}; params are leaves with grad
     base = copy.deepcopy(models[0]).to("meta")  # structure only, for functional_call

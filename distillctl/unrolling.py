@@ -249,10 +249,6 @@ class UnrollStrategy:
         """(free_steps, graph_steps) for one outer step."""
         raise NotImplementedError
 
-    def max_steps(self) -> int:
-        """The most inner steps one outer step can run (for reporting)."""
-        raise NotImplementedError
-
     def meta_gradient(self, problem: InnerProblem, learnables: Mapping[str, torch.Tensor],
                       real_x: torch.Tensor, real_y: torch.Tensor, generator: torch.Generator) -> MetaStep:
         seed = draw_seed(generator)  # first, so every strategy starts from the same students
@@ -271,9 +267,6 @@ class FullUnroll(UnrollStrategy):
     def plan(self, generator):
         return 0, self.total
 
-    def max_steps(self):
-        return self.total
-
 
 class TruncatedUnroll(UnrollStrategy):
     """Run ``total - window`` steps without a graph, differentiate the last ``window``."""
@@ -285,9 +278,6 @@ class TruncatedUnroll(UnrollStrategy):
 
     def plan(self, generator):
         return self.total - self.window, self.window
-
-    def max_steps(self):
-        return self.total
 
 
 class RandomTruncatedUnroll(UnrollStrategy):
@@ -305,6 +295,3 @@ class RandomTruncatedUnroll(UnrollStrategy):
     def plan(self, generator):
         start = int(torch.randint(self.min_start, self.total - self.window + 1, (1,), generator=generator))
         return start, self.window
-
-    def max_steps(self):
-        return self.total
