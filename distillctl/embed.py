@@ -48,8 +48,6 @@ class EmbeddingSplit:
 
     X: Any
     y: Any
-    _texts: list[str] | None = None
-    _pairs: list[str] | None = None
 
 
 @dataclass

@@ -24,7 +24,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -67,12 +67,6 @@ class TextSplit:
                          None if self.pairs is None else [self.pairs[i] for i in index],
                          self.labels[index])
 
-    def joined(self) -> list[str]:
-        """Texts as single strings: pairs joined as ``"a ||| b"``."""
-        if self.pairs is None:
-            return list(self.texts)
-        return [f"{a}{PAIR_SEPARATOR}{b}" for a, b in zip(self.texts, self.pairs)]
-
     def class_counts(self, num_classes: int) -> list[int]:
         return np.bincount(self.labels, minlength=num_classes).tolist()
 
@@ -89,10 +83,6 @@ class TextDataset:
     @property
     def num_classes(self) -> int:
         return len(self.label_names)
-
-    @property
-    def is_pairs(self) -> bool:
-        return any(s.pairs is not None for s in self.splits.values())
 
 
 @runtime_checkable
@@ -329,10 +319,6 @@ def carve_val(labels: np.ndarray, val_size: float, seed: int, *, where: str = "e
     mask = np.ones(n, dtype=bool)
     mask[val] = False
     return np.flatnonzero(mask), val
-
-
-def class_counts(labels: Iterable[int], num_classes: int) -> list[int]:
-    return np.bincount(np.asarray(list(labels), dtype=np.int64), minlength=num_classes).tolist()
 
 
 def assemble(parts: dict[str, list[TextSplit]], label_names: Sequence[str], *, notes: list[str],

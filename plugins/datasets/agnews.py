@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import html
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -32,6 +33,7 @@ from distillctl.errors import UserError
 from distillctl.options import PluginOptions, RecipePath
 from distillctl.textdata import (PARSER_VERSION, TextDataset, TextSplit, as_path_list, assemble, check_file,
                                  files_identity, finish_rows)
+from distillctl_plugins.datasets.readers import raise_field_limit
 
 LABEL_NAMES = ["World", "Sports", "Business", "Sci/Tech"]
 #: Version of this module's parsing and cleaning, part of the dataset identity: bump it whenever the
@@ -152,7 +154,7 @@ def parse_file(path: Path, fmt: str, opts: AGNewsOptions, *, where: str, bad_row
     if fmt == "tab" and opts.fields != "title+description":
         raise UserError(f"dataset.fields: {path} is the TAB 12k subset, whose texts join title and description "
                         "without a separator; only fields: title+description is possible")
-    csv.field_size_limit(1 << 30)
+    raise_field_limit()  # an unbalanced quote is then a malformed row, not a csv.Error
     titles: list = []
     descs: list = []
     labels: list = []
@@ -222,7 +224,9 @@ class AGNewsSource:
             return {"train": [str(d / "train.txt")], "val": [], "test": [str(d / "test.csv")]}
         return {k: as_path_list(getattr(o, k)) for k in ("train", "val", "test")}
 
+    @cached_property
     def _hub(self):
+        """The hub source, built once: identity() and load() share its loaded dataset."""
         from distillctl_plugins.datasets.hf import HFOptions, HFSource
 
         o = self.options
@@ -234,7 +238,7 @@ class AGNewsSource:
         parse = {"format": o.format, "fields": o.fields, "join": o.join, "clean": o.clean, "dedupe": o.dedupe}
         if o.source == "hub":
             return {"plugin": "agnews", "parser": [PARSER_VERSION, AGNEWS_PARSER], "clean": o.clean,
-                    "hub": self._hub().identity()}
+                    "hub": self._hub.identity()}
         return {"plugin": "agnews", "parser": [PARSER_VERSION, AGNEWS_PARSER], **parse,
                 "files": files_identity(self._files())}
 
@@ -249,7 +253,7 @@ class AGNewsSource:
     def load(self, *, bad_rows: str = "skip") -> TextDataset:
         o = self.options
         if o.source == "hub":
-            return self._hub().load(bad_rows=bad_rows)
+            return self._hub.load(bad_rows=bad_rows)
         notes: list[str] = []
         parts: dict[str, list[TextSplit]] = {}
         for split, paths in self._files().items():

@@ -12,6 +12,7 @@ UTF-8 byte-order mark and has unbalanced double quotes inside sentences, so line
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -148,7 +149,7 @@ class MRPCSource:
         if files["dev_ids"]:
             ident["dev_ids"] = file_sha256(check_file(files["dev_ids"], "dataset.dev_ids"))
         if o.source == "hub":
-            ident["hub"] = self._hub().identity()
+            ident["hub"] = self._hub.identity()
         return ident
 
     def describe(self) -> str:
@@ -156,7 +157,9 @@ class MRPCSource:
         src = f"hub {self.options.hub_name}/mrpc + " if self.options.source == "hub" else ""
         return "MRPC " + src + "; ".join(f"{k}: {v}" for k, v in files.items() if v)
 
+    @cached_property
     def _hub(self):
+        """The hub source, built once: identity() and load() share its loaded dataset."""
         from distillctl_plugins.datasets.hf import HFOptions, HFSource
 
         o = self.options
@@ -172,7 +175,7 @@ class MRPCSource:
                              notes=notes)
         parts["test"] = [test]
         if self.options.source == "hub":
-            hub = self._hub().load(bad_rows=bad_rows)
+            hub = self._hub.load(bad_rows=bad_rows)
             notes += hub.notes
             parts["train"] = [hub.splits["train"]]
             parts["val"] = [hub.splits["val"]] if "val" in hub.splits else []

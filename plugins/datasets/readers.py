@@ -32,7 +32,7 @@ def detect_format(path: Path, fmt: str | None, where: str) -> str:
                     f"{' | '.join(FORMATS)}")
 
 
-def _raise_field_limit() -> None:
+def raise_field_limit() -> None:
     # AG News descriptions can be long; the csv module's default limit (128 KiB) is plenty, but a
     # single unbalanced quote can swallow the rest of a file: raise the limit so that case is reported
     # as a malformed row count rather than a csv.Error.
@@ -94,7 +94,7 @@ def _columns_of(rows: list[dict]) -> tuple[list[str], dict[str, list[Any]]]:
 
 
 def _read_delimited(path: Path, delimiter: str, header: bool, quoting: str, where: str):
-    _raise_field_limit()
+    raise_field_limit()
     q = csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL
     with open(path, encoding="utf-8-sig", newline="") as fh:
         try:
