@@ -145,9 +145,6 @@ class HFSource:
             out[ours] = [finish_rows(texts, pairs, idx, where=f"dataset.{ours} ({o.path}:{self._split_names()[ours]})",
                                      bad_rows=bad_rows, notes=notes, num_classes=len(label_names),
                                      label_names=label_names)]
-        if "test" not in out:  # e.g. mrpc source: hub, whose test comes from a labelled file
-            splits = {k: v[0] for k, v in out.items()}
-            return TextDataset(splits=splits, label_names=label_names, notes=notes)
         return assemble(out, label_names, notes=notes, dedupe=o.dedupe)
 
 
