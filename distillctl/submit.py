@@ -360,12 +360,15 @@ class Submission:
 
     # -- scheduler calls ---------------------------------------------------------------------------
     def refresh(self) -> "Submission":
-        """Ask the scheduler for the state of every unfinished job; persist the answer."""
+        """Ask the scheduler for the state of every unfinished job; persist the answer when it changed."""
         open_ = [h for h in self.handles.values() if not h.final]
         if open_ and not self.dry_run:
-            for h in self.scheduler.status(open_):
+            before = [h.to_dict() for h in open_]  # a scheduler may update the handles in place
+            fresh = self.scheduler.status(open_)
+            for h in fresh:
                 self.handles[h.job_id] = h
-            self.save()
+            if [h.to_dict() for h in fresh] != before:  # polls of a quiet graph write nothing
+                self.save()
         return self
 
 
@@ -505,9 +508,7 @@ def cancel(run: str | Path) -> Submission:
     sub = status(run)
     open_ = [h for h in sub.handles.values() if not h.final]
     if open_:
-        sub.scheduler.cancel(open_)
-        for h in open_:
-            sub.handles[h.job_id] = h  # schedulers may note the request in the handle
+        sub.scheduler.cancel(open_)  # schedulers may note the request in the handles (the same objects)
         sub.save()
         deadline = time.time() + 30
         while True:  # SLURM takes a moment to report the cancellation
