@@ -276,13 +276,13 @@ def report_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Write report.md, report.json and plots/accuracy_vs_ipc.png from a run's results."""
-    from distillctl.report import report
+    from distillctl.report import report, report_tables
 
     path = report(run_dir)
     if as_json:
         _print_json(json.loads((path.parent / "report.json").read_text(encoding="utf-8")))
     else:
-        typer.echo(path.read_text(encoding="utf-8").split("## What the synthetic vectors")[0].rstrip())
+        typer.echo(report_tables(path))
         typer.echo(f"\nwrote {path}, {path.parent / 'report.json'}, {path.parent / 'plots' / 'accuracy_vs_ipc.png'}")
 
 
@@ -327,11 +327,12 @@ def submit_cmd(
         typer.echo(sub.description, nl=False)
         return
     if wait:
+        from distillctl.report import report_tables
+
         reports = sub.reports()
         if len(sub.data.get("points", [])) == 1:
             for report in reports:
-                text = report.read_text(encoding="utf-8").split("## What the synthetic vectors")[0].rstrip()
-                typer.echo(text + "\n")
+                typer.echo(report_tables(report) + "\n")
         else:
             _print_sweep_summary(sub)
         for report in reports:

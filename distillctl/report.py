@@ -25,6 +25,8 @@ METRICS = (("accuracy", "Accuracy"), ("macro_f1", "Macro-F1"), ("positive_f1", "
 #: nearest real training texts shown per synthetic vector, and their length in the report
 NEIGHBOURS = 3
 TEXT_CHARS = 200
+#: heading of report.md's nearest-texts part; what comes before it is the tables (what the CLI prints)
+NEAREST_HEADING = "## What the synthetic vectors stand for"
 
 
 def collect_results(run_path: Path) -> list[dict]:
@@ -206,6 +208,11 @@ def nearest_texts(run_path: Path, embeddings: Any, k: int = NEIGHBOURS) -> list[
     return out
 
 
+def report_tables(report_md: Path) -> str:
+    """report.md without its nearest-texts part: the protocol and the tables, for a terminal."""
+    return Path(report_md).read_text(encoding="utf-8").split(NEAREST_HEADING)[0].rstrip()
+
+
 def _short(text: str) -> str:
     text = " ".join(str(text).split()).replace("|", "\\|")
     return text if len(text) <= TEXT_CHARS else text[: TEXT_CHARS - 1] + "…"
@@ -277,7 +284,7 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
             md += [f"Full training data: {_pct(full)}" if full else "No per-ipc results yet.", ""]
     md += ["![accuracy vs ipc](plots/accuracy_vs_ipc.png)", ""]
     if nearest or nearest_note:
-        md += ["## What the synthetic vectors stand for", "",
+        md += [NEAREST_HEADING, "",
                f"For each synthetic vector, the {NEIGHBOURS} real training texts nearest by cosine similarity "
                "(similarity, the text's true label).", ""]
         if nearest_note:
