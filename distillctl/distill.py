@@ -185,6 +185,7 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
             groups.append({"params": [learn["log_lr"]], "lr": ds.outer.lr_lr or ds.outer.lr})
         opt = (torch.optim.Adam(groups) if ds.outer.optimizer == "adam"
                else torch.optim.SGD(groups, momentum=0.9))
+        base_lrs = [g["lr"] for g in groups]
 
         # 6. Fresh stage, or continue from this stage's newest checkpoint (exactly where it stopped).
         state = {"step": 0, "ema": None, "elapsed": 0.0, "best_acc": -1.0, "best_step": 0,
@@ -231,7 +232,10 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
                     scale = ds.outer.clip * ema / norm
                 clipped = norm * scale
                 state["ema"] = clipped if ema is None else ds.outer.clip_ema * ema + (1 - ds.outer.clip_ema) * clipped
-                # 7d. Outer step, then Boost-DD: inherited rows move by beta x their update.
+                # 7d. Outer step (lr from the schedule: a function of the step only, so resume needs no
+                #     scheduler state), then Boost-DD: inherited rows move by beta x their update.
+                for group, base in zip(opt.param_groups, base_lrs):
+                    group["lr"] = base * _schedule_factor(ds.outer.schedule, step, iters)
                 before = {k: learn[k].detach().clone() for k in ("x", "label_logits") if k in learn and damp}
                 for k, p in learn.items():
                     p.grad = ms.grads[k] * scale
@@ -292,6 +296,13 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
 
 
 # -- helpers (each used once above; kept apart so the loop reads top to bottom) --------------------
+
+def _schedule_factor(schedule: str, step: int, iterations: int) -> float:
+    """Multiplier of the outer lr at outer step ``step`` (1-based) of ``iterations``."""
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * (step - 1) / iterations))
+    return 1.0
+
 
 def _labels(learn: dict, hard: "torch.Tensor") -> "torch.Tensor":
     """(n,) int64 hard labels, or (n, C) probabilities from the learnable logits."""

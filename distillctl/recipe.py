@@ -115,6 +115,11 @@ class InnerSettings(Section):
 class OuterSettings(Section):
     optimizer: Literal["adam", "sgd"] = Field("adam", description="Optimiser of the synthetic tensors.")
     lr: float = Field(0.001, gt=0, description="Outer learning rate.")
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="Outer learning-rate schedule over a stage's `iterations`: `constant`, or "
+        "`cosine` (outer step t = 1..iterations uses lr x (1 + cos(pi (t - 1) / iterations)) / 2: the full lr "
+        "first, near 0 at the end)."
+    )
     iterations: int = Field(2000, ge=1, description="Outer (meta-gradient) steps per Boost-DD stage.")
     real_batch: int = Field(4096, ge=1, description="Real training rows scored per outer step.")
     clip: float = Field(

@@ -237,14 +237,15 @@ def merge_parts(parts: Sequence[TextSplit], *, where: str, notes: list[str], ded
     return merged.subset(keep) if removed else merged
 
 
-def drop_overlap(train: TextSplit, other: TextSplit, *, where: str, notes: list[str]) -> TextSplit:
-    """Remove training rows whose text also occurs in ``other`` (the test split): no test text is ever
-    seen in training. The count goes to ``notes``."""
+def drop_overlap(train: TextSplit, other: TextSplit, *, where: str, notes: list[str],
+                 other_name: str = "test") -> TextSplit:
+    """Remove rows of ``train`` whose text also occurs in ``other`` (the ``other_name`` split): no test
+    text is ever seen in training, no training text is scored as validation. The count goes to ``notes``."""
     other_keys = {dedupe_key(t, None if other.pairs is None else other.pairs[i]) for i, t in enumerate(other.texts)}
     keep = [i for i, t in enumerate(train.texts)
             if dedupe_key(t, None if train.pairs is None else train.pairs[i]) not in other_keys]
     removed = len(train) - len(keep)
-    notes.append(f"{where}: {removed} rows whose text also occurs in the test split removed")
+    notes.append(f"{where}: {removed} rows whose text also occurs in the {other_name} split removed")
     return train.subset(keep) if removed else train
 
 
@@ -323,8 +324,9 @@ def carve_val(labels: np.ndarray, val_size: float, seed: int, *, where: str = "e
 
 def assemble(parts: dict[str, list[TextSplit]], label_names: Sequence[str], *, notes: list[str],
              dedupe: bool = True, where: str = "dataset") -> TextDataset:
-    """Merge each split's parts (one per file); with ``dedupe``, drop duplicate train / val rows and
-    train / val rows whose text occurs in test (the test split itself is never changed).
+    """Merge each split's parts (one per file); with ``dedupe``, drop duplicate train / val rows,
+    train / val rows whose text occurs in test, and val rows whose text occurs in train (the test split
+    itself is never changed).
 
     ``parts`` maps ``train`` / ``val`` / ``test`` to the parsed files of that split (``val`` and ``test``
     may be missing: the embed stage then carves them from train).
@@ -344,4 +346,7 @@ def assemble(parts: dict[str, list[TextSplit]], label_names: Sequence[str], *, n
         for name in ("train", "val"):
             if name in splits:
                 splits[name] = drop_overlap(splits[name], splits["test"], where=f"{where}.{name}", notes=notes)
+    if dedupe and "val" in splits:  # a validation file that shares rows with train would flatter selection
+        splits["val"] = drop_overlap(splits["val"], splits["train"], where=f"{where}.val", notes=notes,
+                                     other_name="train")
     return TextDataset(splits=splits, label_names=list(label_names), notes=notes)

@@ -372,3 +372,14 @@ def test_carve_val_keeps_a_training_row_per_class_and_rejects_bad_sizes():
         carve_val(y, 6, seed=0)
     with pytest.raises(UserError, match="less than one row"):
         carve_val(y, 0.01, seed=0)
+
+
+def test_validation_rows_that_occur_in_train_are_removed(tmp_path):
+    test = write(tmp_path / "test.csv", AG_CSV)
+    train = write(tmp_path / "train.txt", "1\tOther news.\n2\tSport news.\n")
+    # the same article as a training row (another file layout, other spacing): it must not be scored as val
+    val = write(tmp_path / "val.txt", "1\tOther  news\n3\tBusiness news.\n")
+    s = source("agnews", train=str(train), val=str(val), test=str(test)).load()
+    assert s.splits["val"].texts == ["Business news."]
+    assert s.splits["train"].texts == ["Other news.", "Sport news."]  # train is not changed by val
+    assert any(n.endswith("val: 1 rows whose text also occurs in the train split removed") for n in s.notes), s.notes

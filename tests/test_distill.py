@@ -122,7 +122,7 @@ def test_resume_equals_uninterrupted(env, monkeypatch, die_at):
     from distillctl.distill import distill
 
     kw = dict(soft_labels=True, inner={"learn_lr": True, "batch_per_class": 1, "population": 2},
-              outer={"iterations": 9})
+              outer={"iterations": 9, "schedule": "cosine"})
     recipe = env.recipe(**kw)
     full = distill(recipe, run_dir=env.tmp / "a", quiet=True)
 
@@ -149,6 +149,31 @@ def test_resume_equals_uninterrupted(env, monkeypatch, die_at):
         assert sa.inner_lr == sb.inner_lr and sa.meta["outer_step"] == sb.meta["outer_step"]
     ma, mb = read_jsonl(env.tmp / "a/metrics.jsonl"), read_jsonl(env.tmp / "b/metrics.jsonl")
     assert without_time(ma) == without_time(mb)  # steps 5-6 logged before the crash were replaced
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_outer_lr_schedule(env, monkeypatch, schedule):
+    """Every outer step uses lr x (1 + cos(pi (t - 1) / T)) / 2 (cosine) or lr (constant), for every group."""
+    import math
+
+    from distillctl.distill import distill
+
+    seen, real_step = [], torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        if len(self.param_groups) == 2:  # the outer optimiser (x, label logits), not a validation student's
+            seen.append([g["lr"] for g in self.param_groups])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    T = 4
+    distill(env.recipe(ipc=[1], soft_labels=True, outer={"iterations": T, "lr": 0.02, "label_lr": 0.5,
+                                                         "schedule": schedule}),
+            run_dir=env.tmp / "s", quiet=True)
+    factors = [0.5 * (1 + math.cos(math.pi * (t - 1) / T)) if schedule == "cosine" else 1.0 for t in range(1, T + 1)]
+    assert [lr for group in seen for lr in group] == pytest.approx([lr for f in factors for lr in (0.02 * f, 0.5 * f)])
+    if schedule == "cosine":
+        assert seen[0] == [0.02, 0.5] and seen[-1][0] < 0.003
 
 
 def test_resume_rejects_another_recipe_and_non_run_dirs(env):
