@@ -165,14 +165,12 @@ def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, 
     ``ipc`` (subset kinds): default ``baseline.ipc``, else ``distill.ipc``. ``seeds``: K (default
     ``eval.seeds``). With ``run_dir`` the records are merged into ``RUN_DIR/eval/baseline-<kind>.json``.
     """
-    import torch
-
     from distillctl.console import info, is_quiet
     from distillctl.embed import load_embeddings
-    from distillctl.evaluate import (TEST_SPLIT, eval_seeds, majority_line, result_record, split_of,
-                                     store_results)
+    from distillctl.evaluate import (TEST_SPLIT, check_ipc_fits, eval_seeds, majority_line, result_record,
+                                     split_of, store_results)
     from distillctl.recipe import Recipe, load_recipe
-    from distillctl.training import TrainBudget, student_builder, train_and_score
+    from distillctl.training import Scores, TrainBudget, student_builder, train_and_score
 
     quiet = is_quiet() if quiet is None else quiet
     # 1. What to run.
@@ -180,7 +178,10 @@ def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, 
         raise UserError(f"--kind {kind!r}: unknown baseline (choose from {', '.join(KINDS)})")
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
-    ipcs = parse_ipc(ipc) or list(recipe.baseline.ipc or recipe.distill.ipc)
+    ipcs, ipc_field = parse_ipc(ipc), "--ipc"
+    if not ipcs:
+        ipcs, ipc_field = ((list(recipe.baseline.ipc), "baseline.ipc") if recipe.baseline.ipc
+                           else (list(recipe.distill.ipc), "distill.ipc"))
     seed_list = eval_seeds(recipe, seeds)
     run = _baseline_run_dir(recipe, run_dir, argv) if run_dir is not None else None
 
@@ -191,12 +192,8 @@ def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, 
     X, y = train.X.float(), train.y.long()  # (n, d), (n,)
     X_test, y_test = test.X.float(), test.y.long()  # (m, d), (m,)
     C, d = int(embeddings.num_classes), int(X.shape[1])
-    names = list(getattr(embeddings, "label_names", None) or [str(c) for c in range(C)])
-    counts = torch.bincount(y, minlength=C)
-    if kind in SUBSET_KINDS and max(ipcs) > int(counts.min()):
-        c = int(counts.argmin())
-        raise UserError(f"--ipc {max(ipcs)} is larger than class {names[c]!r} ({int(counts[c])} training rows); "
-                        f"use at most {int(counts.min())}")
+    if kind in SUBSET_KINDS:
+        check_ipc_fits(embeddings, max(ipcs), ipc_field)
     majority = majority_line(embeddings)
     budget = TrainBudget.from_eval(recipe.eval)
     build = student_builder(recipe, d, C)
@@ -213,15 +210,11 @@ def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, 
 
     # 3. The arm.
     records = []
-    if kind == "majority":
-        one = lambda v: {"mean": v, "std": 0.0, "values": [v]}  # noqa: E731 - deterministic: one value
-        rec = {"arm": "majority", "ipc": None, "student": None, "seeds": [], "budget": None,
-               "accuracy": one(majority["accuracy"]), "macro_f1": one(majority["macro_f1"])}
-        if "positive_f1" in majority:
-            rec["positive_f1"] = one(majority["positive_f1"])
-        rec.update({"class": majority["class"], "split": TEST_SPLIT, "n_test": len(y_test), "majority": majority,
-                    "chance": majority["chance"], "seconds": 0.0})
-        records.append(rec)
+    if kind == "majority":  # no student, no seeds: one deterministic value per metric
+        fixed = Scores(seeds=[], accuracy=[majority["accuracy"]], macro_f1=[majority["macro_f1"]],
+                       positive_f1=[majority["positive_f1"]] if "positive_f1" in majority else None)
+        records.append(result_record("majority", None, recipe, None, fixed, majority=majority, n_test=len(y_test),
+                                     **{"class": majority["class"]}))
     elif kind == "full":
         records.append(score(None, X, y, n_train=int(X.shape[0])))
     elif kind == "random":

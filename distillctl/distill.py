@@ -93,17 +93,14 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
         from distillctl.embed import load_embeddings
 
         embeddings = load_embeddings(recipe, quiet=quiet)
-    from distillctl.evaluate import split_of
+    from distillctl.evaluate import check_ipc_fits, split_of
 
     device = torch.device(ds.device)
     train, val = split_of(embeddings, "train"), split_of(embeddings, "val")
     X_train, y_train = train.X.to(device, torch.float32), train.y.to(device)  # (n, d), (n,)
     X_val, y_val = val.X.to(device, torch.float32), val.y.to(device)  # (m, d), (m,)
     C, d = int(embeddings.num_classes), int(X_train.shape[1])
-    counts = torch.bincount(y_train.cpu(), minlength=C)
-    if int(counts.min()) < max(ds.ipc):
-        raise UserError(f"distill.ipc: the largest ipc ({max(ds.ipc)}) exceeds the training rows of the smallest "
-                        f"class ({int(counts.min())}, class {embeddings.label_names[int(counts.argmin())]!r})")
+    check_ipc_fits(embeddings, max(ds.ipc), "distill.ipc")
 
     # 3. Student, unroll strategy, validation budget (the eval protocol, scored on val).
     registry = get_registry()

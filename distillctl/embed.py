@@ -12,7 +12,8 @@ Cache layout (``$DISTILLCTL_CACHE``, else the platform's user cache folder)::
 fingerprint), the encoder identity (weights checksum or revision, pooling, pair mode, max length,
 normalisation), the storage dtype and the cache format. The manifest is written last, so an entry
 without one is unfinished; before any use every file is checked against the manifest's sha256, and a
-truncated or corrupted entry is reported and rebuilt, never used.
+truncated or corrupted entry is reported and rebuilt, never used. Each file is read once: its checksum
+is computed on the bytes in hand and the tensors (or texts) come from those same bytes.
 
 The validation split, when the dataset has none, is carved from train at load time (seeded,
 stratified; ``embed.val_size`` and ``seed``): carving is an index operation, so one cache entry serves
@@ -63,6 +64,7 @@ class Embeddings:
     notes: list[str] = field(default_factory=list)
     manifest: dict = field(default_factory=dict)
     _text_index: dict = field(default_factory=dict, repr=False)  # split -> (native split, row indices)
+    _texts_json: dict = field(default_factory=dict, repr=False)  # native split -> verified texts.json bytes
 
     def texts(self, split: str) -> list[str]:
         """The texts of ``split`` in row order (pairs joined as ``"a ||| b"``), verified against the manifest."""
@@ -71,7 +73,8 @@ class Embeddings:
         if split not in self._text_index:
             raise UserError(f"the embeddings have no {split!r} split (splits: {', '.join(self.splits)})")
         native, index = self._text_index[split]
-        data = _read_texts(self.cache_dir, native, self.manifest)
+        blob = self._texts_json.get(native)
+        data = json.loads(blob) if blob is not None else _read_texts(self.cache_dir, native, self.manifest)
         texts, pairs = data["texts"], data.get("pairs")
         if pairs is not None:
             return [f"{texts[i]}{PAIR_SEPARATOR}{pairs[i]}" for i in index]
@@ -125,8 +128,8 @@ def embed(recipe, *, force: bool = False, quiet: bool | None = None) -> EmbedRes
     carving ``val`` from train when the dataset has none) ``n``, ``dim`` and ``class_counts``.
     """
     t0 = time.perf_counter()
-    entry, manifest, hit = _ensure(recipe, force=force, quiet=quiet)
-    emb = _open(recipe, entry, manifest)
+    entry, manifest, contents, hit = _ensure(recipe, force=force, quiet=quiet)
+    emb = _open(recipe, entry, manifest, contents)
     splits = {name: {"n": int(s.y.shape[0]), "dim": int(emb.dim),
                      "class_counts": _bincount(s.y, emb.num_classes)} for name, s in emb.splits.items()}
     return EmbedResult(cache_dir=entry, cache_hit=hit, splits=splits, label_names=emb.label_names,
@@ -137,8 +140,8 @@ def embed(recipe, *, force: bool = False, quiet: bool | None = None) -> EmbedRes
 
 def load_embeddings(recipe, *, quiet: bool | None = None) -> Embeddings:
     """The recipe's embeddings (embedded first when the cache is missing or fails verification)."""
-    entry, manifest, _ = _ensure(recipe, force=False, quiet=quiet)
-    return _open(recipe, entry, manifest)
+    entry, manifest, contents, _ = _ensure(recipe, force=False, quiet=quiet)
+    return _open(recipe, entry, manifest, contents)
 
 
 # -- cache entry ------------------------------------------------------------------------------------
@@ -161,8 +164,9 @@ def entry_dir(key: str) -> Path:
     return cache_root() / "embeddings" / key[:24]
 
 
-def _ensure(recipe, *, force: bool, quiet: bool | None) -> tuple[Path, dict, bool]:
-    """A verified cache entry for the recipe: ``(folder, manifest, cache_hit)``."""
+def _ensure(recipe, *, force: bool, quiet: bool | None) -> tuple[Path, dict, dict, bool]:
+    """A verified cache entry for the recipe: ``(folder, manifest, contents, cache_hit)``; ``contents`` as
+    :func:`_read_verified` returns them (what the files hold, read once)."""
     source, encoder, ds_id, enc_id, key = _identities(recipe)
     entry = entry_dir(key)
     try:
@@ -172,13 +176,13 @@ def _ensure(recipe, *, force: bool, quiet: bool | None) -> tuple[Path, dict, boo
                         "writable folder") from exc
     with _lock(entry, quiet):
         if not force:
-            manifest, problem = _read_verified(entry, key)
+            manifest, contents, problem = _read_verified(entry, key)
             if manifest is not None:
-                return entry, manifest, True
+                return entry, manifest, contents, True
             if problem:
                 _say(f"embedding cache {entry}: {problem}; rebuilding", quiet)
-        manifest = _build(recipe, entry, key, source, encoder, ds_id, enc_id, quiet=quiet)
-        return entry, manifest, False
+        manifest, contents = _build(recipe, entry, key, source, encoder, ds_id, enc_id, quiet=quiet)
+        return entry, manifest, contents, False
 
 
 @contextlib.contextmanager
@@ -201,34 +205,50 @@ def _lock(entry: Path, quiet: bool | None) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _read_verified(entry: Path, key: str) -> tuple[dict | None, str | None]:
-    """``(manifest, None)`` when the entry is complete and every checksum matches, else ``(None, problem)``
-    (``problem`` is None for an entry that was never finished)."""
+def _read_verified(entry: Path, key: str) -> tuple[dict | None, dict, str | None]:
+    """``(manifest, contents, None)`` when the entry is complete and every checksum matches, else
+    ``(None, {}, problem)`` (``problem`` is None for an entry that was never finished).
+
+    Each file is read once: its size and sha256 are checked on the bytes in hand, and ``contents`` holds
+    what those bytes are, by file name: the tensors of ``<split>.safetensors`` (``{"X", "y"}``, as stored)
+    and the bytes of ``<split>.texts.json``.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
     path = entry / "manifest.json"
     if not path.exists():
-        return None, None
+        return None, {}, None
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None, "manifest.json is unreadable (corrupt)"
+        return None, {}, "manifest.json is unreadable (corrupt)"
     if manifest.get("format") != CACHE_FORMAT or manifest.get("key") != key:
-        return None, "manifest.json belongs to another cache format or key"
+        return None, {}, "manifest.json belongs to another cache format or key"
     files = manifest.get("files") or {}
+    contents: dict[str, Any] = {}
     for name, meta in files.items():
         f = entry / name
         if not f.exists():
-            return None, f"{name} is missing"
-        size = f.stat().st_size
-        if size != meta.get("bytes"):
-            return None, f"{name} has {size} bytes, the manifest says {meta.get('bytes')} (truncated or changed)"
-        from distillctl.textdata import file_sha256
-
-        if file_sha256(f) != meta.get("sha256"):
-            return None, f"{name} fails its sha256 check (corrupt)"
+            return None, {}, f"{name} is missing"
+        data = f.read_bytes()
+        if len(data) != meta.get("bytes"):
+            return None, {}, (f"{name} has {len(data)} bytes, the manifest says {meta.get('bytes')} "
+                              "(truncated or changed)")
+        if _sha256(data) != meta.get("sha256"):
+            return None, {}, f"{name} fails its sha256 check (corrupt)"
+        if name.endswith(".safetensors"):
+            try:
+                contents[name] = load(data)  # tensors copied out of the verified bytes
+            except SafetensorError as exc:
+                return None, {}, f"{name} is not a readable safetensors file ({exc})"
+        else:
+            contents[name] = data
+        del data  # one file's bytes in memory at a time
     for split in manifest.get("splits_stored", []):
         if f"{split}.safetensors" not in files or f"{split}.texts.json" not in files:
-            return None, f"the manifest lists no files for split {split!r}"
-    return manifest, None
+            return None, {}, f"the manifest lists no files for split {split!r}"
+    return manifest, contents, None
 
 
 def _say(message: str, quiet: bool | None) -> None:
@@ -240,13 +260,24 @@ def _say(message: str, quiet: bool | None) -> None:
 
 # -- building -------------------------------------------------------------------------------------------
 
-def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: dict, *, quiet) -> dict:
-    """Embed every native split in shards (resumable), then write the split files and the manifest."""
+def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: dict, *,
+           quiet) -> tuple[dict, dict]:
+    """Embed every native split in shards (resumable), then write the split files and the manifest.
+
+    Returns ``(manifest, contents)``, ``contents`` as :func:`_read_verified` gives them (what was written).
+    """
     import numpy as np
     import torch
+    from safetensors.torch import save
 
     from distillctl.console import progress
-    from distillctl.runs import atomic_save_tensors, atomic_write_bytes, atomic_write_json
+    from distillctl.runs import atomic_write_bytes, atomic_write_json
+
+    def write_tensors(path: Path, tensors: dict, metadata: dict | None = None) -> bytes:
+        """Save tensors as safetensors atomically; the bytes written (hashed in hand, never read back)."""
+        blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+        atomic_write_bytes(path, blob)
+        return blob
 
     t0 = time.perf_counter()
     settings = recipe.embed
@@ -317,25 +348,28 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
                 raise RunError(f"encoder returned {'non-finite values' if X.shape == (b - a, dim) else X.shape} "
                                f"for {name} rows {a}..{b} (expected ({b - a}, {dim}))")
             f = partial / f"{name}-{k:05d}.safetensors"
-            atomic_save_tensors(f, {"X": torch.from_numpy(X).to(dtype)})
-            done[f.name] = file_sha256(f)
+            done[f.name] = _sha256(write_tensors(f, {"X": torch.from_numpy(X).to(dtype)}))
             atomic_write_json(done_file, done)
 
     # 4. One safetensors file and one texts file per split, then the manifest (last: marks completion).
     from safetensors.torch import load_file
 
     files: dict[str, dict] = {}
+    contents: dict[str, Any] = {}
     for name, s in splits.items():
         shards = [load_file(str(partial / f"{name}-{k:05d}.safetensors"))["X"] for n, k, _, _ in work if n == name]
         X = torch.cat(shards, 0)  # (n, dim)
         y = torch.from_numpy(np.asarray(s.labels, dtype=np.int64))  # (n,)
         fn = f"{name}.safetensors"
-        atomic_save_tensors(entry / fn, {"X": X, "y": y}, metadata={"split": name, "key": key})
+        blob = write_tensors(entry / fn, {"X": X, "y": y}, metadata={"split": name, "key": key})
+        files[fn] = {"sha256": _sha256(blob), "bytes": len(blob)}
+        contents[fn] = {"X": X, "y": y}
         tn = f"{name}.texts.json"
         blob = json.dumps({"texts": s.texts, "pairs": s.pairs}, ensure_ascii=False).encode("utf-8")
         atomic_write_bytes(entry / tn, blob)
-        for f in (fn, tn):
-            files[f] = {"sha256": file_sha256(entry / f), "bytes": (entry / f).stat().st_size}
+        files[tn] = {"sha256": _sha256(blob), "bytes": len(blob)}
+        contents[tn] = blob
+        del blob
     manifest = {
         "format": CACHE_FORMAT,
         "key": key,
@@ -355,7 +389,7 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
     }
     atomic_write_json(entry / "manifest.json", manifest)
     shutil.rmtree(partial, ignore_errors=True)
-    return manifest
+    return manifest, contents
 
 
 def _load_dataset(source, bad_rows: str):
@@ -419,10 +453,10 @@ def _read_texts(entry: Path, split: str, manifest: dict) -> dict:
     return json.loads(f.read_text(encoding="utf-8"))
 
 
-def _open(recipe, entry: Path, manifest: dict) -> Embeddings:
-    """Load the verified entry; carve ``test`` and then ``val`` from train when the dataset lacks them."""
+def _open(recipe, entry: Path, manifest: dict, contents: dict) -> Embeddings:
+    """The verified entry from its ``contents`` (as :func:`_read_verified` gives them, nothing is read
+    again); carve ``test`` and then ``val`` from train when the dataset lacks them."""
     import torch
-    from safetensors.torch import load_file
 
     from distillctl.textdata import carve_val
 
@@ -430,7 +464,7 @@ def _open(recipe, entry: Path, manifest: dict) -> Embeddings:
     C = len(label_names)
     native = {}
     for split in manifest["splits_stored"]:
-        t = load_file(str(entry / f"{split}.safetensors"))
+        t = contents[f"{split}.safetensors"]
         X, y = t["X"].float(), t["y"].long()  # (n, d) float32, (n,) int64
         want = manifest["dataset"]["splits"][split]["n"]
         if X.shape[0] != want or y.shape[0] != want or X.shape[1] != manifest["encoder"]["dim"]:
@@ -458,8 +492,10 @@ def _open(recipe, entry: Path, manifest: dict) -> Embeddings:
         notes.append(f"{held}: {ho.size} rows carved from train (stratified, {held}_size {size}, seed {recipe.seed})")
     splits = {name: EmbeddingSplit(*native[name]) for name in SPLIT_ORDER if name in native}
     fingerprint = _sha256(_canonical({"key": manifest["key"], "carve": carve or None}).encode())
+    texts_json = {split: contents[f"{split}.texts.json"] for split in manifest["splits_stored"]}
     return Embeddings(splits=splits, label_names=label_names, num_classes=C, dim=int(manifest["encoder"]["dim"]),
-                      fingerprint=fingerprint, cache_dir=entry, notes=notes, manifest=manifest, _text_index=index)
+                      fingerprint=fingerprint, cache_dir=entry, notes=notes, manifest=manifest, _text_index=index,
+                      _texts_json=texts_json)
 
 
 def _bincount(y, C: int) -> list[int]:

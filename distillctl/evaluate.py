@@ -44,6 +44,22 @@ def split_of(embeddings: Any, name: str):
     return splits[name]
 
 
+def check_ipc_fits(embeddings: Any, ipc: int, field: str) -> None:
+    """A :class:`UserError` when ``ipc`` rows per class exceed the training rows of the smallest class.
+
+    ``field`` names where the ipc came from (``distill.ipc``, ``baseline.ipc``, ``--ipc``).
+    """
+    import torch
+
+    C = int(embeddings.num_classes)
+    counts = torch.bincount(split_of(embeddings, "train").y.long().cpu(), minlength=C)  # (C,)
+    c = int(counts.argmin())
+    if ipc > int(counts[c]):
+        names = list(getattr(embeddings, "label_names", None) or [str(k) for k in range(C)])
+        raise UserError(f"{field}: ipc {ipc} exceeds the training rows of the smallest class ({names[c]!r}: "
+                        f"{int(counts[c])} rows); use at most {int(counts[c])}")
+
+
 def majority_line(embeddings: Any) -> dict:
     """Majority class of train (by counts) scored on test, and the chance level 1/C."""
     from distillctl.training import majority_scores
@@ -57,22 +73,26 @@ def majority_line(embeddings: Any) -> dict:
 
 def result_record(arm: str, ipc: int | None, recipe: Any, budget: Any, scores: Any, *, majority: dict,
                   n_test: int, **extra: Any) -> dict:
-    """One result record (the JSON shape of `eval`, `baseline` and `report`)."""
+    """One result record (the JSON shape of `eval`, `baseline` and `report`).
+
+    ``budget`` None marks an arm that trains no student (``majority``): its record has ``student`` and
+    ``budget`` None and no ``student_options`` or ``time``.
+    """
+    trained = budget is not None
     rec = {
         "arm": arm,
         "ipc": ipc,
-        "student": recipe.student.name,
+        "student": recipe.student.name if trained else None,
         "seeds": list(scores.seeds),
-        "budget": budget.as_dict(),
+        "budget": budget.as_dict() if trained else None,
         **scores.metrics(),  # accuracy, macro_f1 (+ positive_f1)
-        "student_options": recipe.student.model_dump(mode="json"),
-        "split": TEST_SPLIT,
-        "n_test": int(n_test),
-        "majority": majority,
-        "chance": majority["chance"],
-        "seconds": round(scores.seconds, 3),
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if trained:
+        rec["student_options"] = recipe.student.model_dump(mode="json")
+    rec.update({"split": TEST_SPLIT, "n_test": int(n_test), "majority": majority, "chance": majority["chance"],
+                "seconds": round(scores.seconds, 3)})
+    if trained:
+        rec["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rec.update(extra)
     return rec
 

@@ -127,6 +127,10 @@ class Scheduler(Protocol):
     def logs(self, handle: JobHandle) -> str:
         """The job's log (stdout and stderr) so far; '' when there is none yet."""
 
+    def log_files(self, handle: JobHandle) -> list[str]:
+        """Optional: the files holding the job's output, most useful first (a failed job's summary shows
+        the tail of the first one that has text). Without it, ``submit`` reads ``handle.log``."""
+
     def describe(self, jobs: Sequence[Job], folder: Path) -> str:
         """What ``submit`` would do, as text, without doing it (``--dry-run``)."""
 

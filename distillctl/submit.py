@@ -335,7 +335,24 @@ class Submission:
                              "full": full, "report": str(Path(p["run_dir"]) / "report.md")})
         return rows
 
-    def job_rows(self) -> list[dict]:
+    def log_tail(self, handle: JobHandle, lines: int = LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines of the job's output: the first of the scheduler's log files
+        (``scheduler.log_files(handle)``; just ``handle.log`` for a scheduler without one) that has any."""
+        files = getattr(self.scheduler, "log_files", None)
+        if callable(files):
+            paths = files(handle)
+        else:  # a scheduler that does not say: the log file of the job
+            paths = [handle.log or next((j.log for j in self.jobs if j.id == handle.job_id), None)]
+        for path in paths:
+            text = tail(path, lines)
+            if text:
+                return text
+        return ""
+
+    def job_rows(self, *, log_tails: bool = True) -> list[dict]:
+        """One row per job (state, scheduler id, elapsed, exit code, log, command line); with ``log_tails``
+        a failed job's row also has ``log_tail`` (its logs are read: off for the live table of ``--wait``,
+        which redraws every poll)."""
         now = time.time()
         rows = []
         for j in self.jobs:
@@ -346,8 +363,8 @@ class Submission:
                    "exit_code": h.exit_code if h else None, "reason": h.reason if h else "",
                    "attempt": h.attempt if h else 0, "log": j.log, "command": j.command_line(),
                    "depends_on": list(j.depends_on)}
-            if h is not None and h.state == "failed":
-                row["log_tail"] = tail(j.log, LOG_TAIL_LINES) or tail(h.extra.get("slurm_out"), LOG_TAIL_LINES)
+            if log_tails and h is not None and h.state == "failed":
+                row["log_tail"] = self.log_tail(h)
             rows.append(row)
         return rows
 
@@ -594,7 +611,7 @@ def follow(sub: Submission, *, quiet: bool | None = None, poll: float | None = N
         lines = []
         for jid in failed[:3]:
             lines.append(f"{jid}: {sub.handles[jid].reason or 'failed'}; log {sub.handles[jid].log}")
-            lines += ["    " + x for x in tail(sub.handles[jid].log, 5).splitlines()]
+            lines += ["    " + x for x in sub.log_tail(sub.handles[jid], 5).splitlines()]
         skipped = sum(h.state == "cancelled" for h in sub.handles.values())
         raise RunError(f"{len(failed)} job(s) failed, {skipped} skipped, in {format_seconds(time.time() - t0)}:\n"
                        + "\n".join(lines) + f"\nretry them with `distillctl submit --retry-failed {sub.path}`")
@@ -621,7 +638,7 @@ def _progress_table(sub: Submission):
     t = Table(title=escape(title), title_justify="left", show_edge=False, box=None)
     for col in ("job", "state", "elapsed", "scheduler id"):
         t.add_column(col)
-    for row in sub.job_rows():
+    for row in sub.job_rows(log_tails=False):  # redrawn every poll: no log reading
         if row["state"] in ("pending", "done") and len(sub.handles) > 30:
             continue  # big sweeps: only what moves
         style = _STATE_STYLE.get(row["state"], "")

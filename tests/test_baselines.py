@@ -133,6 +133,12 @@ def test_majority_baseline(env, monkeypatch):
     assert r["arm"] == "majority" and r["class"] == "class2" and r["budget"] is None
     assert r["accuracy"]["mean"] == pytest.approx(1 / 3)
     assert r["macro_f1"]["mean"] == pytest.approx((2 * (1 / 3) / (1 / 3 + 1)) / 3)
+    # the record of an arm that trains nothing: no student, seeds, budget, options or time; one value each
+    assert set(r) == {"arm", "ipc", "student", "seeds", "budget", "accuracy", "macro_f1", "class", "split", "n_test",
+                      "majority", "chance", "seconds"}
+    assert r["ipc"] is None and r["student"] is None and r["seeds"] == [] and r["seconds"] == 0.0
+    acc = r["majority"]["accuracy"]
+    assert r["accuracy"] == {"mean": acc, "std": 0.0, "values": [acc]} and r["chance"] == pytest.approx(1 / 3)
 
 
 def test_subset_and_full_arms_share_the_protocol(env):
@@ -191,7 +197,11 @@ def test_cli_baseline(env, cli):
     res = cli("baseline", recipe_file, "--kind", "random", "--ipc", "1", "--seeds", "2")
     assert res.code == 0 and "budget: student mlp, adam lr=0.01, 30 steps, batch 16, K = 2 seeds" in res.out
     for args, msg in [(("--kind", "coreset"), "unknown baseline"),
-                      (("--kind", "random", "--ipc", "31"), "larger than class"),
+                      (("--kind", "random", "--ipc", "31"),
+                       "--ipc: ipc 31 exceeds the training rows of the smallest class ('class0': 30 rows); "
+                       "use at most 30"),
+                      (("--kind", "herding", "--set", "baseline.ipc=[1,40]"), "baseline.ipc: ipc 40 exceeds"),
+                      (("--kind", "kcenter", "--set", "distill.ipc=[50]"), "distill.ipc: ipc 50 exceeds"),
                       (("--kind", "random", "--ipc", "x"), "--ipc"),
                       (("--kind", "full", "--set", "eval.steps=0"), "eval.steps")]:
         res = cli("baseline", recipe_file, *args)

@@ -269,7 +269,7 @@ def test_cli_distill_errors(env, cli):
     r = cli("distill", path, "--resume", env.tmp / "missing")
     assert r.code == 2 and "not a run directory" in r.err, r
     r = cli("distill", path, "--set", "distill.ipc=[1,1000]")
-    assert r.code == 2 and "exceeds the training rows" in r.err, r
+    assert r.code == 2 and "distill.ipc: ipc 1000 exceeds the training rows of the smallest class ('class" in r.err, r
     r = cli("distill", path, "--set", "distill.inner.optimizer=sgd", "--set", "distill.inner.lr=1e30",
             "--set", "distill.outer.clip=0")
     assert r.code == 1 and "not finite" in r.err and "Traceback" not in r.err, r

@@ -195,6 +195,39 @@ def test_corrupt_cache_is_detected_reported_and_rebuilt(tmp_path, reg, damage, c
     assert embed(recipe).cache_hit
 
 
+def test_each_cache_file_is_read_once_and_a_build_reads_back_nothing(tmp_path, reg, monkeypatch):
+    """A hit verifies and loads each file from the same bytes; a build hashes the bytes it writes."""
+    import safetensors.torch
+
+    import distillctl.textdata
+    from distillctl.embed import embed, entry_dir, load_embeddings
+
+    recipe = load(write_recipe(tmp_path, make_data(tmp_path)))
+    cache = Path(os.environ["DISTILLCTL_CACHE"]) / "embeddings"
+    reads: list[str] = []  # names of files in an entry read through any of the readers below
+
+    def spy(real):
+        def read(path, *a, **k):
+            p = Path(path)
+            if cache in p.parents and p.parent.name != "partial":
+                reads.append(p.name)
+            return real(path, *a, **k)
+        return read
+
+    monkeypatch.setattr(Path, "read_bytes", spy(Path.read_bytes))
+    monkeypatch.setattr(Path, "read_text", spy(Path.read_text))
+    monkeypatch.setattr(distillctl.textdata, "file_sha256", spy(distillctl.textdata.file_sha256))
+    monkeypatch.setattr(safetensors.torch, "load_file", spy(safetensors.torch.load_file))
+    first = embed(recipe)
+    assert not first.cache_hit and reads == []  # the split files and the manifest are never read back
+    files = json.loads((first.cache_dir / "manifest.json").read_text())["files"]
+    reads.clear()
+    emb = load_embeddings(recipe)
+    texts = {split: emb.texts(split) for split in ("train", "val", "test")}
+    assert sorted(reads) == sorted(["manifest.json", *files])  # each once, texts included
+    assert emb.cache_dir == entry_dir(emb.manifest["key"]) and len(texts["val"]) == 10
+
+
 def test_interrupted_embed_resumes_at_the_last_whole_shard(tmp_path, reg):
     from distillctl.embed import embed, load_embeddings
 

@@ -203,3 +203,37 @@ def test_quickstart_recipe_is_the_whole_pipeline(cli):
         "embed", "distill-ipc1", "eval-ipc1", "distill-ipc5", "eval-ipc5", "distill-ipc10", "eval-ipc10",
         "baseline-random", "baseline-full", "baseline-majority", "report"]
     assert out["scheduler"] == "local" and "2 at a time" in out["description"]
+
+
+def test_job_rows_read_logs_only_when_asked_and_where_the_scheduler_keeps_them(tmp_path, monkeypatch):
+    from distillctl.scheduling import Job, JobHandle
+    from distillctl_plugins.schedulers.local import LocalScheduler
+    from distillctl_plugins.schedulers.slurm import SlurmScheduler
+
+    log, out = tmp_path / "a.log", tmp_path / "group-1.out"
+    out.write_text("slurmstepd: error: oom-kill event\n")
+    jobs = [Job(id="a", argv=["true"], cwd=str(tmp_path), log=str(log)),
+            Job(id="b", argv=["true"], cwd=str(tmp_path), log=str(tmp_path / "b.log"), depends_on=["a"])]
+    handles = {"a": JobHandle(job_id="a", scheduler="slurm", scheduler_id="1", state="failed", log=str(log),
+                              extra={"slurm_out": str(out)}),
+               "b": JobHandle(job_id="b", scheduler="slurm", scheduler_id="2", state="cancelled",
+                              log=str(tmp_path / "b.log"))}
+    sub = sm.Submission(tmp_path, {}, jobs, handles, scheduler=SlurmScheduler())
+    rows = {r["id"]: r for r in sub.job_rows()}
+    assert rows["a"]["log_tail"] == "slurmstepd: error: oom-kill event"  # no job log: SLURM's own output file
+    assert "log_tail" not in rows["b"]  # only failed jobs
+    log.write_text("Traceback (most recent call last):\nValueError: boom\n")
+    assert sub.job_rows()[0]["log_tail"] == "Traceback (most recent call last):\nValueError: boom"
+    sub.scheduler = LocalScheduler()  # the local scheduler knows only the job log
+    log.unlink()
+    assert sub.job_rows()[0]["log_tail"] == ""
+    sub.scheduler = types.SimpleNamespace(name="third-party")  # no log_files(): the job's log
+    log.write_text("only line\n")
+    assert sub.job_rows()[0]["log_tail"] == "only line"
+
+    def no_reading(*a, **k):
+        raise AssertionError("a log was read")
+
+    monkeypatch.setattr(sm, "tail", no_reading)
+    assert all("log_tail" not in r for r in sub.job_rows(log_tails=False))
+    sm._progress_table(sub)  # the live table of --wait, redrawn every poll, reads no log

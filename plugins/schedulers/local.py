@@ -143,6 +143,11 @@ class LocalScheduler:
         for sf, hs in by_file.items():
             _cancel_runner(Path(sf), [h.job_id for h in hs])
 
+    def log_files(self, handle: JobHandle) -> list[str]:
+        """The files holding the job's output, most useful first: its log (stdout and stderr, with the
+        runner's header and footer)."""
+        return [handle.log] if handle.log else []
+
     def logs(self, handle: JobHandle) -> str:
         return read_log(handle.log)
 

@@ -634,6 +634,11 @@ class SlurmScheduler:
         if ids:
             _run(["scancel", *ids], check=False)
 
+    def log_files(self, handle: JobHandle) -> list[str]:
+        """The files holding the job's output, most useful first: its log, then SLURM's own ``--output``
+        file (what the batch script printed around the job's command, and SLURM's messages)."""
+        return [f for f in (handle.log, handle.extra.get("slurm_out")) if f]
+
     def logs(self, handle: JobHandle) -> str:
         text = read_log(handle.log)
         slurm_out = read_log(handle.extra.get("slurm_out"))
