@@ -68,8 +68,8 @@ def main() -> None:
         return sum(s.accuracy) / len(s.accuracy), (torch.tensor(s.accuracy).std().item() if len(seeds) > 1 else 0.0)
 
     t0 = time.perf_counter()
-    full_val, _ = score(tr.X, tr.y, va)
-    full_test, full_test_std = score(tr.X, tr.y, te)  # --tune: val again (the same number)
+    full_val, full_val_std = score(tr.X, tr.y, va)
+    full_test, full_test_std = (full_val, full_val_std) if args.tune else score(tr.X, tr.y, te)
     out = {"recipe": args.recipe, "overrides": args.overrides, "scored_on": final, "student": recipe.student.name,
            "budget": budget.as_dict(), "seeds": seeds, "train_rows": int(tr.X.shape[0]),
            "full": {"val": full_val, final: full_test, f"{final}_std": full_test_std,
