@@ -73,8 +73,7 @@ class Embeddings:
         if split not in self._text_index:
             raise UserError(f"the embeddings have no {split!r} split (splits: {', '.join(self.splits)})")
         native, index = self._text_index[split]
-        blob = self._texts_json.get(native)
-        data = json.loads(blob) if blob is not None else _read_texts(self.cache_dir, native, self.manifest)
+        data = json.loads(self._texts_json[native])  # verified against the manifest when the entry was read
         texts, pairs = data["texts"], data.get("pairs")
         if pairs is not None:
             return [f"{texts[i]}{PAIR_SEPARATOR}{pairs[i]}" for i in index]
@@ -440,18 +439,6 @@ def _versions() -> dict:
 
 
 # -- opening ----------------------------------------------------------------------------------------------
-
-def _read_texts(entry: Path, split: str, manifest: dict) -> dict:
-    from distillctl.textdata import file_sha256
-
-    name = f"{split}.texts.json"
-    f = entry / name
-    meta = (manifest.get("files") or {}).get(name)
-    if meta is None or not f.exists() or file_sha256(f) != meta.get("sha256"):
-        raise RunError(f"embedding cache {entry}: {name} is missing or fails its sha256 check; run "
-                       f"`distillctl embed RECIPE --force`")
-    return json.loads(f.read_text(encoding="utf-8"))
-
 
 def _open(recipe, entry: Path, manifest: dict, contents: dict) -> Embeddings:
     """The verified entry from its ``contents`` (as :func:`_read_verified` gives them, nothing is read

@@ -237,16 +237,16 @@ def merge_parts(parts: Sequence[TextSplit], *, where: str, notes: list[str], ded
     return merged.subset(keep) if removed else merged
 
 
-def drop_overlap(train: TextSplit, other: TextSplit, *, where: str, notes: list[str],
+def drop_overlap(rows: TextSplit, other: TextSplit, *, where: str, notes: list[str],
                  other_name: str = "test") -> TextSplit:
-    """Remove rows of ``train`` whose text also occurs in ``other`` (the ``other_name`` split): no test
+    """Remove the rows of ``rows`` whose text also occurs in ``other`` (the ``other_name`` split): no test
     text is ever seen in training, no training text is scored as validation. The count goes to ``notes``."""
     other_keys = {dedupe_key(t, None if other.pairs is None else other.pairs[i]) for i, t in enumerate(other.texts)}
-    keep = [i for i, t in enumerate(train.texts)
-            if dedupe_key(t, None if train.pairs is None else train.pairs[i]) not in other_keys]
-    removed = len(train) - len(keep)
+    keep = [i for i, t in enumerate(rows.texts)
+            if dedupe_key(t, None if rows.pairs is None else rows.pairs[i]) not in other_keys]
+    removed = len(rows) - len(keep)
     notes.append(f"{where}: {removed} rows whose text also occurs in the {other_name} split removed")
-    return train.subset(keep) if removed else train
+    return rows.subset(keep) if removed else rows
 
 
 # -- labels ---------------------------------------------------------------------------------------
