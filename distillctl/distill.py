@@ -231,8 +231,9 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
                 state["ema"] = clipped if ema is None else ds.outer.clip_ema * ema + (1 - ds.outer.clip_ema) * clipped
                 # 7d. Outer step (lr from the schedule: a function of the step only, so resume needs no
                 #     scheduler state), then Boost-DD: inherited rows move by beta x their update.
+                factor = _schedule_factor(ds.outer.schedule, step, iters)
                 for group, base in zip(opt.param_groups, base_lrs):
-                    group["lr"] = base * _schedule_factor(ds.outer.schedule, step, iters)
+                    group["lr"] = base * factor
                 before = {k: learn[k].detach().clone() for k in ("x", "label_logits") if k in learn and damp}
                 for k, p in learn.items():
                     p.grad = ms.grads[k] * scale
