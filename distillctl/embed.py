@@ -323,13 +323,18 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
     for name, s in splits.items():
         for k in range(math.ceil(len(s) / S)):
             work.append((name, k, k * S, min(len(s), (k + 1) * S)))
-    from distillctl.textdata import file_sha256
+    from safetensors.torch import load as load_tensors
 
+    # A finished shard's bytes are read once: hashed against shards.json, then kept as the tensor itself.
+    shard_X: dict[str, torch.Tensor] = {}  # shard file name -> (b-a, dim)
     todo = []
     for name, k, a, b in work:
         f = partial / f"{name}-{k:05d}.safetensors"
-        if f.name in done and f.exists() and file_sha256(f) == done[f.name]:
-            continue
+        if f.name in done and f.exists():
+            blob = f.read_bytes()
+            if _sha256(blob) == done[f.name]:
+                shard_X[f.name] = load_tensors(blob)["X"]
+                continue
         todo.append((name, k, a, b))
     resumed = len(work) - len(todo)
     total = sum(b - a for _, _, a, b in todo)
@@ -347,16 +352,15 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
                 raise RunError(f"encoder returned {'non-finite values' if X.shape == (b - a, dim) else X.shape} "
                                f"for {name} rows {a}..{b} (expected ({b - a}, {dim}))")
             f = partial / f"{name}-{k:05d}.safetensors"
-            done[f.name] = _sha256(write_tensors(f, {"X": torch.from_numpy(X).to(dtype)}))
+            shard_X[f.name] = torch.from_numpy(X).to(dtype)
+            done[f.name] = _sha256(write_tensors(f, {"X": shard_X[f.name]}))
             atomic_write_json(done_file, done)
 
     # 4. One safetensors file and one texts file per split, then the manifest (last: marks completion).
-    from safetensors.torch import load_file
-
     files: dict[str, dict] = {}
     contents: dict[str, Any] = {}
     for name, s in splits.items():
-        shards = [load_file(str(partial / f"{name}-{k:05d}.safetensors"))["X"] for n, k, _, _ in work if n == name]
+        shards = [shard_X[f"{name}-{k:05d}.safetensors"] for n, k, _, _ in work if n == name]
         X = torch.cat(shards, 0)  # (n, dim)
         y = torch.from_numpy(np.asarray(s.labels, dtype=np.int64))  # (n,)
         fn = f"{name}.safetensors"

@@ -244,6 +244,22 @@ def require(module: str, pip_name: str, plugin: str, *, load: bool = True):
         raise UserError(message) from exc
 
 
+def model_folder(model: str, revision: str | None, *, plugin: str, hint: str = "") -> tuple[Path, str]:
+    """``encoder.model`` as a local folder and where it came from: the folder itself if it exists on disk
+    (``"local folder"``), else a Hugging Face hub snapshot (``"hub"``). ``hint`` is appended to a hub error."""
+    local = Path(model).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise UserError(f"encoder.model: {local} is not a model folder")
+        return local.resolve(), "local folder"
+    try:
+        return hub_snapshot(model, revision, plugin=plugin), "hub"
+    except UserError as exc:
+        if not hint:
+            raise
+        raise UserError(str(exc) + hint) from None
+
+
 def hub_snapshot(model: str, revision: str | None, *, plugin: str) -> Path:
     """A hub model as a local folder (downloaded, or from the local hub cache when offline)."""
     hub = require("huggingface_hub", "huggingface_hub", plugin)

@@ -228,7 +228,10 @@ def test_each_cache_file_is_read_once_and_a_build_reads_back_nothing(tmp_path, r
     assert emb.cache_dir == entry_dir(emb.manifest["key"]) and len(texts["val"]) == 10
 
 
-def test_interrupted_embed_resumes_at_the_last_whole_shard(tmp_path, reg):
+def test_interrupted_embed_resumes_at_the_last_whole_shard(tmp_path, reg, monkeypatch):
+    """Only the missing shards are encoded, and each finished shard is read from disk exactly once."""
+    import safetensors.torch
+
     from distillctl.embed import embed, load_embeddings
 
     recipe = load(write_recipe(tmp_path, make_data(tmp_path)))  # 40 + 12 rows, shards of 7 -> 6 + 2 shards
@@ -242,7 +245,19 @@ def test_interrupted_embed_resumes_at_the_last_whole_shard(tmp_path, reg):
     assert len(partial) == 1 and len(list((partial[0] / "partial").glob("train-*.safetensors"))) == 3
     assert not (partial[0] / "manifest.json").exists()
     embed_fakes.STATE.update(fail_after_calls=None, encoded=0)
-    res = embed(recipe)
+    shard_reads: list[str] = []
+    real_read_bytes = Path.read_bytes
+
+    def read_bytes(path):
+        if path.parent.name == "partial" and path.suffix == ".safetensors":
+            shard_reads.append(path.name)
+        return real_read_bytes(path)
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "read_bytes", read_bytes)
+        m.setattr(safetensors.torch, "load_file", None)  # shards come from the bytes already read
+        res = embed(recipe)
+    assert sorted(shard_reads) == [f"train-{k:05d}.safetensors" for k in range(3)]  # verified + loaded once
     assert embed_fakes.STATE["encoded"] == 52 - 21  # only the shards that were missing
     assert not res.cache_hit and res.cache_dir == partial[0] and entry_dir(res.cache_dir.name)
     emb = load_embeddings(recipe)

@@ -11,7 +11,7 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from distillctl.encoding import (BatchEncoder, folder_sha256, hub_snapshot, require,
+from distillctl.encoding import (BatchEncoder, folder_sha256, model_folder, require,
                                  resolve_device, revision_of)
 from distillctl.errors import UserError
 from distillctl.options import PluginOptions
@@ -46,13 +46,7 @@ class HFEncoder(BatchEncoder):
 
     def path(self) -> Path:
         if self._path is None:
-            local = Path(self.options.model).expanduser()
-            if local.exists():
-                if not local.is_dir():
-                    raise UserError(f"encoder.model: {local} is not a model folder")
-                self._path = local.resolve()
-            else:
-                self._path = hub_snapshot(self.options.model, self.options.revision, plugin=PLUGIN)
+            self._path, _ = model_folder(self.options.model, self.options.revision, plugin=PLUGIN)
         return self._path
 
     def identity(self) -> dict:

