@@ -49,6 +49,21 @@ def test_transformer_shapes_and_no_buffers(d):
     assert m.proj.in_features == -(-d // 4)
 
 
+def test_zero_init_residual_makes_every_block_the_identity_at_init():
+    """With zero_init_residual a fresh student equals the same student with its blocks removed; after one
+    gradient step the blocks are no longer the identity (they still learn)."""
+    torch.manual_seed(0)
+    m = build("transformer", d=16, n_tokens=4, d_model=8, heads=2, ff=12, layers=2, zero_init_residual=True)
+    x = torch.randn(5, 16)
+    skip = m.head(m.ln(m.proj(x.view(5, 4, 4)) + m.pos).mean(dim=1))  # (5, C): the model without blocks
+    torch.testing.assert_close(m(x), skip)
+    torch.manual_seed(0)  # the default initialisation is not the identity
+    default = build("transformer", d=16, n_tokens=4, d_model=8, heads=2, ff=12, layers=2)
+    assert not torch.allclose(default(x), default.head(default.ln(default.proj(x.view(5, 4, 4)) + default.pos).mean(1)))
+    m(x).logsumexp(-1).sum().backward()
+    assert m.blocks[0].ff[2].weight.grad.abs().sum() > 0 and m.blocks[0].attn.out.weight.grad.abs().sum() > 0
+
+
 def test_attention_matches_torch_multihead_attention():
     from distillctl_plugins.students.models import SelfAttention
 

@@ -42,6 +42,11 @@ class TransformerOptions(PluginOptions):
     heads: int = Field(4, ge=1, description="Attention heads; must divide d_model.")
     ff: int = Field(128, ge=1, description="Width of the feed-forward layer inside each block (units).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability in attention and feed-forward.")
+    zero_init_residual: bool = Field(
+        False,
+        description="Start each block's attention-output and feed-forward-output layers at zero, so a fresh "
+        "student is the identity through its blocks (as in ReZero/Fixup); the blocks learn from there.",
+    )
 
     @model_validator(mode="after")
     def _heads_divide(self):

@@ -53,7 +53,7 @@ class SelfAttention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer encoder block: h + attn(LN(h)), then h + FF(LN(h))."""
 
-    def __init__(self, d_model: int, heads: int, ff: int, dropout: float):
+    def __init__(self, d_model: int, heads: int, ff: int, dropout: float, zero_init_residual: bool = False):
         super().__init__()
         self.ln1 = nn.LayerNorm(d_model)
         self.attn = SelfAttention(d_model, heads, dropout)
@@ -62,6 +62,10 @@ class Block(nn.Module):
         if dropout > 0:
             ff_layers.append(nn.Dropout(dropout))
         self.ff = nn.Sequential(*ff_layers)
+        if zero_init_residual:  # both residual branches start at 0: the block starts as the identity
+            for layer in (self.attn.out, ff_layers[2]):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = h + self.attn(self.ln1(h))
@@ -76,14 +80,14 @@ class TokenTransformer(nn.Module):
     """
 
     def __init__(self, input_dim: int, num_classes: int, *, n_tokens: int, d_model: int, layers: int,
-                 heads: int, ff: int, dropout: float):
+                 heads: int, ff: int, dropout: float, zero_init_residual: bool = False):
         super().__init__()
         self.n_tokens = n_tokens
         self.token_dim = -(-input_dim // n_tokens)  # ceil: the last token is zero-padded if needed
         self.pad = self.n_tokens * self.token_dim - input_dim
         self.proj = nn.Linear(self.token_dim, d_model)
         self.pos = nn.Parameter(torch.randn(n_tokens, d_model) * 0.02)
-        self.blocks = nn.Sequential(*[Block(d_model, heads, ff, dropout) for _ in range(layers)])
+        self.blocks = nn.Sequential(*[Block(d_model, heads, ff, dropout, zero_init_residual) for _ in range(layers)])
         self.ln = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, num_classes)
 
@@ -97,4 +101,5 @@ class TokenTransformer(nn.Module):
 
 def build_transformer(input_dim: int, num_classes: int, options) -> nn.Module:
     return TokenTransformer(input_dim, num_classes, n_tokens=options.n_tokens, d_model=options.d_model,
-                            layers=options.layers, heads=options.heads, ff=options.ff, dropout=options.dropout)
+                            layers=options.layers, heads=options.heads, ff=options.ff, dropout=options.dropout,
+                            zero_init_residual=options.zero_init_residual)
