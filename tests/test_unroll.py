@@ -10,6 +10,7 @@ from torch.nn import functional as F
 
 from distillctl.unrolling import (FullUnroll, InnerProblem, RandomTruncatedUnroll, TruncatedUnroll,
                                   inner_lr, synthetic_targets, unroll)
+from distillctl_plugins.students import TransformerOptions
 from distillctl_plugins.students.models import build_mlp, build_transformer
 
 D, C, IPC = 3, 2, 2
@@ -157,7 +158,8 @@ def test_vmapped_population_equals_python_loop(student):
     if student == "mlp":
         build = None
     else:
-        build = lambda: build_transformer(4, C, NS(n_tokens=2, d_model=4, layers=1, heads=2, ff=8, dropout=0.0))
+        opts = TransformerOptions(n_tokens=2, d_model=4, layers=1, heads=2, ff=8)
+        build = lambda: build_transformer(4, C, opts)
     d = 3 if student == "mlp" else 4
     problem = make_problem("adam", population=3, build=build)
     g = torch.Generator().manual_seed(5)
