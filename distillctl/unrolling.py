@@ -100,10 +100,18 @@ class InnerProblem:
         module, _, buffers = self.template()
         return torch.func.functional_call(module, (self.unflatten(theta), buffers), (x,))
 
-    def population_logits(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """K students (theta: (K, P)) on the same batch x: (B, d) -> (K, B, C), vmapped."""
+    def population_logits(self, theta: torch.Tensor, x: torch.Tensor, *, vectorized: bool = True) -> torch.Tensor:
+        """K students (theta: (K, P)) on the same batch x: (B, d) -> (K, B, C).
+
+        ``vectorized``: one vmapped call, which is what pays off on the small synthetic batches of the
+        inner steps. ``False`` calls the students one after another; on a CPU that is faster for the
+        large real batch, where the vmapped Transformer is several times slower than K separate calls
+        (BENCHMARKS.md, "population"). Both give the same logits.
+        """
         if theta.shape[0] == 1:  # one student: the plain call is ~10% faster than a vmap of one
             return self.logits(theta[0], x).unsqueeze(0)
+        if not vectorized:
+            return torch.stack([self.logits(theta_k, x) for theta_k in theta.unbind(0)])
         return torch.func.vmap(self.logits, in_dims=(0, None), randomness="different")(theta, x)
 
 
@@ -221,7 +229,7 @@ def unroll(problem: InnerProblem, learnables: Mapping[str, torch.Tensor], real_x
 
         # 4. Score the trained students on the real batch right after the window.
         with torch.enable_grad():
-            logits = problem.population_logits(theta, real_x)  # (K, B, C)
+            logits = problem.population_logits(theta, real_x, vectorized=False)  # (K, B, C)
             outer = F.cross_entropy(logits.flatten(0, 1), real_y.repeat(theta.shape[0]))
             acc = (logits.argmax(-1) == real_y).float().mean()
 

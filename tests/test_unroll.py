@@ -173,6 +173,22 @@ def test_vmapped_population_equals_python_loop(student):
         torch.testing.assert_close(ms.grads[k], grads[k], rtol=1e-8, atol=1e-10)
 
 
+def test_population_logits_vectorized_or_one_by_one_agree_with_their_gradients():
+    """The real batch is scored student by student, the inner batches vmapped: both paths give the same
+    logits and the same gradient with respect to the (K, P) parameters and the input."""
+    opts = TransformerOptions(n_tokens=2, d_model=4, layers=1, heads=2, ff=8)
+    problem = make_problem("adam", population=3, build=lambda: build_transformer(4, C, opts))
+    theta = problem.init_population(0).requires_grad_()  # (3, P)
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 6, C, dtype=torch.float64)
+    results = []
+    for vectorized in (True, False):
+        out = problem.population_logits(theta, x, vectorized=vectorized)  # (3, 6, C)
+        results.append((out, *torch.autograd.grad((out * w).sum(), [theta, x])))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_population_students_differ_and_dropout_runs_under_vmap():
     problem = make_problem("adam", population=4, dtype=torch.float32,
                        build=lambda: build_mlp(D, C, NS(hidden=[8], activation="relu", dropout=0.5)))
