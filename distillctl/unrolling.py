@@ -19,9 +19,10 @@ Why the code looks the way it does:
   parameters live in ONE flat tensor ``theta`` of shape (K, P) (P = parameters per student); each
   student's named parameters are views into its row. The inner optimiser is then a handful of
   elementwise ops on (K, P) tensors, whatever the number of parameter tensors of the student.
-* The population is vectorised with ``torch.func.vmap`` over the forward pass. The per-student
-  gradients come from ONE ``torch.autograd.grad`` of the *sum* of the K losses (students share no
-  parameters, so d(sum)/d theta_k = d loss_k / d theta_k).
+* The population is vectorised with ``torch.func.vmap`` over the inner steps' forward pass (small
+  synthetic batches); the large real batch is scored student by student, which is faster on a CPU
+  than one vmapped call. The per-student gradients come from ONE ``torch.autograd.grad`` of the
+  *sum* of the K losses (students share no parameters, so d(sum)/d theta_k = d loss_k / d theta_k).
 * The inner optimisers (SGD with momentum, Adam) are written with plain tensor ops, so autograd can
   differentiate through them (``create_graph=True`` inside the window only).
 * All randomness comes from the ``torch.Generator`` passed in (batches, window start) plus one seed
@@ -106,7 +107,7 @@ class InnerProblem:
         ``vectorized``: one vmapped call, which is what pays off on the small synthetic batches of the
         inner steps. ``False`` calls the students one after another; on a CPU that is faster for the
         large real batch, where the vmapped Transformer is several times slower than K separate calls
-        (BENCHMARKS.md, "population"). Both give the same logits.
+        (BENCHMARKS.md, "Populations"). Both give the same logits.
         """
         if theta.shape[0] == 1:  # one student: the plain call is ~10% faster than a vmap of one
             return self.logits(theta[0], x).unsqueeze(0)
