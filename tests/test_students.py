@@ -52,14 +52,16 @@ def test_transformer_shapes_and_no_buffers(d):
 def test_zero_init_residual_makes_every_block_the_identity_at_init():
     """With zero_init_residual a fresh student equals the same student with its blocks removed; after one
     gradient step the blocks are no longer the identity (they still learn)."""
+    def without_blocks(model, x):  # (5, 16) -> (5, C): the same student with its blocks left out
+        return model.head(model.ln(model.proj(x.view(5, 4, 4)) + model.pos).mean(dim=1))
+
     torch.manual_seed(0)
     m = build("transformer", d=16, n_tokens=4, d_model=8, heads=2, ff=12, layers=2, zero_init_residual=True)
     x = torch.randn(5, 16)
-    skip = m.head(m.ln(m.proj(x.view(5, 4, 4)) + m.pos).mean(dim=1))  # (5, C): the model without blocks
-    torch.testing.assert_close(m(x), skip)
+    torch.testing.assert_close(m(x), without_blocks(m, x))
     torch.manual_seed(0)  # the default initialisation is not the identity
     default = build("transformer", d=16, n_tokens=4, d_model=8, heads=2, ff=12, layers=2)
-    assert not torch.allclose(default(x), default.head(default.ln(default.proj(x.view(5, 4, 4)) + default.pos).mean(1)))
+    assert not torch.allclose(default(x), without_blocks(default, x))
     m(x).logsumexp(-1).sum().backward()
     assert m.blocks[0].ff[2].weight.grad.abs().sum() > 0 and m.blocks[0].attn.out.weight.grad.abs().sum() > 0
 
