@@ -319,23 +319,23 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
     except (OSError, json.JSONDecodeError):
         done = {}
     S = settings.shard_size
-    work = []  # (split, shard index, start, stop)
+    work = []  # (split, shard file name, start row, stop row)
     for name, s in splits.items():
         for k in range(math.ceil(len(s) / S)):
-            work.append((name, k, k * S, min(len(s), (k + 1) * S)))
+            work.append((name, f"{name}-{k:05d}.safetensors", k * S, min(len(s), (k + 1) * S)))
     from safetensors.torch import load as load_tensors
 
     # A finished shard's bytes are read once: hashed against shards.json, then kept as the tensor itself.
     shard_X: dict[str, torch.Tensor] = {}  # shard file name -> (b-a, dim)
     todo = []
-    for name, k, a, b in work:
-        f = partial / f"{name}-{k:05d}.safetensors"
-        if f.name in done and f.exists():
+    for name, shard, a, b in work:
+        f = partial / shard
+        if shard in done and f.exists():
             blob = f.read_bytes()
-            if _sha256(blob) == done[f.name]:
-                shard_X[f.name] = load_tensors(blob)["X"]
+            if _sha256(blob) == done[shard]:
+                shard_X[shard] = load_tensors(blob)["X"]
                 continue
-        todo.append((name, k, a, b))
+        todo.append((name, shard, a, b))
     resumed = len(work) - len(todo)
     total = sum(b - a for _, _, a, b in todo)
     unit = "pairs" if is_pairs else "sentences"
@@ -344,23 +344,22 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
     _say(f"embedding {total:,} {unit} with {_describe(encoder, recipe.encoder.name)} on {settings.device} -> {entry}",
          quiet)
     with progress("embed", total, unit=unit, quiet=quiet) as bar:
-        for name, k, a, b in todo:
+        for name, shard, a, b in todo:
             s = splits[name]
             X = encoder.encode(s.texts[a:b], None if s.pairs is None else s.pairs[a:b],
                                batch_size=settings.batch_size, progress=bar.advance)  # (b-a, dim)
             if X.shape != (b - a, dim) or not np.isfinite(X).all():
                 raise RunError(f"encoder returned {'non-finite values' if X.shape == (b - a, dim) else X.shape} "
                                f"for {name} rows {a}..{b} (expected ({b - a}, {dim}))")
-            f = partial / f"{name}-{k:05d}.safetensors"
-            shard_X[f.name] = torch.from_numpy(X).to(dtype)
-            done[f.name] = _sha256(write_tensors(f, {"X": shard_X[f.name]}))
+            shard_X[shard] = torch.from_numpy(X).to(dtype)
+            done[shard] = _sha256(write_tensors(partial / shard, {"X": shard_X[shard]}))
             atomic_write_json(done_file, done)
 
     # 4. One safetensors file and one texts file per split, then the manifest (last: marks completion).
     files: dict[str, dict] = {}
     contents: dict[str, Any] = {}
     for name, s in splits.items():
-        shards = [shard_X[f"{name}-{k:05d}.safetensors"] for n, k, _, _ in work if n == name]
+        shards = [shard_X[shard] for n, shard, _, _ in work if n == name]
         X = torch.cat(shards, 0)  # (n, dim)
         y = torch.from_numpy(np.asarray(s.labels, dtype=np.int64))  # (n,)
         fn = f"{name}.safetensors"

@@ -86,14 +86,15 @@ def result_record(arm: str, ipc: int | None, recipe: Any, budget: Any, scores: A
         "seeds": list(scores.seeds),
         "budget": budget.as_dict() if trained else None,
         **scores.metrics(),  # accuracy, macro_f1 (+ positive_f1)
+        **({"student_options": recipe.student.model_dump(mode="json")} if trained else {}),
+        "split": TEST_SPLIT,
+        "n_test": int(n_test),
+        "majority": majority,
+        "chance": majority["chance"],
+        "seconds": round(scores.seconds, 3),
+        **({"time": datetime.now(timezone.utc).isoformat(timespec="seconds")} if trained else {}),
+        **extra,
     }
-    if trained:
-        rec["student_options"] = recipe.student.model_dump(mode="json")
-    rec.update({"split": TEST_SPLIT, "n_test": int(n_test), "majority": majority, "chance": majority["chance"],
-                "seconds": round(scores.seconds, 3)})
-    if trained:
-        rec["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    rec.update(extra)
     return rec
 
 
