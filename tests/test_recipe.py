@@ -226,3 +226,13 @@ def test_schema_covers_plugin_options(toy_registry, cli):
 def test_schema_function_matches_registry(toy_registry):
     schema = recipe_json_schema(toy_registry)
     assert schema["title"] == "distillctl recipe"
+
+
+SHIPPED = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_recipe_validates_against_the_built_in_plugins(path):
+    recipe = load_recipe(path)
+    assert recipe.name == path.stem  # runs/<name>/ matches the file a user ran
+    assert recipe.student.name in {"mlp", "transformer"}
