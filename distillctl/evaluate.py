@@ -86,6 +86,7 @@ def result_record(arm: str, ipc: int | None, recipe: Any, budget: Any, scores: A
         "seeds": list(scores.seeds),
         "budget": budget.as_dict() if trained else None,
         **scores.metrics(),  # accuracy, macro_f1 (+ positive_f1)
+        **({"classes_predicted": scores.classes_predicted} if trained and scores.classes_predicted else {}),
         **({"student_options": recipe.student.model_dump(mode="json")} if trained else {}),
         "split": TEST_SPLIT,
         "n_test": int(n_test),
@@ -271,7 +272,24 @@ def results_table(records: list[dict], title: str):
         lines.append(f"majority class {m['class']!r}: accuracy {m['accuracy'] * 100:.2f} %, macro-F1 "
                      f"{m['macro_f1'] * 100:.2f} %; chance {m['chance'] * 100:.2f} %; "
                      f"test split n = {records[0].get('n_test')}")
+    lines += [f"note: {n}" for n in collapse_notes(records)]
     return table, lines
+
+
+def collapse_notes(records: list[dict]) -> list[str]:
+    """One line per result whose students (some or all) give every test row the same class.
+
+    Such a cell can sit exactly on the majority line with no spread over seeds; the accuracy alone does not
+    say that the students learned nothing but the class prior.
+    """
+    notes = []
+    for r in records:
+        counts = r.get("classes_predicted") or []
+        single = sum(1 for c in counts if c == 1)
+        if single:
+            where = r["arm"] if r.get("ipc") is None else f"{r['arm']} ipc {r['ipc']}"
+            notes.append(f"{where}: {single} of {len(counts)} students predict a single class for every test row")
+    return notes
 
 
 def budget_line(rec: dict) -> str:

@@ -221,7 +221,7 @@ def _short(text: str) -> str:
 def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = None) -> Path:
     """Write report.md, report.json and plots/accuracy_vs_ipc.png for a run; returns report.md's path."""
     from distillctl.embed import load_embeddings
-    from distillctl.evaluate import _set_files
+    from distillctl.evaluate import _set_files, collapse_notes
     from distillctl.runs import atomic_write_json, atomic_write_text, open_run_dir
     from distillctl.training import TrainBudget
 
@@ -272,6 +272,10 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
     if summary["deviations"]:
         md += ["**† Different protocol** (not comparable with the other cells):", ""]
         md += [f"- {d}" for d in summary["deviations"]] + [""]
+    collapsed = collapse_notes(records)
+    if collapsed:
+        md += ["**Single-class students** (the cell's accuracy is the share of that class in test):", ""]
+        md += [f"- {n}" for n in collapsed] + [""]
     for metric, title in METRICS:
         if metric not in summary["tables"]:
             continue
@@ -302,6 +306,6 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
     # 5. report.json
     out = {k: v for k, v in summary.items() if k != "deviating"}
     out.update({"run_dir": str(run.path), "recipe": recipe.name, "report": str(md_path), "plot": str(plot),
-                "nearest": nearest, "nearest_note": nearest_note, "results": records})
+                "nearest": nearest, "nearest_note": nearest_note, "single_class": collapsed, "results": records})
     atomic_write_json(run.path / "report.json", out)
     return md_path

@@ -81,6 +81,7 @@ class Scores:
     train_loss: list[float] = field(default_factory=list)  # last step's loss per seed
     seconds: float = 0.0  # wall time of training + scoring
     params: dict | None = field(default=None, repr=False)  # stacked trained weights, on request
+    classes_predicted: list[int] | None = None  # distinct classes each student predicts on the eval split
 
     def values(self, metric: str = "accuracy") -> list[float]:
         vals = getattr(self, metric)
@@ -116,7 +117,8 @@ def classification_scores(pred: "torch.Tensor", y: "torch.Tensor", num_classes: 
 
     ``pred`` is (K, n) or (n,) predicted classes, ``y`` (n,) true classes. A class with no true and no
     predicted rows has F1 0, as ``sklearn.metrics.f1_score(labels=range(C), average="macro",
-    zero_division=0)``. Returns lists with one value per row of ``pred``.
+    zero_division=0)``. Returns lists with one value per row of ``pred``; ``classes_predicted`` counts the
+    distinct classes each row predicts (1: that student gives every row the same class).
     """
     import torch
 
@@ -134,6 +136,7 @@ def classification_scores(pred: "torch.Tensor", y: "torch.Tensor", num_classes: 
     out = {
         "accuracy": (tp.sum(1) / n).tolist(),
         "macro_f1": f1.mean(1).tolist(),
+        "classes_predicted": (predicted > 0).sum(1).long().tolist(),
     }
     if C == 2:
         out["positive_f1"] = f1[:, 1].tolist()
@@ -392,7 +395,7 @@ def train_and_score(
     metrics = classification_scores(pred, y_eval, C)
     scores = Scores(seeds=seeds, accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],
                     positive_f1=metrics.get("positive_f1"), train_loss=[float(v) for v in losses],
-                    seconds=time.perf_counter() - t0)
+                    seconds=time.perf_counter() - t0, classes_predicted=metrics["classes_predicted"])
     if return_params:
         scores.params = {k: v.detach() for k, v in zip(names, plist)}  # {name: (K, *shape)}
     return scores
@@ -405,4 +408,5 @@ def majority_scores(y_train: "torch.Tensor", y_eval: "torch.Tensor", num_classes
     counts = torch.bincount(y_train.long().reshape(-1), minlength=num_classes)
     cls = int(torch.argmax(counts))  # argmax returns the first maximum
     pred = torch.full_like(y_eval.long(), cls)
-    return cls, {k: v[0] for k, v in classification_scores(pred, y_eval, num_classes).items()}
+    return cls, {k: v[0] for k, v in classification_scores(pred, y_eval, num_classes).items()
+                 if k != "classes_predicted"}

@@ -106,3 +106,29 @@ def test_report_without_texts_still_writes(run):
     emb.texts = lambda split: (_ for _ in ()).throw(UserError("no texts in this cache"))
     md = report(run.path, quiet=True).read_text()
     assert "nearest texts unavailable: no texts in this cache" in md
+
+
+def test_single_class_students_are_named_in_report_and_eval_table(run):
+    from distillctl.evaluate import read_results, results_table, store_results
+    from distillctl.report import report
+
+    run, _ = run
+    path = run.eval / "results.json"
+    records = read_results(path)
+    assert all(len(r["classes_predicted"]) == 2 and all(1 <= c <= 3 for c in r["classes_predicted"])
+               for r in records)  # what evaluate() recorded: 2 students, 3 classes
+    md = report(run.path, quiet=True).read_text()
+    assert "distilled ipc 1:" not in md  # its students all predict several classes
+
+    # ipc 1's students made to predict one class each: named with how many of them
+    for r in records:
+        if r["ipc"] == 1:
+            r["classes_predicted"] = [1, 3]
+    store_results(path, records)
+    md = report(run.path, quiet=True).read_text()
+    assert "**Single-class students**" in md
+    assert "- distilled ipc 1: 1 of 2 students predict a single class for every test row" in md
+    data = json.loads((run.path / "report.json").read_text())
+    assert data["single_class"] == ["distilled ipc 1: 1 of 2 students predict a single class for every test row"]
+    _, lines = results_table(read_results(path), "eval")
+    assert lines[-1] == "note: distilled ipc 1: 1 of 2 students predict a single class for every test row"

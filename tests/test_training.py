@@ -124,6 +124,16 @@ def test_linearly_separable_problem_is_learned():
     assert scores.mean() >= 0.99 and scores.std() < 0.01
     assert min(scores.macro_f1) >= 0.99
     assert scores.positive_f1 is None
+    assert scores.classes_predicted == [4, 4, 4, 4]
+
+
+def test_students_trained_on_one_class_are_reported_as_single_class():
+    x, y = blobs(n_per_class=20, d=5, c=4, spread=0.2, dtype=torch.float32)
+    xe, ye = blobs(n_per_class=50, d=5, c=4, spread=0.2, dtype=torch.float32)
+    scores = train_and_score(lambda: nn.Linear(5, 4), x, torch.full_like(y, 2), xe, ye, seeds=range(3),
+                             budget=TrainBudget(steps=100, lr=0.05, batch_size=16), num_classes=4)
+    assert scores.classes_predicted == [1, 1, 1]
+    assert scores.accuracy == pytest.approx([0.25] * 3)  # the share of class 2 in the eval rows
 
 
 def test_soft_one_hot_labels_equal_hard_labels():
@@ -167,6 +177,8 @@ def test_metrics_match_sklearn():
             if C == 2:
                 assert got["positive_f1"][k] == pytest.approx(sklearn_metrics.f1_score(yt, yp, zero_division=0))
         assert ("positive_f1" in got) == (C == 2)
+        assert got["classes_predicted"] == [len(set(pred[k].tolist())) for k in range(4)]
+        assert got["classes_predicted"][2] == 1
 
 
 def test_majority_scores():
