@@ -274,7 +274,7 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
         md += [f"- {d}" for d in summary["deviations"]] + [""]
     collapsed = collapse_notes(records)
     if collapsed:
-        md += ["**Single-class students** (the cell's accuracy is the share of that class in test):", ""]
+        md += ["**Single-class students** (such a student scores the share of its one class in test):", ""]
         md += [f"- {n}" for n in collapsed] + [""]
     for metric, title in METRICS:
         if metric not in summary["tables"]:
