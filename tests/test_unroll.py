@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from distillctl.unrolling import (FullUnroll, InnerProblem, RandomTruncatedUnroll, TruncatedUnroll,
-                                  inner_lr, synthetic_targets, unroll)
+                                  inner_lr, synthetic_targets)
 from distillctl_plugins.students import TransformerOptions
 from distillctl_plugins.students.models import build_mlp, build_transformer
 
