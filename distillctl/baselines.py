@@ -107,11 +107,11 @@ def random_subsets(y: "torch.Tensor", num_classes: int, ipc: int, seeds: Sequenc
     """
     import torch
 
-    from distillctl.training import derive_seed
+    from distillctl.seeds import RANDOM_SUBSET_STREAM, derive_seed
 
     out = []
     for s in seeds:
-        gen = torch.Generator().manual_seed(derive_seed(int(s), 3))
+        gen = torch.Generator().manual_seed(derive_seed(int(s), RANDOM_SUBSET_STREAM))
         rows = []
         for c in range(num_classes):
             members = torch.nonzero(y == c).flatten()  # (n_c,)

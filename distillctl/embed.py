@@ -36,6 +36,7 @@ from typing import Any, Iterator
 
 from distillctl import __version__
 from distillctl.errors import RunError, UserError
+from distillctl.seeds import carve_seed
 
 CACHE_FORMAT = 1
 SPLIT_ORDER = ("train", "val", "test")
@@ -466,13 +467,12 @@ def _open(recipe, entry: Path, manifest: dict, contents: dict) -> Embeddings:
     notes = list(manifest["dataset"].get("notes", []))
     # A split the dataset lacks is held out from (what is left of) train: test first, so the test rows
     # never depend on val_size; a different seed stream per split.
-    for held, size, seed_offset, what in (("test", recipe.embed.test_size, 1_000_003, "test"),
-                                          ("val", recipe.embed.val_size, 0, "validation")):
+    for held, size, what in (("test", recipe.embed.test_size, "test"), ("val", recipe.embed.val_size, "validation")):
         if held in native:
             continue
         X, y = native["train"]
         origin = index["train"][1]  # stored train rows behind the current train rows
-        tr, ho = carve_val(y.numpy(), size, recipe.seed + seed_offset, where=f"embed.{held}_size", what=what)
+        tr, ho = carve_val(y.numpy(), size, carve_seed(recipe.seed, held), where=f"embed.{held}_size", what=what)
         carve.update({f"{held}_size": size, "seed": recipe.seed})
         tr_t, ho_t = torch.from_numpy(tr), torch.from_numpy(ho)  # int64 row indices into the current train
         native[held] = (X[ho_t], y[ho_t])

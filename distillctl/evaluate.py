@@ -19,12 +19,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from distillctl import seeds as seeding
 from distillctl.errors import UserError
+from distillctl.seeds import EVAL_SEED_STRIDE
 
 #: the split every final score is computed on
 TEST_SPLIT = "test"
-#: eval seeds are recipe.seed * SEED_STRIDE + k, k = 0..K-1 (distill's validation seeds are elsewhere)
-SEED_STRIDE = 100_000
+#: eval seeds are recipe.seed * SEED_STRIDE + k, k = 0..K-1 (see distillctl.seeds)
+SEED_STRIDE = EVAL_SEED_STRIDE
 _SET_NAME = re.compile(r"^ipc(\d+)\.safetensors$")
 
 
@@ -33,7 +35,7 @@ def eval_seeds(recipe: Any, k: int | None = None) -> list[int]:
     k = recipe.eval.seeds if k is None else int(k)
     if k < 1:
         raise UserError(f"--seeds must be >= 1, got {k}")
-    return [recipe.seed * SEED_STRIDE + i for i in range(k)]
+    return seeding.eval_seeds(recipe.seed, k)
 
 
 def split_of(embeddings: Any, name: str):
