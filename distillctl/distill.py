@@ -1,12 +1,13 @@
-"""``distill``: learn a few synthetic embedding vectors per class (bilevel, RaT-BPTT, Boost-DD).
+"""``distill``: learn a few synthetic embedding vectors per class with any distillation method.
 
-:func:`distill` reads top to bottom: run directory, embeddings, student and unroll strategy, then for
-each Boost-DD stage (``distill.ipc: [1, 5, 10]``) the outer loop::
+:func:`distill` reads top to bottom: run directory, embeddings, student and method, then for each
+Boost-DD stage (``distill.ipc: [1, 5, 10]``) the one outer loop every method shares::
 
-    real batch -> UnrollStrategy (inner loop over K fresh students) -> meta-gradient
-    -> clip at clip x EMA(norms) -> outer Adam/SGD -> damp inherited rows by beta
-    -> every val_every: fresh students trained on the set, scored on `val`, keep the best
-    -> every ckpt_every: atomic checkpoint (learnables, optimiser, EMA, generator, best set)
+    real batch -> Method.step (bptt: unroll K fresh students; krr: closed-form ridge; dm; mtt; ...)
+    -> outer loss and meta-gradient -> clip at clip x EMA(norms) -> outer Adam/SGD (lr schedule)
+    -> damp inherited rows by beta -> every val_every: fresh students trained on the set, scored on
+    `val`, keep the best -> every ckpt_every: atomic checkpoint (learnables, optimiser, EMA, generator,
+    best set, the method's state)
 
 The test split is never touched here. Everything random in a stage flows from one ``torch.Generator``
 seeded by (recipe.seed, stage), saved in every checkpoint, so ``--resume`` continues exactly.
@@ -19,17 +20,16 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from distillctl.errors import RunError, UserError
+from distillctl.methods import Learnables
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 #: soft labels start as probabilities with this mass on the row's own class (rest spread evenly)
 SOFT_LABEL_INIT_CONFIDENCE = 0.9
-#: seeds of the fresh validation students (kept apart from the small seeds `eval` uses by default)
-VAL_SEED_BASE = 1_000_003
 
 
 @dataclass
@@ -43,14 +43,9 @@ class DistillResult:
         return {"run_dir": str(self.run_dir), "sets": [dict(s, path=str(s["path"])) for s in self.sets]}
 
 
-def stage_seed(seed: int, stage: int) -> int:
-    """The generator seed of Boost-DD stage ``stage`` (0-based) of a recipe with ``seed``."""
-    return (seed * 1_000_003 + (stage + 1) * 7_919) % (2**63)
-
-
 def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | None = None,
             quiet: bool | None = None, argv: list[str] | None = None, embeddings=None,
-            stage: int | None = None) -> DistillResult:
+            stage: int | None = None, registry=None) -> DistillResult:
     """Run every Boost-DD stage of ``recipe``; return the run directory and the saved sets.
 
     ``resume`` is an existing run directory of the same recipe: finished stages are reused, the
@@ -58,19 +53,22 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
     :class:`distillctl.embed.Embeddings`-like object) skips loading the cache, for library callers.
     ``stage`` (an ipc of the chain) runs that Boost-DD stage only: the stages before it must be finished
     in the run directory (``resume``), the ones after it are left for later calls. This is how
-    ``submit`` runs a chain as one job per stage.
+    ``submit`` runs a chain as one job per stage. ``registry`` defaults to the installed plugins.
     """
     import torch
 
+    from distillctl import checkpoints
     from distillctl.console import info, is_quiet, progress
+    from distillctl.methods import MethodContext
     from distillctl.plugins import get_registry
     from distillctl.runs import create_run_dir, open_run_dir
+    from distillctl.seeds import stage_seed, val_seeds as derive_val_seeds
     from distillctl.synthetic import SyntheticSet
     from distillctl.training import TrainBudget, student_builder, train_and_score
-    from distillctl.unrolling import InnerProblem
 
     quiet = is_quiet() if quiet is None else quiet
     say = (lambda message: None) if quiet else info  # status lines on stderr
+    registry = registry or get_registry()
     ds = recipe.distill
     fingerprint = recipe.fingerprint()
     if stage is not None and stage not in ds.ipc:
@@ -95,29 +93,29 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
         embeddings = load_embeddings(recipe, quiet=quiet)
     from distillctl.evaluate import check_ipc_fits, split_of
 
-    device = torch.device(ds.device)
+    device = _device(ds.device)
     train, val = split_of(embeddings, "train"), split_of(embeddings, "val")
     X_train, y_train = train.X.to(device, torch.float32), train.y.to(device)  # (n, d), (n,)
     X_val, y_val = val.X.to(device, torch.float32), val.y.to(device)  # (m, d), (m,)
     C, d = int(embeddings.num_classes), int(X_train.shape[1])
     check_ipc_fits(embeddings, max(ds.ipc), "distill.ipc")
 
-    # 3. Student, unroll strategy, validation budget (the eval protocol, scored on val).
-    registry = get_registry()
-    build_student = student_builder(recipe, d, C)
-    strategy = registry.build("unroll", ds.unroll)
+    # 3. Student, method, validation budget (the eval protocol, scored on val).
+    build_student = student_builder(recipe, d, C, registry=registry)
+    method = registry.build("method", ds.method)
+    method.name = ds.method.name
     val_budget = TrainBudget.from_eval(recipe.eval)
-    val_seeds = [VAL_SEED_BASE + recipe.seed * 1000 + k for k in range(ds.outer.val_seeds)]
+    val_seeds = derive_val_seeds(recipe.seed, ds.outer.val_seeds)
     meta_common = {
         "recipe_name": recipe.name, "recipe_fingerprint": fingerprint,
         "embedding_fingerprint": getattr(embeddings, "fingerprint", None),
         "label_names": list(embeddings.label_names), "student": recipe.student.name,
-        "unroll": ds.unroll.name, "run_dir": str(run.path),
+        "method": ds.method.name, **_method_meta(ds.method), "run_dir": str(run.path),
     }
 
-    def validate(learn: dict) -> float:
+    def validate(learn: Learnables) -> float:
         """Mean accuracy on `val` of fresh students trained on the current set with the eval budget."""
-        x, y = learn["x"].detach(), _labels(learn, hard).detach()
+        x, y = learn.x.detach(), learn.labels(hard).detach()
         scores = train_and_score(build_student, x, y, X_val, y_val, seeds=val_seeds, budget=val_budget,
                                  num_classes=C, quiet=True)
         return float(sum(scores.accuracy) / len(scores.accuracy))
@@ -147,148 +145,123 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
         # 5. The stage's set: the previous stage's best rows first in each class block (Boost-DD), then
         #    new rows drawn from real vectors of that class (or random ones).
         gen = torch.Generator().manual_seed(stage_seed(recipe.seed, si))
-        old_ipc = previous.ipc if previous is not None else 0
         hard = torch.arange(C, device=device).repeat_interleave(ipc)  # (ipc*C,) class-major
-        x0 = _initial_rows(X_train, y_train, C, ipc, old_ipc, ds.init, gen)  # (C, ipc, d)
-        inherited = torch.zeros(C, ipc, dtype=torch.bool, device=device)  # rows damped by beta
-        if previous is not None:
-            x0[:, :old_ipc] = previous.x.to(device).view(C, old_ipc, d)
-            inherited[:, :old_ipc] = True
-        learn = {"x": x0.reshape(C * ipc, d)}
-        if ds.soft_labels:
-            off = (1 - SOFT_LABEL_INIT_CONFIDENCE) / max(C - 1, 1)
-            probs = torch.full((C, ipc, C), off, device=device)
-            probs.scatter_(2, torch.arange(C, device=device).view(C, 1, 1).expand(C, ipc, 1),
-                           SOFT_LABEL_INIT_CONFIDENCE if C > 1 else 1.0)
-            if previous is not None:  # carry learned (or hard) labels of the inherited rows
-                prev = previous.labels.to(device)
-                prev = prev.float() if previous.soft else torch.nn.functional.one_hot(prev, C).float()
-                probs[:, :old_ipc] = prev.view(C, old_ipc, C).clamp_min(1e-12)
-            learn["label_logits"] = probs.log().reshape(C * ipc, C)  # softmax(log p) = p
-        if ds.inner.learn_lr:
-            lr0 = previous.inner_lr if previous is not None and previous.inner_lr else ds.inner.lr
-            learn["log_lr"] = torch.tensor(math.log(lr0), device=device)
-        learn = {k: v.detach().clone().requires_grad_() for k, v in learn.items()}
-        inherited = inherited.reshape(-1)  # (ipc*C,)
-
-        problem = InnerProblem(build_student, C, hard, optimizer=ds.inner.optimizer, lr=ds.inner.lr,
-                               momentum=ds.inner.momentum, betas=tuple(ds.inner.betas),
-                               batch_per_class=ds.inner.batch_per_class, population=ds.inner.population,
-                               device=device)
-        groups = [{"params": [learn["x"]], "lr": ds.outer.lr}]
-        if "label_logits" in learn:
-            groups.append({"params": [learn["label_logits"]], "lr": ds.outer.label_lr or ds.outer.lr})
-        if "log_lr" in learn:
-            groups.append({"params": [learn["log_lr"]], "lr": ds.outer.lr_lr or ds.outer.lr})
-        opt = (torch.optim.Adam(groups) if ds.outer.optimizer == "adam"
-               else torch.optim.SGD(groups, momentum=0.9))
-        base_lrs = [g["lr"] for g in groups]
+        learn, inherited = _initial_learnables(ds, X_train, y_train, C, ipc, previous, gen)  # inherited: (ipc*C,)
+        method.setup(MethodContext(
+            build_student=build_student, student_name=recipe.student.name,
+            student_options=recipe.to_dict()["student"], num_classes=C, ipc=ipc, hard_labels=hard,
+            x_train=X_train, y_train=y_train, inner=ds.inner, eval_budget=val_budget, device=device,
+            seed=recipe.seed, soft_labels=ds.soft_labels, embedding_fingerprint=getattr(embeddings, "fingerprint", None),
+            cache_dir=_method_cache_dir(), say=say))
+        opt, base_lrs = _outer_optimizer(learn, ds.outer)
 
         # 6. Fresh stage, or continue from this stage's newest checkpoint (exactly where it stopped).
-        state = {"step": 0, "ema": None, "elapsed": 0.0, "best_acc": -1.0, "best_step": 0,
-                 "best": None, "last_val_step": -1}
-        ckpt = _newest_checkpoint(run.checkpoints, ipc) if resume is not None else None
-        if ckpt is not None:
-            state = _load_checkpoint(ckpt, learn, opt, gen, device)
-            say(f"stage ipc={ipc}: resuming at outer step {state['step']} from {ckpt.name}")
-        _truncate_metrics(run, si, state["step"] if ckpt is not None else -1)
-        t_stage = time.perf_counter() - state["elapsed"]
-        if ckpt is None:  # the initial set's validation: the start of the accuracy-vs-time curve
+        loop = checkpoints.LoopState()
+        ckpt_path = checkpoints.newest(run.checkpoints, ipc) if resume is not None else None
+        if ckpt_path is not None:
+            ckpt = checkpoints.load(ckpt_path, device)
+            loop = checkpoints.restore(ckpt, learn, opt, gen)
+            method.load_state_dict(ckpt.method)
+            say(f"stage ipc={ipc}: resuming at outer step {loop.step} from {ckpt_path.name}")
+        _truncate_metrics(run, si, loop.step if ckpt_path is not None else -1)
+        t_stage = time.perf_counter() - loop.elapsed
+        if ckpt_path is None:  # the initial set's validation: the start of the accuracy-vs-time curve
             acc = validate(learn)
-            state.update(best_acc=acc, best_step=0, best=_snapshot(learn), last_val_step=0)
+            loop.best_acc, loop.best_step, loop.best, loop.last_val_step = acc, 0, learn.detached(), 0
             run.log(stage=si, ipc=ipc, step=0, val_accuracy=acc, best_val_accuracy=acc,
                     elapsed=round(time.perf_counter() - t_stage, 3))
 
         # 7. The outer loop.
         iters = ds.outer.iterations
-        last_loss, last_ckpt = float("nan"), ckpt
+        last_loss, last_ckpt = float("nan"), ckpt_path
         damp = bool(inherited.any()) and ds.boost.beta < 1
         with progress(f"distill ipc={ipc}", iters, unit="step", quiet=quiet) as bar:
-            bar.advance(state["step"])
-            for step in range(state["step"] + 1, iters + 1):
+            bar.advance(loop.step)
+            for step in range(loop.step + 1, iters + 1):
                 if ds.outer.max_seconds and time.perf_counter() - t_stage > ds.outer.max_seconds:
                     say(f"stage ipc={ipc}: stopping after {step - 1} steps (max_seconds={ds.outer.max_seconds:g})")
                     break
                 # 7a. A real batch from train (without replacement within the step).
                 n = X_train.shape[0]
                 idx = torch.randperm(n, generator=gen)[: min(ds.outer.real_batch, n)].to(device)  # (B,)
-                # 7b. The meta-gradient through the inner loop.
-                ms = strategy.meta_gradient(problem, learn, X_train[idx], y_train[idx], gen)
-                norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in ms.grads.values()))
-                if not (math.isfinite(ms.loss) and math.isfinite(norm)):
-                    run.log(stage=si, ipc=ipc, step=step, event="non-finite", loss=ms.loss, grad_norm=norm)
+                # 7b. The method's outer loss and its gradient w.r.t. every learnable tensor.
+                out = method.step(learn, X_train[idx], y_train[idx], gen)
+                out.check(learn, ds.method.name)
+                norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in out.grads.values()))
+                if not (math.isfinite(out.loss) and math.isfinite(norm)):
+                    run.log(stage=si, ipc=ipc, step=step, event="non-finite", loss=out.loss, grad_norm=norm)
                     where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
                     raise RunError(
-                        f"stage ipc={ipc}, outer step {step}: the outer loss is {ms.loss} and the meta-gradient norm "
+                        f"stage ipc={ipc}, outer step {step}: the outer loss is {out.loss} and the meta-gradient norm "
                         f"{norm} (not finite); {where}. Lower distill.outer.lr or distill.inner.lr, then "
                         f"`distillctl distill RECIPE --resume {run.path}`")
                 # 7c. Clip at clip x EMA of past norms (the EMA follows the clipped norms, so one
                 #     spike cannot raise the threshold for the steps after it).
-                scale, ema = 1.0, state["ema"]
-                if ds.outer.clip > 0 and ema is not None and norm > ds.outer.clip * ema:
-                    scale = ds.outer.clip * ema / norm
+                scale = 1.0
+                if ds.outer.clip > 0 and loop.ema is not None and norm > ds.outer.clip * loop.ema:
+                    scale = ds.outer.clip * loop.ema / norm
                 clipped = norm * scale
-                state["ema"] = clipped if ema is None else ds.outer.clip_ema * ema + (1 - ds.outer.clip_ema) * clipped
+                loop.ema = clipped if loop.ema is None else ds.outer.clip_ema * loop.ema + (1 - ds.outer.clip_ema) * clipped
                 # 7d. Outer step (lr from the schedule: a function of the step only, so resume needs no
                 #     scheduler state), then Boost-DD: inherited rows move by beta x their update.
                 factor = _schedule_factor(ds.outer.schedule, step, iters)
                 for group, base in zip(opt.param_groups, base_lrs):
                     group["lr"] = base * factor
-                before = {k: learn[k].detach().clone() for k in ("x", "label_logits") if k in learn and damp}
+                before = {k: v.detach().clone() for k, v in learn.items() if damp and k != "log_lr"}
                 for k, p in learn.items():
-                    p.grad = ms.grads[k] * scale
+                    p.grad = out.grads[k] * scale
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 if damp:
                     with torch.no_grad():
                         for k, old in before.items():
-                            p = learn[k]
+                            p = getattr(learn, k)
                             p[inherited] = old[inherited] + ds.boost.beta * (p[inherited] - old[inherited])
-                last_loss = ms.loss
+                last_loss = out.loss
                 elapsed = time.perf_counter() - t_stage
-                record = {"stage": si, "ipc": ipc, "step": step, "loss": round(ms.loss, 6),
-                          "real_accuracy": round(ms.accuracy, 4), "grad_norm": norm, "clip_scale": scale,
-                          "free_steps": ms.free_steps, "graph_steps": ms.graph_steps,
-                          "elapsed": round(elapsed, 3)}
-                if "log_lr" in learn:
-                    record["inner_lr"] = float(learn["log_lr"].detach().exp())
+                record = {"stage": si, "ipc": ipc, "step": step, "loss": round(out.loss, 6),
+                          "real_accuracy": round(out.accuracy, 4), "grad_norm": norm, "clip_scale": scale,
+                          **out.metrics, "elapsed": round(elapsed, 3)}
+                if learn.log_lr is not None:
+                    record["inner_lr"] = float(learn.log_lr.detach().exp())
                 # 7e. Validation on `val`: keep the best set (the test split is never looked at).
                 if step % ds.outer.val_every == 0 or step == iters:
                     acc = validate(learn)
-                    if acc > state["best_acc"]:
-                        state.update(best_acc=acc, best_step=step, best=_snapshot(learn))
-                    state["last_val_step"] = step
-                    record.update(val_accuracy=acc, best_val_accuracy=state["best_acc"],
+                    if acc > loop.best_acc:
+                        loop.best_acc, loop.best_step, loop.best = acc, step, learn.detached()
+                    loop.last_val_step = step
+                    record.update(val_accuracy=acc, best_val_accuracy=loop.best_acc,
                                   elapsed=round(time.perf_counter() - t_stage, 3))
                 run.log(**record)
-                bar.advance(1, loss=ms.loss, val=state["best_acc"])
+                bar.advance(1, loss=out.loss, val=loop.best_acc)
                 # 7f. Checkpoint (atomic; newest keep_checkpoints kept).
-                state["step"], state["elapsed"] = step, time.perf_counter() - t_stage
+                loop.step, loop.elapsed = step, time.perf_counter() - t_stage
                 if step % ds.outer.ckpt_every == 0:
-                    last_ckpt = _save_checkpoint(run.checkpoints, ipc, si, state, learn, opt, gen, fingerprint,
-                                                 ds.outer.keep_checkpoints)
+                    last_ckpt = checkpoints.save(
+                        run.checkpoints, ipc=ipc, stage=si, loop=loop, learn=learn, optimizer=opt, generator=gen,
+                        method_state=method.state_dict(), fingerprint=fingerprint, keep=ds.outer.keep_checkpoints)
 
         # 8. A stage stopped early by max_seconds is validated once more; then save its best set.
-        if state["last_val_step"] != state["step"]:
+        if loop.last_val_step != loop.step:
             acc = validate(learn)
-            if acc > state["best_acc"]:
-                state.update(best_acc=acc, best_step=state["step"], best=_snapshot(learn))
-            run.log(stage=si, ipc=ipc, step=state["step"], val_accuracy=acc, best_val_accuracy=state["best_acc"],
+            if acc > loop.best_acc:
+                loop.best_acc, loop.best_step, loop.best = acc, loop.step, learn.detached()
+            run.log(stage=si, ipc=ipc, step=loop.step, val_accuracy=acc, best_val_accuracy=loop.best_acc,
                     elapsed=round(time.perf_counter() - t_stage, 3))
-        best = state["best"]
+        best = loop.best
         wall = time.perf_counter() - t_stage
         syn = SyntheticSet(
-            x=best["x"].cpu(), labels=_labels(best, hard).cpu(), ipc=ipc, num_classes=C,
-            inner_lr=float(best["log_lr"].exp()) if "log_lr" in best else None,
-            meta={**meta_common, "stage": si, "ipc_chain": list(ds.ipc), "outer_step": state["best_step"],
-                  "outer_steps_run": state["step"], "val_accuracy": state["best_acc"],
+            x=best.x.cpu(), labels=best.labels(hard).cpu(), ipc=ipc, num_classes=C,
+            inner_lr=float(best.log_lr.exp()) if best.log_lr is not None else None,
+            meta={**meta_common, "stage": si, "ipc_chain": list(ds.ipc), "outer_step": loop.best_step,
+                  "outer_steps_run": loop.step, "val_accuracy": loop.best_acc,
                   "val_seeds": val_seeds, "val_budget": val_budget.as_dict(), "boost_beta": ds.boost.beta,
                   "wall_seconds": round(wall, 3), "last_loss": last_loss, "complete": True},
         )
         syn.save(set_path)
-        say(f"stage ipc={ipc}: best val accuracy {state['best_acc']:.4f} at outer step {state['best_step']} "
-             f"of {state['step']} ({wall:.1f} s) -> {set_path}")
-        result.sets.append({"ipc": ipc, "path": set_path, "val_accuracy": state["best_acc"]})
+        say(f"stage ipc={ipc}: best val accuracy {loop.best_acc:.4f} at outer step {loop.best_step} "
+             f"of {loop.step} ({wall:.1f} s) -> {set_path}")
+        result.sets.append({"ipc": ipc, "path": set_path, "val_accuracy": loop.best_acc})
         previous = syn
     return result
 
@@ -302,13 +275,74 @@ def _schedule_factor(schedule: str, step: int, iterations: int) -> float:
     return 1.0
 
 
-def _labels(learn: dict, hard: "torch.Tensor") -> "torch.Tensor":
-    """(n,) int64 hard labels, or (n, C) probabilities from the learnable logits."""
-    return learn["label_logits"].softmax(-1) if "label_logits" in learn else hard
+def _device(name: str) -> "torch.device":
+    """The torch device of a recipe's ``device`` field (``auto``: CUDA when torch sees it, else CPU)."""
+    try:
+        from distillctl.devices import resolve_device
+    except ImportError:  # pragma: no cover - before devices.py lands
+        import torch
+
+        return torch.device("cpu" if name == "auto" else name)
+    return resolve_device(name)
 
 
-def _snapshot(learn: dict) -> dict:
-    return {k: v.detach().clone() for k, v in learn.items()}
+def _method_meta(section) -> dict:
+    """The method's options as recorded with each saved set (``unroll`` kept for older readers)."""
+    options = section.model_dump(mode="json")
+    out = {"method_options": {k: v for k, v in options.items() if k != "name"}}
+    if isinstance(options.get("unroll"), dict):
+        out["unroll"] = options["unroll"].get("name")
+    return out
+
+
+def _method_cache_dir() -> Path:
+    """Where methods keep verified derived files (MTT experts), beside the embedding cache."""
+    from distillctl.embed import cache_root
+
+    return Path(cache_root()) / "methods"
+
+
+def _initial_learnables(ds, X: "torch.Tensor", y: "torch.Tensor", C: int, ipc: int, previous,
+                        gen: "torch.Generator") -> tuple[Learnables, "torch.Tensor"]:
+    """The stage's starting learnables (leaves) and the (ipc*C,) mask of rows inherited from ``previous``."""
+    import torch
+
+    device, d = X.device, X.shape[1]
+    old_ipc = previous.ipc if previous is not None else 0
+    x0 = _initial_rows(X, y, C, ipc, old_ipc, ds.init, gen)  # (C, ipc, d)
+    inherited = torch.zeros(C, ipc, dtype=torch.bool, device=device)  # rows damped by beta
+    if previous is not None:
+        x0[:, :old_ipc] = previous.x.to(device).view(C, old_ipc, d)
+        inherited[:, :old_ipc] = True
+    label_logits = log_lr = None
+    if ds.soft_labels:
+        off = (1 - SOFT_LABEL_INIT_CONFIDENCE) / max(C - 1, 1)
+        probs = torch.full((C, ipc, C), off, device=device)
+        probs.scatter_(2, torch.arange(C, device=device).view(C, 1, 1).expand(C, ipc, 1),
+                       SOFT_LABEL_INIT_CONFIDENCE if C > 1 else 1.0)
+        if previous is not None:  # carry learned (or hard) labels of the inherited rows
+            prev = previous.labels.to(device)
+            prev = prev.float() if previous.soft else torch.nn.functional.one_hot(prev, C).float()
+            probs[:, :old_ipc] = prev.view(C, old_ipc, C).clamp_min(1e-12)
+        label_logits = probs.log().reshape(C * ipc, C)  # softmax(log p) = p
+    if ds.inner.learn_lr:
+        lr0 = previous.inner_lr if previous is not None and previous.inner_lr else ds.inner.lr
+        log_lr = torch.tensor(math.log(lr0), device=device)
+    learn = Learnables(x=x0.reshape(C * ipc, d), label_logits=label_logits, log_lr=log_lr).as_leaves()
+    return learn, inherited.reshape(-1)
+
+
+def _outer_optimizer(learn: Learnables, outer) -> tuple["torch.optim.Optimizer", list[float]]:
+    """Adam / SGD over the learnables, one param group each (labels and inner lr may have their own lr)."""
+    import torch
+
+    lrs = {"x": outer.lr, "label_logits": outer.label_lr or outer.lr, "log_lr": outer.lr_lr or outer.lr}
+    groups = [{"params": [p], "lr": lrs[k]} for k, p in learn.items()]
+    if outer.optimizer == "adam":
+        opt = torch.optim.Adam(groups, betas=tuple(outer.betas))
+    else:
+        opt = torch.optim.SGD(groups, momentum=outer.momentum)
+    return opt, [g["lr"] for g in groups]
 
 
 def _initial_rows(X: "torch.Tensor", y: "torch.Tensor", C: int, ipc: int, skip: int, init: str,
@@ -334,71 +368,6 @@ def _initial_rows(X: "torch.Tensor", y: "torch.Tensor", C: int, ipc: int, skip: 
         else:
             out[c] = X[rows[:ipc].to(X.device)]
     return out
-
-
-def _checkpoint_name(ipc: int, step: int) -> str:
-    return f"ipc{ipc}-step{step:07d}.safetensors"
-
-
-def _newest_checkpoint(folder: Path, ipc: int) -> Path | None:
-    found = sorted(folder.glob(f"ipc{ipc}-step*.safetensors")) if folder.exists() else []
-    return found[-1] if found else None
-
-
-def _save_checkpoint(folder: Path, ipc: int, stage: int, state: dict, learn: dict, opt, gen, fingerprint: str,
-                     keep: int) -> Path:
-    """One safetensors file: learnables, best set, optimiser tensors, generator; the rest as JSON metadata."""
-    import torch
-
-    from distillctl.runs import atomic_save_tensors
-
-    tensors = {f"learn.{k}": v.detach() for k, v in learn.items()}
-    tensors.update({f"best.{k}": v for k, v in state["best"].items()})
-    sd = opt.state_dict()
-    opt_meta: dict[str, Any] = {"param_groups": sd["param_groups"], "state": {}}
-    for pid, st in sd["state"].items():
-        opt_meta["state"][str(pid)] = {}
-        for key, val in st.items():
-            if torch.is_tensor(val):
-                tensors[f"opt.{pid}.{key}"] = val
-            else:
-                opt_meta["state"][str(pid)][key] = val
-    tensors["rng.generator"] = gen.get_state()
-    meta = {"stage": stage, "ipc": ipc, "step": state["step"], "ema": state["ema"], "elapsed": state["elapsed"],
-            "best_acc": state["best_acc"], "best_step": state["best_step"],
-            "last_val_step": state["last_val_step"], "recipe_fingerprint": fingerprint, "optimizer": opt_meta}
-    path = folder / _checkpoint_name(ipc, state["step"])
-    atomic_save_tensors(path, tensors, metadata={"distillctl_checkpoint": json.dumps(meta)})
-    for stale in sorted(folder.glob(f"ipc{ipc}-step*.safetensors"))[:-keep]:
-        stale.unlink(missing_ok=True)
-    return path
-
-
-def _load_checkpoint(path: Path, learn: dict, opt, gen, device) -> dict:
-    """Restore learnables, optimiser and generator in place; return the loop state."""
-    import torch
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = json.loads(fh.metadata()["distillctl_checkpoint"])
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as exc:  # a damaged file: say which one
-        raise RunError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc}); delete it to resume "
-                       f"from the one before") from None
-    with torch.no_grad():
-        for k, p in learn.items():
-            p.copy_(tensors[f"learn.{k}"])
-    state = {int(pid): {**vals} for pid, vals in meta["optimizer"]["state"].items()}
-    for key, val in tensors.items():
-        if key.startswith("opt."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = val.to(device) if name != "step" else val
-    opt.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
-    gen.set_state(tensors["rng.generator"])
-    best = {k.split(".", 1)[1]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
-    return {"step": meta["step"], "ema": meta["ema"], "elapsed": meta["elapsed"], "best_acc": meta["best_acc"],
-            "best_step": meta["best_step"], "best": best, "last_val_step": meta["last_val_step"]}
 
 
 def _truncate_metrics(run, stage: int, keep_through_step: int) -> None:

@@ -96,13 +96,19 @@ class EmbedSettings(Section):
     )
 
 
-class InnerSettings(Section):
-    optimizer: Literal["sgd", "adam"] = Field(
-        "adam", description="Differentiable optimiser of the inner loop (the student trained on the synthetic set)."
-    )
+class OptimizerSettings(Section):
+    """The optimiser fields shared by the inner loop, the outer loop and the evaluated students."""
+
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="Optimiser: `adam` or `sgd` (with momentum).")
+    lr: float = Field(0.001, gt=0, description="Learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum when `optimizer` is sgd.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam (beta1, beta2).")
+
+
+class InnerSettings(OptimizerSettings):
+    """The student trained on the synthetic set inside an outer step (bptt; krr's pool; mtt's lr start)."""
+
     lr: float = Field(0.001, gt=0, description="Inner learning rate (initial value when `learn_lr` is set).")
-    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum of inner SGD.")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam (beta1, beta2) of the inner optimiser.")
     batch_per_class: Optional[int] = Field(
         None, ge=1, description="Synthetic rows per class in each inner step; null = the whole synthetic set."
     )
@@ -112,8 +118,9 @@ class InnerSettings(Section):
     learn_lr: bool = Field(False, description="Learn the inner learning rate (log-parametrised) with the set.")
 
 
-class OuterSettings(Section):
-    optimizer: Literal["adam", "sgd"] = Field("adam", description="Optimiser of the synthetic tensors.")
+class OuterSettings(OptimizerSettings):
+    """The optimiser of the synthetic tensors (shared by every method)."""
+
     lr: float = Field(0.001, gt=0, description="Outer learning rate.")
     schedule: Literal["constant", "cosine"] = Field(
         "constant", description="Outer learning-rate schedule over a stage's `iterations`: `constant`, or "
@@ -141,6 +148,11 @@ class OuterSettings(Section):
     )
 
 
+#: the one-line migration message for recipes written before methods were plugins (distillctl < 0.2)
+MOVED_UNROLL = ("`distill.unroll` moved into the bptt method: write `distill.method: {name: bptt, unroll: "
+                "{name: ratbptt, window: 40, total: 100}}` (and --set/--sweep distill.method.unroll.window=...)")
+
+
 class BoostSettings(Section):
     beta: float = Field(
         0.3, ge=0, le=1,
@@ -160,13 +172,21 @@ class DistillSettings(Section):
     )
     soft_labels: bool = Field(False, description="Learn soft labels (logits per synthetic row) with the vectors.")
     device: str = Field("cpu", description="Torch device of the distillation, e.g. `cpu`, `cuda`, `cuda:1`.")
-    unroll: PluginSection = Field(
-        default_factory=lambda: PluginSection(name="ratbptt"),
-        description="Unroll strategy: `full`, `truncated` or `ratbptt` with its options.",
+    method: PluginSection = Field(
+        default_factory=lambda: PluginSection(name="bptt"),
+        description="Distillation method and its options: `bptt` (with its `unroll` strategy), `krr`, `dm`, "
+        "`mtt`, or a third-party method (see `distillctl plugins`).",
     )
     inner: InnerSettings = Field(default_factory=InnerSettings)
     outer: OuterSettings = Field(default_factory=OuterSettings)
     boost: BoostSettings = Field(default_factory=BoostSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_unroll(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "unroll" in data:
+            raise ValueError(MOVED_UNROLL)
+        return data
 
     @field_validator("ipc", mode="before")
     @classmethod
@@ -185,12 +205,11 @@ class DistillSettings(Section):
         return v
 
 
-class EvalSettings(Section):
+class EvalSettings(OptimizerSettings):
+    """How every evaluated student is trained (distilled sets, baselines, validation inside distill)."""
+
     seeds: int = Field(10, ge=1, description="Fresh students (K seeds) per evaluated set; report mean ± std.")
     steps: int = Field(1000, ge=1, description="Optimiser steps per student (the same for every arm).")
-    optimizer: Literal["adam", "sgd"] = Field("adam", description="Optimiser of the evaluated students.")
-    lr: float = Field(0.001, gt=0, description="Learning rate of the evaluated students.")
-    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum when `optimizer` is sgd.")
     batch_size: int = Field(256, ge=1, description="Rows per step; sets smaller than this are used whole.")
     weight_decay: float = Field(0.0, ge=0, description="Weight decay of the evaluated students.")
 
@@ -252,7 +271,7 @@ PLUGIN_SECTIONS = (
     ("dataset", "dataset"),
     ("encoder", "encoder"),
     ("student", "student"),
-    ("distill.unroll", "unroll"),
+    ("distill.method", "method"),
     ("scheduler", "scheduler"),
 )
 
@@ -403,11 +422,47 @@ def validate_recipe(data: dict, *, source: str = "<recipe>", base_dir: str | Pat
                 allowed = list(info.options.model_fields) if err["type"] == "extra_forbidden" else None
                 problems.append(_one_problem(source, err, allowed, prefix=path, plugin=f"{kind} {name!r}"))
             continue
+        problems += _validate_nested_sections(options, registry, context, source, prefix=path)
         if recipe is not None:
             _get_path(recipe, path).options = options
     if problems:
         raise RecipeError(problems)
     return recipe
+
+
+def nested_plugin_kind(field: Any) -> str | None:
+    """The plugin kind of a plugin's option that is itself a plugin section (e.g. bptt's ``unroll``)."""
+    extra = getattr(field, "json_schema_extra", None)
+    return extra.get("plugin_kind") if isinstance(extra, dict) else None
+
+
+def _validate_nested_sections(options: BaseModel, registry, context: dict, source: str, prefix: str) -> list[str]:
+    """Validate options fields declared ``Field(json_schema_extra={"plugin_kind": KIND})`` against that
+    plugin's own options, in place; return the problems, one line each."""
+    problems: list[str] = []
+    for fname, field in type(options).model_fields.items():
+        kind = nested_plugin_kind(field)
+        section = getattr(options, fname, None)
+        if kind is None or not isinstance(section, PluginSection):
+            continue
+        where = f"{prefix}.{fname}"
+        try:
+            info = registry.get(kind, section.name)
+        except UserError as exc:
+            problems.append(f"{source}: {where}.name: {exc}")
+            continue
+        raw = section.options
+        if isinstance(raw, BaseModel):
+            continue  # already validated (a recipe validated twice)
+        try:
+            section.options = info.options.model_validate(raw or {}, context=context)
+        except ValidationError as exc:
+            for err in exc.errors():
+                allowed = list(info.options.model_fields) if err["type"] == "extra_forbidden" else None
+                problems.append(_one_problem(source, err, allowed, prefix=where, plugin=f"{kind} {section.name!r}"))
+            continue
+        problems += _validate_nested_sections(section.options, registry, context, source, where)
+    return problems
 
 
 def _raw_section(data: Any, path: str) -> Any:
@@ -450,16 +505,19 @@ def recipe_json_schema(registry=None) -> dict:
         for name in registry.names(kind):
             info = registry.get(kind, name)
             model_name = f"{kind}_{name}".replace("-", "_").replace(".", "_")
+            nested = {fname: (Optional[union_for(nested_plugin_kind(f))], Field(None, description=f.description))
+                      for fname, f in info.options.model_fields.items() if nested_plugin_kind(f)}
             variants.append(create_model(
                 model_name, __base__=info.options,
                 name=(Literal[name], Field(description=info.description or f"{kind} plugin {name}")),
+                **nested,
             ))
         if not variants:
             return dict
         return Union[tuple(variants)] if len(variants) > 1 else variants[0]
 
     distill_schema = create_model("DistillSettingsSchema", __base__=DistillSettings,
-                                  unroll=(union_for("unroll"), Field(description="Unroll strategy.")))
+                                  method=(Optional[union_for("method")], Field(None, description="Distillation method.")))
     recipe_schema = create_model(
         "Recipe", __base__=Recipe,
         dataset=(union_for("dataset"), Field(description="Dataset plugin and its options.")),

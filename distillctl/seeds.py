@@ -37,6 +37,7 @@ CARVE_SEED_OFFSETS = {"test": 1_000_003, "val": 0}
 BATCH_STREAM = 1  # minibatch order of one student (training.BatchStream)
 DROPOUT_STREAM = 2  # the global RNG dropout layers draw from while K students train
 RANDOM_SUBSET_STREAM = 3  # the ``random`` baseline's stratified draw for one student seed
+EXPERT_STREAM_BASE = 1000  # the ``mtt`` method's expert e uses stream EXPERT_STREAM_BASE + e of the recipe seed
 
 
 def derive_seed(seed: int, stream: int) -> int:
@@ -66,6 +67,11 @@ def val_seeds(seed: int, k: int) -> list[int]:
 def eval_seeds(seed: int, k: int) -> list[int]:
     """The K student seeds of every ``eval`` / ``baseline`` arm: ``seed * 100000 + [0, k)``."""
     return [seed * EVAL_SEED_STRIDE + i for i in range(k)]
+
+
+def expert_seeds(seed: int, k: int) -> list[int]:
+    """The seeds of the ``mtt`` method's k expert students (initialisation and minibatch streams)."""
+    return [derive_seed(seed, EXPERT_STREAM_BASE + e) for e in range(k)]
 
 
 def carve_seed(seed: int, split: str) -> int:

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from distillctl.errors import UserError
+from distillctl.seeds import BATCH_STREAM, DROPOUT_STREAM, derive_seed
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -29,8 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 #: rows one student scores per forward pass at evaluation: bounds the activations' memory
 #: (16k rows x 256 hidden floats = 16 MiB for the MLP)
 EVAL_STUDENT_ROWS = 16384
-#: Adam constants (torch.optim.Adam defaults; the budget does not expose them)
-ADAM_BETAS = (0.9, 0.999)
+#: Adam's epsilon (torch.optim.Adam's default; not a recipe setting)
 ADAM_EPS = 1e-8
 
 
@@ -44,6 +44,7 @@ class TrainBudget:
     momentum: float = 0.9
     batch_size: int = 256
     weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "sgd"):
@@ -55,10 +56,11 @@ class TrainBudget:
 
     @classmethod
     def from_eval(cls, settings: Any) -> "TrainBudget":
-        """The budget of a recipe's ``eval`` section (:class:`distillctl.recipe.EvalSettings`)."""
+        """The budget of a recipe's ``eval`` section (:class:`distillctl.recipe.EvalSettings`: its
+        optimiser fields are the shared :class:`distillctl.recipe.OptimizerSettings`)."""
         return cls(steps=settings.steps, optimizer=settings.optimizer, lr=settings.lr,
                    momentum=settings.momentum, batch_size=settings.batch_size,
-                   weight_decay=settings.weight_decay)
+                   weight_decay=settings.weight_decay, betas=tuple(settings.betas))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -145,12 +147,17 @@ def classification_scores(pred: "torch.Tensor", y: "torch.Tensor", num_classes: 
 
 # -- building students ---------------------------------------------------------------------------
 
-def student_builder(recipe: Any, input_dim: int, num_classes: int) -> Callable[[], Any]:
-    """``build_student()`` for the recipe's student plugin (a fresh nn.Module per call)."""
+def student_builder(recipe: Any, input_dim: int, num_classes: int, *, registry=None,
+                    section: Any = None) -> Callable[[], Any]:
+    """``build_student()`` for the recipe's student plugin (a fresh nn.Module per call).
+
+    ``section`` (a resolved student plugin section) overrides the recipe's ``student``.
+    """
     from distillctl.plugins import get_registry
 
-    info = get_registry().get("student", recipe.student.name)
-    options = recipe.student.options
+    section = section if section is not None else recipe.student
+    info = (registry or get_registry()).get("student", section.name)
+    options = section.options
     if options is None:
         options = info.options()
     return lambda: info.factory(input_dim, num_classes, options)
@@ -165,14 +172,6 @@ def build_seeded(build_student: Callable[[], Any], seed: int):
         return build_student()
 
 
-def derive_seed(seed: int, stream: int) -> int:
-    """A 63-bit seed for stream ``stream`` of seed ``seed`` (splitmix64), so streams don't overlap."""
-    z = (seed * 0x9E3779B97F4A7C15 + stream * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (1 << 64)
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % (1 << 64)
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % (1 << 64)
-    return (z ^ (z >> 31)) >> 1
-
-
 class BatchStream:
     """Minibatch indices of one seed: consecutive slices of a stream of random permutations.
 
@@ -184,7 +183,7 @@ class BatchStream:
         import torch
 
         self.n, self.batch = n, batch
-        self.gen = torch.Generator().manual_seed(derive_seed(seed, 1))
+        self.gen = torch.Generator().manual_seed(derive_seed(seed, BATCH_STREAM))
         self.buf = torch.empty(0, dtype=torch.long)
 
     def next(self) -> "torch.Tensor":
@@ -210,7 +209,7 @@ def stacked_optimizer(params: list, budget: TrainBudget):
 
     kwargs = dict(lr=budget.lr, weight_decay=budget.weight_decay)
     if budget.optimizer == "adam":
-        make = lambda **kw: torch.optim.Adam(params, betas=ADAM_BETAS, eps=ADAM_EPS, **kwargs, **kw)  # noqa: E731
+        make = lambda **kw: torch.optim.Adam(params, betas=budget.betas, eps=ADAM_EPS, **kwargs, **kw)  # noqa: E731
     else:
         make = lambda **kw: torch.optim.SGD(params, momentum=budget.momentum, **kwargs, **kw)  # noqa: E731
     try:
@@ -341,7 +340,7 @@ def train_and_score(
     base.train()
     with torch.random.fork_rng(devices=[]), progress(description or "training students", budget.steps,
                                                      unit="step", quiet=quiet) as bar:
-        torch.manual_seed(derive_seed(seeds[0], 2))  # only random layers (dropout) draw from it
+        torch.manual_seed(derive_seed(seeds[0], DROPOUT_STREAM))  # only random layers (dropout) draw from it
         for step in range(budget.steps):
             if whole:  # (n, d) shared by every student, or (K, n, d)
                 xb, yb, x_dim = x_train, targets, (0 if per_seed else None)

@@ -40,6 +40,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from distillctl.seeds import draw_seed
+
 
 # -- the problem ---------------------------------------------------------------------------------
 
@@ -64,6 +66,15 @@ class InnerProblem:
     dtype: torch.dtype = torch.float32
     device: str | torch.device = "cpu"
     _template: Any = field(default=None, repr=False)
+    _feature_view: Any = field(default=None, repr=False)
+
+    @classmethod
+    def from_settings(cls, build_student: Callable[[], nn.Module], num_classes: int, labels: torch.Tensor,
+                      inner: Any, device: str | torch.device = "cpu") -> "InnerProblem":
+        """The problem of a recipe's ``distill.inner`` section (:class:`distillctl.recipe.InnerSettings`)."""
+        return cls(build_student, num_classes, labels, optimizer=inner.optimizer, lr=inner.lr,
+                   momentum=inner.momentum, betas=tuple(inner.betas), batch_per_class=inner.batch_per_class,
+                   population=inner.population, device=device)
 
     @property
     def ipc(self) -> int:
@@ -101,6 +112,24 @@ class InnerProblem:
         module, _, buffers = self.template()
         return torch.func.functional_call(module, (self.unflatten(theta), buffers), (x,))
 
+    def features(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """One student's penultimate representation (its ``features(x)``): (B, d) -> (B, h)."""
+        module, _, buffers = self.template()
+        if self._feature_view is None:  # shares module's parameters; functional_call swaps them in
+            self._feature_view = _FeatureView(module)
+        view = self._feature_view
+        params = {f"student.{k}": v for k, v in self.unflatten(theta).items()}
+        bufs = {f"student.{k}": v for k, v in buffers.items()}
+        return torch.func.functional_call(view, (params, bufs), (x,))
+
+    def population_features(self, theta: torch.Tensor, x: torch.Tensor, *, vectorized: bool = True) -> torch.Tensor:
+        """K students (theta: (K, P)) on the same batch: (B, d) -> (K, B, h); see population_logits."""
+        if theta.shape[0] == 1:
+            return self.features(theta[0], x).unsqueeze(0)
+        if not vectorized:
+            return torch.stack([self.features(theta_k, x) for theta_k in theta.unbind(0)])
+        return torch.func.vmap(self.features, in_dims=(0, None), randomness="different")(theta, x)
+
     def population_logits(self, theta: torch.Tensor, x: torch.Tensor, *, vectorized: bool = True) -> torch.Tensor:
         """K students (theta: (K, P)) on the same batch x: (B, d) -> (K, B, C).
 
@@ -114,6 +143,17 @@ class InnerProblem:
         if not vectorized:
             return torch.stack([self.logits(theta_k, x) for theta_k in theta.unbind(0)])
         return torch.func.vmap(self.logits, in_dims=(0, None), randomness="different")(theta, x)
+
+
+class _FeatureView(nn.Module):
+    """Calls a student's ``features(x)`` as its forward, so functional_call can run it."""
+
+    def __init__(self, student: nn.Module):
+        super().__init__()
+        self.student = student
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student.features(x)
 
 
 @dataclass
@@ -151,11 +191,6 @@ def sample_rows(problem: InnerProblem, generator: torch.Generator) -> torch.Tens
     order = torch.rand(C, ipc, generator=generator).argsort(dim=1)[:, :b]  # (C, b) rows within each class
     rows = (order + torch.arange(C).unsqueeze(1) * ipc).reshape(-1)  # (C*b,) rows of the class-major set
     return rows.to(problem.device)
-
-
-def draw_seed(generator: torch.Generator) -> int:
-    """The seed of one outer step's fresh students (and their dropout masks), drawn from the generator."""
-    return int(torch.randint(0, 2**62, (1,), generator=generator))
 
 
 def unroll(problem: InnerProblem, learnables: Mapping[str, torch.Tensor], real_x: torch.Tensor,

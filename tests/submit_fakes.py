@@ -14,7 +14,7 @@ from distillctl.plugins import load_registry
 def recipe_data(**over):
     data = {"name": "tiny", "seed": 3, "dataset": {"name": "fake-gauss"}, "encoder": {"name": "fake-encoder"},
             "student": {"name": "mlp", "hidden": [16]},
-            "distill": {"ipc": [1, 2], "unroll": {"name": "ratbptt", "window": 3, "total": 6},
+            "distill": {"ipc": [1, 2], "method": {"name": "bptt", "unroll": {"name": "ratbptt", "window": 3, "total": 6}},
                         "inner": {"optimizer": "adam", "lr": 0.01},
                         "outer": {"lr": 0.01, "iterations": 10, "real_batch": 48, "val_every": 5, "ckpt_every": 4,
                                   "val_seeds": 2}},

@@ -20,7 +20,7 @@ from distillctl.synthetic import SyntheticSet
 def recipe_data(**distill):
     base = {
         "ipc": [1, 2],
-        "unroll": {"name": "ratbptt", "window": 3, "total": 6},
+        "method": {"name": "bptt", "unroll": {"name": "ratbptt", "window": 3, "total": 6}},
         "inner": {"optimizer": "adam", "lr": 0.01},
         "outer": {"lr": 0.01, "iterations": 10, "real_batch": 48, "val_every": 5, "ckpt_every": 4,
                   "val_seeds": 2},
@@ -264,8 +264,8 @@ def test_cli_distill_json(env, cli):
 
 def test_cli_distill_errors(env, cli):
     path = write_recipe(env)
-    r = cli("distill", path, "--set", "distill.unroll.window=9")
-    assert r.code == 2 and "distill.unroll" in r.err and "window (9) must be <= total (6)" in r.err, r
+    r = cli("distill", path, "--set", "distill.method.unroll.window=9")
+    assert r.code == 2 and "distill.method.unroll" in r.err and "window (9) must be <= total (6)" in r.err, r
     r = cli("distill", path, "--resume", env.tmp / "missing")
     assert r.code == 2 and "not a run directory" in r.err, r
     r = cli("distill", path, "--set", "distill.ipc=[1,1000]")

@@ -32,7 +32,7 @@ dataset: {name: toyset, train: data/train.csv}
 student: {name: mlp, hidden: [32, 16]}
 distill:
   ipc: [1, 5, 10]
-  unroll: {name: ratbptt, window: 40, total: 100}
+  method: {name: bptt, unroll: {name: ratbptt, window: 40, total: 100}}
   inner: {optimizer: adam, lr: 0.001, batch_per_class: 10}
   outer: {optimizer: adam, lr: 0.001, iterations: 20, real_batch: 64}
   boost: {beta: 0.3}
@@ -50,14 +50,14 @@ def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
 def test_valid_recipe_resolves_defaults_and_paths(tmp_path, toy_registry):
     recipe = load_recipe(write(tmp_path, GOOD))
     assert recipe.distill.ipc == [1, 5, 10]
-    assert recipe.distill.unroll.options.window == 40
+    assert recipe.distill.method.options.unroll.options.window == 40
     assert recipe.student.options.hidden == [32, 16]
     assert recipe.student.options.activation == "relu"  # plugin default filled in
     assert recipe.eval.batch_size == 256  # core default filled in
     # relative paths are resolved against the recipe's folder
     assert recipe.dataset.options.train == str(tmp_path / "data" / "train.csv")
     dumped = recipe.to_dict()
-    assert dumped["distill"]["unroll"] == {"name": "ratbptt", "window": 40, "total": 100}
+    assert dumped["distill"]["method"] == {"name": "bptt", "unroll": {"name": "ratbptt", "window": 40, "total": 100}}
 
 
 def test_resolved_recipe_round_trips(tmp_path, toy_registry):
@@ -77,7 +77,7 @@ def test_fingerprint_ignores_spelled_out_defaults_but_not_changes(tmp_path, toy_
         == base.fingerprint()
     assert load_recipe(write(tmp_path, GOOD), ["embed.test_size=0.2"]).fingerprint() == base.fingerprint()
     assert load_recipe(write(tmp_path, GOOD), ["embed.test_size=0.3"]).fingerprint() != base.fingerprint()
-    assert load_recipe(write(tmp_path, GOOD), ["distill.unroll.window=20"]).fingerprint() != base.fingerprint()
+    assert load_recipe(write(tmp_path, GOOD), ["distill.method.unroll.window=20"]).fingerprint() != base.fingerprint()
 
 
 def test_toml_equals_yaml(tmp_path, toy_registry):
@@ -90,7 +90,7 @@ def test_toml_equals_yaml(tmp_path, toy_registry):
 
         [distill]
         ipc = [1, 5, 10]
-        unroll = {name = "ratbptt", window = 40, total = 100}
+        method = {name = "bptt", unroll = {name = "ratbptt", window = 40, total = 100}}
         inner = {optimizer = "adam", lr = 0.001, batch_per_class = 10}
         outer = {optimizer = "adam", lr = 0.001, iterations = 20, real_batch = 64}
         boost = {beta = 0.3}
@@ -106,15 +106,15 @@ def test_toml_equals_yaml(tmp_path, toy_registry):
 
 def test_overrides_are_parsed_and_validated(tmp_path, toy_registry):
     path = write(tmp_path, GOOD)
-    recipe = load_recipe(path, ["distill.unroll.window=60", "distill.ipc=[2, 4]", "eval.lr=0.01"])
-    assert recipe.distill.unroll.options.window == 60
+    recipe = load_recipe(path, ["distill.method.unroll.window=60", "distill.ipc=[2, 4]", "eval.lr=0.01"])
+    assert recipe.distill.method.options.unroll.options.window == 60
     assert recipe.distill.ipc == [2, 4]
     assert recipe.eval.lr == 0.01
     with pytest.raises(RecipeError) as err:
-        load_recipe(path, ["distill.unroll.window=zero"])
-    assert str(err.value) == f"{path}: distill.unroll.window: must be a valid integer, unable to parse string as an integer (got 'zero')"
+        load_recipe(path, ["distill.method.unroll.window=zero"])
+    assert str(err.value) == f"{path}: distill.method.unroll.window: must be a valid integer, unable to parse string as an integer (got 'zero')"
     with pytest.raises(UserError, match="expected KEY.PATH=VALUE"):
-        load_recipe(path, ["distill.unroll.window"])
+        load_recipe(path, ["distill.method.unroll.window"])
 
 
 def test_override_expands_scheduler_shorthand():
@@ -129,7 +129,7 @@ def test_every_problem_is_reported_with_its_field_path(tmp_path, toy_registry):
         student: {name: mlp, activation: tanh}
         distill:
           ipc: [5, 1]
-          unroll: {name: nope}
+          method: {name: bptt, unroll: {name: nope}}
           outer: {lr: -1}
         """)
     with pytest.raises(RecipeError) as err:
@@ -139,7 +139,7 @@ def test_every_problem_is_reported_with_its_field_path(tmp_path, toy_registry):
     assert f"{path}: distill.outer.lr: must be greater than 0 (got -1)" in lines
     assert f"{path}: dataset.bogus: unknown field (allowed fields of dataset 'toyset': train, test)" in lines
     assert f"{path}: student.activation: must be 'relu' or 'gelu' (got 'tanh')" in lines
-    assert f"{path}: distill.unroll.name: unknown unroll plugin 'nope'; known: ratbptt (toy-plugins)" in lines
+    assert f"{path}: distill.method.unroll.name: unknown unroll plugin 'nope'; known: ratbptt (toy-plugins)" in lines
     assert len(lines) == 5
 
 
@@ -180,10 +180,10 @@ def test_cli_validate_exit_codes(tmp_path, toy_registry, cli):
     assert res.code == 0 and f"{good}: ok" in res.out
     res = cli("recipe", "validate", good, bad)
     assert res.code == 2
-    assert res.err.strip() == f"{bad}: distill.unroll.window: must be greater than or equal to 1 (got -4)"
+    assert res.err.strip() == f"{bad}: distill.method.unroll.window: must be greater than or equal to 1 (got -4)"
     assert "Traceback" not in res.err
-    res = cli("recipe", "validate", good, "--set", "distill.unroll.window=0")
-    assert res.code == 2 and "distill.unroll.window" in res.err
+    res = cli("recipe", "validate", good, "--set", "distill.method.unroll.window=0")
+    assert res.code == 2 and "distill.method.unroll.window" in res.err
 
 
 def test_cli_show_prints_resolved_recipe(tmp_path, toy_registry, cli):
@@ -216,10 +216,10 @@ def test_schema_covers_plugin_options(toy_registry, cli):
     assert "Outer learning rate." in text  # a core field's description
     validator = jsonschema.Draft202012Validator(schema)
     good = {"name": "x", "dataset": {"name": "toyset", "train": "a.csv"},
-            "distill": {"unroll": {"name": "ratbptt", "window": 3}}}
+            "distill": {"method": {"name": "bptt", "unroll": {"name": "ratbptt", "window": 3}}}}
     assert not list(validator.iter_errors(good))
     bad = {"name": "x", "dataset": {"name": "toyset", "train": "a.csv"},
-           "distill": {"unroll": {"name": "ratbptt", "windw": 3}}}
+           "distill": {"method": {"name": "bptt", "unroll": {"name": "ratbptt", "windw": 3}}}}
     assert list(validator.iter_errors(bad))
 
 
@@ -236,3 +236,21 @@ def test_every_shipped_recipe_validates_against_the_built_in_plugins(path):
     recipe = load_recipe(path)
     assert recipe.name == path.stem  # runs/<name>/ matches the file a user ran
     assert recipe.student.name in {"mlp", "transformer"}
+
+
+def test_a_recipe_with_the_old_unroll_section_gets_the_migration_line(tmp_path, toy_registry):
+    path = write(tmp_path, GOOD.replace("method: {name: bptt, unroll: {name: ratbptt, window: 40, total: 100}}",
+                                        "unroll: {name: ratbptt, window: 40, total: 100}"))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert err.value.problems == [
+        f"{path}: distill: `distill.unroll` moved into the bptt method: write `distill.method: {{name: bptt, "
+        f"unroll: {{name: ratbptt, window: 40, total: 100}}}}` (and --set/--sweep distill.method.unroll.window=...)"]
+
+
+def test_nested_unroll_options_are_validated_against_the_unroll_plugin(tmp_path, toy_registry):
+    path = write(tmp_path, GOOD)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, ["distill.method.unroll.windw=3"])
+    assert any("distill.method.unroll.windw: unknown field (allowed fields of unroll 'ratbptt'" in x
+               for x in err.value.problems), err.value.problems

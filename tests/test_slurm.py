@@ -34,7 +34,7 @@ SLURM_OPTIONS = {"name": "slurm", "partition": "gpu", "time": 120, "cpus": 4, "m
 
 def golden_texts(env) -> dict[str, str]:
     path = env.write(scheduler=SLURM_OPTIONS)
-    points = sm.expand_points(path, sweeps=["distill.unroll.window=2,3"])
+    points = sm.expand_points(path, sweeps=["distill.method.unroll.window=2,3"])
     graph = sm.build_graph(points, Path("/runs/tiny/ID"))
     options = points[0].recipe.scheduler.options
     folder = Path("/runs/tiny/ID/slurm/SUBMIT")
@@ -233,7 +233,7 @@ def test_recipe_sweep_runs_as_arrays_with_stage_chains(cluster, env, monkeypatch
     """The real graph (every stage the real CLI, on the fake Gaussian data) of a 2-point sweep."""
     monkeypatch.setenv("PYTHONPATH", str(TESTS))  # jobs run `python -m fake_cli ...`; sbatch exports the env
     path = env.write(scheduler=SLURM, baseline={"kinds": ["random", "majority"]})
-    sub = sm.submit(path, sweeps=["distill.unroll.window=2,3"], exe=[PY, "-m", "fake_cli"], wait=True, quiet=True)
+    sub = sm.submit(path, sweeps=["distill.method.unroll.window=2,3"], exe=[PY, "-m", "fake_cli"], wait=True, quiet=True)
     assert sub.state == "done", sm.status_text(sub)
     ids = {k: h.scheduler_id for k, h in sub.handles.items()}
     for stage in ("distill-ipc1", "distill-ipc2", "eval-ipc1", "eval-ipc2", "report"):

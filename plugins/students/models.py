@@ -18,6 +18,19 @@ from torch.nn import functional as F
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
+class MLP(nn.Sequential):
+    """input -> [Linear -> activation -> (Dropout)] x len(hidden) -> Linear -> logits.
+
+    A plain ``nn.Sequential`` (parameter names ``0.weight`` ...), plus :meth:`features`: everything
+    before the last Linear, i.e. the penultimate representation (the input itself for a linear model).
+    """
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:  # (B, d) -> (B, hidden[-1])
+        for layer in list(self)[:-1]:
+            x = layer(x)
+        return x
+
+
 def build_mlp(input_dim: int, num_classes: int, options) -> nn.Module:
     """input -> [Linear -> activation -> (Dropout)] x len(hidden) -> Linear -> logits."""
     layers: list[nn.Module] = []
@@ -28,7 +41,7 @@ def build_mlp(input_dim: int, num_classes: int, options) -> nn.Module:
             layers.append(nn.Dropout(options.dropout))
         width = h
     layers.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*layers)
+    return MLP(*layers)
 
 
 class SelfAttention(nn.Module):
@@ -91,12 +104,15 @@ class TokenTransformer(nn.Module):
         self.ln = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, d)
+    def features(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, d) -> (B, D) the pooled representation
         if self.pad:
             x = F.pad(x, (0, self.pad))
         h = self.proj(x.view(x.shape[0], self.n_tokens, self.token_dim)) + self.pos  # (B, T, D)
         h = self.ln(self.blocks(h))
-        return self.head(h.mean(dim=1))  # mean pooling over tokens -> (B, C)
+        return h.mean(dim=1)  # mean pooling over tokens -> (B, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, d) -> (B, C)
+        return self.head(self.features(x))
 
 
 def build_transformer(input_dim: int, num_classes: int, options) -> nn.Module:

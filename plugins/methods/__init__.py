@@ -1,0 +1,101 @@
+"""Built-in distillation methods: ``bptt``, ``krr``, ``dm`` and ``mtt``.
+
+Each is an ordinary plugin: an options model validated against the recipe's ``distill.method`` section
+and a factory returning a :class:`distillctl.methods.Method`. The implementations live in this package's
+modules and import torch lazily, so loading the registry stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from distillctl import hookimpl
+from distillctl.options import PluginOptions
+from distillctl.recipe import PluginSection
+
+
+class BPTTOptions(PluginOptions):
+    unroll: PluginSection = Field(
+        default_factory=lambda: PluginSection(name="ratbptt"),
+        description="How the inner loop is differentiated: `full`, `truncated` or `ratbptt` with its options "
+        "(see `distillctl plugins show ratbptt`).",
+        json_schema_extra={"plugin_kind": "unroll"},
+    )
+
+
+class KRROptions(PluginOptions):
+    features: Literal["student", "identity"] = Field(
+        "student", description="Kernel features: `student` = the penultimate representation of a pool of "
+        "students trained online on the set (FRePo); `identity` = the raw vectors (closed-form linear probe)."
+    )
+    pool: int = Field(8, ge=1, description="Students in the online pool (`features: student`); all are used "
+                      "every outer step (vectorised).")
+    online_steps: int = Field(
+        100, ge=1, description="Inner steps a pool student trains on the current set before it is replaced by a "
+        "fresh one (the first students are replaced at staggered times)."
+    )
+    ridge: float = Field(
+        1e-3, gt=0, description="Ridge regularisation λ, relative to the kernel's scale: the solve uses "
+        "K_ss + ridge · trace(K_ss) / n · I."
+    )
+    loss: Literal["mse", "ce"] = Field(
+        "mse", description="Loss of the kernel-ridge prediction of the real batch: squared error against one-hot "
+        "labels (as FRePo) or cross-entropy with the prediction as logits."
+    )
+
+
+class DMOptions(PluginOptions):
+    students: int = Field(4, ge=1, description="Freshly initialised students per outer step (vectorised); the "
+                          "loss is their mean.")
+
+
+class MTTOptions(PluginOptions):
+    experts: int = Field(5, ge=1, description="Expert students trained on the real training split (cached, "
+                         "reused by every run with the same data, student and eval settings).")
+    spacing: int = Field(50, ge=1, description="Expert optimiser steps between two stored checkpoints (one "
+                         "'epoch' of the trajectory).")
+    expert_steps: int | None = Field(
+        None, ge=1, description="Optimiser steps each expert trains for; null = `eval.steps` (the eval budget).")
+    syn_steps: int = Field(20, ge=1, description="SGD steps of the student on the synthetic set per outer step.")
+    expert_epochs: int = Field(2, ge=1, description="Stored checkpoints ahead the synthetic steps must reach.")
+    max_start_epoch: int = Field(10, ge=0, description="Latest stored checkpoint a matched segment may start from.")
+    trajectories: int = Field(1, ge=1, description="Expert segments matched per outer step (vectorised); the loss "
+                              "is their mean.")
+
+
+def _bptt(options):
+    from distillctl_plugins.methods.bptt import BPTT
+
+    return BPTT(options)
+
+
+def _krr(options):
+    from distillctl_plugins.methods.krr import KRR
+
+    return KRR(options)
+
+
+def _dm(options):
+    from distillctl_plugins.methods.dm import DM
+
+    return DM(options)
+
+
+def _mtt(options):
+    from distillctl_plugins.methods.mtt import MTT
+
+    return MTT(options)
+
+
+@hookimpl
+def register_methods(register):
+    register("bptt", _bptt, options=BPTTOptions,
+             description="Backpropagation through the inner training (full, truncated or RaT-BPTT unroll).")
+    register("krr", _krr, options=KRROptions,
+             description="Kernel ridge regression on student features (FRePo) or raw vectors: no unroll.")
+    register("dm", _dm, options=DMOptions,
+             description="Distribution matching: per-class feature means of fresh random students.")
+    register("mtt", _mtt, options=MTTOptions,
+             description="Matching training trajectories of cached expert students (learnable inner lr).")

@@ -1,0 +1,157 @@
+"""``mtt``: matching training trajectories (Cazenavette et al.) of expert students.
+
+Once per data, student and eval settings, ``experts`` students are trained on the real training split
+with the eval protocol's optimiser; their parameters every ``spacing`` steps form the trajectories
+(E, T+1, P), cached as safetensors beside the embedding cache and verified by sha256 before reuse.
+
+Per outer step, for each of ``trajectories`` segments: an expert e and a start epoch s <= max_start_epoch
+are drawn; a student starts at theta_e[s] and takes ``syn_steps`` SGD steps on the synthetic set with the
+learnable inner lr (``distill.inner.lr``, learned when ``distill.inner.learn_lr``), and
+
+    loss = |theta_student - theta_e[s + expert_epochs]|^2 / |theta_e[s] - theta_e[s + expert_epochs]|^2
+
+is differentiated through those steps w.r.t. the set, its labels and the lr.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from distillctl.errors import UserError
+from distillctl.methods import Learnables, Method, MethodContext, OuterStep, gradients
+from distillctl.seeds import draw_seed
+from distillctl.unrolling import InnerProblem, sample_rows
+
+FORMAT = "distillctl.mtt-experts/1"
+
+
+class MTT(Method):
+    name = "mtt"
+
+    def __init__(self, options):
+        self.options = options
+
+    def setup(self, context: MethodContext) -> None:
+        super().setup(context)
+        o = self.options
+        self.total = o.expert_steps or context.eval_budget.steps
+        epochs = self.total // o.spacing
+        if o.max_start_epoch + o.expert_epochs > epochs:
+            raise UserError(f"method 'mtt': max_start_epoch + expert_epochs ({o.max_start_epoch} + {o.expert_epochs}) "
+                            f"must be <= the {epochs} stored epochs of an expert ({self.total} steps / spacing "
+                            f"{o.spacing}); lower them, or raise distill.method.expert_steps or lower spacing")
+        self.problem = InnerProblem.from_settings(context.build_student, context.num_classes, context.hard_labels,
+                                                  context.inner, device=context.device)
+        self.problem.population = o.trajectories
+        self.trajectories = expert_trajectories(self.problem, context, o.experts, self.total, o.spacing)  # (E, T+1, P)
+
+    def step(self, learn: Learnables, real_x, real_y, generator) -> OuterStep:
+        o, ctx = self.options, self.context
+        # 1. the segments to match: expert, start epoch (from the stage's generator: resume is exact)
+        seed = draw_seed(generator)
+        experts = torch.randint(0, self.trajectories.shape[0], (o.trajectories,), generator=generator)
+        starts = torch.randint(0, o.max_start_epoch + 1, (o.trajectories,), generator=generator)
+        start = self.trajectories[experts, starts].to(ctx.device)  # (K, P)
+        target = self.trajectories[experts, starts + o.expert_epochs].to(ctx.device)  # (K, P)
+        # 2. syn_steps differentiable SGD steps on the synthetic set from the expert's start
+        targets = learn.targets(ctx.hard_labels, ctx.num_classes)  # (n, C)
+        lr = learn.inner_lr(ctx.inner.lr)  # ()
+        theta = start.detach().requires_grad_()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # dropout inside the students draws from here
+            for _ in range(o.syn_steps):
+                rows = sample_rows(self.problem, generator)
+                xb, tb = (learn.x, targets) if rows is None else (learn.x[rows], targets[rows])
+                logits = self.problem.population_logits(theta, xb)  # (K, b, C)
+                # sum over students of their mean loss: d(sum)/d theta_k is student k's own gradient
+                ce = -(tb * logits.log_softmax(-1)).sum(-1).mean(-1).sum()
+                (g,) = torch.autograd.grad(ce, theta, create_graph=True)  # (K, P)
+                theta = theta - lr * g
+        # 3. how far the student landed from the expert's later checkpoint, relative to the expert's move
+        num = (theta - target).pow(2).sum(-1)  # (K,)
+        den = (start - target).pow(2).sum(-1).clamp_min(1e-12)  # (K,)
+        loss = (num / den).mean()
+        return OuterStep(loss=float(loss.detach()), grads=gradients(loss, learn),
+                         metrics={"start_epoch": int(starts[0])})
+
+
+# -- experts -----------------------------------------------------------------------------------
+
+def expert_key(problem: InnerProblem, context: MethodContext, experts: int, total: int, spacing: int) -> dict:
+    """Everything the trajectories depend on; its sha256 names the cache file."""
+    data = context.embedding_fingerprint
+    if data is None:  # a library caller's own tensors: hash them
+        h = hashlib.sha256(context.x_train.detach().cpu().numpy().tobytes())
+        h.update(context.y_train.detach().cpu().numpy().tobytes())
+        data = "tensors:" + h.hexdigest()
+    budget = {**context.eval_budget.as_dict(), "steps": total}
+    return {"format": FORMAT, "data": data, "student": context.student_options, "budget": budget,
+            "experts": experts, "spacing": spacing, "seed": context.seed,
+            "shape": [int(context.x_train.shape[0]), int(context.x_train.shape[1]), context.num_classes]}
+
+
+def expert_trajectories(problem: InnerProblem, context: MethodContext, experts: int, total: int,
+                        spacing: int) -> torch.Tensor:
+    """(E, T+1, P) expert parameters every ``spacing`` steps: from the cache when it verifies, else trained."""
+    from safetensors.torch import load as load_bytes
+
+    from distillctl.runs import atomic_save_tensors, atomic_write_json
+
+    key = expert_key(problem, context, experts, total, spacing)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    folder = Path(context.cache_dir or ".") / "mtt"
+    path, sidecar = folder / f"{digest}.safetensors", folder / f"{digest}.json"
+    if path.exists() and sidecar.exists():
+        blob = path.read_bytes()
+        try:
+            recorded = json.loads(sidecar.read_text(encoding="utf-8")).get("sha256")
+        except json.JSONDecodeError:
+            recorded = None
+        if recorded == hashlib.sha256(blob).hexdigest():
+            context.say(f"mtt: reusing {experts} cached expert trajectories ({path})")
+            return load_bytes(blob)["trajectories"].to(context.device)
+        context.say(f"mtt: {path} does not match its recorded sha256 (truncated or altered); training the "
+                    f"experts again")
+    context.say(f"mtt: training {experts} experts for {total} steps on {context.x_train.shape[0]} real rows "
+                f"(cached in {folder})")
+    traj = train_experts(problem, context, experts, total, spacing)
+    atomic_save_tensors(path, {"trajectories": traj.cpu().contiguous()}, metadata={"format": FORMAT})
+    atomic_write_json(sidecar, {"format": FORMAT, "key": key,
+                                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+    return traj
+
+
+def train_experts(problem: InnerProblem, context: MethodContext, experts: int, total: int,
+                  spacing: int) -> torch.Tensor:
+    """Train ``experts`` students at once (vmapped) on the real training split with the eval budget."""
+    from distillctl.seeds import DROPOUT_STREAM, derive_seed, expert_seeds
+    from distillctl.training import BatchStream, build_seeded, stacked_optimizer
+
+    budget = context.eval_budget
+    X, y = context.x_train, context.y_train  # (n, d), (n,)
+    n = X.shape[0]
+    seeds = expert_seeds(context.seed, experts)
+    rows = [torch.cat([p.detach().reshape(-1) for p in build_seeded(problem.build_student, s).parameters()])
+            for s in seeds]
+    theta = torch.stack(rows).to(context.device, torch.float32).requires_grad_()  # (E, P)
+    opt = stacked_optimizer([theta], budget)  # elementwise: E independent optimisers
+    streams = [BatchStream(n, min(budget.batch_size, n), s) for s in seeds]
+    logits_of = torch.func.vmap(problem.logits, in_dims=(0, 0), randomness="different")
+    saved = [theta.detach().clone()]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seeds[0], DROPOUT_STREAM))
+        for step in range(1, total + 1):
+            idx = torch.stack([s.next() for s in streams]).to(X.device)  # (E, B)
+            logits = logits_of(theta, X[idx])  # (E, B, C)
+            loss = F.cross_entropy(logits.flatten(0, 1), y[idx].flatten(), reduction="none")
+            opt.zero_grad(set_to_none=True)
+            loss.view(experts, -1).mean(1).sum().backward()  # each expert's own mean loss
+            opt.step()
+            if step % spacing == 0:
+                saved.append(theta.detach().clone())
+    return torch.stack(saved, 1)  # (E, T+1, P)
