@@ -305,18 +305,19 @@ def submit_cmd(
 ) -> None:
     """Run a recipe (or a sweep) as a graph of jobs: embed, distill stages, eval, baselines, report."""
     from distillctl import submit as sm
+    from distillctl.cli_render import follow_view, print_sweep_summary
     from distillctl.errors import UserError
 
     if retry is not None:
         if recipe_file or overrides or sweeps or scheduler or dry_run:
             raise UserError("--retry-failed RUN takes no RECIPE, --set, --sweep, --scheduler or --dry-run "
                             "(it re-submits the jobs of RUN as they were)")
-        sub = sm.retry_failed(retry, wait=wait)
+        sub = sm.retry_failed(retry, wait=wait, view=follow_view())
     elif recipe_file is None:
         raise UserError("missing RECIPE (or --retry-failed RUN)")
     else:
         sub = sm.submit(recipe_file, overrides=overrides or [], sweeps=sweeps or [], scheduler=scheduler,
-                        dry_run=dry_run, wait=wait, argv=["distillctl", *sys.argv[1:]])
+                        dry_run=dry_run, wait=wait, argv=["distillctl", *sys.argv[1:]], view=follow_view())
     if as_json:
         out = sub.to_json()
         if dry_run:
@@ -334,35 +335,13 @@ def submit_cmd(
             for report in reports:
                 typer.echo(report_tables(report) + "\n")
         else:
-            _print_sweep_summary(sub)
+            print_sweep_summary(sub)
         for report in reports:
             typer.echo(f"report: {report}")
         typer.echo(f"submission: {sub.path} ({sub.state})")
         return
     typer.echo(f"submitted {len(sub.handles)} jobs to the {sub.scheduler.name} scheduler: {sub.path}")
     typer.echo(f"follow with `distillctl status {sub.path}`; stop with `distillctl cancel {sub.path}`")
-
-
-def _print_sweep_summary(sub) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    def pm(x):
-        return "–" if not x else f"{x['mean'] * 100:.2f} ± {x['std'] * 100:.2f}"
-
-    rows = sub.summary()
-    if not rows:
-        return
-    table = Table(title="test accuracy (%) by sweep point", title_justify="left")
-    for col in ("point", "ipc", "distilled", "random", "gain (pp)", "full data"):
-        table.add_column(col, justify="left" if col == "point" else "right")
-    for r in rows:
-        gain = r["gain_over_random"]
-        table.add_row(escape(r["point"]), str(r["ipc"]), pm(r["distilled"]), pm(r["random"]),
-                      "–" if gain is None else f"{gain * 100:+.2f}",
-                      "–" if r["full"] is None else f"{r['full'] * 100:.2f}")
-    Console().print(table)
 
 
 @app.command("status")
@@ -372,42 +351,13 @@ def status_cmd(
 ) -> None:
     """Each job's state, scheduler id and elapsed time; the log tail of failed jobs."""
     from distillctl import submit as sm
+    from distillctl.cli_render import print_status
 
     sub = sm.status(run)
     if as_json:
         _print_json(sub.to_json())
         return
-    _print_status(sub)
-
-
-def _print_status(sub) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    from distillctl.scheduling import format_seconds
-
-    console = Console(highlight=False)
-    counts = ", ".join(f"{v} {k}" for k, v in sorted(sub.counts().items()))
-    table = Table(title=escape(f"{sub.path}: {sub.state} ({counts})"), title_justify="left")
-    for col in ("job", "state", "scheduler id", "elapsed", "exit", "note"):
-        table.add_column(col)
-    style = {"running": "cyan", "done": "green", "failed": "red", "cancelled": "yellow", "pending": "dim"}
-    rows = sub.job_rows()
-    for r in rows:
-        table.add_row(escape(r["id"]), f"[{style.get(r['state'], '')}]{r['state']}[/]",
-                      escape(str(r["scheduler_id"] or "–")), format_seconds(r["elapsed"]),
-                      "" if r["exit_code"] is None else str(r["exit_code"]),
-                      escape(r["reason"]) if r["state"] != "done" else "")
-    console.print(table)
-    for r in rows:
-        if r.get("log_tail"):
-            console.print(f"[red]--- {escape(r['id'])}[/]: last lines of {escape(r['log'])}")
-            console.print(r["log_tail"], markup=False)
-    for report in sub.reports():
-        console.print(f"report: {report}", markup=False)
-    if any(r["state"] == "failed" for r in rows):
-        console.print(f"retry with `distillctl submit --retry-failed {sub.path}`", markup=False)
+    print_status(sub)
 
 
 @app.command("cancel")
@@ -417,12 +367,13 @@ def cancel_cmd(
 ) -> None:
     """Cancel every job of a submission that has not finished (finished results stay)."""
     from distillctl import submit as sm
+    from distillctl.cli_render import print_status
 
     sub = sm.cancel(run)
     if as_json:
         _print_json(sub.to_json())
         return
-    _print_status(sub)
+    print_status(sub)
 
 
 # -- entry point ---------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import distill_fakes
-from distillctl import submit as sm
+from distillctl import submission, submit as sm
+from distillctl.cli_render import progress_table
 from distillctl.errors import UserError
 from distillctl.recipe import RecipeError
 from submit_fakes import env, recipe_data  # noqa: F401 - env is a fixture
@@ -234,6 +235,6 @@ def test_job_rows_read_logs_only_when_asked_and_where_the_scheduler_keeps_them(t
     def no_reading(*a, **k):
         raise AssertionError("a log was read")
 
-    monkeypatch.setattr(sm, "tail", no_reading)
+    monkeypatch.setattr(submission, "tail", no_reading)
     assert all("log_tail" not in r for r in sub.job_rows(log_tails=False))
-    sm._progress_table(sub)  # the live table of --wait, redrawn every poll, reads no log
+    progress_table(sub)  # the live table of --wait, redrawn every poll, reads no log

@@ -69,6 +69,8 @@ class LocalScheduler:
     """Jobs as subprocesses of a detached runner on this machine."""
 
     name = "local"
+    #: seconds between two status polls while `submit --wait` follows the jobs (a state file read)
+    poll_seconds = 0.5
 
     def __init__(self, options: LocalOptions | None = None):
         self.options = options or LocalOptions()
