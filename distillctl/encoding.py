@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -27,32 +27,46 @@ from distillctl.errors import UserError
 Progress = Callable[[int], None]
 
 
-@runtime_checkable
-class Encoder(Protocol):
-    """What an encoder plugin's factory returns."""
+class Encoder:
+    """Base class of encoder plugins (``factory(options) -> Encoder``).
 
-    #: ``features`` ([u, v, |u-v|, u*v]) or ``joint`` (one vector per pair from the tokenizer's pair input).
-    pair_mode: str
+    Required: :meth:`identity`, :attr:`dim`, :meth:`encode`. Optional, with working defaults here:
+    :meth:`load` (nothing to load), :meth:`describe` (the plugin name), :attr:`pair_mode` (``features``),
+    :attr:`name`. The embed stage calls ``identity()`` (before anything is loaded: it keys the cache),
+    then ``load(device)`` once, then ``encode`` on chunks of texts; ``dim`` is read after ``load``.
+    Raise :class:`distillctl.errors.UserError` for what the user must fix (an unknown model name).
+    """
+
+    #: ``features`` ([u, v, |u-v|, u*v] of separately encoded sentences) or ``joint`` (one vector per pair
+    #: from the tokenizer's pair input): what ``encode`` does with ``pairs``
+    pair_mode: str = "features"
+    #: the plugin name (set when the registry builds the encoder); the default of :meth:`describe`
+    name: str = ""
 
     def identity(self) -> dict:
         """JSON-able: weights checksum or revision and every setting that changes the vectors."""
+        raise NotImplementedError(f"encoder {self.name!r} does not implement identity()")
 
     def describe(self) -> str:
-        """One line for humans (model name and where its weights are)."""
+        """Optional: one line for humans (model name and where its weights are). Default: the plugin name."""
+        return self.name or type(self).__name__
 
     def load(self, device: str = "cpu") -> None:
-        """Load the weights onto ``device``; afterwards ``dim`` is known."""
+        """Optional: load the weights onto ``device``; afterwards ``dim`` is known. Default: nothing to load."""
 
     @property
     def dim(self) -> int:
         """Width of one text's vector (see :func:`output_dim` for pairs)."""
+        raise NotImplementedError(f"encoder {self.name!r} does not implement dim")
 
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *, batch_size: int = 64,
                progress: Progress | None = None) -> np.ndarray:
-        """``(n, dim)`` float32 vectors of ``texts`` (or of the pairs ``(texts[i], pairs[i])``)."""
+        """``(n, output_dim)`` float32 vectors of ``texts`` (or of the pairs ``(texts[i], pairs[i])``);
+        call ``progress(k)`` after each k texts when it is given."""
+        raise NotImplementedError(f"encoder {self.name!r} does not implement encode()")
 
 
-class BatchEncoder:
+class BatchEncoder(Encoder):
     """Shared ``encode`` of the built-in encoders: length-sorted batches through the subclass's ``_forward``.
 
     A subclass sets ``pair_mode`` and implements ``_forward(batch) -> (b, dim) tensor``, where a batch
@@ -79,7 +93,7 @@ class BatchEncoder:
 
 def output_dim(encoder: Encoder, pairs: bool) -> int:
     """Width of what ``encode`` returns: ``dim``, or ``4 * dim`` for pairs in ``features`` mode."""
-    return int(encoder.dim) * (4 if pairs and getattr(encoder, "pair_mode", "features") == "features" else 1)
+    return int(encoder.dim) * (4 if pairs and encoder.pair_mode == "features" else 1)
 
 
 def quiet_loading() -> None:

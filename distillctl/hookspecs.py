@@ -4,11 +4,20 @@ Every hook receives a ``register`` callback and calls it once per component it p
 
     register(name, factory, *, options=MyOptions, description="one line")
 
-``name`` is what recipes use (``student: {name: mlp, ...}``) and must be unique within its kind;
-``options`` is a :class:`distillctl.options.PluginOptions` subclass validating the rest of the
-recipe section; ``factory`` builds the component from validated options (signatures below).
+``name`` is what recipes use (``student: {name: mlp, ...}``) and must be unique within its kind (a
+name two installed packages register fails only the commands that use it, naming both packages);
+``options`` is a :class:`distillctl.options.PluginOptions` subclass validating the rest of the recipe
+section (``distillctl plugins show NAME`` prints it); ``factory`` builds the component from validated
+options. What a factory returns must subclass the base class named in each hook below and implement
+its required members; the optional ones have working defaults there (:mod:`distillctl.contracts`
+holds the table, and a test keeps these docstrings in step with it).
+
+Errors meant for the user (a missing file, an option that cannot work with this data) are
+:class:`distillctl.UserError`: the command exits 2 with that one line. Any other exception raised by
+a plugin is a failed run (exit 1, "run failed: ...", traceback with ``--debug``).
+
 Plugins are found through the entry-point group ``distillctl``; the built-in ones register the
-same way as any third-party package.
+same way as any third-party package. ``docs/plugins.md`` has a complete package for every kind.
 """
 
 import pluggy
@@ -20,10 +29,11 @@ hookspec = pluggy.HookspecMarker("distillctl")
 def register_datasets(register):
     """Register labelled text datasets.
 
-    ``factory(options) -> distillctl.textdata.DatasetSource``: an object with ``identity() -> dict``
-    (JSON-able, cheap: file checksums or a hub fingerprint; it keys the embedding cache) and
-    ``load() -> distillctl.textdata.TextDataset`` (named splits ``train`` / ``val`` / ``test`` of texts or
-    text pairs with integer labels, and the label names).
+    ``factory(options) -> distillctl.textdata.DatasetSource``. Required: ``identity()`` (JSON-able,
+    cheap: file checksums or a hub fingerprint; it keys the embedding cache) and ``load(*, bad_rows)``
+    returning a ``distillctl.textdata.TextDataset`` (splits ``train`` and ``test``, ``val`` optional, of
+    texts or text pairs with integer labels, and the label names). Optional: ``describe()`` (one line
+    for humans; default the plugin name) and ``name`` (set to the plugin name).
     """
 
 
@@ -31,9 +41,13 @@ def register_datasets(register):
 def register_encoders(register):
     """Register frozen text encoders.
 
-    ``factory(options) -> distillctl.encoding.Encoder``: an object with ``identity() -> dict``
-    (weights checksum or revision, pooling, pair mode, ...), ``dim`` (output width, available after
-    ``load()``) and ``encode(texts, pairs=None, *, batch_size, progress) -> numpy.ndarray[n, dim]``.
+    ``factory(options) -> distillctl.encoding.Encoder``. Required: ``identity()`` (weights checksum or
+    revision, pooling, every setting that changes the vectors; called before ``load``), ``dim`` (width
+    of one text's vector, read after ``load``) and ``encode(texts, pairs, *, batch_size, progress)`` ->
+    float32 ``numpy.ndarray`` of shape (n, dim), or (n, 4 * dim) for pairs in ``features`` mode.
+    Optional: ``load(device)`` (called once before ``encode``; default: nothing to load),
+    ``describe()`` (default the plugin name), ``pair_mode`` (``features`` = [u, v, abs(u - v), u * v],
+    the default, or ``joint``) and ``name`` (set to the plugin name).
     """
 
 
@@ -41,20 +55,39 @@ def register_encoders(register):
 def register_students(register):
     """Register student networks trained on distilled sets.
 
-    ``factory(input_dim, num_classes, options) -> torch.nn.Module`` mapping ``(batch, input_dim)``
-    float vectors to ``(batch, num_classes)`` logits. Modules are used functionally
-    (``torch.func.functional_call``) so populations can be trained with ``torch.func.vmap``:
-    no in-place buffers, no batch norm.
+    ``factory(input_dim, num_classes, options) -> torch.nn.Module`` (see
+    ``distillctl.contracts.Student``). Required: ``forward(x)`` mapping ``(batch, input_dim)`` float
+    vectors to ``(batch, num_classes)`` logits. Optional: ``features(x)`` -> ``(batch, h)``, the
+    penultimate representation, such that the student's final layer applied to it gives the logits
+    (the ``krr`` and ``dm`` methods with ``features: student`` need it). Modules are used functionally
+    (``torch.func.functional_call``) so populations can be trained with ``torch.func.vmap``: no
+    in-place buffer updates, no batch norm.
+    """
+
+
+@hookspec
+def register_methods(register):
+    """Register distillation methods (how one outer step gets its loss and meta-gradient).
+
+    ``factory(options) -> distillctl.methods.Method``. Required: ``step(learn, real_x, real_y,
+    generator)`` -> ``distillctl.methods.OuterStep`` (the outer loss and its gradient for every
+    learnable tensor) once per outer step. Optional: ``setup(context)`` once per Boost-DD stage with a
+    ``distillctl.methods.MethodContext`` (default: keeps it as ``self.context``), ``state_dict()`` /
+    ``load_state_dict(state)`` for whatever must survive ``--resume`` (default: no state) and ``name``
+    (set to the plugin name).
     """
 
 
 @hookspec
 def register_unroll_strategies(register):
-    """Register unroll strategies for the bilevel (meta-gradient) computation.
+    """Register unroll strategies for the bilevel (meta-gradient) computation of the ``bptt`` method.
 
-    ``factory(options) -> distillctl.unrolling.UnrollStrategy``: given the student, the learnable
-    synthetic tensors, the inner-optimiser settings, a real batch and a ``torch.Generator``, it
-    returns the outer loss and its gradient with respect to the learnable tensors.
+    ``factory(options) -> distillctl.unrolling.UnrollStrategy``. Required: ``plan(generator)`` ->
+    ``(free_steps, graph_steps)``: how many inner steps run without a graph, then how many are
+    differentiated, drawing any randomness from the ``torch.Generator``. Optional:
+    ``meta_gradient(problem, learnables, real_x, real_y, generator)`` -> ``distillctl.unrolling.MetaStep``
+    (default: runs ``plan`` then ``distillctl.unrolling.unroll``; override it to differentiate another
+    way, e.g. implicitly, and ``plan`` is then not needed) and ``name`` (set to the plugin name).
     """
 
 
@@ -62,7 +95,12 @@ def register_unroll_strategies(register):
 def register_schedulers(register):
     """Register job schedulers that run a graph of distillctl command lines.
 
-    ``factory(options) -> distillctl.scheduling.Scheduler``: an object with ``submit(jobs) ->
-    handles`` (jobs carry their dependencies), ``status(handle)``, ``cancel(handle)`` and
-    ``logs(handle)``.
+    ``factory(options) -> distillctl.scheduling.Scheduler``. Required: ``submit(jobs, folder)`` ->
+    one ``distillctl.scheduling.JobHandle`` per ``Job`` (jobs carry their dependencies; ``folder`` is
+    the scheduler's own state folder), ``status(handles)`` -> fresh handles in the same order and
+    ``cancel(handles)``. Optional: ``preflight()`` (check before anything is written; default: nothing),
+    ``describe(jobs, folder)`` (the ``submit --dry-run`` text; default: each job with its command
+    line), ``logs(handle)`` and ``log_files(handle)`` (default: the job's ``handle.log``), ``name``
+    (set to the plugin name), ``options`` (the validated options; default ``None``) and
+    ``poll_seconds`` (seconds between polls of ``submit --wait``; default 5).
     """

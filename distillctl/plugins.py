@@ -2,16 +2,24 @@
 
 Each entry point names a module (or object) holding hook implementations. Every entry point is
 loaded on its own, so one that fails to import is recorded as a :class:`PluginFailure` (and shown by
-``distillctl plugins``) while everything else keeps working.
+``distillctl plugins``) while everything else keeps working. Two packages registering the same name of
+the same kind are a *clash*: also recorded, and only a command that uses that name fails (naming both
+packages).
+
+The registry the stages use is :func:`get_registry`: the installed plugins, loaded once per process,
+unless a registry was switched in with :func:`using_registry` (a context manager) or :func:`set_registry`
+(tests, embedding applications). Stage functions decorated with :func:`with_registry` also take an
+explicit ``registry=`` argument.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata as md
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import pluggy
 
@@ -25,6 +33,7 @@ KIND_HOOKS = {
     "dataset": "register_datasets",
     "encoder": "register_encoders",
     "student": "register_students",
+    "method": "register_methods",
     "unroll": "register_unroll_strategies",
     "scheduler": "register_schedulers",
 }
@@ -48,6 +57,21 @@ class PluginInfo:
         """Validate a recipe section (without ``name``) against this plugin's options model."""
         return self.options.model_validate(values)
 
+    def make(self, *args: Any) -> Any:
+        """Call the factory with ``args`` (the options last) and check what it returns against the
+        contract of its kind (:func:`distillctl.contracts.conform`): a component missing a required
+        method is a :class:`UserError` naming the plugin; missing optional ones get the base-class
+        defaults."""
+        from distillctl.contracts import conform
+
+        return conform(self, self.factory(*args))
+
+    def options_table(self) -> list[dict]:
+        """One row per option: ``name``, ``type``, ``default``, ``required``, ``description``."""
+        from distillctl.options import describe_options
+
+        return describe_options(self.options)
+
     def as_dict(self) -> dict:
         return {
             "kind": self.kind,
@@ -61,17 +85,22 @@ class PluginInfo:
 
 @dataclass(frozen=True)
 class PluginFailure:
-    """An entry point (or one of its hooks) that could not be loaded."""
+    """An entry point (or one of its hooks) that could not be loaded, or a name two packages register.
+
+    For a clash ``kind`` is set, ``entry_point`` is the clashing name and ``package`` / ``version``
+    list every package that registers it (comma-separated).
+    """
 
     entry_point: str
     package: str
     version: str
     error: str
     detail: str = ""
+    kind: str | None = None
 
     def as_dict(self) -> dict:
         return {
-            "kind": None,
+            "kind": self.kind,
             "name": self.entry_point,
             "package": self.package,
             "version": self.version,
@@ -85,13 +114,20 @@ class Registry:
 
     plugins: dict[str, dict[str, PluginInfo]] = field(default_factory=lambda: {k: {} for k in KINDS})
     failures: list[PluginFailure] = field(default_factory=list)
+    #: (kind, name) -> every registration of a name registered more than once (none of them is usable)
+    clashes: dict[tuple[str, str], list[PluginInfo]] = field(default_factory=dict)
 
     # -- lookup -------------------------------------------------------------------------------
     def get(self, kind: str, name: str) -> PluginInfo:
-        """The plugin ``name`` of ``kind``; an unknown name is a :class:`UserError` listing known ones."""
+        """The plugin ``name`` of ``kind``; an unknown name is a :class:`UserError` listing known ones,
+        a clashing name one naming every package that registers it."""
+        if kind not in self.plugins:
+            raise UserError(f"unknown plugin kind {kind!r}; kinds: {', '.join(KINDS)}")
         known = self.plugins[kind]
         if name in known:
             return known[name]
+        if (kind, name) in self.clashes:
+            raise UserError(clash_message(kind, name, self.clashes[(kind, name)]))
         listing = ", ".join(f"{n} ({p.package})" for n, p in sorted(known.items())) or "none installed"
         hint = ""
         broken = [f.entry_point for f in self.failures]
@@ -105,23 +141,43 @@ class Registry:
     def all(self) -> list[PluginInfo]:
         return [p for kind in KINDS for _, p in sorted(self.plugins[kind].items())]
 
+    def find(self, name: str, kind: str | None = None) -> list[PluginInfo]:
+        """Every plugin called ``name`` (of ``kind`` when given), clashing registrations included."""
+        kinds = [kind] if kind else list(KINDS)
+        out = [self.plugins[k][name] for k in kinds if name in self.plugins.get(k, {})]
+        for (k, n), infos in self.clashes.items():
+            if n == name and k in kinds:
+                out += infos
+        return out
+
     def build(self, kind: str, section: Any, *args: Any) -> Any:
-        """Call the factory of the plugin a resolved recipe section names.
+        """Build the component a resolved recipe section names, checked against its kind's contract.
 
         ``section`` is a :class:`distillctl.recipe.PluginSection`; ``args`` go before the options
         (students take ``input_dim, num_classes``).
         """
-        return self.get(kind, section.name).factory(*args, section.options)
+        return self.get(kind, section.name).make(*args, section.options)
 
     # -- registration -------------------------------------------------------------------------
     def add(self, info: PluginInfo) -> None:
-        existing = self.plugins[info.kind].get(info.name)
-        if existing is not None:
-            raise UserError(
-                f"{info.kind} plugin name {info.name!r} is registered twice: by package "
-                f"{existing.package} ({existing.module}) and by package {info.package} ({info.module})"
-            )
-        self.plugins[info.kind][info.name] = info
+        """Register ``info``; a name already taken in its kind becomes a clash (see :meth:`get`)."""
+        key = (info.kind, info.name)
+        existing = self.plugins[info.kind].pop(info.name, None)
+        if existing is None and key not in self.clashes:
+            self.plugins[info.kind][info.name] = info
+            return
+        infos = self.clashes.setdefault(key, [existing] if existing is not None else [])
+        infos.append(info)
+        self.failures = [f for f in self.failures if not (f.kind == info.kind and f.entry_point == info.name)]
+        self.failures.append(PluginFailure(
+            info.name, ", ".join(i.package for i in infos), ", ".join(i.version for i in infos),
+            clash_message(info.kind, info.name, infos), kind=info.kind))
+
+
+def clash_message(kind: str, name: str, infos: list[PluginInfo]) -> str:
+    by = " and ".join(f"package {i.package} ({i.module})" for i in infos)
+    return (f"{kind} plugin name {name!r} is registered {'twice' if len(infos) == 2 else f'{len(infos)} times'}: "
+            f"by {by}; uninstall all but one of them (commands that do not use {name!r} are not affected)")
 
 
 def _register_callback(registry: Registry, kind: str, package: str, version: str, module: str):
@@ -199,8 +255,6 @@ def load_registry(
             register = _register_callback(registry, kind, package, version, module)
             try:
                 impl.function(register=register)
-            except UserError:
-                raise  # a name clash: an error that names both packages
             except Exception as exc:
                 registry.failures.append(
                     PluginFailure(f"{impl.plugin_name} ({hook_name})", package, version,
@@ -210,6 +264,71 @@ def load_registry(
 
 
 @functools.lru_cache(maxsize=1)
-def get_registry() -> Registry:
-    """The registry of installed plugins, loaded once per process."""
+def installed_registry() -> Registry:
+    """The registry of the installed plugins (entry points), loaded once per process."""
     return load_registry()
+
+
+#: registries switched in by :func:`using_registry` (innermost last) and :func:`set_registry`
+_SWITCHED: list[Registry] = []
+_PROCESS: list[Registry] = []
+
+
+def get_registry() -> Registry:
+    """The registry every stage uses: the innermost :func:`using_registry`, else the one given to
+    :func:`set_registry`, else the installed plugins (loaded once per process)."""
+    if _SWITCHED:
+        return _SWITCHED[-1]
+    if _PROCESS:
+        return _PROCESS[-1]
+    return installed_registry()
+
+
+get_registry.cache_clear = installed_registry.cache_clear  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def using_registry(registry: Registry | None) -> Iterator[Registry]:
+    """Within the block, :func:`get_registry` returns ``registry`` (``None``: leave it as it is)::
+
+        with using_registry(load_registry(extra_plugins=[(my_module, "my-package", "1.0")])):
+            embed(recipe)
+    """
+    if registry is None:
+        yield get_registry()
+        return
+    _SWITCHED.append(registry)
+    try:
+        yield registry
+    finally:
+        for i in range(len(_SWITCHED) - 1, -1, -1):  # the innermost entry of this block
+            if _SWITCHED[i] is registry:
+                del _SWITCHED[i]
+                break
+
+
+def set_registry(registry: Registry | None) -> Registry | None:
+    """Make ``registry`` the process-wide registry (``None``: back to the installed plugins); returns
+    the previous one (``None`` when there was none). :func:`using_registry` blocks still take precedence."""
+    previous = _PROCESS[-1] if _PROCESS else None
+    _PROCESS.clear()
+    if registry is not None:
+        _PROCESS.append(registry)
+    return previous
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_registry(fn: F) -> F:
+    """Give a stage function an explicit ``registry=`` keyword: when given, the whole call (and
+    everything it calls) runs under :func:`using_registry`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, registry: Registry | None = None, **kwargs: Any) -> Any:
+        if registry is None:
+            return fn(*args, **kwargs)
+        with using_registry(registry):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

@@ -2,8 +2,8 @@
 
 A :class:`Job` is one ``distillctl ...`` command line (any argv, in fact) run in its own directory,
 with its log file, the ids of the jobs it waits for and the resources it asks for. A scheduler plugin
-(``local``, ``slurm``, or a third party's) turns a list of jobs into :class:`JobHandle` objects and
-answers ``status`` / ``cancel`` / ``logs`` for them later, from another process if need be: a handle
+(``local``, ``slurm``, or a third party's; a subclass of :class:`Scheduler`) turns a list of jobs into
+:class:`JobHandle` objects and answers ``status`` / ``cancel`` / ``logs`` for them later, from another process if need be: a handle
 is plain data (``to_dict`` / ``from_dict``) and carries the scheduler's state folder.
 
 Dependency rule shared by every scheduler: a job runs only when every job it depends on is ``done``;
@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterable, Sequence
 
 from distillctl.errors import UserError
 
@@ -106,33 +106,64 @@ class JobHandle:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
-@runtime_checkable
-class Scheduler(Protocol):
-    """What a scheduler plugin's factory returns (``factory(options) -> Scheduler``)."""
+class Scheduler:
+    """Base class of scheduler plugins (``factory(options) -> Scheduler``; a class taking its options is
+    its own factory).
 
-    name: str
+    Required: :meth:`submit`, :meth:`status`, :meth:`cancel`. Optional, with working defaults here:
+    :attr:`name`, :attr:`options`, :attr:`poll_seconds`, :meth:`preflight`, :meth:`describe`, :meth:`logs`,
+    :meth:`log_files`.
+    Raise :class:`distillctl.errors.UserError` for what the user must fix (a missing client command, an
+    unknown partition): the command exits 2 with that one line.
+    """
+
+    #: the name used in messages ("submitted 5 jobs to the local scheduler"); defaults to the plugin name
+    name: str = "scheduler"
+    #: the validated options (a PluginOptions model) the scheduler was built with; stored with a submission
+    options: Any = None
+    #: seconds between two status polls while ``submit --wait`` follows the jobs
+    poll_seconds: float = 5.0
+
+    def __init__(self, options: Any = None):
+        self.options = options
 
     def submit(self, jobs: Sequence[Job], folder: Path) -> list[JobHandle]:
         """Start the jobs (in dependency order); one handle per job, in the order given.
 
         ``folder`` is where the scheduler keeps its own files (state, batch scripts); it exists.
         """
+        raise NotImplementedError(f"scheduler {self.name!r} does not implement submit()")
 
     def status(self, handles: Sequence[JobHandle]) -> list[JobHandle]:
         """Fresh handles (state, exit code, times) for the given ones, in the same order."""
+        raise NotImplementedError(f"scheduler {self.name!r} does not implement status()")
 
     def cancel(self, handles: Sequence[JobHandle]) -> None:
         """Stop the jobs that have not finished; their dependents are cancelled too."""
+        raise NotImplementedError(f"scheduler {self.name!r} does not implement cancel()")
 
-    def logs(self, handle: JobHandle) -> str:
-        """The job's log (stdout and stderr) so far; '' when there is none yet."""
+    def preflight(self) -> None:
+        """Optional: check that jobs can be submitted at all (e.g. the client commands exist), before
+        ``submit`` writes anything; raise :class:`UserError` when not. Default: nothing to check."""
+
+    def describe(self, jobs: Sequence[Job], folder: Path) -> str:
+        """Optional: what ``submit`` would do, as text, without doing it (``--dry-run``).
+        Default: each job in dependency order with what it waits for and its command line."""
+        lines = [f"{self.name} scheduler: {len(jobs)} jobs, state in {folder}"]
+        for job in topological_order(jobs):
+            after = f" (after {', '.join(job.depends_on)})" if job.depends_on else ""
+            lines.append(f"  {job.id}{after}: {job.command_line()}")
+        return "\n".join(lines) + "\n"
 
     def log_files(self, handle: JobHandle) -> list[str]:
         """Optional: the files holding the job's output, most useful first (a failed job's summary shows
-        the tail of the first one that has text). Without it, ``submit`` reads ``handle.log``."""
+        the tail of the first one that has text). Default: ``[handle.log]`` when it is set."""
+        return [handle.log] if handle.log else []
 
-    def describe(self, jobs: Sequence[Job], folder: Path) -> str:
-        """What ``submit`` would do, as text, without doing it (``--dry-run``)."""
+    def logs(self, handle: JobHandle) -> str:
+        """Optional: the job's log (stdout and stderr) so far; '' when there is none yet.
+        Default: the text of the :meth:`log_files`, one after the other."""
+        return "".join(read_log(path) for path in self.log_files(handle))
 
 
 # -- graph helpers ---------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -85,18 +85,30 @@ class TextDataset:
         return len(self.label_names)
 
 
-@runtime_checkable
-class DatasetSource(Protocol):
-    """What a dataset plugin's factory returns."""
+class DatasetSource:
+    """Base class of dataset plugins (``factory(options) -> DatasetSource``).
+
+    Required: :meth:`identity`, :meth:`load`. Optional, with working defaults here: :meth:`describe`
+    (the plugin name) and :attr:`name`. Raise :class:`distillctl.errors.UserError` for what the user
+    must fix (a missing file, an unknown column): the command exits 2 with that one line.
+    """
+
+    #: the plugin name (set when the registry builds the source); the default of :meth:`describe`
+    name: str = ""
 
     def identity(self) -> dict:
         """JSON-able and cheap; equal identities must mean equal data (it keys the embedding cache)."""
+        raise NotImplementedError(f"dataset {self.name!r} does not implement identity()")
 
     def describe(self) -> str:
-        """One line for humans (file paths, hub name)."""
+        """Optional: one line for humans (file paths, hub name). Default: the plugin name."""
+        return self.name or type(self).__name__
 
     def load(self, *, bad_rows: str = "skip") -> TextDataset:
-        """Read the data. ``bad_rows``: ``skip`` (count and drop) or ``fail`` on empty / non-text rows."""
+        """Read the data: :class:`TextDataset` with splits ``train`` and ``test`` (``val`` optional).
+        ``bad_rows``: ``skip`` (count and drop, with a note) or ``fail`` on empty / non-text rows;
+        :func:`finish_rows` does both. A ``load()`` without ``bad_rows`` gets its rows checked by the core."""
+        raise NotImplementedError(f"dataset {self.name!r} does not implement load()")
 
 
 # -- files ----------------------------------------------------------------------------------------

@@ -20,6 +20,17 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DISTILLCTL_QUIET", "1")
 
 
+@pytest.fixture(autouse=True)
+def _installed_registry_after_each_test():
+    """Tests switch the plugin registry with ``distillctl.plugins.set_registry`` / ``using_registry``
+    (never by monkeypatching ``get_registry``); every test ends with the installed plugins again."""
+    yield
+    from distillctl import plugins
+
+    plugins.set_registry(None)
+    plugins._SWITCHED.clear()
+
+
 class CliResult:
     def __init__(self, code: int, out: str, err: str):
         self.code, self.out, self.err = code, out, err

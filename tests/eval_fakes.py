@@ -11,7 +11,7 @@ import types
 from dataclasses import dataclass, field
 
 import distill_fakes
-from distillctl.plugins import load_registry
+from distillctl.plugins import load_registry, set_registry
 from distillctl.recipe import validate_recipe
 
 
@@ -44,7 +44,7 @@ def install(monkeypatch, emb):
     Returns (registry, state) with ``state.emb`` (swap it to change the data) and ``state.calls``.
     """
     registry = load_registry(extra_plugins=[(distill_fakes, "tests", "0")])
-    monkeypatch.setattr("distillctl.plugins.get_registry", lambda: registry)
+    set_registry(registry)  # reset after each test by conftest
     try:
         import distillctl.embed as embed_module
     except ImportError:  # the embed stage is not in this checkout: stand in for its module

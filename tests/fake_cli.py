@@ -18,7 +18,7 @@ def install() -> None:
     import distillctl.plugins as plugins
 
     registry = plugins.load_registry(extra_plugins=[(distill_fakes, "tests", "0")])
-    plugins.get_registry = lambda: registry
+    plugins.set_registry(registry)
     try:
         import distillctl.embed as embed_module
     except ImportError:  # the embed stage is not in this checkout

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 import distill_fakes
-from distillctl.plugins import load_registry
+from distillctl.plugins import load_registry, set_registry
 
 
 def recipe_data(**over):
@@ -29,7 +29,7 @@ def recipe_data(**over):
 def env(monkeypatch, tmp_path):
     """The installed plugins plus a fake dataset/encoder; a recipe file in tmp_path; cwd = tmp_path."""
     registry = load_registry(extra_plugins=[(distill_fakes, "tests", "0")])
-    monkeypatch.setattr("distillctl.plugins.get_registry", lambda: registry)
+    set_registry(registry)  # reset after each test by conftest
     monkeypatch.chdir(tmp_path)
 
     def write(name="recipe.yaml", **over):

@@ -11,7 +11,7 @@ import torch
 
 import distill_fakes
 from distillctl.errors import RunError, UserError
-from distillctl.plugins import load_registry
+from distillctl.plugins import load_registry, set_registry
 from distillctl.recipe import validate_recipe
 from distillctl.runs import read_jsonl
 from distillctl.synthetic import SyntheticSet
@@ -46,7 +46,7 @@ class NoTestSplit:
 def env(monkeypatch, tmp_path):
     """The real registry plus the fake dataset/encoder/scheduler, and fake embeddings for load_embeddings."""
     registry = load_registry(extra_plugins=[(distill_fakes, "tests", "0")])
-    monkeypatch.setattr("distillctl.plugins.get_registry", lambda: registry)
+    set_registry(registry)  # reset after each test by conftest
     emb = distill_fakes.gaussian_embeddings()
     emb.splits["test"] = NoTestSplit()
     try:

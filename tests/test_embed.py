@@ -27,10 +27,10 @@ def _own_cache(tmp_path, monkeypatch):
 @pytest.fixture
 def reg(monkeypatch):
     """The real registry plus the hash encoder; reset its counters."""
-    from distillctl.plugins import load_registry
+    from distillctl.plugins import load_registry, set_registry
 
     registry = load_registry(extra_plugins=[(embed_fakes, "tests", "0")])
-    monkeypatch.setattr("distillctl.plugins.get_registry", lambda: registry)
+    set_registry(registry)  # reset after each test by conftest
     embed_fakes.STATE.update(encoded=0, calls=0, fail_after_calls=None)
     return registry
 

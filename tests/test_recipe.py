@@ -21,7 +21,7 @@ from distillctl.recipe import RecipeError, apply_overrides, load_recipe, recipe_
 @pytest.fixture
 def toy_registry(monkeypatch):
     registry = plugins_mod.load_registry(entry_points=[], extra_plugins=[(toyplugins, "toy-plugins", "1.2.3")])
-    monkeypatch.setattr(plugins_mod, "get_registry", lambda: registry)
+    plugins_mod.set_registry(registry)  # reset after each test by conftest
     return registry
 
 

@@ -22,7 +22,7 @@ from distillctl.runs import (atomic_save_tensors, atomic_write_json, atomic_writ
 @pytest.fixture
 def recipe(monkeypatch, tmp_path):
     registry = plugins_mod.load_registry(entry_points=[], extra_plugins=[(toyplugins, "toy-plugins", "1.0")])
-    monkeypatch.setattr(plugins_mod, "get_registry", lambda: registry)
+    plugins_mod.set_registry(registry)  # reset after each test by conftest
     return validate_recipe({"name": "demo", "seed": 5, "dataset": {"name": "toyset", "train": "a.csv"}},
                            base_dir=tmp_path, registry=registry)
 

@@ -31,8 +31,8 @@ from pydantic import Field, model_validator
 
 from distillctl.errors import UserError
 from distillctl.options import PluginOptions, RecipePath
-from distillctl.textdata import (PARSER_VERSION, TextDataset, TextSplit, as_path_list, assemble, check_file,
-                                 files_identity, finish_rows)
+from distillctl.textdata import (PARSER_VERSION, DatasetSource, TextDataset, TextSplit, as_path_list, assemble,
+                                 check_file, files_identity, finish_rows)
 from distillctl_plugins.datasets.readers import raise_field_limit
 
 LABEL_NAMES = ["World", "Sports", "Business", "Sci/Tech"]
@@ -211,7 +211,7 @@ def _int(value) -> int | None:
 
 # -- the source -----------------------------------------------------------------------------------
 
-class AGNewsSource:
+class AGNewsSource(DatasetSource):
     """The :class:`distillctl.textdata.DatasetSource` of the ``agnews`` plugin."""
 
     def __init__(self, options: AGNewsOptions):

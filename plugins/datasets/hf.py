@@ -17,7 +17,7 @@ from pydantic import Field
 from distillctl.errors import UserError
 from distillctl.hub import go_offline, hub_reachable
 from distillctl.options import PluginOptions
-from distillctl.textdata import PARSER_VERSION, TextDataset, assemble, finish_rows, map_labels
+from distillctl.textdata import PARSER_VERSION, DatasetSource, TextDataset, assemble, finish_rows, map_labels
 
 class HFOptions(PluginOptions):
     path: str = Field(description="Dataset id on the hub (e.g. `fancyzhx/ag_news`), or a local folder "
@@ -39,7 +39,7 @@ class HFOptions(PluginOptions):
         "from train / val, and train / val rows whose text occurs in test; counts reported. Test is never changed.")
 
 
-class HFSource:
+class HFSource(DatasetSource):
     """The :class:`distillctl.textdata.DatasetSource` of the ``hf`` plugin (also used by ``agnews`` /
     ``mrpc`` with ``source: hub``). ``transform`` is applied to every text (e.g. AG News cleaning)."""
 

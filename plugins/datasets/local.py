@@ -14,8 +14,8 @@ from pydantic import Field
 
 from distillctl.errors import UserError
 from distillctl.options import PluginOptions, RecipePath
-from distillctl.textdata import (PARSER_VERSION, TextDataset, TextSplit, as_path_list, assemble, check_file,
-                                 files_identity, finish_rows, map_labels)
+from distillctl.textdata import (PARSER_VERSION, DatasetSource, TextDataset, TextSplit, as_path_list, assemble,
+                                 check_file, files_identity, finish_rows, map_labels)
 from distillctl_plugins.datasets.readers import column, detect_format, read_table
 
 
@@ -47,7 +47,7 @@ class LocalOptions(PluginOptions):
         "from train / val, and train / val rows whose text occurs in test; counts reported. Test is never changed.")
 
 
-class LocalSource:
+class LocalSource(DatasetSource):
     def __init__(self, options: LocalOptions):
         self.options = options
 

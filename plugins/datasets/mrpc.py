@@ -20,8 +20,8 @@ from pydantic import Field, model_validator
 
 from distillctl.errors import UserError
 from distillctl.options import PluginOptions, RecipePath
-from distillctl.textdata import (PARSER_VERSION, TextDataset, TextSplit, assemble, check_file, file_sha256,
-                                 files_identity, finish_rows)
+from distillctl.textdata import (PARSER_VERSION, DatasetSource, TextDataset, TextSplit, assemble, check_file,
+                                 file_sha256, files_identity, finish_rows)
 
 LABEL_NAMES = ["not_equivalent", "equivalent"]  # the Hugging Face glue/mrpc names, same order
 HEADER = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
@@ -104,7 +104,7 @@ def read_dev_ids(path: Path) -> set[tuple[str, str]]:
     return out
 
 
-class MRPCSource:
+class MRPCSource(DatasetSource):
     """The :class:`distillctl.textdata.DatasetSource` of the ``mrpc`` plugin."""
 
     def __init__(self, options: MRPCOptions):

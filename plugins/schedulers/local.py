@@ -32,7 +32,8 @@ from pydantic import Field
 
 from distillctl.errors import RunError
 from distillctl.options import PluginOptions
-from distillctl.scheduling import (FINAL, Job, JobHandle, format_seconds, pid_alive, read_log, topological_order)
+from distillctl.scheduling import (FINAL, Job, JobHandle, Scheduler, format_seconds, pid_alive, read_log,
+                                   topological_order)
 
 #: seconds between two looks of the runner at its jobs
 POLL_SECONDS = 0.05
@@ -65,7 +66,7 @@ def _read_state(path: Path) -> dict | None:
         return None
 
 
-class LocalScheduler:
+class LocalScheduler(Scheduler):
     """Jobs as subprocesses of a detached runner on this machine."""
 
     name = "local"

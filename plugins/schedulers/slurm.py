@@ -42,7 +42,7 @@ from pydantic import Field, field_validator, model_validator
 
 from distillctl.errors import RunError, UserError
 from distillctl.options import PluginOptions
-from distillctl.scheduling import Job, JobHandle, read_log, safe_name, topological_order
+from distillctl.scheduling import Job, JobHandle, Scheduler, read_log, safe_name, topological_order
 
 STAGE_KINDS = ("embed", "distill", "eval", "baseline", "report")
 #: seconds any slurm command may take before we give up on it
@@ -465,7 +465,7 @@ def _parse_time(text: str) -> float | None:
         return None
 
 
-class SlurmScheduler:
+class SlurmScheduler(Scheduler):
     """Jobs as sbatch scripts (arrays for sweeps, afterok/aftercorr dependencies, requeue on timeout)."""
 
     name = "slurm"
