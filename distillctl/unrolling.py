@@ -70,11 +70,12 @@ class InnerProblem:
 
     @classmethod
     def from_settings(cls, build_student: Callable[[], nn.Module], num_classes: int, labels: torch.Tensor,
-                      inner: Any, device: str | torch.device = "cpu") -> "InnerProblem":
+                      inner: Any, device: str | torch.device = "cpu",
+                      dtype: torch.dtype = torch.float32) -> "InnerProblem":
         """The problem of a recipe's ``distill.inner`` section (:class:`distillctl.recipe.InnerSettings`)."""
         return cls(build_student, num_classes, labels, optimizer=inner.optimizer, lr=inner.lr,
                    momentum=inner.momentum, betas=tuple(inner.betas), batch_per_class=inner.batch_per_class,
-                   population=inner.population, device=device)
+                   population=inner.population, device=device, dtype=dtype)
 
     @property
     def ipc(self) -> int:

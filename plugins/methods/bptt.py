@@ -23,7 +23,8 @@ class BPTT(Method):
 
         super().setup(context)
         self.problem = InnerProblem.from_settings(context.build_student, context.num_classes, context.hard_labels,
-                                                  context.inner, device=context.device)
+                                                  context.inner, device=context.device,
+                                                  dtype=context.x_train.dtype)
 
     def step(self, learn: Learnables, real_x, real_y, generator) -> OuterStep:
         ms = self.strategy.meta_gradient(self.problem, learn.as_dict(), real_x, real_y, generator)

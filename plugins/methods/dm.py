@@ -36,7 +36,8 @@ class DM(Method):
         super().setup(context)
         refuse(self.name, context, soft_labels=True, learn_lr=True)
         self.problem = InnerProblem.from_settings(context.build_student, context.num_classes, context.hard_labels,
-                                                  context.inner, device=context.device)
+                                                  context.inner, device=context.device,
+                                                  dtype=context.x_train.dtype)
         self.problem.population = self.options.students
         require_features(self.problem.template()[0], self.name, context.student_name)
 

@@ -46,7 +46,8 @@ class MTT(Method):
                             f"must be <= the {epochs} stored epochs of an expert ({self.total} steps / spacing "
                             f"{o.spacing}); lower them, or raise distill.method.expert_steps or lower spacing")
         self.problem = InnerProblem.from_settings(context.build_student, context.num_classes, context.hard_labels,
-                                                  context.inner, device=context.device)
+                                                  context.inner, device=context.device,
+                                                  dtype=context.x_train.dtype)
         self.problem.population = o.trajectories
         self.trajectories = expert_trajectories(self.problem, context, o.experts, self.total, o.spacing)  # (E, T+1, P)
 
@@ -138,9 +139,10 @@ def train_experts(problem: InnerProblem, context: MethodContext, experts: int, t
     seeds = expert_seeds(context.seed, experts)
     rows = [torch.cat([p.detach().reshape(-1) for p in build_seeded(problem.build_student, s).parameters()])
             for s in seeds]
-    theta = torch.stack(rows).to(context.device, torch.float32).requires_grad_()  # (E, P)
+    theta = torch.stack(rows).to(context.device, problem.dtype).requires_grad_()  # (E, P)
     opt = stacked_optimizer([theta], budget)  # elementwise: E independent optimisers
     streams = [BatchStream(n, min(budget.batch_size, n), s) for s in seeds]
+    problem.template()  # built (and randomly initialised) once, outside vmap
     logits_of = torch.func.vmap(problem.logits, in_dims=(0, 0), randomness="different")
     saved = [theta.detach().clone()]
     with torch.random.fork_rng(devices=[]):
