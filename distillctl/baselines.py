@@ -167,7 +167,7 @@ def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, 
     """
     from distillctl.console import info, is_quiet
     from distillctl.embed import load_embeddings
-    from distillctl.evaluate import (TEST_SPLIT, check_ipc_fits, eval_seeds, majority_line, result_record,
+    from distillctl.protocol import (TEST_SPLIT, check_ipc_fits, eval_seeds, majority_line, result_record,
                                      split_of, store_results)
     from distillctl.recipe import Recipe, load_recipe
     from distillctl.training import Scores, TrainBudget, student_builder, train_and_score

@@ -63,27 +63,119 @@ def _print_json(obj) -> None:
 
 # -- plugins -------------------------------------------------------------------------------------
 
-@app.command("plugins")
-def plugins_cmd(as_json: bool = JsonOption) -> None:
-    """List every plugin by kind, with the package that provides it; failed ones with their error."""
+plugins_app = typer.Typer(help="List the installed plugins; `plugins show NAME` prints one plugin's options.")
+app.add_typer(plugins_app, name="plugins")
+
+
+@plugins_app.callback(invoke_without_command=True)
+def plugins_cmd(
+    ctx: typer.Context,
+    as_json: bool = JsonOption,
+    with_options: bool = typer.Option(False, "--options", help="Also print every plugin's options (type, default, "
+                                      "description)."),
+) -> None:
+    """List every plugin by kind, with the package that provides it; failed and clashing ones with their error."""
+    if ctx.invoked_subcommand is not None:
+        return
     from distillctl.plugins import get_registry
 
     registry = get_registry()
-    rows = [p.as_dict() for p in registry.all()] + [f.as_dict() for f in registry.failures]
     if as_json:
-        _print_json(rows)
+        rows = [dict(p.as_dict(), **({"options": p.options_table()} if with_options else {}))
+                for p in registry.all()]
+        _print_json(rows + [f.as_dict() for f in registry.failures])
         return
-    from rich.console import Console
+    from rich.text import Text
+
+    rows = [[Text(p.kind), Text(p.name), Text(p.package), Text(p.version), Text(p.description)]
+            for p in registry.all()]
+    for f in registry.failures:
+        rows.append([Text(f"{f.kind} (clash)" if f.kind else "error", style="red"), Text(f.entry_point),
+                     Text(f.package), Text(f.version), Text(f.error, style="red")])
+    console = _wide_console(rows)
+    console.print(_table(("kind", "name", "package", "version", "description"), rows, title="distillctl plugins"))
+    if with_options:
+        for p in registry.all():
+            _print_plugin_options(console, p)
+    elif registry.all():
+        console.print(Text("options of a plugin: distillctl plugins show NAME (or plugins --options)"))
+
+
+@plugins_app.command("show")
+def plugins_show(
+    name: str = typer.Argument(..., metavar="NAME", help="Plugin name, e.g. ratbptt, local, mlp."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind (dataset, encoder, student, method, "
+                                       "unroll, scheduler): for names several kinds use, e.g. local, hf."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Print a plugin's options: type, default and description of each (what its recipe section accepts)."""
+    from distillctl.errors import UserError
+    from distillctl.plugins import KINDS, clash_message, get_registry
+
+    registry = get_registry()
+    if kind is not None and kind not in KINDS:
+        raise UserError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
+    found = registry.find(name, kind)
+    if not found:
+        if kind is not None:
+            registry.get(kind, name)  # raises: the usual message with the known names of that kind
+        known = ", ".join(sorted({p.name for p in registry.all()}))
+        raise UserError(f"no plugin named {name!r}; installed: {known} (see `distillctl plugins`)")
+    if as_json:
+        _print_json([dict(p.as_dict(), options=p.options_table()) for p in found])
+        return
+    from rich.text import Text
+
+    console = _wide_console([])
+    for p in found:
+        _print_plugin_options(console, p)
+    for k in sorted({p.kind for p in found}):
+        if (k, name) in registry.clashes:
+            console.print(Text("error: " + clash_message(k, name, registry.clashes[(k, name)]), style="red"))
+
+
+def _table(columns, rows, title: str = ""):
+    """A Rich table whose short columns are never wrapped or cut (the last column wraps)."""
     from rich.table import Table
 
-    table = Table(title="distillctl plugins")
-    for col in ("kind", "name", "package", "version", "description"):
-        table.add_column(col)
-    for p in registry.all():
-        table.add_row(p.kind, p.name, p.package, p.version, p.description)
-    for f in registry.failures:
-        table.add_row("[red]error[/red]", f.entry_point, f.package, f.version, f"[red]{f.error}[/red]")
-    Console().print(table)
+    table = Table(title=title or None, title_justify="left")
+    for i, col in enumerate(columns):
+        last = i == len(columns) - 1
+        width = max([len(col)] + [len(r[i]) for r in rows])
+        table.add_column(col, no_wrap=not last, min_width=None if last else width, overflow="fold")
+    for r in rows:
+        table.add_row(*r)
+    return table
+
+
+def _wide_console(rows):
+    """A console at least as wide as the table's unwrapped columns plus 30 for the last one: names are
+    never cut, whatever the terminal (or pipe) width."""
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    need = sum(max((len(r[i]) for r in rows), default=0) + 3 for i in range(len(rows[0]) - 1)) + 34 if rows else 0
+    if need > console.width:
+        console = Console(highlight=False, width=need)
+    return console
+
+
+def _print_plugin_options(console, p) -> None:
+    import json as _json
+
+    from rich.text import Text
+
+    console.print()
+    console.print(Text(f"{p.kind} {p.name}: {p.package} {p.version} ({p.module})"
+                       + (f" - {p.description}" if p.description else "")))
+    opts = p.options_table()
+    if not opts:
+        console.print(Text("  no options"))
+        return
+    rows = [[Text(o["name"]), Text(o["type"]),
+             Text("(required)" if o["required"] else _json.dumps(o["default"], ensure_ascii=False)),
+             Text(o["description"])] for o in opts]
+    console.print(_table(("option", "type", "default", "description"), rows))
 
 
 # -- recipe --------------------------------------------------------------------------------------

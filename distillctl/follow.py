@@ -15,7 +15,7 @@ from distillctl.errors import RunError
 from distillctl.scheduling import FINAL, format_seconds
 from distillctl.submission import Submission
 
-#: seconds between two status polls, for a scheduler that has no ``poll_seconds`` attribute
+#: seconds between two status polls when a scheduler's ``poll_seconds`` is unset (0 or None)
 DEFAULT_POLL_SECONDS = 5.0
 
 
@@ -79,8 +79,8 @@ def say(msg: str) -> None:
 
 
 def poll_seconds(scheduler) -> float:
-    """How often to ask ``scheduler`` for job states: its ``poll_seconds`` attribute, else the default."""
-    return float(getattr(scheduler, "poll_seconds", None) or DEFAULT_POLL_SECONDS)
+    """How often to ask ``scheduler`` for job states: its ``poll_seconds`` (Scheduler default: 5 s)."""
+    return float(scheduler.poll_seconds or DEFAULT_POLL_SECONDS)
 
 
 def follow(sub: Submission, *, quiet: bool | None = None, poll: float | None = None,

@@ -31,7 +31,7 @@ NEAREST_HEADING = "## What the synthetic vectors stand for"
 
 def collect_results(run_path: Path) -> list[dict]:
     """Every result record of a run: distilled sets, then each baseline file."""
-    from distillctl.evaluate import read_results
+    from distillctl.protocol import read_results
 
     records = list(read_results(run_path / "eval" / "results.json"))
     for f in sorted((run_path / "eval").glob("baseline-*.json")):
@@ -177,7 +177,7 @@ def nearest_texts(run_path: Path, embeddings: Any, k: int = NEIGHBOURS) -> list[
     """For each synthetic vector of each distilled set: the k most cosine-similar real training texts."""
     import torch
 
-    from distillctl.evaluate import _set_files, split_of
+    from distillctl.protocol import set_files, split_of
     from distillctl.synthetic import SyntheticSet
 
     train = split_of(embeddings, "train")
@@ -189,7 +189,7 @@ def nearest_texts(run_path: Path, embeddings: Any, k: int = NEIGHBOURS) -> list[
         raise UserError(f"embeddings: {len(texts)} train texts for {X.shape[0]} train vectors")
     names = list(embeddings.label_names)
     out = []
-    for f in _set_files(run_path):
+    for f in set_files(run_path):
         s = SyntheticSet.load(f)
         if s.dim != X.shape[1]:
             continue  # reported by eval; nothing to compare against here
@@ -221,7 +221,7 @@ def _short(text: str) -> str:
 def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = None) -> Path:
     """Write report.md, report.json and plots/accuracy_vs_ipc.png for a run; returns report.md's path."""
     from distillctl.embed import load_embeddings
-    from distillctl.evaluate import _set_files, collapse_notes
+    from distillctl.protocol import collapse_notes, set_files
     from distillctl.runs import atomic_write_json, atomic_write_text, open_run_dir
     from distillctl.training import TrainBudget
 
@@ -239,7 +239,7 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
 
     # 3. Nearest real texts of the synthetic vectors (needs the embedding cache and its texts).
     nearest, nearest_note = [], None
-    if _set_files(run.path):
+    if set_files(run.path):
         try:
             if embeddings is None:
                 embeddings = load_embeddings(recipe, quiet=quiet)

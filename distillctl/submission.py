@@ -99,12 +99,8 @@ class Submission:
 
     def log_tail(self, handle: JobHandle, lines: int = LOG_TAIL_LINES) -> str:
         """The last ``lines`` lines of the job's output: the first of the scheduler's log files
-        (``scheduler.log_files(handle)``; just ``handle.log`` for a scheduler without one) that has any."""
-        files = getattr(self.scheduler, "log_files", None)
-        if callable(files):
-            paths = files(handle)
-        else:  # a scheduler that does not say: the log file of the job
-            paths = [handle.log or next((j.log for j in self.jobs if j.id == handle.job_id), None)]
+        (``scheduler.log_files(handle)``: ``[handle.log]`` by default, else the job's log) that has any."""
+        paths = self.scheduler.log_files(handle) or [next((j.log for j in self.jobs if j.id == handle.job_id), None)]
         for path in paths:
             text = tail(path, lines)
             if text:
@@ -172,7 +168,7 @@ def make_scheduler(section: dict, registry=None):
     registry = registry or get_registry()
     section = dict(section)
     info = registry.get("scheduler", section.pop("name"))
-    return info.factory(info.parse_options(section))
+    return info.make(info.parse_options(section))
 
 
 def default_scheduler_section() -> dict:

@@ -164,8 +164,7 @@ def _submission_data(folder: Path, name: str, scheduler: dict, argv: list[str] |
 
 def _preflight(sched) -> None:
     """Let the scheduler check it can run anything (e.g. the slurm client commands exist) before writing."""
-    if hasattr(sched, "preflight"):
-        sched.preflight()
+    sched.preflight()
 
 
 def _write_run_dirs(points: Sequence[Point], graph: Graph, folder: Path, argv: list[str]) -> None:

@@ -207,7 +207,7 @@ def test_quickstart_recipe_is_the_whole_pipeline(cli):
 
 
 def test_job_rows_read_logs_only_when_asked_and_where_the_scheduler_keeps_them(tmp_path, monkeypatch):
-    from distillctl.scheduling import Job, JobHandle
+    from distillctl.scheduling import Job, JobHandle, Scheduler
     from distillctl_plugins.schedulers.local import LocalScheduler
     from distillctl_plugins.schedulers.slurm import SlurmScheduler
 
@@ -228,7 +228,7 @@ def test_job_rows_read_logs_only_when_asked_and_where_the_scheduler_keeps_them(t
     sub.scheduler = LocalScheduler()  # the local scheduler knows only the job log
     log.unlink()
     assert sub.job_rows()[0]["log_tail"] == ""
-    sub.scheduler = types.SimpleNamespace(name="third-party")  # no log_files(): the job's log
+    sub.scheduler = Scheduler()  # a third-party scheduler without log_files(): the base default, the job's log
     log.write_text("only line\n")
     assert sub.job_rows()[0]["log_tail"] == "only line"
 
