@@ -347,7 +347,12 @@ def read_recipe_file(path: str | Path) -> dict:
 
 
 def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> dict:
-    """Apply ``key.path=value`` overrides; values are parsed as YAML (``60``, ``true``, ``[1, 5]``)."""
+    """Apply ``key.path=value`` overrides; values are parsed as YAML (``60``, ``true``, ``[1, 5]``).
+
+    Setting a plugin section's ``name`` to another plugin (``student.name=transformer``,
+    ``distill.method.name=krr``) starts that section afresh from the new plugin's defaults: the old
+    plugin's options would not be valid for it. Overrides after it in the list set the new plugin's options.
+    """
     import copy
 
     import yaml
@@ -355,7 +360,7 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> 
     data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
-            raise UserError(f"{source} {item!r}: expected KEY.PATH=VALUE, e.g. distill.unroll.window=60")
+            raise UserError(f"{source} {item!r}: expected KEY.PATH=VALUE, e.g. distill.outer.lr=0.003")
         key, raw = item.split("=", 1)
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
@@ -374,6 +379,8 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> 
             elif not isinstance(child, dict):
                 raise UserError(f"{source} {item!r}: {'.'.join(parts[: i + 1])} is not a section")
             node = child
+        if len(parts) > 1 and parts[-1] == "name" and "name" in node and node["name"] != value:
+            node.clear()  # another plugin: the old one's options do not apply to it
         node[parts[-1]] = value
     return data
 

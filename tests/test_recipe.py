@@ -254,3 +254,12 @@ def test_nested_unroll_options_are_validated_against_the_unroll_plugin(tmp_path,
         load_recipe(path, ["distill.method.unroll.windw=3"])
     assert any("distill.method.unroll.windw: unknown field (allowed fields of unroll 'ratbptt'" in x
                for x in err.value.problems), err.value.problems
+
+
+def test_setting_another_plugin_name_starts_its_section_afresh(tmp_path, toy_registry):
+    data = apply_overrides({"student": {"name": "mlp", "hidden": [8]}, "name": "r"},
+                           ["student.name=mlp", "name=s"])
+    assert data == {"student": {"name": "mlp", "hidden": [8]}, "name": "s"}  # same plugin: options kept
+    data = apply_overrides({"distill": {"method": {"name": "bptt", "unroll": {"name": "full"}}}},
+                           ["distill.method.name=krr", "distill.method.pool=4"])
+    assert data == {"distill": {"method": {"name": "krr", "pool": 4}}}
