@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from distillctl import __version__
+from distillctl.cache import cache_root, embeddings_dir  # noqa: F401  (cache_root: re-exported)
 from distillctl.errors import RunError, UserError
 from distillctl.seeds import carve_seed
 
@@ -99,17 +99,7 @@ class EmbedResult:
         return {"cache": str(self.cache_dir), "cache_hit": self.cache_hit, "splits": self.splits}
 
 
-# -- locations --------------------------------------------------------------------------------------
-
-def cache_root() -> Path:
-    """``$DISTILLCTL_CACHE``, else the platform's user cache folder for distillctl."""
-    env = os.environ.get("DISTILLCTL_CACHE")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("distillctl", appauthor=False))
-
+# -- hashing ----------------------------------------------------------------------------------------
 
 def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
@@ -161,7 +151,7 @@ def _identities(recipe):
 
 
 def entry_dir(key: str) -> Path:
-    return cache_root() / "embeddings" / key[:24]
+    return embeddings_dir() / key[:24]
 
 
 def _ensure(recipe, *, force: bool, quiet: bool | None) -> tuple[Path, dict, dict, bool]:

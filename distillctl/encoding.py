@@ -189,9 +189,9 @@ IGNORED_FILES = {"README.md", ".gitattributes", "LICENSE", "LICENSE.txt", "NOTIC
 
 
 def _hash_cache_path() -> Path:
-    from distillctl.embed import cache_root
+    from distillctl.cache import file_hashes_path
 
-    return cache_root() / "file-hashes.json"
+    return file_hashes_path()
 
 
 def file_sha256_cached(path: Path, memo: dict) -> str:

@@ -111,7 +111,7 @@ def test_bundled_names_and_the_folder_share_one_identity(tmp_path):
 def test_folder_checksum_tracks_content_and_is_cached(tmp_path):
     import os
 
-    from distillctl.embed import cache_root
+    from distillctl.cache import file_hashes_path
     from distillctl.encoding import folder_sha256
 
     d = tmp_path / "model"
@@ -119,7 +119,7 @@ def test_folder_checksum_tracks_content_and_is_cached(tmp_path):
     (d / "model.safetensors").write_bytes(b"weights-1")
     (d / "README.md").write_text("docs")
     h1 = folder_sha256(d)
-    assert str((d / "model.safetensors").resolve()) in (cache_root() / "file-hashes.json").read_text()
+    assert str((d / "model.safetensors").resolve()) in file_hashes_path().read_text()
     (d / "README.md").write_text("other docs")  # not part of the identity
     assert folder_sha256(d) == h1
     (d / "model.safetensors").write_bytes(b"weights-2")
