@@ -10,7 +10,7 @@ Cache layout (``$DISTILLCTL_CACHE``, else the platform's user cache folder)::
 
 ``key`` is the sha256 of the dataset identity (file checksums and parsing options, or a hub
 fingerprint), the encoder identity (weights checksum or revision, pooling, pair mode, max length,
-normalisation), the storage dtype and the cache format. The manifest is written last, so an entry
+normalisation), the storage dtype, ``embed.bad_rows`` (when not the default ``skip``) and the cache format. The manifest is written last, so an entry
 without one is unfinished; before any use every file is checked against the manifest's sha256, and a
 truncated or corrupted entry is reported and rebuilt, never used. Each file is read once: its checksum
 is computed on the bytes in hand and the tensors (or texts) come from those same bytes.
@@ -144,9 +144,13 @@ def _identities(recipe):
     encoder = registry.build("encoder", recipe.encoder)
     ds_id = source.identity()
     enc_id = encoder.identity()
-    key = _sha256(_canonical({"format": CACHE_FORMAT, "dataset": {"plugin": recipe.dataset.name, **ds_id},
-                              "encoder": {"plugin": recipe.encoder.name, **enc_id},
-                              "dtype": recipe.embed.dtype}).encode())
+    ident = {"format": CACHE_FORMAT, "dataset": {"plugin": recipe.dataset.name, **ds_id},
+             "encoder": {"plugin": recipe.encoder.name, **enc_id}, "dtype": recipe.embed.dtype}
+    # Which rows are embedded depends on embed.bad_rows: a `fail` run must not reuse what a `skip` run
+    # stored. The default (skip) stays out of the key, so existing entries and fingerprints stay valid.
+    if recipe.embed.bad_rows != "skip":
+        ident["bad_rows"] = recipe.embed.bad_rows
+    key = _sha256(_canonical(ident).encode())
     return source, encoder, ds_id, enc_id, key
 
 

@@ -291,6 +291,23 @@ def test_a_minimal_third_party_dataset_gets_the_bad_row_handling(tmp_path, reg):
         embed(load(path, "embed.bad_rows=fail", "dataset.n=13"))
 
 
+def test_bad_rows_fail_does_not_reuse_what_a_skip_run_cached(tmp_path, reg):
+    """embed.bad_rows is part of the cache key: after a `skip` run, `fail` on the same data still fails."""
+    from distillctl.embed import embed, load_embeddings
+    from distillctl.errors import UserError
+
+    path = write_recipe(tmp_path, {"name": "tiny", "n": 12}, val_size=2)
+    skipped = embed(load(path))  # the blank row skipped, the rest cached
+    assert not skipped.cache_hit
+    with pytest.raises(UserError, match="set embed.bad_rows=skip"):
+        embed(load(path, "embed.bad_rows=fail"))
+    with pytest.raises(UserError, match="set embed.bad_rows=skip"):
+        load_embeddings(load(path, "embed.bad_rows=fail"))
+    # the default stays out of the key: writing `skip` explicitly is the same entry and fingerprint
+    again = embed(load(path, "embed.bad_rows=skip"))
+    assert again.cache_hit and again.cache_dir == skipped.cache_dir and again.fingerprint == skipped.fingerprint
+
+
 # -- CLI ---------------------------------------------------------------------------------------------
 
 def test_cli_json_is_exactly_the_documented_shape(tmp_path, reg, cli):
