@@ -1,5 +1,7 @@
 """A third-party distillctl plugin: a linear student (softmax regression on the embedding)."""
 
+import functools
+
 from pydantic import Field
 
 from distillctl import hookimpl
@@ -10,10 +12,23 @@ class LinearOptions(PluginOptions):
     bias: bool = Field(True, description="Learn a bias per class.")
 
 
-def build_linear(input_dim: int, num_classes: int, options: LinearOptions):
-    import torch.nn as nn  # heavy import inside the factory: `distillctl --help` stays instant
+@functools.lru_cache(maxsize=None)
+def linear_class():
+    """The student class, defined once (students of a population must share one class) and only when
+    first needed: the torch import stays out of `distillctl --help` and `distillctl plugins`."""
+    import torch.nn as nn
 
-    return nn.Linear(input_dim, num_classes, bias=options.bias)
+    class Linear(nn.Linear):
+        """(batch, input_dim) -> (batch, num_classes) logits."""
+
+        def features(self, x):  # optional: the penultimate representation (here the input itself), for krr / dm
+            return x
+
+    return Linear
+
+
+def build_linear(input_dim: int, num_classes: int, options: LinearOptions):
+    return linear_class()(input_dim, num_classes, bias=options.bias)
 
 
 @hookimpl
