@@ -273,8 +273,11 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
         atomic_write_bytes(path, blob)
         return blob
 
+    from distillctl.devices import resolve_device
+
     t0 = time.perf_counter()
     settings = recipe.embed
+    device = str(resolve_device(settings.device, field="embed.device"))  # auto: CUDA when there, else CPU
     # 1. Read the text data (bad rows skipped or failing per embed.bad_rows).
     data = _load_dataset(source, settings.bad_rows)
     splits = {name: s for name, s in data.splits.items() if name in SPLIT_ORDER and len(s) > 0}
@@ -290,7 +293,7 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
     from distillctl.encoding import output_dim, quiet_loading
 
     quiet_loading()
-    encoder.load(settings.device)
+    encoder.load(device)
     dim = output_dim(encoder, is_pairs)
     dtype = torch.float16 if settings.dtype == "float16" else torch.float32
 
@@ -336,7 +339,7 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
     unit = "pairs" if is_pairs else "sentences"
     if resumed:
         _say(f"resuming: {resumed} of {len(work)} shards already embedded in {partial}", quiet)
-    _say(f"embedding {total:,} {unit} with {_describe(encoder, recipe.encoder.name)} on {settings.device} -> {entry}",
+    _say(f"embedding {total:,} {unit} with {_describe(encoder, recipe.encoder.name)} on {device} -> {entry}",
          quiet)
     with progress("embed", total, unit=unit, quiet=quiet) as bar:
         for name, shard, a, b in todo:
@@ -378,7 +381,7 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
                     "splits": {n: {"n": len(s), "class_counts": s.class_counts(C)} for n, s in splits.items()}},
         "encoder": {"plugin": recipe.encoder.name, "identity": enc_id, "description": _describe(encoder, recipe.encoder.name),
                     "dim": dim, "pair_mode": getattr(encoder, "pair_mode", None) if is_pairs else None,
-                    "device": settings.device, "batch_size": settings.batch_size},
+                    "device": device, "batch_size": settings.batch_size},
         "dtype": settings.dtype,
         "splits_stored": list(splits),
         "files": files,

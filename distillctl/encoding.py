@@ -303,14 +303,11 @@ def revision_of(path: Path) -> str | None:
 
 
 def resolve_device(device: str) -> str:
-    """``device`` checked against what torch has: a missing GPU is a one-line error."""
-    import torch
+    """``device`` (``embed.device``; ``auto``: CUDA when torch sees it, else CPU) checked against what torch
+    has, as a string for ``model.to``; a missing GPU is a one-line error (see :mod:`distillctl.devices`)."""
+    from distillctl.devices import resolve_device as resolve
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"embed.device: {device!r} but torch sees no CUDA device; use cpu")
-    if device.startswith("mps") and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise UserError(f"embed.device: {device!r} but MPS is not available; use cpu")
-    return device
+    return str(resolve(device, field="embed.device"))
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings from tokenizers in sweeps

@@ -87,7 +87,8 @@ class EmbedSettings(Section):
     )
     batch_size: int = Field(64, ge=1, description="Sentences per encoder forward pass.")
     dtype: Literal["float32", "float16"] = Field("float32", description="Storage type of the cached vectors.")
-    device: str = Field("cpu", description="Torch device for the encoder, e.g. `cpu`, `cuda`, `cuda:1`.")
+    device: str = Field("auto", description="Torch device for the encoder: `auto` (CUDA when torch sees it, else "
+                        "CPU), `cpu`, `cuda`, `cuda:1`.")
     bad_rows: Literal["skip", "fail"] = Field(
         "skip", description="Rows with empty or non-text fields: skip them (the count is reported) or fail."
     )
@@ -171,7 +172,8 @@ class DistillSettings(Section):
         "with the training set's per-dimension mean and std).",
     )
     soft_labels: bool = Field(False, description="Learn soft labels (logits per synthetic row) with the vectors.")
-    device: str = Field("cpu", description="Torch device of the distillation, e.g. `cpu`, `cuda`, `cuda:1`.")
+    device: str = Field("auto", description="Torch device of the distillation: `auto` (CUDA when torch sees it, "
+                        "else CPU), `cpu`, `cuda`, `cuda:1`.")
     method: PluginSection = Field(
         default_factory=lambda: PluginSection(name="bptt"),
         description="Distillation method and its options: `bptt` (with its `unroll` strategy), `krr`, `dm`, "

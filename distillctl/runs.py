@@ -145,6 +145,19 @@ def environment_info() -> dict:
     return info
 
 
+def recipe_devices(recipe) -> dict:
+    """What each ``device`` field of the recipe resolves to on this machine (``auto``: CUDA when torch sees
+    it, else CPU); every stage rewrites the manifest, so it records the machine the stage ran on."""
+    from distillctl.devices import describe_device
+
+    out = {}
+    for section in ("embed", "distill"):
+        name = getattr(getattr(recipe, section, None), "device", None)
+        if name is not None:
+            out[section] = describe_device(name)
+    return out
+
+
 def build_manifest(recipe, *, stage: str, argv: list[str] | None = None, extra: Mapping[str, Any] | None = None) -> dict:
     from distillctl.plugins import get_registry
 
@@ -159,6 +172,7 @@ def build_manifest(recipe, *, stage: str, argv: list[str] | None = None, extra: 
         "recipe_fingerprint": recipe.fingerprint(),
         "seed": recipe.seed,
         "versions": environment_info(),
+        "devices": recipe_devices(recipe),
         "plugins": [
             {k: v for k, v in p.as_dict().items() if k != "description"} for p in registry.all()
         ],

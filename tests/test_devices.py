@@ -1,0 +1,83 @@
+"""device: auto (the default) resolves in one place; explicit devices are checked; manifests record them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from distillctl.devices import describe_device, resolve_device
+from distillctl.errors import UserError
+
+NO_CUDA = not torch.cuda.is_available()
+
+
+def test_auto_is_cuda_when_torch_sees_it_else_cpu():
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device() == resolve_device("auto")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_auto_follows_what_torch_sees(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="this machine has a CUDA device")
+def test_explicit_cuda_without_a_gpu_is_a_user_error_naming_the_field():
+    with pytest.raises(UserError, match=r"embed\.device: 'cuda' but torch sees no CUDA device; use auto or cpu"):
+        resolve_device("cuda", field="embed.device")
+    with pytest.raises(UserError, match="no CUDA device"):
+        resolve_device("cuda:1")
+    d = describe_device("cuda")
+    assert d["resolved"] is None and "no CUDA device" in d["error"]
+
+
+def test_nonsense_device_is_a_user_error():
+    with pytest.raises(UserError, match="distill.device: 'gpu0' is not a torch device"):
+        resolve_device("gpu0", field="distill.device")
+
+
+def test_recipe_defaults_are_auto_and_explicit_cpu_still_validates():
+    from distillctl.recipe import DistillSettings, EmbedSettings
+
+    assert EmbedSettings().device == "auto" and DistillSettings().device == "auto"
+    assert EmbedSettings(device="cpu").device == "cpu"
+
+
+def test_manifest_records_the_resolved_devices(tmp_path):
+    from distillctl.plugins import load_registry, set_registry
+    from distillctl.recipe import validate_recipe
+    from distillctl.runs import create_run_dir
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    import toyplugins
+
+    registry = load_registry(entry_points=[], extra_plugins=[(toyplugins, "toy-plugins", "1.0")])
+    set_registry(registry)  # reset after each test by conftest
+    recipe = validate_recipe({"name": "demo", "seed": 5, "dataset": {"name": "toyset", "train": "a.csv"},
+                              "embed": {"device": "cpu"}}, base_dir=tmp_path, registry=registry)
+    run = create_run_dir(recipe, stage="distill", root=tmp_path / "runs")
+    devices = json.loads(run.manifest.read_text())["devices"]
+    assert devices["embed"] == {"requested": "cpu", "resolved": "cpu", "name": "cpu"}
+    assert devices["distill"]["requested"] == "auto"
+    assert devices["distill"]["resolved"] == str(resolve_device("auto"))
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="this machine has a CUDA device")
+def test_cli_embed_with_cuda_on_a_cpu_machine_exits_2(tmp_path, cli):
+    import embed_fakes
+    from distillctl.plugins import load_registry, set_registry
+
+    set_registry(load_registry(extra_plugins=[(embed_fakes, "tests", "0")]))  # reset after each test by conftest
+    recipe = tmp_path / "r.yaml"
+    (tmp_path / "train.jsonl").write_text(json.dumps({"text": "a b", "label": "x"}) + "\n"
+                                          + json.dumps({"text": "c d", "label": "y"}) + "\n")
+    recipe.write_text("name: r\ndataset: {name: local, train: train.jsonl}\nencoder: {name: hash}\n"
+                      "embed: {device: cuda}\n")
+    r = cli("embed", str(recipe))
+    assert r.code == 2 and "embed.device: 'cuda' but torch sees no CUDA device" in r.err, r
