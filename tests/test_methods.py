@@ -324,3 +324,36 @@ def test_unknown_method_and_bad_method_options_exit_2(env, tmp_path):
     with pytest.raises(UserError, match=r"distill\.method\.unroll\.windw: unknown field"):
         recipe(env, {"name": "bptt", "unroll": {"name": "ratbptt", "windw": 2}})
     assert main  # the CLI maps UserError to exit 2 (tested in test_recipe / test_cli)
+
+
+def test_a_method_sweep_gets_a_comparison_report(env):
+    from distillctl.compare import submission_points, write_comparison
+    from distillctl.distill import distill
+    from distillctl.evaluate import evaluate
+
+    folder = env.tmp / "sub"
+    points = []
+    for name in ("bptt", "krr-identity", "dm"):
+        res = distill(recipe(env, METHODS[name]), run_dir=folder / f"name={name}", quiet=True)
+        if name != "dm":  # dm's point has no eval yet: its row says so instead of a number
+            evaluate(res.run_dir, quiet=True, embeddings=env.emb)
+        points.append({"name": f"name={name}", "values": {"distill.method.name": name}, "run_dir": str(res.run_dir)})
+    (folder / "submission.json").write_text(json.dumps({"points": points}))
+    assert submission_points(folder) == points
+    md = write_comparison(folder, points)
+    data = json.loads((folder / "comparison.json").read_text())
+    assert [(r["point"], r["ipc"]) for r in data["rows"]] == [
+        ("name=bptt", 1), ("name=dm", 1), ("name=krr-identity", 1),
+        ("name=bptt", 2), ("name=dm", 2), ("name=krr-identity", 2)]
+    by = {(r["point"], r["ipc"]): r for r in data["rows"]}
+    results = json.loads((folder / "name=bptt" / "eval" / "results.json").read_text())
+    stored = next(r for r in (results if isinstance(results, list) else results["results"])
+                  if r["arm"] == "distilled" and r["ipc"] == 2)
+    assert by[("name=bptt", 2)]["test_accuracy"] == stored["accuracy"]["mean"]
+    assert by[("name=krr-identity", 1)]["method"] == "krr" and "test_accuracy" not in by[("name=dm", 1)]
+    side = json.loads((folder / "name=dm" / "distilled" / "ipc2.json").read_text())
+    assert by[("name=dm", 2)]["distill_seconds"] == side["wall_seconds"]
+    assert by[("name=dm", 2)]["seconds_to_best"] <= side["wall_seconds"]
+    text = md.read_text()
+    assert "| name=dm | dm | mlp | 2 | — | — |" in text
+    assert (folder / "plots" / "time_to_quality.png").stat().st_size > 1000

@@ -1,0 +1,135 @@
+"""The comparison report of a sweep: one row per sweep point and ipc, side by side.
+
+``distillctl report SUBMISSION`` on a submission with several points (e.g. ``--sweep
+distill.method.name=bptt,krr,dm,mtt``) writes ``comparison.md``, ``comparison.json`` and
+``plots/time_to_quality.png`` in the submission folder: for each point and ipc the method, the student,
+test accuracy and macro-F1 (mean ± std over the eval seeds, from the point's ``eval/results.json``), the
+best validation accuracy, the distill seconds to that best set (validation included) and in all, and a
+plot of validation accuracy against distill seconds per point (time to quality). Every number comes
+from the points' own run directories; nothing is recomputed, and test is only read, never selected on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from distillctl.errors import UserError
+
+
+def point_rows(run_dir: Path, name: str, values: dict) -> tuple[list[dict], dict[int, list[tuple[float, float]]]]:
+    """The rows of one sweep point (one per distilled set) and its validation curves per ipc."""
+    from distillctl.protocol import read_results
+    from distillctl.runs import open_run_dir, read_jsonl
+
+    run = open_run_dir(run_dir)
+    recipe = run.load_recipe()
+    results = {}
+    if (run.eval / "results.json").exists():
+        results = {r["ipc"]: r for r in read_results(run.eval / "results.json") if r.get("arm") == "distilled"}
+    curves: dict[int, list[tuple[float, float]]] = {}
+    if run.metrics.exists():
+        for m in read_jsonl(run.metrics):
+            if "val_accuracy" in m and "ipc" in m:
+                curves.setdefault(int(m["ipc"]), []).append((float(m["elapsed"]), float(m["val_accuracy"])))
+    rows = []
+    for side in sorted(run.distilled.glob("ipc*.json"), key=lambda p: int(p.stem[3:])):
+        meta = json.loads(side.read_text(encoding="utf-8"))
+        ipc = int(meta["ipc"])
+        curve = curves.get(ipc, [])
+        best = meta.get("val_accuracy")
+        to_best = min((t for t, a in curve if a == best), default=None) if best is not None else None
+        row = {"point": name or recipe.name, "values": values, "method": meta.get("method", "bptt"),
+               "student": recipe.student.name, "ipc": ipc, "val_accuracy": best,
+               "seconds_to_best": to_best, "distill_seconds": meta.get("wall_seconds"),
+               "outer_step": meta.get("outer_step"), "outer_steps_run": meta.get("outer_steps_run"),
+               "run_dir": str(run.path)}
+        rec = results.get(ipc)
+        if rec is not None:
+            acc, f1 = rec["accuracy"], rec["macro_f1"]
+            row.update(test_accuracy=acc["mean"], test_std=acc["std"], test_macro_f1=f1["mean"],
+                       eval_seeds=len(rec["seeds"]))
+        rows.append(row)
+    return rows, curves
+
+
+def _pct(v: float | None, std: float | None = None) -> str:
+    if v is None:
+        return "—"
+    return f"{100 * v:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+
+
+def _secs(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1f}"
+
+
+def write_comparison(folder: str | Path, points: list[dict]) -> Path:
+    """Write comparison.md / .json and plots/time_to_quality.png for a sweep's points; returns the .md path."""
+    from distillctl.runs import atomic_write_json, atomic_write_text
+
+    folder = Path(folder)
+    rows, curves = [], {}
+    for p in points:
+        run_dir = Path(p["run_dir"])
+        if not (run_dir / "recipe.resolved.yaml").exists():
+            continue
+        point_table, point_curves = point_rows(run_dir, p["name"], p.get("values", {}))
+        rows += point_table
+        for ipc, curve in point_curves.items():
+            curves[(p["name"], ipc)] = curve
+    if not rows:
+        raise UserError(f"{folder}: no distilled sets in any sweep point yet (run or wait for the distill jobs)")
+    rows.sort(key=lambda r: (r["ipc"], r["student"], r["point"]))
+    plot = _plot(curves, sorted({r["ipc"] for r in rows}), folder / "plots" / "time_to_quality.png")
+    md = ["# Sweep comparison", "",
+          f"Submission: `{folder}`. One row per sweep point and ipc. Test: mean ± std over the eval seeds of "
+          "each point's recipe (scored once; nothing was chosen on it). Val: the best validation accuracy, "
+          "whose set is the one saved and scored. Seconds: distill wall time until that best set was found "
+          "(validation included) and in all.", "",
+          "| point | method | student | ipc | test acc (%) | test macro-F1 (%) | val acc (%) | s to best | distill s |",
+          "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        md.append(f"| {r['point']} | {r['method']} | {r['student']} | {r['ipc']} | "
+                  f"{_pct(r.get('test_accuracy'), r.get('test_std'))} | {_pct(r.get('test_macro_f1'))} | "
+                  f"{_pct(r['val_accuracy'])} | {_secs(r['seconds_to_best'])} | {_secs(r['distill_seconds'])} |")
+    md += ["", f"![validation accuracy against distill seconds]({plot.relative_to(folder)})", ""]
+    path = atomic_write_text(folder / "comparison.md", "\n".join(md))
+    atomic_write_json(folder / "comparison.json", {"submission": str(folder), "rows": rows, "plot": str(plot)})
+    return path
+
+
+def _plot(curves: dict[tuple[str, int], list], ipcs: list[int], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(ipcs), figsize=(5 * len(ipcs), 3.6), squeeze=False)
+    for ax, ipc in zip(axes[0], ipcs):
+        for (name, i), vals in sorted(curves.items()):
+            if i == ipc and vals:
+                ax.plot([t for t, _ in vals], [100 * a for _, a in vals], marker="o", ms=3, label=name)
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlabel("distill seconds (validation included)")
+        ax.set_ylabel("val accuracy (%)")
+        ax.set_title(f"ipc {ipc}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def submission_points(folder: Path) -> list[dict[str, Any]] | None:
+    """The sweep points of a submission folder, or None when ``folder`` is not a multi-point submission."""
+    file = Path(folder) / "submission.json"
+    if not file.is_file():
+        return None
+    try:
+        points = json.loads(file.read_text(encoding="utf-8")).get("points") or []
+    except json.JSONDecodeError:
+        return None
+    return points if len(points) > 1 else None
