@@ -180,3 +180,13 @@ def test_method_subclass_without_step_is_refused():
 
     with pytest.raises(UserError, match=r"NoStep does not implement step\(\)"):
         conform(info("method"), NoStep())
+
+
+def test_docs_guide_covers_every_kind():
+    guide = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
+    for kind, contract in CONTRACTS.items():
+        assert contract.hook in guide, contract.hook
+        base = contract.base_class()
+        for member in contract.required + contract.optional:
+            assert f"`{member_signature(base, member)}`" in guide, (kind, member)
+    assert "from distillctl import UserError" in guide and "exits 2" in guide

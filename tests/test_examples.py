@@ -178,3 +178,11 @@ def test_installed_examples_run_through_the_console_script(tmp_path):
                          text=True, env=env, cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "report:" in res.stdout
+
+
+def test_docs_guide_shows_every_example_package_verbatim():
+    guide = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
+    for dist, (module, kind, name) in PACKAGES.items():
+        for file, lang in ((f"{module}.py", "python"), ("pyproject.toml", "toml")):
+            text = (EXAMPLES / dist / file).read_text(encoding="utf-8").rstrip("\n")
+            assert f"```{lang}\n{text}\n```" in guide, f"docs/plugins.md: update the copy of examples/{dist}/{file}"
