@@ -340,3 +340,23 @@ def test_version_and_help(cli):
 def test_usage_error_exits_2(cli):
     res = cli("plugins", "--no-such-flag")
     assert res.code == 2
+
+
+GOLDEN = Path(__file__).parent / "golden" / "plugins.json"
+
+
+def test_golden_plugins_json():
+    """`distillctl plugins --json` for the built-in plugins (every kind, method included).
+
+    Regenerate after a deliberate change (a plugin added, renamed or described differently) with
+    ``DISTILLCTL_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_plugins.py -k golden``.
+    """
+    res = run_cli("plugins", "--json")
+    assert res.returncode == 0, res.stderr
+    rows = [r for r in json.loads(res.stdout) if r.get("package") == "distillctl"]
+    text = json.dumps(rows, indent=2, ensure_ascii=False) + "\n"
+    if os.environ.get("DISTILLCTL_UPDATE_GOLDEN"):
+        GOLDEN.write_text(text, encoding="utf-8")
+    assert {r["kind"] for r in rows} == set(KINDS), "every kind has a built-in plugin"
+    assert text == GOLDEN.read_text(encoding="utf-8"), \
+        "tests/golden/plugins.json differs; set DISTILLCTL_UPDATE_GOLDEN=1 to regenerate after a deliberate change"
