@@ -186,3 +186,9 @@ def test_docs_guide_shows_every_example_package_verbatim():
         for file, lang in ((f"{module}.py", "python"), ("pyproject.toml", "toml")):
             text = (EXAMPLES / dist / file).read_text(encoding="utf-8").rstrip("\n")
             assert f"```{lang}\n{text}\n```" in guide, f"docs/plugins.md: update the copy of examples/{dist}/{file}"
+
+
+def test_readme_shows_the_linear_example_verbatim():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    text = (EXAMPLES / "distillctl-linear" / "distillctl_linear.py").read_text(encoding="utf-8").rstrip("\n")
+    assert f"```python\n# distillctl_linear.py\n{text}\n```" in readme
