@@ -6,7 +6,6 @@ Stands in for `distillctl.embed.load_embeddings(recipe)` (the embed stage's cont
 
 from __future__ import annotations
 
-import sys
 import types
 from dataclasses import dataclass, field
 
@@ -45,18 +44,14 @@ def install(monkeypatch, emb):
     """
     registry = load_registry(extra_plugins=[(distill_fakes, "tests", "0")])
     set_registry(registry)  # reset after each test by conftest
-    try:
-        import distillctl.embed as embed_module
-    except ImportError:  # the embed stage is not in this checkout: stand in for its module
-        embed_module = types.ModuleType("distillctl.embed")
-        monkeypatch.setitem(sys.modules, "distillctl.embed", embed_module)
+    import distillctl.embed as embed_module
     state = types.SimpleNamespace(emb=emb, calls=[])
 
     def fake_load_embeddings(recipe, *, quiet=None):
         state.calls.append(recipe.name)
         return state.emb
 
-    monkeypatch.setattr(embed_module, "load_embeddings", fake_load_embeddings, raising=False)
+    monkeypatch.setattr(embed_module, "load_embeddings", fake_load_embeddings)
     return registry, state
 
 

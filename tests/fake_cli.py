@@ -9,7 +9,6 @@ data and only reports the split sizes. Needs ``tests/`` on PYTHONPATH.
 from __future__ import annotations
 
 import sys
-import types
 
 import distill_fakes
 
@@ -19,11 +18,7 @@ def install() -> None:
 
     registry = plugins.load_registry(extra_plugins=[(distill_fakes, "tests", "0")])
     plugins.set_registry(registry)
-    try:
-        import distillctl.embed as embed_module
-    except ImportError:  # the embed stage is not in this checkout
-        embed_module = types.ModuleType("distillctl.embed")
-        sys.modules["distillctl.embed"] = embed_module
+    import distillctl.embed as embed_module
 
     def load_embeddings(recipe, *, quiet=None):
         emb = distill_fakes.gaussian_embeddings()

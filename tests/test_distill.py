@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import types
 
 import pytest
@@ -49,18 +48,14 @@ def env(monkeypatch, tmp_path):
     set_registry(registry)  # reset after each test by conftest
     emb = distill_fakes.gaussian_embeddings()
     emb.splits["test"] = NoTestSplit()
-    try:
-        import distillctl.embed as embed_module
-    except ImportError:  # the embed stage is not installed in this checkout: stand in for its module
-        embed_module = types.ModuleType("distillctl.embed")
-        monkeypatch.setitem(sys.modules, "distillctl.embed", embed_module)
+    import distillctl.embed as embed_module
     calls = []
 
     def fake_load_embeddings(recipe, *, quiet=None):
         calls.append(recipe.name)
         return emb
 
-    monkeypatch.setattr(embed_module, "load_embeddings", fake_load_embeddings, raising=False)
+    monkeypatch.setattr(embed_module, "load_embeddings", fake_load_embeddings)
     monkeypatch.chdir(tmp_path)
     ns = types.SimpleNamespace(registry=registry, emb=emb, calls=calls, tmp=tmp_path)
     ns.recipe = lambda **kw: validate_recipe(recipe_data(**kw), registry=registry)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -156,12 +154,8 @@ def test_cli_dry_run_slurm_prints_arrays_and_dependencies(env, cli):
 @pytest.fixture
 def fake_embeddings(env, monkeypatch):
     emb = distill_fakes.gaussian_embeddings()
-    try:
-        import distillctl.embed as embed_module
-    except ImportError:
-        embed_module = types.ModuleType("distillctl.embed")
-        monkeypatch.setitem(sys.modules, "distillctl.embed", embed_module)
-    monkeypatch.setattr(embed_module, "load_embeddings", lambda recipe, *, quiet=None: emb, raising=False)
+    import distillctl.embed as embed_module
+    monkeypatch.setattr(embed_module, "load_embeddings", lambda recipe, *, quiet=None: emb)
     return emb
 
 
