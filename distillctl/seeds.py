@@ -16,6 +16,7 @@ eval / baseline: the K students        ``eval_seeds(seed, k)`` = ``seed*100000 +
 training: student k's minibatches      ``derive_seed(k, BATCH_STREAM)``
 training: dropout of the K students    ``derive_seed(seeds[0], DROPOUT_STREAM)``
 baseline random: student k's subset    ``derive_seed(k, RANDOM_SUBSET_STREAM)``
+distill mtt: expert student e          ``expert_seeds(seed, k)[e]`` = ``derive_seed(seed, 1000 + e)``
 =====================================  ==========================================================
 """
 
