@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from distillctl.errors import UserError
+from distillctl.plugins import with_registry
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -157,6 +158,7 @@ def _baseline_run_dir(recipe: Any, run_dir: str | Path, argv: list[str] | None):
     return create_run_dir(recipe, stage="baseline", run_dir=path, argv=argv)
 
 
+@with_registry  # registry=: run with that plugin registry (default: get_registry())
 def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, seeds: int | None = None,
              quiet: bool | None = None, run_dir: str | Path | None = None, embeddings: Any = None,
              argv: list[str] | None = None) -> list[dict]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from distillctl.errors import UserError
+from distillctl.plugins import with_registry
 # the protocol every arm shares lives in distillctl.protocol; these names stay importable from here
 from distillctl.protocol import (SEED_STRIDE, TEST_SPLIT, check_ipc_fits, collapse_notes,  # noqa: F401
                                  eval_seeds, majority_line, read_results, result_record, set_files, split_of,
@@ -58,6 +59,7 @@ def resolve_target(target: str | Path, recipe: Any = None, overrides: Sequence[s
     return recipe, files, run_path
 
 
+@with_registry  # registry=: run with that plugin registry (default: get_registry())
 def evaluate(target: str | Path, recipe: Any = None, *, seeds: int | None = None, quiet: bool | None = None,
              overrides: Sequence[str] | None = None, embeddings: Any = None) -> list[dict]:
     """Score every distilled set of a run directory (each Boost-DD stage), or one set file, on test.

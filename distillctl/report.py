@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from distillctl.errors import UserError
+from distillctl.plugins import with_registry
 
 #: table columns: (arm in the results, header)
 COLUMNS = (("distilled", "distilled"), ("random", "random"), ("herding", "herding"), ("kcenter", "k-center"),
@@ -218,6 +219,7 @@ def _short(text: str) -> str:
     return text if len(text) <= TEXT_CHARS else text[: TEXT_CHARS - 1] + "…"
 
 
+@with_registry  # registry=: run with that plugin registry (default: get_registry())
 def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = None) -> Path:
     """Write report.md, report.json and plots/accuracy_vs_ipc.png for a run; returns report.md's path."""
     from distillctl.embed import load_embeddings

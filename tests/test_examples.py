@@ -109,6 +109,14 @@ def test_examples_end_to_end_through_the_cli(registry, cli, tmp_path, monkeypatc
     records = json.loads(res.out)
     assert len(records) == 2 and all(0.0 <= r["accuracy"]["mean"] <= 1.0 for r in records)
 
+    # the library call with an explicit registry, while the process-wide one is the installed plugins again
+    from distillctl.evaluate import evaluate
+
+    set_registry(None)
+    again = evaluate(run_dir, registry=registry, quiet=True)
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in records]
+    set_registry(registry)
+
     res = cli("submit", path, "--dry-run")
     assert res.code == 0, res
     assert "script scheduler: bash" in res.out and "#!/usr/bin/env bash" in res.out
