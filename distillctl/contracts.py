@@ -1,16 +1,15 @@
 """The plugin contract of every kind, in one table: which base class, which methods are required and
 which are optional (with a working default in the base class).
 
-=========== ============================ ======================================= ==========================
-kind        hook                         base class                              required
-=========== ============================ ======================================= ==========================
-dataset     ``register_datasets``        :class:`distillctl.textdata.DatasetSource`  ``identity``, ``load``
-encoder     ``register_encoders``        :class:`distillctl.encoding.Encoder`        ``identity``, ``dim``, ``encode``
-student     ``register_students``        :class:`distillctl.contracts.Student`       ``forward``
-method      ``register_methods``         :class:`distillctl.methods.Method`          ``step``
-unroll      ``register_unroll_strategies`` :class:`distillctl.unrolling.UnrollStrategy` ``plan``
-scheduler   ``register_schedulers``      :class:`distillctl.scheduling.Scheduler`    ``submit``, ``status``, ``cancel``
-=========== ============================ ======================================= ==========================
+- dataset (``register_datasets``): :class:`distillctl.textdata.DatasetSource`; required ``identity``, ``load``
+- encoder (``register_encoders``): :class:`distillctl.encoding.Encoder`; required ``identity``, ``dim``, ``encode``
+- student (``register_students``): a ``torch.nn.Module`` (:class:`Student` below); required ``forward``
+- method (``register_methods``): :class:`distillctl.methods.Method`; required ``step``
+- unroll (``register_unroll_strategies``): :class:`distillctl.unrolling.UnrollStrategy`; required ``plan``
+- scheduler (``register_schedulers``): :class:`distillctl.scheduling.Scheduler`; required ``submit``, ``status``,
+  ``cancel``
+
+:data:`CONTRACTS` has the optional members too.
 
 What a factory returns is checked when a command builds it (:func:`conform`, through
 :meth:`distillctl.plugins.PluginInfo.make`): a component that subclasses the base class and overrides

@@ -36,15 +36,16 @@ PACKAGES = {
 }
 
 
-def example_registry():
-    """The installed plugins (minus example packages pip may have installed) plus the example modules."""
+def example_registry(more=()):
+    """The installed plugins (minus example packages pip may have installed) plus the example modules
+    (and ``more`` ``(module, package, version)`` triples)."""
     for dist in PACKAGES:
         path = str(EXAMPLES / dist)
         if path not in sys.path:
             sys.path.insert(0, path)
     installed = [ep for ep in md.entry_points(group="distillctl") if not (ep.dist and ep.dist.name in PACKAGES)]
     extra = [(importlib.import_module(module), dist, "0.1.0") for dist, (module, _, _) in PACKAGES.items()]
-    return load_registry(entry_points=installed, extra_plugins=extra)
+    return load_registry(entry_points=installed, extra_plugins=extra + list(more))
 
 
 @pytest.fixture
@@ -200,3 +201,62 @@ def test_readme_shows_the_linear_example_verbatim():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     text = (EXAMPLES / "distillctl-linear" / "distillctl_linear.py").read_text(encoding="utf-8").rstrip("\n")
     assert f"```python\n# distillctl_linear.py\n{text}\n```" in readme
+
+
+def _module(name: str, **hooks):
+    import types
+
+    from distillctl import hookimpl
+
+    mod = types.ModuleType(name)
+    for hook, fn in hooks.items():
+        setattr(mod, hook, hookimpl(fn))
+    return mod
+
+
+class DocstringScheduler:
+    """Written from the register_schedulers docstring's required members only: no base class, no describe()."""
+
+    def __init__(self, options):
+        pass
+
+    def submit(self, jobs, folder):
+        raise AssertionError("a dry run submits nothing")
+
+    def status(self, handles):
+        return list(handles)
+
+    def cancel(self, handles):
+        pass
+
+
+def test_duck_typed_scheduler_dry_run_and_plugin_exceptions(cli, tmp_path, monkeypatch):
+    """A scheduler without the optional members works for `submit --dry-run` (base-class defaults); a plugin's
+    ValueError is a failed run (exit 1), its UserError bad input (exit 2)."""
+    from distillctl import UserError
+
+    def bad_factory(options):
+        if options.how == "user":
+            raise UserError("dataset.how: 'user' is not a way to load")
+        raise ValueError("unexpected inside the plugin")
+
+    from pydantic import Field
+
+    from distillctl.options import PluginOptions
+
+    class BadOptions(PluginOptions):
+        how: str = Field("value", description="which error")
+
+    mod = _module("duck_plugins",
+                  register_schedulers=lambda register: register("duck", DocstringScheduler),
+                  register_datasets=lambda register: register("broken", bad_factory, options=BadOptions))
+    set_registry(example_registry([(mod, "duck-plugins", "1.0")]))
+    monkeypatch.chdir(tmp_path)
+    path = recipe(tmp_path)
+    res = cli("submit", path, "--dry-run", "--scheduler", "duck")
+    assert res.code == 0, res
+    assert "duck scheduler: " in res.out and "distillctl distill" in res.out
+    res = cli("embed", path, "--set", "dataset={name: broken}")
+    assert res.code == 1 and res.err.startswith("run failed: ValueError: unexpected inside the plugin")
+    res = cli("embed", path, "--set", "dataset={name: broken, how: user}")
+    assert res.code == 2 and res.err == "error: dataset.how: 'user' is not a way to load\n"
