@@ -147,8 +147,8 @@ def conform(info: "PluginInfo", obj: Any) -> Any:
                    if not _overrides(obj, base, r)
                    and not (r in contract.alternatives and _overrides(obj, base, contract.alternatives[r]))]
     else:
-        missing = [r for r in contract.required
-                   if not hasattr(obj, r) and not (r in contract.alternatives and hasattr(obj, contract.alternatives[r]))]
+        missing = [r for r in contract.required if not hasattr(obj, r)
+                   and not (r in contract.alternatives and hasattr(obj, contract.alternatives[r]))]
         if not missing:
             _fill_defaults(obj, base, contract)
     if missing:

@@ -1,10 +1,11 @@
-"""The scheduler surface: jobs (command lines with dependencies), handles, and the Scheduler protocol.
+"""The scheduler surface: jobs (command lines with dependencies), handles, and the Scheduler base class.
 
 A :class:`Job` is one ``distillctl ...`` command line (any argv, in fact) run in its own directory,
 with its log file, the ids of the jobs it waits for and the resources it asks for. A scheduler plugin
 (``local``, ``slurm``, or a third party's; a subclass of :class:`Scheduler`) turns a list of jobs into
-:class:`JobHandle` objects and answers ``status`` / ``cancel`` / ``logs`` for them later, from another process if need be: a handle
-is plain data (``to_dict`` / ``from_dict``) and carries the scheduler's state folder.
+:class:`JobHandle` objects and answers ``status`` / ``cancel`` / ``logs`` for them later, from another
+process if need be: a handle is plain data (``to_dict`` / ``from_dict``) and carries the scheduler's
+state folder.
 
 Dependency rule shared by every scheduler: a job runs only when every job it depends on is ``done``;
 when one of them fails or is cancelled the job is ``cancelled`` (skipped) and never runs. A dependency

@@ -217,7 +217,8 @@ def test_plugins_show_prints_options_with_types_defaults_descriptions(tmp_path):
     assert row["options"] == [
         {"name": "pairs", "type": "str", "default": "features", "required": False,
          "description": "[u, v, |u-v|, u*v] of the two sentences"},
-        {"name": "depth", "type": "int", "default": None, "required": True, "description": "how deep [bold]really[/bold]"},
+        {"name": "depth", "type": "int", "default": None, "required": True,
+         "description": "how deep [bold]really[/bold]"},
     ]
     res = run_cli("plugins", "--options", pythonpath=tmp_path)
     assert res.returncode == 0 and "how deep [bold]really[/bold]" in res.stdout and "window" in res.stdout

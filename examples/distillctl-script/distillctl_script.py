@@ -40,7 +40,8 @@ class ScriptScheduler(Scheduler):
 
     def script(self, jobs, folder: Path) -> str:
         state = Path(folder) / "state"
-        lines = ["#!/usr/bin/env bash", f"# distillctl job graph: {len(jobs)} jobs", f"mkdir -p {shlex.quote(str(state))}"]
+        lines = ["#!/usr/bin/env bash", f"# distillctl job graph: {len(jobs)} jobs",
+                 f"mkdir -p {shlex.quote(str(state))}"]
         for job in topological_order(jobs):
             me = shlex.quote(str(state / safe_name(job.id)))
             deps = " && ".join(f'[ "$(cat {shlex.quote(str(state / safe_name(d)))}.exit 2>/dev/null)" = 0 ]'
