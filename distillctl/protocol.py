@@ -84,7 +84,7 @@ def result_record(arm: str, ipc: int | None, recipe: Any, budget: Any, scores: A
         "ipc": ipc,
         "student": recipe.student.name if trained else None,
         "seeds": list(scores.seeds),
-        "budget": budget.as_dict() if trained else None,
+        "budget": _plain(budget.as_dict()) if trained else None,
         **scores.metrics(),  # accuracy, macro_f1 (+ positive_f1)
         **({"classes_predicted": scores.classes_predicted} if trained and scores.classes_predicted else {}),
         **({"student_options": recipe.student.model_dump(mode="json")} if trained else {}),
@@ -97,6 +97,15 @@ def result_record(arm: str, ipc: int | None, recipe: Any, budget: Any, scores: A
         **extra,
     }
     return rec
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` as JSON gives it back (tuples become lists), so a record in hand equals the stored one."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
 
 
 def set_files(run_dir: Path) -> list[Path]:

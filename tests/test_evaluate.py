@@ -37,7 +37,7 @@ def test_evaluate_run_dir_writes_results_and_matches_the_protocol(env):
         assert r["arm"] == "distilled" and r["student"] == "mlp" and r["split"] == "test"
         assert r["seeds"] == [100000, 100001, 100002] == eval_seeds(recipe)
         assert r["budget"] == {"steps": 30, "optimizer": "adam", "lr": 0.01, "momentum": 0.9, "batch_size": 16,
-                               "weight_decay": 0.0}
+                               "weight_decay": 0.0, "betas": [0.9, 0.999]}
         assert set(r["accuracy"]) == {"mean", "std", "values"} and len(r["accuracy"]["values"]) == 3
         assert "positive_f1" not in r  # three classes
         assert r["chance"] == pytest.approx(1 / 3)
