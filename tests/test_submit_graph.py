@@ -52,11 +52,11 @@ def test_single_stage_has_no_stage_option(env):
 
 def test_sweep_is_a_cartesian_product_sharing_embed_and_baselines(env):
     path = env.write()
-    points = sm.expand_points(path, sweeps=["distill.unroll.window=2,3", "distill.inner.lr=0.01,0.1,1e-3"])
+    points = sm.expand_points(path, sweeps=["distill.method.unroll.window=2,3", "distill.inner.lr=0.01,0.1,1e-3"])
     assert len(points) == 6
     assert [p.name for p in points][:3] == ["window=2_lr=0.01", "window=2_lr=0.1", "window=2_lr=1e-3"]
     assert points[2].recipe.distill.inner.lr == pytest.approx(1e-3)
-    assert points[3].recipe.distill.unroll.options.window == 3
+    assert points[3].recipe.distill.method.options.unroll.options.window == 3
     folder = env.tmp / "F"
     g = sm.build_graph(points, folder)
     jobs = by_id(g.jobs)
@@ -96,9 +96,9 @@ def test_sweep_values_and_errors(env):
             sm.parse_sweep(bad)
     path = env.write()
     with pytest.raises(RecipeError) as exc:
-        sm.expand_points(path, sweeps=["distill.unroll.window=3,abc,9"])
+        sm.expand_points(path, sweeps=["distill.method.unroll.window=3,abc,9"])
     lines = str(exc.value).splitlines()
-    assert any("distill.unroll.window" in x and "window=abc" in x for x in lines)
+    assert any("distill.method.unroll.window" in x and "window=abc" in x for x in lines)
     assert any("window (9) must be <= total" in x and "window=9" in x for x in lines)
     with pytest.raises(UserError, match="shared by every point"):
         sm.expand_points(path, sweeps=["scheduler.workers=1,2"])
@@ -118,7 +118,7 @@ def test_scheduler_override_starts_from_its_defaults(env):
 
 def test_cli_dry_run_prints_the_graph_and_writes_nothing(env, cli):
     path = env.write()
-    r = cli("submit", path, "--dry-run", "--sweep", "distill.unroll.window=2,3")
+    r = cli("submit", path, "--dry-run", "--sweep", "distill.method.unroll.window=2,3")
     assert r.code == 0, r
     assert "dry run" in r.out and "window=3/distill-ipc2   (after embed, window=3/distill-ipc1)" in r.out
     assert "$ distillctl distill " in r.out and "--stage 2" in r.out
@@ -126,8 +126,8 @@ def test_cli_dry_run_prints_the_graph_and_writes_nothing(env, cli):
     assert not (env.tmp / "runs").exists()
     r = cli("submit", path, "--dry-run", "--json")
     assert r.code == 0 and json.loads(r.out)["dry_run"] is True and len(json.loads(r.out)["jobs"]) == 8
-    r = cli("submit", path, "--dry-run", "--sweep", "distill.unroll.window=x")
-    assert r.code == 2 and "distill.unroll.window" in r.err and "sweep point" in r.err
+    r = cli("submit", path, "--dry-run", "--sweep", "distill.method.unroll.window=x")
+    assert r.code == 2 and "distill.method.unroll.window" in r.err and "sweep point" in r.err
     r = cli("submit")
     assert r.code == 2 and "missing RECIPE" in r.err
     r = cli("submit", path, "--retry-failed", env.tmp)
@@ -136,7 +136,7 @@ def test_cli_dry_run_prints_the_graph_and_writes_nothing(env, cli):
 
 def test_cli_dry_run_slurm_prints_arrays_and_dependencies(env, cli):
     path = env.write(scheduler={"name": "slurm", "partition": "debug", "time": 30, "setup": ["source /venv/bin/activate"]})
-    r = cli("submit", path, "--dry-run", "--sweep", "distill.unroll.window=2,3")
+    r = cli("submit", path, "--dry-run", "--sweep", "distill.method.unroll.window=2,3")
     assert r.code == 0, r
     out = r.out
     assert "\ndistill_0=$(sbatch --parsable --dependency=afterok:$embed " in out
