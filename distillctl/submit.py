@@ -68,7 +68,7 @@ def submit(recipe_path: str | Path, *, overrides: Sequence[str] = (), sweeps: Se
         return sub
 
     # 4. Write the run directories (every job reads its recipe from there), then start the jobs.
-    _preflight(sched)
+    sched.preflight()  # the scheduler can run anything (e.g. its client commands exist): before writing
     _write_run_dirs(points, graph, folder, argv=data["command"])
     sub.save()  # the graph is on disk before anything runs: `status` works at once
     hand_over(sub, graph.jobs, attempt=1)
@@ -91,7 +91,7 @@ def submit_jobs(jobs: Sequence[Job], folder: str | Path, *, scheduler: dict | No
     sched = make_scheduler(section)
     section = {"name": section["name"], **options_dict(sched)}
     check_graph(jobs)
-    _preflight(sched)
+    sched.preflight()
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     data = _submission_data(folder, name, section, list(sys.argv))
@@ -160,11 +160,6 @@ def _submission_data(folder: Path, name: str, scheduler: dict, argv: list[str] |
         "command": list(argv if argv is not None else sys.argv), "cwd": os.getcwd(),
         "scheduler": scheduler, "points": list(points or []), "attempts": [],
     }
-
-
-def _preflight(sched) -> None:
-    """Let the scheduler check it can run anything (e.g. the slurm client commands exist) before writing."""
-    sched.preflight()
 
 
 def _write_run_dirs(points: Sequence[Point], graph: Graph, folder: Path, argv: list[str]) -> None:
