@@ -39,6 +39,7 @@ class LoopState:
     best_acc: float = -1.0  # best validation accuracy so far
     best_step: int = 0  # the outer step of the best set
     last_val_step: int = -1  # the outer step of the last validation
+    val_seconds: float = 0.0  # seconds of `elapsed` spent validating
     best: Learnables | None = field(default=None, repr=False)  # the best set (detached)
 
     def scalars(self) -> dict:
@@ -119,7 +120,7 @@ def load(path: Path, device) -> Checkpoint:
     for key, val in group("opt").items():
         pid, name = key.split(".", 1)
         opt_state.setdefault(int(pid), {})[name] = val.to(device) if name != "step" else val
-    loop = LoopState(**{f.name: meta[f.name] for f in fields(LoopState) if f.name != "best"},
+    loop = LoopState(**{f.name: meta.get(f.name, f.default) for f in fields(LoopState) if f.name != "best"},
                      best=Learnables.from_dict({k: v.to(device) for k, v in group("best").items()}))
     return Checkpoint(
         loop=loop,

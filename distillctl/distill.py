@@ -113,11 +113,17 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
         "method": ds.method.name, **_method_meta(ds.method), "run_dir": str(run.path),
     }
 
-    def validate(learn: Learnables) -> float:
-        """Mean accuracy on `val` of fresh students trained on the current set with the eval budget."""
+    def validate(learn: Learnables, loop) -> float:
+        """Mean accuracy on `val` of fresh students trained on the current set with the eval budget.
+
+        Its wall time is added to ``loop.val_seconds``: the metrics can then tell the method's own time
+        from the time spent validating (the same for every method).
+        """
+        t0 = time.perf_counter()
         x, y = learn.x.detach(), learn.labels(hard).detach()
         scores = train_and_score(build_student, x, y, X_val, y_val, seeds=val_seeds, budget=val_budget,
                                  num_classes=C, quiet=True)
+        loop.val_seconds += time.perf_counter() - t0
         return float(sum(scores.accuracy) / len(scores.accuracy))
 
     result = DistillResult(run_dir=run.path)
@@ -166,10 +172,10 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
         _truncate_metrics(run, si, loop.step if ckpt_path is not None else -1)
         t_stage = time.perf_counter() - loop.elapsed
         if ckpt_path is None:  # the initial set's validation: the start of the accuracy-vs-time curve
-            acc = validate(learn)
+            acc = validate(learn, loop)
             loop.best_acc, loop.best_step, loop.best, loop.last_val_step = acc, 0, learn.detached(), 0
             run.log(stage=si, ipc=ipc, step=0, val_accuracy=acc, best_val_accuracy=acc,
-                    elapsed=round(time.perf_counter() - t_stage, 3))
+                    elapsed=round(time.perf_counter() - t_stage, 3), val_seconds=round(loop.val_seconds, 3))
 
         # 7. The outer loop.
         iters = ds.outer.iterations
@@ -226,12 +232,13 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
                     record["inner_lr"] = float(learn.log_lr.detach().exp())
                 # 7e. Validation on `val`: keep the best set (the test split is never looked at).
                 if step % ds.outer.val_every == 0 or step == iters:
-                    acc = validate(learn)
+                    acc = validate(learn, loop)
                     if acc > loop.best_acc:
                         loop.best_acc, loop.best_step, loop.best = acc, step, learn.detached()
                     loop.last_val_step = step
                     record.update(val_accuracy=acc, best_val_accuracy=loop.best_acc,
-                                  elapsed=round(time.perf_counter() - t_stage, 3))
+                                  elapsed=round(time.perf_counter() - t_stage, 3),
+                                  val_seconds=round(loop.val_seconds, 3))
                 run.log(**record)
                 bar.advance(1, loss=out.loss, val=loop.best_acc)
                 # 7f. Checkpoint (atomic; newest keep_checkpoints kept).
@@ -243,11 +250,11 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
 
         # 8. A stage stopped early by max_seconds is validated once more; then save its best set.
         if loop.last_val_step != loop.step:
-            acc = validate(learn)
+            acc = validate(learn, loop)
             if acc > loop.best_acc:
                 loop.best_acc, loop.best_step, loop.best = acc, loop.step, learn.detached()
             run.log(stage=si, ipc=ipc, step=loop.step, val_accuracy=acc, best_val_accuracy=loop.best_acc,
-                    elapsed=round(time.perf_counter() - t_stage, 3))
+                    elapsed=round(time.perf_counter() - t_stage, 3), val_seconds=round(loop.val_seconds, 3))
         best = loop.best
         wall = time.perf_counter() - t_stage
         syn = SyntheticSet(
@@ -256,7 +263,8 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
             meta={**meta_common, "stage": si, "ipc_chain": list(ds.ipc), "outer_step": loop.best_step,
                   "outer_steps_run": loop.step, "val_accuracy": loop.best_acc,
                   "val_seeds": val_seeds, "val_budget": val_budget.as_dict(), "boost_beta": ds.boost.beta,
-                  "wall_seconds": round(wall, 3), "last_loss": last_loss, "complete": True},
+                  "wall_seconds": round(wall, 3), "val_seconds": round(loop.val_seconds, 3),
+                  "last_loss": last_loss, "complete": True},
         )
         syn.save(set_path)
         say(f"stage ipc={ipc}: best val accuracy {loop.best_acc:.4f} at outer step {loop.best_step} "

@@ -133,6 +133,13 @@ def build_graph(points: Sequence[Point], folder: Path, exe: Sequence[str] = ("di
         jobs.append(Job(id=rid, argv=[*exe, "report", str(run)], cwd=str(run), log=str(logs / "report.log"),
                         name=rid, kind="report", group="report", depends_on=eval_ids + base_ids))
         reports[p.name] = run / "report.md"
+    # 6. a sweep: one comparison report of every point, after all of them (distillctl.compare)
+    if not single:
+        point_reports = [j.id for j in jobs if j.kind == "report"]
+        jobs.append(Job(id="compare", argv=[*exe, "report", str(folder)], cwd=str(folder),
+                        log=str(folder / "logs" / "compare.log"), name="compare", kind="report", group="compare",
+                        depends_on=point_reports))
+        reports["compare"] = folder / "comparison.md"
     check_graph(jobs)
     return Graph(jobs, run_dirs, links, reports)
 

@@ -221,7 +221,16 @@ def _short(text: str) -> str:
 
 @with_registry  # registry=: run with that plugin registry (default: get_registry())
 def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = None) -> Path:
-    """Write report.md, report.json and plots/accuracy_vs_ipc.png for a run; returns report.md's path."""
+    """Write report.md, report.json and plots/accuracy_vs_ipc.png for a run; returns report.md's path.
+
+    On a submission folder with several sweep points, write its comparison report instead
+    (:mod:`distillctl.compare`: comparison.md / .json, plots/time_to_quality.png) and return that path.
+    """
+    from distillctl.compare import submission_points, write_comparison
+
+    points = submission_points(Path(run_dir))
+    if points:
+        return write_comparison(run_dir, points)
     from distillctl.embed import load_embeddings
     from distillctl.protocol import collapse_notes, set_files
     from distillctl.runs import atomic_write_json, atomic_write_text, open_run_dir

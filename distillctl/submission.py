@@ -78,6 +78,9 @@ class Submission:
             h = self.handles.get(rid)
             if h is not None and h.state == "done":
                 out.append(Path(p["run_dir"]) / "report.md")
+        compare = self.handles.get("compare")  # a sweep's comparison of its points (distillctl.compare)
+        if compare is not None and compare.state == "done":
+            out.append(self.path / "comparison.md")
         return out
 
     def summary(self) -> list[dict]:

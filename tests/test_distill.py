@@ -63,7 +63,7 @@ def env(monkeypatch, tmp_path):
 
 
 def without_time(records):
-    return [{k: v for k, v in r.items() if k not in ("time", "elapsed")} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("time", "elapsed", "val_seconds")} for r in records]
 
 
 def test_distill_writes_nested_sets_metrics_and_checkpoints(env):

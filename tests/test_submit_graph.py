@@ -60,11 +60,14 @@ def test_sweep_is_a_cartesian_product_sharing_embed_and_baselines(env):
     folder = env.tmp / "F"
     g = sm.build_graph(points, folder)
     jobs = by_id(g.jobs)
-    # one embed (same data and encoder), one job per baseline arm (same protocol), 6 x (2 distill + 2 eval + report)
+    # one embed (same data and encoder), one job per baseline arm (same protocol), 6 x (2 distill + 2 eval + report),
+    # and the comparison of the 6 points after every point's report
     assert [j for j in jobs if "embed" in j] == ["embed"]
     assert sorted(j for j in jobs if "baseline" in j) == ["window=2_lr=0.01/baseline-full",
                                                           "window=2_lr=0.01/baseline-random"]
-    assert len(g.jobs) == 1 + 2 + 6 * 5
+    assert len(g.jobs) == 1 + 2 + 6 * 5 + 1
+    assert jobs["compare"].argv[1:] == ["report", str(folder.resolve())]
+    assert sorted(jobs["compare"].depends_on) == sorted(f"{p.name}/report" for p in points)
     owner = folder / "window=2_lr=0.01"
     other = folder / "window=3_lr=0.1"
     assert (other / "eval" / "baseline-full.json", owner / "eval" / "baseline-full.json") in g.links
@@ -83,7 +86,7 @@ def test_sweep_over_student_or_data_splits_baselines_and_embeds(env):
     g = sm.build_graph(sm.expand_points(path, sweeps=["dataset.size=10,20"]), env.tmp / "B")
     emb = [j for j in g.jobs if j.kind == "embed"]
     assert [j.id for j in emb] == ["embed-1", "embed-2"]
-    assert g.jobs[-1].id == "size=20/report"
+    assert [j.id for j in g.jobs[-2:]] == ["size=20/report", "compare"]
     assert by_id(g.jobs)["size=20/distill-ipc1"].depends_on == ["embed-2"]
     assert emb[1].argv[-1] == str(env.tmp / "B" / "size=20" / "recipe.resolved.yaml")
 
@@ -122,7 +125,7 @@ def test_cli_dry_run_prints_the_graph_and_writes_nothing(env, cli):
     assert r.code == 0, r
     assert "dry run" in r.out and "window=3/distill-ipc2   (after embed, window=3/distill-ipc1)" in r.out
     assert "$ distillctl distill " in r.out and "--stage 2" in r.out
-    assert "local scheduler: 13 jobs" in r.out
+    assert "local scheduler: 14 jobs" in r.out  # 13 + the comparison of the two points
     assert not (env.tmp / "runs").exists()
     r = cli("submit", path, "--dry-run", "--json")
     assert r.code == 0 and json.loads(r.out)["dry_run"] is True and len(json.loads(r.out)["jobs"]) == 8

@@ -6,3 +6,4 @@ eval_1=$(sbatch --parsable --dependency=aftercorr:$distill_1,aftercorr:$eval_0 /
 baseline_random=$(sbatch --parsable --dependency=afterok:$embed /runs/tiny/ID/slurm/SUBMIT/baseline-random.sbatch)
 baseline_full=$(sbatch --parsable --dependency=afterok:$embed /runs/tiny/ID/slurm/SUBMIT/baseline-full.sbatch)
 report=$(sbatch --parsable --dependency=aftercorr:$eval_0,aftercorr:$eval_1,afterok:$baseline_random,afterok:$baseline_full /runs/tiny/ID/slurm/SUBMIT/report.sbatch)
+compare=$(sbatch --parsable --dependency=afterok:$report /runs/tiny/ID/slurm/SUBMIT/compare.sbatch)
