@@ -125,10 +125,6 @@ def test_examples_end_to_end_through_the_cli(registry, cli, tmp_path, monkeypatc
 
 
 def test_example_method_distils(registry, cli, tmp_path, monkeypatch):
-    from distillctl.recipe import DistillSettings
-
-    if "method" not in DistillSettings.model_fields:
-        pytest.skip("distillctl.recipe.DistillSettings has no `method` field yet (methods as plugins not merged)")
     monkeypatch.chdir(tmp_path)
     path = recipe(tmp_path)
     res = cli("distill", path, "--set", "distill.method={name: rfmm, features: 64}", "--json")
