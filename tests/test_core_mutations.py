@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import sys
 import types
 
 import pytest
@@ -98,12 +97,9 @@ def env(monkeypatch, tmp_path):
     registry = load_registry(extra_plugins=[(distill_fakes, "tests", "0"), (PLUGIN, "tests", "0")])
     assert not registry.failures, registry.failures
     emb = distill_fakes.gaussian_embeddings()
-    try:
-        import distillctl.embed as embed_module
-    except ImportError:  # the embed stage is not installed in this checkout: stand in for its module
-        embed_module = types.ModuleType("distillctl.embed")
-        monkeypatch.setitem(sys.modules, "distillctl.embed", embed_module)
-    monkeypatch.setattr(embed_module, "load_embeddings", lambda recipe, *, quiet=None: emb, raising=False)
+    import distillctl.embed as embed_module
+
+    monkeypatch.setattr(embed_module, "load_embeddings", lambda recipe, *, quiet=None: emb)
     monkeypatch.chdir(tmp_path)
     CREATED.clear()
     ns = types.SimpleNamespace(registry=registry, emb=emb, tmp=tmp_path)
