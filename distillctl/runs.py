@@ -145,17 +145,18 @@ def environment_info() -> dict:
     return info
 
 
-def recipe_devices(recipe) -> dict:
-    """What each ``device`` field of the recipe resolves to on this machine (``auto``: CUDA when torch sees
-    it, else CPU); every stage rewrites the manifest, so it records the machine the stage ran on."""
+#: the stages that run on a recipe's ``device`` field, and the section that holds it
+DEVICE_STAGES = {"embed": "embed", "distill": "distill"}
+
+
+def stage_devices(recipe, stage: str) -> dict:
+    """``{section: describe_device(...)}`` for the device a stage runs on (``auto``: CUDA when torch sees it,
+    else CPU), resolved on this machine; ``{}`` for a stage that uses none (submit, eval, baseline, report)."""
     from distillctl.devices import describe_device
 
-    out = {}
-    for section in ("embed", "distill"):
-        name = getattr(getattr(recipe, section, None), "device", None)
-        if name is not None:
-            out[section] = describe_device(name)
-    return out
+    section = DEVICE_STAGES.get(stage)
+    name = getattr(getattr(recipe, section, None), "device", None) if section else None
+    return {section: describe_device(name)} if name is not None else {}
 
 
 def build_manifest(recipe, *, stage: str, argv: list[str] | None = None, extra: Mapping[str, Any] | None = None) -> dict:
@@ -172,7 +173,7 @@ def build_manifest(recipe, *, stage: str, argv: list[str] | None = None, extra: 
         "recipe_fingerprint": recipe.fingerprint(),
         "seed": recipe.seed,
         "versions": environment_info(),
-        "devices": recipe_devices(recipe),
+        "devices": stage_devices(recipe, stage),
         "plugins": [
             {k: v for k, v in p.as_dict().items() if k != "description"} for p in registry.all()
         ],
@@ -251,9 +252,21 @@ def create_run_dir(recipe, *, stage: str, run_dir: str | Path | None = None, roo
         path = Path(run_dir)
     path.mkdir(parents=True, exist_ok=True)
     run = RunDir(path.resolve())
+    manifest = build_manifest(recipe, stage=stage, argv=argv, extra=extra_manifest)
+    # the devices earlier stages ran on stay recorded (e.g. distill's GPU after a baseline job on a CPU node)
+    manifest["devices"] = {**_read_json(run.manifest).get("devices", {}), **manifest["devices"]}
     atomic_write_text(run.recipe, recipe.to_yaml())
-    atomic_write_json(run.manifest, build_manifest(recipe, stage=stage, argv=argv, extra=extra_manifest))
+    atomic_write_json(run.manifest, manifest)
     return run
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from ``path``; ``{}`` when it is absent or unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def open_run_dir(path: str | Path) -> RunDir:

@@ -60,10 +60,20 @@ def test_manifest_records_the_resolved_devices(tmp_path):
     registry = load_registry(entry_points=[], extra_plugins=[(toyplugins, "toy-plugins", "1.0")])
     set_registry(registry)  # reset after each test by conftest
     recipe = validate_recipe({"name": "demo", "seed": 5, "dataset": {"name": "toyset", "train": "a.csv"},
-                              "embed": {"device": "cpu"}}, base_dir=tmp_path, registry=registry)
-    run = create_run_dir(recipe, stage="distill", root=tmp_path / "runs")
-    devices = json.loads(run.manifest.read_text())["devices"]
-    assert devices["embed"] == {"requested": "cpu", "resolved": "cpu", "name": "cpu"}
+                              "distill": {"device": "cpu"}}, base_dir=tmp_path, registry=registry)
+    run = create_run_dir(recipe, stage="submit", root=tmp_path / "runs")
+    assert json.loads(run.manifest.read_text())["devices"] == {}  # submit runs on no device of the recipe
+    create_run_dir(recipe, stage="distill", run_dir=run.path)
+    assert json.loads(run.manifest.read_text())["devices"] == {
+        "distill": {"requested": "cpu", "resolved": "cpu", "name": "cpu"}}
+    # a later stage rewrites the manifest but keeps the device distill ran on
+    create_run_dir(recipe, stage="baseline", run_dir=run.path)
+    manifest = json.loads(run.manifest.read_text())
+    assert manifest["stage"] == "baseline" and manifest["devices"]["distill"]["resolved"] == "cpu"
+    auto = validate_recipe({"name": "demo", "seed": 5, "dataset": {"name": "toyset", "train": "a.csv"}},
+                           base_dir=tmp_path, registry=registry)
+    other = create_run_dir(auto, stage="distill", root=tmp_path / "runs")
+    devices = json.loads(other.manifest.read_text())["devices"]
     assert devices["distill"]["requested"] == "auto"
     assert devices["distill"]["resolved"] == str(resolve_device("auto"))
 
