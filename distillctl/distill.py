@@ -59,6 +59,7 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
 
     from distillctl import checkpoints
     from distillctl.console import info, is_quiet, progress
+    from distillctl.devices import resolve_device
     from distillctl.methods import MethodContext
     from distillctl.plugins import get_registry
     from distillctl.runs import create_run_dir, open_run_dir
@@ -93,7 +94,7 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
         embeddings = load_embeddings(recipe, quiet=quiet)
     from distillctl.evaluate import check_ipc_fits, split_of
 
-    device = _device(ds.device)
+    device = resolve_device(ds.device, field="distill.device")
     train, val = split_of(embeddings, "train"), split_of(embeddings, "val")
     X_train, y_train = train.X.to(device, torch.float32), train.y.to(device)  # (n, d), (n,)
     X_val, y_val = val.X.to(device, torch.float32), val.y.to(device)  # (m, d), (m,)
@@ -283,17 +284,6 @@ def _schedule_factor(schedule: str, step: int, iterations: int) -> float:
     return 1.0
 
 
-def _device(name: str) -> "torch.device":
-    """The torch device of a recipe's ``device`` field (``auto``: CUDA when torch sees it, else CPU)."""
-    try:
-        from distillctl.devices import resolve_device
-    except ImportError:  # pragma: no cover - before devices.py lands
-        import torch
-
-        return torch.device("cpu" if name == "auto" else name)
-    return resolve_device(name)
-
-
 def _method_meta(section) -> dict:
     """The method's options as recorded with each saved set (``unroll`` kept for older readers)."""
     options = section.model_dump(mode="json")
@@ -305,9 +295,9 @@ def _method_meta(section) -> dict:
 
 def _method_cache_dir() -> Path:
     """Where methods keep verified derived files (MTT experts), beside the embedding cache."""
-    from distillctl.embed import cache_root
+    from distillctl.cache import methods_dir
 
-    return Path(cache_root()) / "methods"
+    return methods_dir()
 
 
 def _initial_learnables(ds, X: "torch.Tensor", y: "torch.Tensor", C: int, ipc: int, previous,
