@@ -153,7 +153,8 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
         #    new rows drawn from real vectors of that class (or random ones).
         gen = torch.Generator().manual_seed(stage_seed(recipe.seed, si))
         hard = torch.arange(C, device=device).repeat_interleave(ipc)  # (ipc*C,) class-major
-        learn, inherited = _initial_learnables(ds, X_train, y_train, C, ipc, previous, gen)  # inherited: (ipc*C,)
+        learn, inherited = _initial_learnables(ds, X_train, y_train, C, ipc, previous, gen,
+                                               lr0=method.learned_inner_lr(ds.inner))  # inherited: (ipc*C,)
         method.setup(MethodContext(
             build_student=build_student, student_name=recipe.student.name,
             student_options=recipe.to_dict()["student"], num_classes=C, ipc=ipc, hard_labels=hard,
@@ -301,8 +302,11 @@ def _method_cache_dir() -> Path:
 
 
 def _initial_learnables(ds, X: "torch.Tensor", y: "torch.Tensor", C: int, ipc: int, previous,
-                        gen: "torch.Generator") -> tuple[Learnables, "torch.Tensor"]:
-    """The stage's starting learnables (leaves) and the (ipc*C,) mask of rows inherited from ``previous``."""
+                        gen: "torch.Generator", lr0: float | None) -> tuple[Learnables, "torch.Tensor"]:
+    """The stage's starting learnables (leaves) and the (ipc*C,) mask of rows inherited from ``previous``.
+
+    ``lr0``: the start of a learned inner lr (None: not learned); a previous stage's learned lr wins.
+    """
     import torch
 
     device, d = X.device, X.shape[1]
@@ -323,8 +327,8 @@ def _initial_learnables(ds, X: "torch.Tensor", y: "torch.Tensor", C: int, ipc: i
             prev = prev.float() if previous.soft else torch.nn.functional.one_hot(prev, C).float()
             probs[:, :old_ipc] = prev.view(C, old_ipc, C).clamp_min(1e-12)
         label_logits = probs.log().reshape(C * ipc, C)  # softmax(log p) = p
-    if ds.inner.learn_lr:
-        lr0 = previous.inner_lr if previous is not None and previous.inner_lr else ds.inner.lr
+    if lr0 is not None:
+        lr0 = previous.inner_lr if previous is not None and previous.inner_lr else lr0
         log_lr = torch.tensor(math.log(lr0), device=device)
     learn = Learnables(x=x0.reshape(C * ipc, d), label_logits=label_logits, log_lr=log_lr).as_leaves()
     return learn, inherited.reshape(-1)

@@ -159,6 +159,14 @@ class Method:
         """
         raise NotImplementedError(f"method {self.name!r} does not implement step()")
 
+    def learned_inner_lr(self, inner: Any) -> float | None:
+        """The starting value of a learned inner learning rate (``Learnables.log_lr``), or None for none.
+
+        ``inner`` is the recipe's ``distill.inner``; the default follows ``inner.learn_lr`` / ``inner.lr``.
+        A method whose paper learns its own step size (mtt) returns its option here.
+        """
+        return inner.lr if inner.learn_lr else None
+
     def state_dict(self) -> dict[str, Any]:
         """What :meth:`load_state_dict` needs to continue exactly: tensors, or JSON-able numbers/strings."""
         return {}

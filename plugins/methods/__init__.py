@@ -63,6 +63,10 @@ class MTTOptions(PluginOptions):
     max_start_epoch: int = Field(10, ge=0, description="Latest stored checkpoint a matched segment may start from.")
     trajectories: int = Field(1, ge=1, description="Expert segments matched per outer step (vectorised); the loss "
                               "is their mean.")
+    syn_lr: float = Field(0.01, gt=0, description="Learning rate of the synthetic SGD steps (the start value when "
+                          "`learn_lr`).")
+    learn_lr: bool = Field(True, description="Learn the synthetic lr with the set (log-parametrised, outer lr "
+                           "`distill.outer.lr_lr`), as in the paper; it is saved as the set's inner_lr.")
 
 
 def _bptt(options):

@@ -5,8 +5,8 @@ with the eval protocol's optimiser; their parameters every ``spacing`` steps for
 (E, T+1, P), cached as safetensors beside the embedding cache and verified by sha256 before reuse.
 
 Per outer step, for each of ``trajectories`` segments: an expert e and a start epoch s <= max_start_epoch
-are drawn; a student starts at theta_e[s] and takes ``syn_steps`` SGD steps on the synthetic set with the
-learnable inner lr (``distill.inner.lr``, learned when ``distill.inner.learn_lr``), and
+are drawn; a student starts at theta_e[s] and takes ``syn_steps`` SGD steps on the synthetic set at the
+synthetic lr (``syn_lr``, learned with the set when ``learn_lr``, as in the paper), and
 
     loss = |theta_student - theta_e[s + expert_epochs]|^2 / |theta_e[s] - theta_e[s + expert_epochs]|^2
 
@@ -51,6 +51,9 @@ class MTT(Method):
         self.problem.population = o.trajectories
         self.trajectories = expert_trajectories(self.problem, context, o.experts, self.total, o.spacing)  # (E, T+1, P)
 
+    def learned_inner_lr(self, inner) -> float | None:
+        return self.options.syn_lr if self.options.learn_lr else None
+
     def step(self, learn: Learnables, real_x, real_y, generator) -> OuterStep:
         o, ctx = self.options, self.context
         # 1. the segments to match: expert, start epoch (from the stage's generator: resume is exact)
@@ -61,7 +64,7 @@ class MTT(Method):
         target = self.trajectories[experts, starts + o.expert_epochs].to(ctx.device)  # (K, P)
         # 2. syn_steps differentiable SGD steps on the synthetic set from the expert's start
         targets = learn.targets(ctx.hard_labels, ctx.num_classes)  # (n, C)
-        lr = learn.inner_lr(ctx.inner.lr)  # ()
+        lr = learn.inner_lr(o.syn_lr)  # ()
         theta = start.detach().requires_grad_()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # dropout inside the students draws from here
