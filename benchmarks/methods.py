@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["bptt", "krr", "dm", "mtt"])
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override for every run")
     ap.add_argument("--method-set", action="append", default=[], help="METHOD:KEY=VALUE, one method's option")
+    ap.add_argument("--row-set", action="append", default=[],
+                    help="LABEL:KEY.PATH=VALUE, a recipe override for one row only (e.g. distill.soft_labels=true)")
     ap.add_argument("--label", action="append", default=[],
                     help="LABEL=METHOD: a row named LABEL running METHOD (for two settings of one method)")
     ap.add_argument("--val-only", action="store_true", help="do not score test (for choosing settings)")
@@ -55,9 +57,10 @@ def main() -> None:
     rows, curves = [], {}
     for label, method in rows_spec:
         own = [s.split(":", 1)[1] for s in args.method_set if s.split(":", 1)[0] == label]
+        row_overrides = [s.split(":", 1)[1] for s in args.row_set if s.split(":", 1)[0] == label]
         for ipc in args.ipc:
             overrides = [*args.overrides, f"distill.ipc=[{ipc}]", f"distill.method.name={method}",
-                         *[f"distill.method.{kv}" for kv in own]]
+                         *[f"distill.method.{kv}" for kv in own], *row_overrides]
             recipe = load_recipe(args.recipe, overrides)
             t0 = time.perf_counter()
             res = distill(recipe, run_dir=work / f"{label}-ipc{ipc}", quiet=True, embeddings=embeddings)
@@ -71,7 +74,7 @@ def main() -> None:
                    "seconds_to_best": round(best_time, 2),
                    "method_seconds_to_best": round(best_time - best_val_time, 2), "distill_seconds": round(wall, 2),
                    "outer_steps": recipe.distill.outer.iterations,
-                   "method_options": recipe.distill.method.model_dump(mode="json")}
+                   "method_options": recipe.distill.method.model_dump(mode="json"), "row_overrides": row_overrides}
             if not args.val_only:
                 rec = evaluate(res.run_dir, quiet=True, embeddings=embeddings)[0]
                 row.update(test_accuracy=rec["accuracy"]["mean"], test_std=rec["accuracy"]["std"],

@@ -149,18 +149,18 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
             raise UserError(f"--stage {stage}: the earlier stage ipc={ipc} is not finished in {run.path}; run it "
                             f"first (`distillctl distill RECIPE --resume {run.path} --stage {ipc}`)")
 
-        # 5. The stage's set: the previous stage's best rows first in each class block (Boost-DD), then
-        #    new rows drawn from real vectors of that class (or random ones).
+        # 5. The method, told about the stage; then the stage's set: the previous stage's best rows first
+        #    in each class block (Boost-DD), then new rows drawn from real vectors of that class (or random).
         gen = torch.Generator().manual_seed(stage_seed(recipe.seed, si))
         hard = torch.arange(C, device=device).repeat_interleave(ipc)  # (ipc*C,) class-major
-        learn, inherited = _initial_learnables(ds, X_train, y_train, C, ipc, previous, gen,
-                                               lr0=method.learned_inner_lr(ds.inner))  # inherited: (ipc*C,)
         method.setup(MethodContext(
             build_student=build_student, student_name=recipe.student.name,
             student_options=recipe.to_dict()["student"], num_classes=C, ipc=ipc, hard_labels=hard,
             x_train=X_train, y_train=y_train, inner=ds.inner, eval_budget=val_budget, device=device,
             seed=recipe.seed, soft_labels=ds.soft_labels, embedding_fingerprint=getattr(embeddings, "fingerprint", None),
             cache_dir=_method_cache_dir(), say=say))
+        learn, inherited = _initial_learnables(ds, X_train, y_train, C, ipc, previous, gen,
+                                               lr0=method.learned_inner_lr(ds.inner))  # inherited: (ipc*C,)
         opt, base_lrs = _outer_optimizer(learn, ds.outer)
 
         # 6. Fresh stage, or continue from this stage's newest checkpoint (exactly where it stopped).

@@ -63,8 +63,14 @@ class MTTOptions(PluginOptions):
     max_start_epoch: int = Field(10, ge=0, description="Latest stored checkpoint a matched segment may start from.")
     trajectories: int = Field(1, ge=1, description="Expert segments matched per outer step (vectorised); the loss "
                               "is their mean.")
-    syn_lr: float = Field(0.01, gt=0, description="Learning rate of the synthetic SGD steps (the start value when "
-                          "`learn_lr`).")
+    syn_optimizer: Literal["expert", "sgd", "adam"] = Field(
+        "expert", description="Optimiser of the synthetic steps: the experts' own (the eval optimiser), or `sgd` "
+        "(plain, as in the paper) / `adam` (differentiable, state from zero at the segment's start)."
+    )
+    syn_lr: float | None = Field(
+        None, gt=0, description="Learning rate of the synthetic steps (the start value when `learn_lr`); null = "
+        "the experts' lr (the eval lr), as the paper starts from the teacher's lr."
+    )
     learn_lr: bool = Field(True, description="Learn the synthetic lr with the set (log-parametrised, outer lr "
                            "`distill.outer.lr_lr`), as in the paper; it is saved as the set's inner_lr.")
 

@@ -35,6 +35,7 @@ class MTT(Method):
 
     def __init__(self, options):
         self.options = options
+        self._lr0 = options.syn_lr  # set at setup, once the experts' lr is known
 
     def setup(self, context: MethodContext) -> None:
         super().setup(context)
@@ -49,10 +50,17 @@ class MTT(Method):
                                                   context.inner, device=context.device,
                                                   dtype=context.x_train.dtype)
         self.problem.population = o.trajectories
+        self.optimizer = context.eval_budget.optimizer if o.syn_optimizer == "expert" else o.syn_optimizer
+        self.betas = tuple(context.eval_budget.betas)
+        self._lr0 = self.syn_lr(context.eval_budget)
         self.trajectories = expert_trajectories(self.problem, context, o.experts, self.total, o.spacing)  # (E, T+1, P)
 
+    def syn_lr(self, budget) -> float:
+        """The synthetic steps' (starting) lr: the option, else the experts' own lr."""
+        return self.options.syn_lr or budget.lr
+
     def learned_inner_lr(self, inner) -> float | None:
-        return self.options.syn_lr if self.options.learn_lr else None
+        return self._lr0 if self.options.learn_lr else None
 
     def step(self, learn: Learnables, real_x, real_y, generator) -> OuterStep:
         o, ctx = self.options, self.context
@@ -64,18 +72,24 @@ class MTT(Method):
         target = self.trajectories[experts, starts + o.expert_epochs].to(ctx.device)  # (K, P)
         # 2. syn_steps differentiable SGD steps on the synthetic set from the expert's start
         targets = learn.targets(ctx.hard_labels, ctx.num_classes)  # (n, C)
-        lr = learn.inner_lr(o.syn_lr)  # ()
+        lr = learn.inner_lr(self.syn_lr(ctx.eval_budget))  # ()
         theta = start.detach().requires_grad_()
+        m = v = torch.zeros_like(theta)  # Adam state, from zero at the segment's start
+        b1, b2 = self.betas
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # dropout inside the students draws from here
-            for _ in range(o.syn_steps):
+            for t in range(1, o.syn_steps + 1):
                 rows = sample_rows(self.problem, generator)
                 xb, tb = (learn.x, targets) if rows is None else (learn.x[rows], targets[rows])
                 logits = self.problem.population_logits(theta, xb)  # (K, b, C)
                 # sum over students of their mean loss: d(sum)/d theta_k is student k's own gradient
                 ce = -(tb * logits.log_softmax(-1)).sum(-1).mean(-1).sum()
                 (g,) = torch.autograd.grad(ce, theta, create_graph=True)  # (K, P)
-                theta = theta - lr * g
+                if self.optimizer == "sgd":
+                    theta = theta - lr * g
+                else:  # sqrt(v_hat + eps^2) rather than sqrt(v_hat) + eps keeps d/dv finite at v = 0
+                    m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+                    theta = theta - lr * (m / (1 - b1 ** t)) / (v / (1 - b2 ** t) + 1e-16).sqrt()
         # 3. how far the student landed from the expert's later checkpoint, relative to the expert's move
         num = (theta - target).pow(2).sum(-1)  # (K,)
         den = (start - target).pow(2).sum(-1).clamp_min(1e-12)  # (K,)
