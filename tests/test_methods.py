@@ -215,9 +215,11 @@ def test_dm_works_with_the_transformer_student():
 
 # -- MTT ---------------------------------------------------------------------------------------------
 
-def test_mtt_gradient_matches_finite_differences_for_rows_labels_and_lr(tmp_path):
-    inner = InnerSettings(lr=0.1, learn_lr=True, batch_per_class=1)
-    method = MTT(MTTOptions(experts=2, spacing=10, expert_epochs=1, max_start_epoch=2, syn_steps=3, trajectories=2))
+@pytest.mark.parametrize("syn_optimizer", ["expert", "sgd"])  # the experts' Adam, and plain SGD as in the paper
+def test_mtt_gradient_matches_finite_differences_for_rows_labels_and_lr(tmp_path, syn_optimizer):
+    inner = InnerSettings(batch_per_class=1)
+    method = MTT(MTTOptions(experts=2, spacing=10, expert_epochs=1, max_start_epoch=2, syn_steps=3, trajectories=2,
+                            syn_optimizer=syn_optimizer))
     method.setup(context(mlp(), inner=inner, cache_dir=tmp_path))
     method.trajectories = method.trajectories.double()
     g = torch.Generator().manual_seed(3)
