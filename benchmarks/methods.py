@@ -43,6 +43,7 @@ def main() -> None:
 
     import torch
 
+    from distillctl.compare import plot_time_to_quality
     from distillctl.distill import distill
     from distillctl.embed import load_embeddings
     from distillctl.evaluate import evaluate
@@ -101,29 +102,7 @@ def main() -> None:
             "recipe": str(args.recipe), "rows": rows}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     out.with_suffix(".md").write_text(f"`{meta['command']}` ({meta['date']}, {meta['machine']})\n\n{table}\n")
-    _plot(curves, args.ipc, out.parent / f"{out.name}_time_to_quality.png", base.name)
-
-
-def _plot(curves: dict, ipcs: list[int], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(ipcs), figsize=(5 * len(ipcs), 3.6), squeeze=False)
-    for ax, ipc in zip(axes[0], ipcs):
-        for (label, i), vals in curves.items():
-            if i == ipc:
-                ax.plot([v[0] for v in vals], [100 * v[1] for v in vals], marker="o", ms=3, label=label)
-        ax.set_xscale("symlog", linthresh=1)
-        ax.set_xlabel("distill seconds (validation included)")
-        ax.set_ylabel("val accuracy (%)")
-        ax.set_title(f"{title}: ipc {ipc}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_time_to_quality(curves, args.ipc, out.parent / f"{out.name}_time_to_quality.png", base.name)
 
 
 if __name__ == "__main__":

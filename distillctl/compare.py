@@ -84,7 +84,7 @@ def write_comparison(folder: str | Path, points: list[dict]) -> Path:
     if not rows:
         raise UserError(f"{folder}: no distilled sets in any sweep point yet (run or wait for the distill jobs)")
     rows.sort(key=lambda r: (r["ipc"], r["student"], r["point"]))
-    plot = _plot(curves, sorted({r["ipc"] for r in rows}), folder / "plots" / "time_to_quality.png")
+    plot = plot_time_to_quality(curves, sorted({r["ipc"] for r in rows}), folder / "plots" / "time_to_quality.png")
     md = ["# Sweep comparison", "",
           f"Submission: `{folder}`. One row per sweep point and ipc. Test: mean ± std over the eval seeds of "
           "each point's recipe (scored once; nothing was chosen on it). Val: the best validation accuracy, "
@@ -105,7 +105,9 @@ def write_comparison(folder: str | Path, points: list[dict]) -> Path:
     return path
 
 
-def _plot(curves: dict[tuple[str, int], list], ipcs: list[int], path: Path) -> Path:
+def plot_time_to_quality(curves: dict[tuple[str, int], list], ipcs: list[int], path: Path, title: str = "") -> Path:
+    """Validation accuracy against distill seconds: ``curves[(label, ipc)] = [(elapsed, val_acc, ...), ...]``,
+    one panel per ipc, one line per label."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,7 +122,7 @@ def _plot(curves: dict[tuple[str, int], list], ipcs: list[int], path: Path) -> P
         ax.set_xscale("symlog", linthresh=1)
         ax.set_xlabel("distill seconds (validation included)")
         ax.set_ylabel("val accuracy (%)")
-        ax.set_title(f"ipc {ipc}")
+        ax.set_title(f"{title}: ipc {ipc}" if title else f"ipc {ipc}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

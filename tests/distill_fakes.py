@@ -45,6 +45,20 @@ def gaussian_embeddings(n_per_class=(60, 20, 20), C=3, d=8, seed=0, sep=2.0) -> 
     return FakeEmbeddings(splits=splits, label_names=[f"class{c}" for c in range(C)], num_classes=C, dim=d)
 
 
+def tiny_recipe(base: dict, **distill) -> dict:
+    """A recipe dict over the fakes below: ``base`` is its ``distill`` section, ``distill`` overrides it
+    (dict sections are merged key by key, except ``method``, which is replaced whole)."""
+    base = dict(base)
+    for key, value in distill.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "method":
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return {"name": "tiny", "seed": 3, "dataset": {"name": "fake-gauss"}, "encoder": {"name": "fake-encoder"},
+            "scheduler": {"name": "fake-scheduler"}, "student": {"name": "mlp", "hidden": [16]},
+            "distill": base, "eval": {"steps": 30, "seeds": 2, "lr": 0.01}}
+
+
 class FakeDatasetOptions(PluginOptions):
     size: int = Field(10, description="Unused; the data comes from gaussian_embeddings().")
 

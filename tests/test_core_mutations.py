@@ -74,21 +74,13 @@ PLUGIN.register_methods = register_methods
 # -- harness (as tests/test_distill.py) ---------------------------------------------------------
 
 def recipe_data(**distill):
-    base = {
+    return distill_fakes.tiny_recipe({
         "ipc": [1],
         "method": {"name": "bptt", "unroll": {"name": "ratbptt", "window": 3, "total": 6}},
         "inner": {"optimizer": "adam", "lr": 0.01},
         "outer": {"lr": 0.01, "iterations": 6, "real_batch": 48, "val_every": 100, "ckpt_every": 100,
                   "val_seeds": 2},
-    }
-    for key, value in distill.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "method":
-            base[key] = {**base[key], **value}
-        else:
-            base[key] = value
-    return {"name": "tiny", "seed": 3, "dataset": {"name": "fake-gauss"}, "encoder": {"name": "fake-encoder"},
-            "scheduler": {"name": "fake-scheduler"}, "student": {"name": "mlp", "hidden": [16]},
-            "distill": base, "eval": {"steps": 30, "seeds": 2, "lr": 0.01}}
+    }, **distill)
 
 
 @pytest.fixture

@@ -17,21 +17,13 @@ from distillctl.synthetic import SyntheticSet
 
 
 def recipe_data(**distill):
-    base = {
+    return distill_fakes.tiny_recipe({
         "ipc": [1, 2],
         "method": {"name": "bptt", "unroll": {"name": "ratbptt", "window": 3, "total": 6}},
         "inner": {"optimizer": "adam", "lr": 0.01},
         "outer": {"lr": 0.01, "iterations": 10, "real_batch": 48, "val_every": 5, "ckpt_every": 4,
                   "val_seeds": 2},
-    }
-    for key, value in distill.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = {**base[key], **value}
-        else:
-            base[key] = value
-    return {"name": "tiny", "seed": 3, "dataset": {"name": "fake-gauss"}, "encoder": {"name": "fake-encoder"},
-            "scheduler": {"name": "fake-scheduler"}, "student": {"name": "mlp", "hidden": [16]},
-            "distill": base, "eval": {"steps": 30, "seeds": 2, "lr": 0.01}}
+    }, **distill)
 
 
 class NoTestSplit:
