@@ -58,7 +58,8 @@ class MTTOptions(PluginOptions):
                          "'epoch' of the trajectory).")
     expert_steps: int | None = Field(
         None, ge=1, description="Optimiser steps each expert trains for; null = `eval.steps` (the eval budget).")
-    syn_steps: int = Field(20, ge=1, description="SGD steps of the student on the synthetic set per outer step.")
+    syn_steps: int = Field(20, ge=1, description="Steps of the student on the synthetic set per outer step "
+                           "(with `syn_optimizer`).")
     expert_epochs: int = Field(2, ge=1, description="Stored checkpoints ahead the synthetic steps must reach.")
     max_start_epoch: int = Field(10, ge=0, description="Latest stored checkpoint a matched segment may start from.")
     trajectories: int = Field(1, ge=1, description="Expert segments matched per outer step (vectorised); the loss "
@@ -108,4 +109,4 @@ def register_methods(register):
     register("dm", _dm, options=DMOptions,
              description="Distribution matching: per-class feature means of fresh random students.")
     register("mtt", _mtt, options=MTTOptions,
-             description="Matching training trajectories of cached expert students (learnable inner lr).")
+             description="Matching training trajectories of cached expert students (learned synthetic lr).")
