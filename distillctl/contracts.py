@@ -87,7 +87,7 @@ CONTRACTS: dict[str, Contract] = {
                  "factory(input_dim, num_classes, options)", required=("forward",), optional=("features",),
                  checked=False),
         Contract("method", "register_methods", "distillctl.methods.Method", "factory(options)",
-                 required=("step",), optional=("setup", "state_dict", "load_state_dict", "name")),
+                 required=("step",), optional=("setup", "learned_inner_lr", "state_dict", "load_state_dict", "name")),
         Contract("unroll", "register_unroll_strategies", "distillctl.unrolling.UnrollStrategy", "factory(options)",
                  required=("plan",), optional=("meta_gradient", "name"), alternatives={"plan": "meta_gradient"}),
         Contract("scheduler", "register_schedulers", "distillctl.scheduling.Scheduler", "factory(options)",

@@ -72,7 +72,9 @@ def register_methods(register):
     ``factory(options) -> distillctl.methods.Method``. Required: ``step(learn, real_x, real_y,
     generator)`` -> ``distillctl.methods.OuterStep`` (the outer loss and its gradient for every
     learnable tensor) once per outer step. Optional: ``setup(context)`` once per Boost-DD stage with a
-    ``distillctl.methods.MethodContext`` (default: keeps it as ``self.context``), ``state_dict()`` /
+    ``distillctl.methods.MethodContext`` (default: keeps it as ``self.context``),
+    ``learned_inner_lr(inner)`` -> the start of a learned inner lr or None (default: ``inner.lr`` when
+    ``distill.inner.learn_lr``, else None; it is called after ``setup``), ``state_dict()`` /
     ``load_state_dict(state)`` for whatever must survive ``--resume`` (default: no state) and ``name``
     (set to the plugin name).
     """
