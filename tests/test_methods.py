@@ -255,10 +255,15 @@ def test_mtt_expert_trajectories_are_cached_verified_and_rebuilt(tmp_path):
     assert messages[-2].endswith("training the experts again")
 
 
-def test_mtt_rejects_segments_longer_than_the_experts():
-    with pytest.raises(UserError, match=r"^method 'mtt': max_start_epoch \+ expert_epochs \(10 \+ 2\) must be <= "
+def test_mtt_rejects_segments_longer_than_the_experts_and_fits_its_default_start():
+    with pytest.raises(UserError, match=r"^method 'mtt': max_start_epoch \+ expert_epochs \(3 \+ 2\) must be <= "
                                         r"the 4 stored epochs"):
-        MTT(MTTOptions(spacing=10)).setup(context(mlp()))
+        MTT(MTTOptions(spacing=10, max_start_epoch=3)).setup(context(mlp()))
+    with pytest.raises(UserError, match=r"\(0 \+ 5\) must be <= the 4 stored epochs"):
+        MTT(MTTOptions(spacing=10, expert_epochs=5)).setup(context(mlp()))
+    fit = MTT(MTTOptions(spacing=10))  # 40 steps / 10 = 4 epochs: start at most 2, then 2 ahead
+    fit.setup(context(mlp()))
+    assert fit.max_start == 2
 
 
 # -- end to end through distill: every method, resume exactness --------------------------------------

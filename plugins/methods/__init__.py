@@ -61,7 +61,9 @@ class MTTOptions(PluginOptions):
     syn_steps: int = Field(20, ge=1, description="Steps of the student on the synthetic set per outer step "
                            "(with `syn_optimizer`).")
     expert_epochs: int = Field(2, ge=1, description="Stored checkpoints ahead the synthetic steps must reach.")
-    max_start_epoch: int = Field(10, ge=0, description="Latest stored checkpoint a matched segment may start from.")
+    max_start_epoch: int | None = Field(
+        None, ge=0, description="Latest stored checkpoint a matched segment may start from; null = half of the "
+        "stored epochs (at most epochs - expert_epochs), e.g. 10 of 20 for 1000 steps at spacing 50.")
     trajectories: int = Field(1, ge=1, description="Expert segments matched per outer step (vectorised); the loss "
                               "is their mean.")
     syn_optimizer: Literal["expert", "sgd", "adam"] = Field(

@@ -42,8 +42,9 @@ class MTT(Method):
         o = self.options
         self.total = o.expert_steps or context.eval_budget.steps
         epochs = self.total // o.spacing
-        if o.max_start_epoch + o.expert_epochs > epochs:
-            raise UserError(f"method 'mtt': max_start_epoch + expert_epochs ({o.max_start_epoch} + {o.expert_epochs}) "
+        self.max_start = max(0, min(epochs // 2, epochs - o.expert_epochs)) if o.max_start_epoch is None else o.max_start_epoch
+        if self.max_start + o.expert_epochs > epochs:
+            raise UserError(f"method 'mtt': max_start_epoch + expert_epochs ({self.max_start} + {o.expert_epochs}) "
                             f"must be <= the {epochs} stored epochs of an expert ({self.total} steps / spacing "
                             f"{o.spacing}); lower them, or raise distill.method.expert_steps or lower spacing")
         self.problem = InnerProblem.from_settings(context.build_student, context.num_classes, context.hard_labels,
@@ -67,7 +68,7 @@ class MTT(Method):
         # 1. the segments to match: expert, start epoch (from the stage's generator: resume is exact)
         seed = draw_seed(generator)
         experts = torch.randint(0, self.trajectories.shape[0], (o.trajectories,), generator=generator)
-        starts = torch.randint(0, o.max_start_epoch + 1, (o.trajectories,), generator=generator)
+        starts = torch.randint(0, self.max_start + 1, (o.trajectories,), generator=generator)
         start = self.trajectories[experts, starts].to(ctx.device)  # (K, P)
         target = self.trajectories[experts, starts + o.expert_epochs].to(ctx.device)  # (K, P)
         # 2. syn_steps differentiable SGD steps on the synthetic set from the expert's start
