@@ -132,7 +132,7 @@ class MethodContext:
     seed: int  # the recipe's seed
     soft_labels: bool = False  # the set learns soft labels (`distill.soft_labels`)
     embedding_fingerprint: str | None = None  # keys caches derived from the training vectors
-    cache_dir: Path | None = None  # where a method may keep verified derived files (e.g. MTT experts)
+    cache_dir: Path | None = None  # where a method may keep verified derived files (MTT experts); None = the user cache
     say: Callable[[str], None] = lambda message: None  # one status line on stderr (silent with --quiet)
 
 

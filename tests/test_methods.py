@@ -255,14 +255,14 @@ def test_mtt_expert_trajectories_are_cached_verified_and_rebuilt(tmp_path):
     assert messages[-2].endswith("training the experts again")
 
 
-def test_mtt_rejects_segments_longer_than_the_experts_and_fits_its_default_start():
+def test_mtt_rejects_segments_longer_than_the_experts_and_fits_its_default_start(tmp_path):
     with pytest.raises(UserError, match=r"^method 'mtt': max_start_epoch \+ expert_epochs \(3 \+ 2\) must be <= "
                                         r"the 4 stored epochs"):
         MTT(MTTOptions(spacing=10, max_start_epoch=3)).setup(context(mlp()))
     with pytest.raises(UserError, match=r"\(0 \+ 5\) must be <= the 4 stored epochs"):
         MTT(MTTOptions(spacing=10, expert_epochs=5)).setup(context(mlp()))
     fit = MTT(MTTOptions(spacing=10))  # 40 steps / 10 = 4 epochs: start at most 2, then 2 ahead
-    fit.setup(context(mlp()))
+    fit.setup(context(mlp(), cache_dir=tmp_path))
     assert fit.max_start == 2
 
 

@@ -123,7 +123,12 @@ def expert_trajectories(problem: InnerProblem, context: MethodContext, experts: 
 
     key = expert_key(problem, context, experts, total, spacing)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-    folder = Path(context.cache_dir or ".") / "mtt"
+    if context.cache_dir is None:  # a library caller's context: the user's distillctl cache
+        from distillctl.cache import methods_dir
+
+        folder = methods_dir() / "mtt"
+    else:
+        folder = Path(context.cache_dir) / "mtt"
     path, sidecar = folder / f"{digest}.safetensors", folder / f"{digest}.json"
     if path.exists() and sidecar.exists():
         blob = path.read_bytes()
