@@ -271,13 +271,18 @@ def test_with_registry_gives_a_function_an_explicit_registry_argument():
     assert stage(2)[1] is not reg
 
 
-def test_user_error_is_exported_lightly():
-    code = ("import sys; from distillctl import UserError, RunError, hookimpl; "
-            "import distillctl.errors as e; assert UserError is e.UserError and RunError is e.RunError; "
-            "print(','.join(m for m in ('torch', 'pydantic', 'numpy') if m in sys.modules))")
+def heavy_modules_after(statements: str, heavy: tuple[str, ...]) -> str:
+    """Run ``statements`` in a fresh interpreter; return the comma-joined ``heavy`` modules it imported."""
+    code = f"import sys; {statements}; print(','.join(m for m in {heavy!r} if m in sys.modules))"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == ""
+    return res.stdout.strip()
+
+
+def test_user_error_is_exported_lightly():
+    assert heavy_modules_after(
+        "from distillctl import UserError, RunError, hookimpl; import distillctl.errors as e; "
+        "assert UserError is e.UserError and RunError is e.RunError", ("torch", "pydantic", "numpy")) == ""
 
 
 def test_hook_with_wrong_signature_is_a_reported_failure(tmp_path, monkeypatch):
@@ -321,12 +326,7 @@ def test_readme_example_package_installs_and_is_usable(tmp_path):
 
 def test_cli_import_is_light():
     """`distillctl --help` must stay instant: importing the CLI pulls in no torch, pydantic or transformers."""
-    code = ("import sys, distillctl.cli; "
-            "heavy = [m for m in ('torch', 'transformers', 'pydantic', 'numpy', 'datasets') if m in sys.modules]; "
-            "print(','.join(heavy))")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == ""
+    assert heavy_modules_after("import distillctl.cli", ("torch", "transformers", "pydantic", "numpy", "datasets")) == ""
 
 
 def test_version_and_help(cli):
