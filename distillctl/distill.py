@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from distillctl.errors import RunError, UserError
 from distillctl.methods import Learnables
+from distillctl.plugins import with_registry
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -43,9 +44,10 @@ class DistillResult:
         return {"run_dir": str(self.run_dir), "sets": [dict(s, path=str(s["path"])) for s in self.sets]}
 
 
+@with_registry  # registry=: run with that plugin registry (default: get_registry())
 def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | None = None,
             quiet: bool | None = None, argv: list[str] | None = None, embeddings=None,
-            stage: int | None = None, registry=None) -> DistillResult:
+            stage: int | None = None) -> DistillResult:
     """Run every Boost-DD stage of ``recipe``; return the run directory and the saved sets.
 
     ``resume`` is an existing run directory of the same recipe: finished stages are reused, the
@@ -53,7 +55,8 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
     :class:`distillctl.embed.Embeddings`-like object) skips loading the cache, for library callers.
     ``stage`` (an ipc of the chain) runs that Boost-DD stage only: the stages before it must be finished
     in the run directory (``resume``), the ones after it are left for later calls. This is how
-    ``submit`` runs a chain as one job per stage. ``registry`` defaults to the installed plugins.
+    ``submit`` runs a chain as one job per stage. ``registry=`` (see :func:`distillctl.plugins.with_registry`)
+    runs it with another plugin registry than the installed one.
     """
     import torch
 
@@ -69,7 +72,7 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
 
     quiet = is_quiet() if quiet is None else quiet
     say = (lambda message: None) if quiet else info  # status lines on stderr
-    registry = registry or get_registry()
+    registry = get_registry()
     ds = recipe.distill
     fingerprint = recipe.fingerprint()
     if stage is not None and stage not in ds.ipc:

@@ -36,6 +36,7 @@ from typing import Any, Iterator
 from distillctl import __version__
 from distillctl.cache import cache_root, embeddings_dir  # noqa: F401  (cache_root: re-exported)
 from distillctl.errors import RunError, UserError
+from distillctl.plugins import with_registry
 from distillctl.seeds import carve_seed
 
 CACHE_FORMAT = 1
@@ -111,6 +112,7 @@ def _sha256(data: bytes) -> str:
 
 # -- the two public functions -------------------------------------------------------------------------
 
+@with_registry  # registry=: run with that plugin registry (default: get_registry())
 def embed(recipe, *, force: bool = False, quiet: bool | None = None) -> EmbedResult:
     """Embed the recipe's dataset with its encoder into the cache (a verified hit when already there).
 
@@ -128,6 +130,7 @@ def embed(recipe, *, force: bool = False, quiet: bool | None = None) -> EmbedRes
                        encoder=manifest["encoder"].get("description", ""))
 
 
+@with_registry  # registry=: run with that plugin registry (default: get_registry())
 def load_embeddings(recipe, *, quiet: bool | None = None) -> Embeddings:
     """The recipe's embeddings (embedded first when the cache is missing or fails verification)."""
     entry, manifest, contents, _ = _ensure(recipe, force=False, quiet=quiet)

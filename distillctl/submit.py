@@ -24,6 +24,7 @@ from typing import Sequence
 from distillctl.errors import RunError, UserError  # noqa: F401  (re-exported)
 from distillctl.follow import DEFAULT_POLL_SECONDS, FollowView, follow, quiet_of  # noqa: F401
 from distillctl.jobgraph import Graph, baseline_key, build_graph, describe_graph, embed_key  # noqa: F401
+from distillctl.plugins import with_registry
 from distillctl.scheduling import Job, check_graph, downstream
 from distillctl.submission import (LOG_TAIL_LINES, SUBMISSION_FILE, Submission,  # noqa: F401
                                    default_scheduler_section, find_submission, hand_over, make_scheduler,
@@ -31,6 +32,7 @@ from distillctl.submission import (LOG_TAIL_LINES, SUBMISSION_FILE, Submission, 
 from distillctl.sweeps import Point, expand_points, parse_sweep, split_values  # noqa: F401
 
 
+@with_registry  # registry=: run with that plugin registry (default: get_registry())
 def submit(recipe_path: str | Path, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = (),
            scheduler: str | None = None, dry_run: bool = False, wait: bool = False,
            quiet: bool | None = None, argv: list[str] | None = None,

@@ -364,3 +364,17 @@ def test_a_method_sweep_gets_a_comparison_report(env):
     text = md.read_text()
     assert "| name=dm | dm | mlp | 2 | — | — |" in text
     assert (folder / "plots" / "time_to_quality.png").stat().st_size > 1000
+
+
+def test_an_explicit_registry_reaches_every_plugin_distill_builds(tmp_path, monkeypatch):
+    from distillctl.distill import distill
+
+    monkeypatch.chdir(tmp_path)
+    registry = load_registry(extra_plugins=[(distill_fakes, "tests", "0"), (third_party, "pull-plugin", "0.1")])
+    data = distill_fakes.tiny_recipe({"ipc": [1], "method": {"name": "pull"},
+                                      "outer": {"iterations": 3, "real_batch": 48, "val_every": 3, "val_seeds": 1}})
+    r = validate_recipe(data, registry=registry)
+    # the installed registry does not know `pull` or `fake-gauss`: only the one given can run this
+    res = distill(r, run_dir=tmp_path / "run", quiet=True, embeddings=distill_fakes.gaussian_embeddings(),
+                  registry=registry)
+    assert json.loads((res.run_dir / "distilled" / "ipc1.json").read_text())["method"] == "pull"
