@@ -419,19 +419,9 @@ def validate_recipe(data: dict, *, source: str = "<recipe>", base_dir: str | Pat
             continue  # pass 1 already reported it
         raw = dict(raw)
         name = raw.pop("name")
-        try:
-            info = registry.get(kind, name)
-        except UserError as exc:
-            problems.append(f"{source}: {path}.name: {exc}")
+        options = _plugin_options(kind, name, raw, path, registry, context, source, problems)
+        if options is None:
             continue
-        try:
-            options = info.options.model_validate(raw, context=context)
-        except ValidationError as exc:
-            for err in exc.errors():
-                allowed = list(info.options.model_fields) if err["type"] == "extra_forbidden" else None
-                problems.append(_one_problem(source, err, allowed, prefix=path, plugin=f"{kind} {name!r}"))
-            continue
-        problems += _validate_nested_sections(options, registry, context, source, prefix=path)
         if recipe is not None:
             _get_path(recipe, path).options = options
     if problems:
@@ -445,33 +435,32 @@ def nested_plugin_kind(field: Any) -> str | None:
     return extra.get("plugin_kind") if isinstance(extra, dict) else None
 
 
-def _validate_nested_sections(options: BaseModel, registry, context: dict, source: str, prefix: str) -> list[str]:
-    """Validate options fields declared ``Field(json_schema_extra={"plugin_kind": KIND})`` against that
-    plugin's own options, in place; return the problems, one line each."""
-    problems: list[str] = []
+def _plugin_options(kind: str, name: str, raw: dict, where: str, registry, context: dict, source: str,
+                    problems: list[str]) -> BaseModel | None:
+    """Validate one plugin section (``raw`` without ``name``) against the options its plugin declares,
+    then its options that are plugin sections themselves (``Field(json_schema_extra={"plugin_kind": KIND})``,
+    e.g. bptt's ``unroll``), in place. Appends one line per problem; None when the section is invalid."""
+    try:
+        info = registry.get(kind, name)
+    except UserError as exc:
+        problems.append(f"{source}: {where}.name: {exc}")
+        return None
+    try:
+        options = info.options.model_validate(raw, context=context)
+    except ValidationError as exc:
+        for err in exc.errors():
+            allowed = list(info.options.model_fields) if err["type"] == "extra_forbidden" else None
+            problems.append(_one_problem(source, err, allowed, prefix=where, plugin=f"{kind} {name!r}"))
+        return None
     for fname, field in type(options).model_fields.items():
-        kind = nested_plugin_kind(field)
-        section = getattr(options, fname, None)
-        if kind is None or not isinstance(section, PluginSection):
-            continue
-        where = f"{prefix}.{fname}"
-        try:
-            info = registry.get(kind, section.name)
-        except UserError as exc:
-            problems.append(f"{source}: {where}.name: {exc}")
-            continue
-        raw = section.options
-        if isinstance(raw, BaseModel):
-            continue  # already validated (a recipe validated twice)
-        try:
-            section.options = info.options.model_validate(raw or {}, context=context)
-        except ValidationError as exc:
-            for err in exc.errors():
-                allowed = list(info.options.model_fields) if err["type"] == "extra_forbidden" else None
-                problems.append(_one_problem(source, err, allowed, prefix=where, plugin=f"{kind} {section.name!r}"))
-            continue
-        problems += _validate_nested_sections(section.options, registry, context, source, where)
-    return problems
+        nested_kind, section = nested_plugin_kind(field), getattr(options, fname, None)
+        if nested_kind is None or not isinstance(section, PluginSection) or isinstance(section.options, BaseModel):
+            continue  # not a plugin section, or already validated (a recipe validated twice)
+        nested = _plugin_options(nested_kind, section.name, section.options or {}, f"{where}.{fname}", registry,
+                                 context, source, problems)
+        if nested is not None:
+            section.options = nested
+    return options
 
 
 def _raw_section(data: Any, path: str) -> Any:
