@@ -55,7 +55,6 @@ class Checkpoint:
     optimizer: dict  # a torch.optim state_dict
     generator: "torch.Tensor"
     method: dict[str, Any]
-    meta: dict
 
 
 def checkpoint_name(ipc: int, step: int) -> str:
@@ -128,7 +127,6 @@ def load(path: Path, device) -> Checkpoint:
         optimizer={"state": opt_state, "param_groups": meta["optimizer"]["param_groups"]},
         generator=tensors["rng.generator"],
         method={**meta.get("method", {}), **{k: v.to(device) for k, v in group("method").items()}},
-        meta=meta,
     )
 
 

@@ -105,7 +105,7 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
     check_ipc_fits(embeddings, max(ds.ipc), "distill.ipc")
 
     # 3. Student, method, validation budget (the eval protocol, scored on val).
-    build_student = student_builder(recipe, d, C, registry=registry)
+    build_student = student_builder(recipe, d, C)
     method = registry.build("method", ds.method)
     method.name = ds.method.name
     val_budget = TrainBudget.from_eval(recipe.eval)

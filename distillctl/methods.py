@@ -71,9 +71,6 @@ class Learnables:
         """Copies that are fresh leaves with ``requires_grad`` (what the outer optimiser moves)."""
         return Learnables.from_dict({k: v.detach().clone().requires_grad_() for k, v in self.items()})
 
-    def to(self, device: Any) -> "Learnables":
-        return Learnables.from_dict({k: v.to(device) for k, v in self.items()})
-
     def targets(self, hard_labels: "torch.Tensor", num_classes: int) -> "torch.Tensor":
         """(n, C) target probabilities: softmax of the label logits, or one-hot hard labels."""
         from torch.nn import functional as F

@@ -147,17 +147,12 @@ def classification_scores(pred: "torch.Tensor", y: "torch.Tensor", num_classes: 
 
 # -- building students ---------------------------------------------------------------------------
 
-def student_builder(recipe: Any, input_dim: int, num_classes: int, *, registry=None,
-                    section: Any = None) -> Callable[[], Any]:
-    """``build_student()`` for the recipe's student plugin (a fresh nn.Module per call).
-
-    ``section`` (a resolved student plugin section) overrides the recipe's ``student``.
-    """
+def student_builder(recipe: Any, input_dim: int, num_classes: int) -> Callable[[], Any]:
+    """``build_student()`` for the recipe's student plugin (a fresh nn.Module per call)."""
     from distillctl.plugins import get_registry
 
-    section = section if section is not None else recipe.student
-    info = (registry or get_registry()).get("student", section.name)
-    options = section.options
+    info = get_registry().get("student", recipe.student.name)
+    options = recipe.student.options
     if options is None:
         options = info.options()
     return lambda: info.factory(input_dim, num_classes, options)

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from distillctl.methods import Learnables
 from distillctl.seeds import draw_seed
 
 
@@ -90,13 +91,16 @@ class InnerProblem:
             self._template = (module, shapes, buffers)
         return self._template
 
-    def init_population(self, seed: int) -> torch.Tensor:
-        """(K, P) fresh student parameters: K students built by the plugin's factory under ``seed``."""
+    def init_population(self, seed: int, count: int | None = None) -> torch.Tensor:
+        """(K, P) fresh student parameters: K students built by the plugin's factory under ``seed``.
+
+        ``count`` builds that many instead of the population's K (e.g. krr replacing some of its pool).
+        """
         _, shapes, _ = self.template()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             rows = []
-            for _ in range(self.population):  # initialisation only: the training itself is vmapped
+            for _ in range(self.population if count is None else count):  # the training itself is vmapped
                 student = self.build_student()
                 rows.append(torch.cat([p.detach().reshape(-1) for _, p in student.named_parameters()]))
         return torch.stack(rows).to(device=self.device, dtype=self.dtype)  # (K, P)
@@ -172,16 +176,12 @@ class MetaStep:
 
 def inner_lr(problem: InnerProblem, learnables: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """The inner learning rate: exp(log_lr) when it is learned, else the recipe's constant."""
-    if "log_lr" in learnables:
-        return learnables["log_lr"].exp()
-    return torch.tensor(problem.lr, dtype=problem.dtype, device=problem.device)
+    return Learnables(**learnables).inner_lr(problem.lr)
 
 
 def synthetic_targets(problem: InnerProblem, learnables: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """(n, C) target probabilities: softmax of learnable label logits, or one-hot hard labels."""
-    if "label_logits" in learnables:
-        return learnables["label_logits"].softmax(dim=-1)
-    return F.one_hot(problem.labels, problem.num_classes).to(problem.dtype)
+    return Learnables(**learnables).targets(problem.labels, problem.num_classes)
 
 
 def sample_rows(problem: InnerProblem, generator: torch.Generator) -> torch.Tensor | None:
@@ -192,6 +192,26 @@ def sample_rows(problem: InnerProblem, generator: torch.Generator) -> torch.Tens
     order = torch.rand(C, ipc, generator=generator).argsort(dim=1)[:, :b]  # (C, b) rows within each class
     rows = (order + torch.arange(C).unsqueeze(1) * ipc).reshape(-1)  # (C*b,) rows of the class-major set
     return rows.to(problem.device)
+
+
+def optimizer_step(theta: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], g: torch.Tensor, t: int,
+                   lr: torch.Tensor | float, *, optimizer: str, momentum: float, betas: tuple[float, float],
+                   eps: float) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """One differentiable SGD-momentum or Adam step t (1-based) of (K, P) parameters with plain tensor ops.
+
+    ``state`` is (buf, unused) for sgd (torch.optim.SGD semantics: buf = momentum * buf + g) and (m, v)
+    for Adam, where sqrt(v_hat + eps^2) instead of sqrt(v_hat) + eps keeps d/dv finite at v = 0.
+    Returns the new parameters and state; autograd differentiates through it (w.r.t. g and lr).
+    """
+    a, b = state
+    if optimizer == "sgd":
+        a = momentum * a + g
+        return theta - lr * a, (a, b)
+    b1, b2 = betas
+    a = b1 * a + (1 - b1) * g
+    b = b2 * b + (1 - b2) * g * g
+    m_hat, v_hat = a / (1 - b1 ** t), b / (1 - b2 ** t)
+    return theta - lr * m_hat / (v_hat + eps ** 2).sqrt(), (a, b)
 
 
 def unroll(problem: InnerProblem, learnables: Mapping[str, torch.Tensor], real_x: torch.Tensor,
@@ -241,15 +261,9 @@ def unroll(problem: InnerProblem, learnables: Mapping[str, torch.Tensor], real_x
                     b.mul_(b2).addcmul_(g, g, value=1 - b2)
                     denom = (b / (1 - b2 ** t)).add_(problem.eps ** 2).sqrt_()
                     theta.addcdiv_(a, denom, value=-float(lr) / (1 - b1 ** t))
-        elif problem.optimizer == "sgd":  # torch.optim.SGD semantics: buf = momentum * buf + g
-            a = problem.momentum * a + g
-            theta = theta - lr * a
-        else:  # Adam; sqrt(v_hat + eps^2) instead of sqrt(v_hat) + eps keeps d/dv finite at v = 0
-            b1, b2 = problem.betas
-            a = b1 * a + (1 - b1) * g
-            b = b2 * b + (1 - b2) * g * g
-            m_hat, v_hat = a / (1 - b1 ** t), b / (1 - b2 ** t)
-            theta = theta - lr * m_hat / (v_hat + problem.eps ** 2).sqrt()
+        else:
+            theta, (a, b) = optimizer_step(theta, (a, b), g, t, lr, optimizer=problem.optimizer,
+                                           momentum=problem.momentum, betas=problem.betas, eps=problem.eps)
         return theta, (a, b)
 
     # 2. Steps before the window: detached learnables, no graph kept, memory independent of their number.

@@ -95,12 +95,7 @@ class KRR(Method):
     # -- the online pool -----------------------------------------------------------------------
     def _new_students(self, count: int, generator) -> torch.Tensor:
         """(count, P) freshly initialised students, seeded from the generator."""
-        problem, saved = self.problem, self.problem.population
-        problem.population = count
-        try:
-            return problem.init_population(draw_seed(generator))
-        finally:
-            problem.population = saved
+        return self.problem.init_population(draw_seed(generator), count=count)
 
     def _fresh_pool(self, generator) -> dict[str, torch.Tensor]:
         K, life = self.options.pool, self.options.online_steps

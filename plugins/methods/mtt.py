@@ -25,7 +25,8 @@ from torch.nn import functional as F
 from distillctl.errors import UserError
 from distillctl.methods import Learnables, Method, MethodContext, OuterStep, gradients
 from distillctl.seeds import draw_seed
-from distillctl.unrolling import InnerProblem, sample_rows
+from distillctl.training import ADAM_EPS
+from distillctl.unrolling import InnerProblem, optimizer_step, sample_rows
 
 FORMAT = "distillctl.mtt-experts/1"
 
@@ -35,7 +36,6 @@ class MTT(Method):
 
     def __init__(self, options):
         self.options = options
-        self._lr0 = options.syn_lr  # set at setup, once the experts' lr is known
 
     def setup(self, context: MethodContext) -> None:
         super().setup(context)
@@ -53,7 +53,6 @@ class MTT(Method):
         self.problem.population = o.trajectories
         self.optimizer = context.eval_budget.optimizer if o.syn_optimizer == "expert" else o.syn_optimizer
         self.betas = tuple(context.eval_budget.betas)
-        self._lr0 = self.syn_lr(context.eval_budget)
         self.trajectories = expert_trajectories(self.problem, context, o.experts, self.total, o.spacing)  # (E, T+1, P)
 
     def syn_lr(self, budget) -> float:
@@ -61,7 +60,7 @@ class MTT(Method):
         return self.options.syn_lr or budget.lr
 
     def learned_inner_lr(self, inner) -> float | None:
-        return self._lr0 if self.options.learn_lr else None
+        return self.syn_lr(self.context.eval_budget) if self.options.learn_lr else None
 
     def step(self, learn: Learnables, real_x, real_y, generator) -> OuterStep:
         o, ctx = self.options, self.context
@@ -75,8 +74,7 @@ class MTT(Method):
         targets = learn.targets(ctx.hard_labels, ctx.num_classes)  # (n, C)
         lr = learn.inner_lr(self.syn_lr(ctx.eval_budget))  # ()
         theta = start.detach().requires_grad_()
-        m = v = torch.zeros_like(theta)  # Adam state, from zero at the segment's start
-        b1, b2 = self.betas
+        state = (torch.zeros_like(theta), torch.zeros_like(theta))  # (m, v): from zero at the segment's start
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # dropout inside the students draws from here
             for t in range(1, o.syn_steps + 1):
@@ -86,11 +84,9 @@ class MTT(Method):
                 # sum over students of their mean loss: d(sum)/d theta_k is student k's own gradient
                 ce = -(tb * logits.log_softmax(-1)).sum(-1).mean(-1).sum()
                 (g,) = torch.autograd.grad(ce, theta, create_graph=True)  # (K, P)
-                if self.optimizer == "sgd":
-                    theta = theta - lr * g
-                else:  # sqrt(v_hat + eps^2) rather than sqrt(v_hat) + eps keeps d/dv finite at v = 0
-                    m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
-                    theta = theta - lr * (m / (1 - b1 ** t)) / (v / (1 - b2 ** t) + 1e-16).sqrt()
+                # plain SGD (no momentum, as in the paper) or the experts' Adam, its state from zero
+                theta, state = optimizer_step(theta, state, g, t, lr, optimizer=self.optimizer, momentum=0.0,
+                                              betas=self.betas, eps=ADAM_EPS)
         # 3. how far the student landed from the expert's later checkpoint, relative to the expert's move
         num = (theta - target).pow(2).sum(-1)  # (K,)
         den = (start - target).pow(2).sum(-1).clamp_min(1e-12)  # (K,)
