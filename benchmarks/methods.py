@@ -43,12 +43,11 @@ def main() -> None:
 
     import torch
 
-    from distillctl.compare import plot_time_to_quality
+    from distillctl.compare import plot_time_to_quality, point_rows
     from distillctl.distill import distill
     from distillctl.embed import load_embeddings
     from distillctl.evaluate import evaluate
     from distillctl.recipe import load_recipe
-    from distillctl.runs import read_jsonl
 
     torch.set_num_threads(1)
     rows_spec = [(m, m) for m in args.methods] + [tuple(x.split("=", 1)) for x in args.label]
@@ -66,22 +65,19 @@ def main() -> None:
             t0 = time.perf_counter()
             res = distill(recipe, run_dir=work / f"{label}-ipc{ipc}", quiet=True, embeddings=embeddings)
             wall = time.perf_counter() - t0
-            metrics = read_jsonl(res.run_dir / "metrics.jsonl")
-            vals = [(m["elapsed"], m["val_accuracy"], m.get("val_seconds", 0.0)) for m in metrics
-                    if "val_accuracy" in m]
-            best = max(vals, key=lambda v: v[1])
-            best_time, best_val_time = min((t, v) for t, a, v in vals if a == best[1])
-            row = {"method": label, "plugin": method, "ipc": ipc, "val_accuracy": best[1],
-                   "seconds_to_best": round(best_time, 2),
-                   "method_seconds_to_best": round(best_time - best_val_time, 2), "distill_seconds": round(wall, 2),
+            if not args.val_only:  # writes eval/results.json, which point_rows reads
+                evaluate(res.run_dir, quiet=True, embeddings=embeddings)
+            # the same row and curve a sweep's comparison report shows (distillctl.compare)
+            [point], point_curves = point_rows(res.run_dir, label, {})
+            row = {"method": label, "plugin": method, "ipc": ipc, "val_accuracy": point["val_accuracy"],
+                   "seconds_to_best": round(point["seconds_to_best"], 2),
+                   "method_seconds_to_best": round(point["method_seconds_to_best"], 2),
+                   "distill_seconds": round(wall, 2),  # the whole call, the method's setup included
                    "outer_steps": recipe.distill.outer.iterations,
-                   "method_options": recipe.distill.method.model_dump(mode="json"), "row_overrides": row_overrides}
-            if not args.val_only:
-                rec = evaluate(res.run_dir, quiet=True, embeddings=embeddings)[0]
-                row.update(test_accuracy=rec["accuracy"]["mean"], test_std=rec["accuracy"]["std"],
-                           test_macro_f1=rec["macro_f1"]["mean"], eval_seeds=len(rec["seeds"]))
+                   "method_options": recipe.distill.method.model_dump(mode="json"), "row_overrides": row_overrides,
+                   **{k: point[k] for k in ("test_accuracy", "test_std", "test_macro_f1", "eval_seeds") if k in point}}
             rows.append(row)
-            curves[(label, ipc)] = vals
+            curves[(label, ipc)] = point_curves[ipc]
             print(json.dumps(row), file=sys.stderr, flush=True)
 
     header = "| method | ipc | val acc | s to best val | method s to best (no validation) | distill s | " + (
