@@ -18,8 +18,9 @@ from typing import Any
 from distillctl.errors import UserError
 
 
-def point_rows(run_dir: Path, name: str, values: dict) -> tuple[list[dict], dict[int, list[tuple[float, float]]]]:
-    """The rows of one sweep point (one per distilled set) and its validation curves per ipc."""
+def point_rows(run_dir: Path, name: str, values: dict) -> tuple[list[dict], dict[int, list[tuple[float, float, float]]]]:
+    """The rows of one sweep point (one per distilled set) and its validation curves per ipc:
+    (elapsed s, val accuracy, of which s validating) at each validation."""
     from distillctl.protocol import read_results
     from distillctl.runs import open_run_dir, read_jsonl
 

@@ -70,13 +70,16 @@ class InnerProblem:
     _feature_view: Any = field(default=None, repr=False)
 
     @classmethod
-    def from_settings(cls, build_student: Callable[[], nn.Module], num_classes: int, labels: torch.Tensor,
-                      inner: Any, device: str | torch.device = "cpu",
-                      dtype: torch.dtype = torch.float32) -> "InnerProblem":
-        """The problem of a recipe's ``distill.inner`` section (:class:`distillctl.recipe.InnerSettings`)."""
-        return cls(build_student, num_classes, labels, optimizer=inner.optimizer, lr=inner.lr,
-                   momentum=inner.momentum, betas=tuple(inner.betas), batch_per_class=inner.batch_per_class,
-                   population=inner.population, device=device, dtype=dtype)
+    def from_context(cls, context: Any, population: int | None = None) -> "InnerProblem":
+        """A method's problem for its stage (:class:`distillctl.methods.MethodContext`): the recipe's student,
+        classes and ``distill.inner`` settings, in the training vectors' dtype and device; ``population``
+        overrides ``distill.inner.population``."""
+        inner = context.inner
+        return cls(context.build_student, context.num_classes, context.hard_labels, optimizer=inner.optimizer,
+                   lr=inner.lr, momentum=inner.momentum, betas=tuple(inner.betas),
+                   batch_per_class=inner.batch_per_class,
+                   population=inner.population if population is None else population,
+                   device=context.device, dtype=context.x_train.dtype)
 
     @property
     def ipc(self) -> int:

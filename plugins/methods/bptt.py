@@ -22,9 +22,7 @@ class BPTT(Method):
         from distillctl.unrolling import InnerProblem
 
         super().setup(context)
-        self.problem = InnerProblem.from_settings(context.build_student, context.num_classes, context.hard_labels,
-                                                  context.inner, device=context.device,
-                                                  dtype=context.x_train.dtype)
+        self.problem = InnerProblem.from_context(context)
 
     def step(self, learn: Learnables, real_x, real_y, generator) -> OuterStep:
         ms = self.strategy.meta_gradient(self.problem, learn.as_dict(), real_x, real_y, generator)

@@ -35,10 +35,7 @@ class DM(Method):
     def setup(self, context: MethodContext) -> None:
         super().setup(context)
         refuse(self.name, context, soft_labels=True, learn_lr=True)
-        self.problem = InnerProblem.from_settings(context.build_student, context.num_classes, context.hard_labels,
-                                                  context.inner, device=context.device,
-                                                  dtype=context.x_train.dtype)
-        self.problem.population = self.options.students
+        self.problem = InnerProblem.from_context(context, population=self.options.students)
         require_features(self.problem.template()[0], self.name, context.student_name)
 
     def step(self, learn: Learnables, real_x, real_y, generator) -> OuterStep:

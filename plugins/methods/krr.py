@@ -54,10 +54,7 @@ class KRR(Method):
     def setup(self, context: MethodContext) -> None:
         super().setup(context)
         refuse(self.name, context, learn_lr=True)
-        self.problem = InnerProblem.from_settings(context.build_student, context.num_classes, context.hard_labels,
-                                                  context.inner, device=context.device,
-                                                  dtype=context.x_train.dtype)
-        self.problem.population = self.options.pool
+        self.problem = InnerProblem.from_context(context, population=self.options.pool)
         if self.options.features == "student":
             require_features(self.problem.template()[0], self.name, context.student_name)
         self.pool = None  # built at the first step, from the stage's generator

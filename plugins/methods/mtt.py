@@ -47,10 +47,7 @@ class MTT(Method):
             raise UserError(f"method 'mtt': max_start_epoch + expert_epochs ({self.max_start} + {o.expert_epochs}) "
                             f"must be <= the {epochs} stored epochs of an expert ({self.total} steps / spacing "
                             f"{o.spacing}); lower them, or raise distill.method.expert_steps or lower spacing")
-        self.problem = InnerProblem.from_settings(context.build_student, context.num_classes, context.hard_labels,
-                                                  context.inner, device=context.device,
-                                                  dtype=context.x_train.dtype)
-        self.problem.population = o.trajectories
+        self.problem = InnerProblem.from_context(context, population=o.trajectories)
         self.optimizer = context.eval_budget.optimizer if o.syn_optimizer == "expert" else o.syn_optimizer
         self.betas = tuple(context.eval_budget.betas)
         self.trajectories = expert_trajectories(self.problem, context, o.experts, self.total, o.spacing)  # (E, T+1, P)
