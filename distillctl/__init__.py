@@ -15,4 +15,33 @@ __version__ = "0.1.0"
 #: Decorator for plugin hook implementations, e.g. ``@hookimpl def register_students(register): ...``.
 hookimpl = pluggy.HookimplMarker("distillctl")
 
-__all__ = ["__version__", "hookimpl", "UserError", "RunError"]
+
+
+def load_set(path, ipc=None):
+    """A distilled set for your own training code, verified: ``path`` is a set file
+    (``RUN/distilled/ipcN.safetensors``) or a run directory (then ``ipc``, default the largest of the run).
+
+    Returns a :class:`distillctl.synthetic.SyntheticSet`: ``x`` (ipc*C, d) float32, ``labels`` (ipc*C,) int64 or
+    (ipc*C, C) class probabilities, ``hard_labels()``, ``label_names``, ``inner_lr`` (when learned), ``sha256``
+    and ``meta`` (fingerprints, stage, val accuracy). A file whose sha256 differs from the one recorded when
+    it was saved, or that holds NaN/inf, raises :class:`UserError`.
+    """
+    from pathlib import Path
+
+    from distillctl.protocol import set_files
+    from distillctl.synthetic import SyntheticSet
+
+    path = Path(path)
+    if path.is_dir():
+        found = {int(f.stem[3:]): f for f in set_files(path)}
+        if not found:
+            raise UserError(f"{path}: no distilled sets (expected {path / 'distilled'}/ipcN.safetensors)")
+        if ipc is not None and ipc not in found:
+            raise UserError(f"{path}: no set with ipc {ipc} (sets: {', '.join(f'ipc {k}' for k in sorted(found))})")
+        path = found[max(found) if ipc is None else ipc]
+    elif ipc is not None:
+        raise UserError(f"{path}: ipc= selects a set of a run directory; this is one set file")
+    return SyntheticSet.load(path)
+
+
+__all__ = ["__version__", "hookimpl", "UserError", "RunError", "load_set"]

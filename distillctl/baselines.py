@@ -9,21 +9,32 @@ Arms (``kind``):
   closest to the class mean. Deterministic, nested.
 - ``kcenter``: per class, k-center greedy (Sener & Savarese 2018): start at the row nearest the
   class mean, then repeatedly add the row farthest from its nearest pick. Deterministic, nested.
-- ``full``: every training row.
+- ``full``: every training row, three references (field ``reference``), each scored on test once:
+  ``full`` (``"same-budget"``): the eval budget, like every other arm;
+  ``full-earlystop`` (``"val-steps"``): the same student, optimiser and batch, its number of steps chosen
+  on ``val``: the K students are scored on val about every ``eval.steps / EARLYSTOP_CHECKS`` steps (exactly:
+  :func:`earlystop_every`) up to
+  ``EARLYSTOP_MAX_FACTOR x eval.steps``; the step with the best mean val accuracy over the K seeds wins
+  (``chosen_steps``, ``val_curve``);
+  ``full-logreg`` (``"val-logreg"``, ``student`` ``"logreg"``): multinomial logistic regression on the
+  vectors (scikit-learn, lbfgs), its L2 strength C chosen on ``val`` from :data:`LOGREG_C_GRID`
+  (``chosen_C``, ``val_by_C``); one deterministic fit.
 - ``majority``: predict the most frequent training class; no training.
 
-Coresets are chosen on the train split only; every trained arm uses the recipe's student, its eval
-budget and the same K seeds as ``eval`` (same-size sets therefore get the same budget), and is
-scored on the test split.
+Coresets are chosen on the train split only; every trained arm uses the recipe's student(s) (``eval.students``
+or ``--students``; default ``student``), its eval budget and the same K seeds as ``eval`` (same-size sets
+therefore get the same budget), and is scored on the test split. Nothing is selected on test.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from distillctl.errors import UserError
 from distillctl.plugins import with_registry
+from distillctl.runs import holds_run_lock
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -32,6 +43,14 @@ KINDS = ("random", "herding", "kcenter", "full", "majority")
 SUBSET_KINDS = ("random", "herding", "kcenter")
 #: recipe sections that must match between a run directory and a baseline stored in it
 PROTOCOL_SECTIONS = ("seed", "dataset", "encoder", "embed", "student", "eval")
+#: full-earlystop: steps are chosen in [1, EARLYSTOP_MAX_FACTOR x eval.steps] ...
+EARLYSTOP_MAX_FACTOR = 10
+#: ... checking val at least EARLYSTOP_CHECKS times per eval.steps (see :func:`earlystop_every`)
+EARLYSTOP_CHECKS = 4
+#: full-logreg: the inverse L2 strengths C tried on val (scikit-learn's C: larger = weaker penalty)
+LOGREG_C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+#: full-logreg: lbfgs iterations per fit (a fit that stops there is flagged in ``val_by_C``)
+LOGREG_MAX_ITER = 1000
 
 
 # -- coreset selection (one class at a time; rows of X are that class's training vectors) ---------
@@ -121,6 +140,59 @@ def random_subsets(y: "torch.Tensor", num_classes: int, ipc: int, seeds: Sequenc
     return torch.stack(out)
 
 
+# -- the full-data references ----------------------------------------------------------------------
+
+def earlystop_every(steps: int) -> int:
+    """Steps between val checks of ``full-earlystop``: ``steps / k`` for the smallest k >= EARLYSTOP_CHECKS
+    dividing ``steps`` (1000 -> 250, 30 -> 6), so the same-budget step ``steps`` is always a checked one."""
+    k = next(k for k in range(min(EARLYSTOP_CHECKS, steps), steps + 1) if steps % k == 0)
+    return steps // k
+
+
+def logreg_reference(X: "torch.Tensor", y: "torch.Tensor", X_val: "torch.Tensor", y_val: "torch.Tensor",
+                     X_test: "torch.Tensor", y_test: "torch.Tensor", num_classes: int,
+                     grid: Sequence[float] = LOGREG_C_GRID, max_iter: int = LOGREG_MAX_ITER) -> dict:
+    """Multinomial logistic regression on the vectors, its C chosen on val, scored on test once.
+
+    One fit per C on train (float64, lbfgs, L2; deterministic), each scored on val; the C with the best
+    val accuracy (the smallest of equal ones: the most regularised) is the model scored on test. Returns
+    ``{"chosen_C", "val_by_C": [{"C", "accuracy", "converged"}], "scores": Scores, "model"}`` (the fitted
+    scikit-learn model); test plays no part in the choice.
+    """
+    import warnings
+
+    import numpy as np
+    import torch
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    from distillctl.training import Scores, classification_scores
+
+    t0 = time.perf_counter()
+    # 1. the data as float64 numpy: train (n, d), val (n_val, d), test (m, d)
+    Xn, Xv, Xt = (a.detach().double().cpu().numpy() for a in (X, X_val, X_test))
+    yn, yv = y.long().cpu().numpy(), y_val.long().cpu().numpy()
+    if len(np.unique(yn)) < 2:
+        raise UserError("full-logreg: the training split has a single class; logistic regression needs two")
+    # 2. one fit per C on train, scored on val
+    val_by_C, best, best_model = [], -1.0, None
+    for C in sorted(float(c) for c in grid):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model = LogisticRegression(C=C, max_iter=max_iter, tol=1e-6).fit(Xn, yn)
+        acc = float((model.predict(Xv) == yv).mean())
+        val_by_C.append({"C": C, "accuracy": acc, "converged": bool(int(np.max(model.n_iter_)) < max_iter)})
+        if acc > best:  # strictly better: ties keep the smaller C
+            best, best_model = acc, model
+    # 3. the chosen model scored on test, once
+    pred = torch.as_tensor(best_model.predict(Xt)).long()[None]  # (1, m)
+    metrics = classification_scores(pred, y_test, num_classes)
+    scores = Scores(seeds=[], accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],
+                    positive_f1=metrics.get("positive_f1"), seconds=time.perf_counter() - t0,
+                    classes_predicted=metrics["classes_predicted"])
+    return {"chosen_C": float(best_model.C), "val_by_C": val_by_C, "scores": scores, "model": best_model}
+
+
 # -- the command ----------------------------------------------------------------------------------
 
 def parse_ipc(text: str | Sequence[int] | None) -> list[int] | None:
@@ -159,18 +231,24 @@ def _baseline_run_dir(recipe: Any, run_dir: str | Path, argv: list[str] | None):
 
 
 @with_registry  # registry=: run with that plugin registry (default: get_registry())
+@holds_run_lock(lambda args, kw: f"baseline-{args[1] if len(args) > 1 else kw.get('kind')}",  # one per kind and run
+                lambda args, kw: Path(kw["run_dir"]) if kw.get("run_dir") and Path(kw["run_dir"]).is_dir() else None)
 def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, seeds: int | None = None,
              quiet: bool | None = None, run_dir: str | Path | None = None, embeddings: Any = None,
-             argv: list[str] | None = None) -> list[dict]:
-    """Score one baseline arm under the recipe's eval protocol; one record per ipc (one for full/majority).
+             argv: list[str] | None = None, students: Any = None) -> list[dict]:
+    """Score one baseline arm under the recipe's eval protocol: one record per student and ipc (subset
+    kinds), per student and reference (``full``: ``full``, ``full-earlystop``, plus one ``full-logreg``), or
+    one (``majority``).
 
     ``ipc`` (subset kinds): default ``baseline.ipc``, else ``distill.ipc``. ``seeds``: K (default
-    ``eval.seeds``). With ``run_dir`` the records are merged into ``RUN_DIR/eval/baseline-<kind>.json``.
+    ``eval.seeds``). ``students``: a ``--students`` string or a list of student sections (default
+    ``eval.students``, else ``student``). With ``run_dir`` the records are merged into
+    ``RUN_DIR/eval/baseline-<kind>.json``.
     """
     from distillctl.console import info, is_quiet
     from distillctl.embed import load_embeddings
     from distillctl.protocol import (TEST_SPLIT, check_ipc_fits, eval_seeds, majority_line, result_record,
-                                     split_of, store_results)
+                                     split_of, store_results, student_sections)
     from distillctl.recipe import Recipe, load_recipe
     from distillctl.training import Scores, TrainBudget, student_builder, train_and_score
 
@@ -185,6 +263,7 @@ def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, 
         ipcs, ipc_field = ((list(recipe.baseline.ipc), "baseline.ipc") if recipe.baseline.ipc
                            else (list(recipe.distill.ipc), "distill.ipc"))
     seed_list = eval_seeds(recipe, seeds)
+    sections = student_sections(recipe, students) if kind != "majority" else []
     run = _baseline_run_dir(recipe, run_dir, argv) if run_dir is not None else None
 
     # 2. Data: coresets come from train only; every score is on test.
@@ -198,19 +277,24 @@ def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, 
         check_ipc_fits(embeddings, max(ipcs), ipc_field)
     majority = majority_line(embeddings)
     budget = TrainBudget.from_eval(recipe.eval)
-    build = student_builder(recipe, d, C)
 
-    def score(arm_ipc, x, labels, **extra):
-        scores = train_and_score(build, x, labels, X_test, y_test, seeds=seed_list, budget=budget, num_classes=C,
-                                 description=f"{kind} ipc {arm_ipc}", quiet=quiet)
-        rec = result_record(kind, arm_ipc, recipe, budget, scores, majority=majority, n_test=len(y_test), **extra)
+    def score(section, arm, arm_ipc, x, labels, arm_budget=budget, select_on=None, select_every=None, **extra):
+        build = student_builder(recipe, d, C, section)
+        scores = train_and_score(build, x, labels, X_test, y_test, seeds=seed_list, budget=arm_budget, num_classes=C,
+                                 description=f"{arm} ipc {arm_ipc} {section.name}", quiet=quiet,
+                                 select_on=select_on, select_every=select_every)
+        if scores.chosen_steps is not None:  # full-earlystop: the students scored are those of the chosen step
+            arm_budget = TrainBudget(**{**arm_budget.as_dict(), "steps": scores.chosen_steps})
+            extra.update(chosen_steps=scores.chosen_steps, val_curve=scores.val_curve)
+        rec = result_record(arm, arm_ipc, recipe, arm_budget, scores, majority=majority, n_test=len(y_test),
+                            student=section, **extra)
         if not quiet:
             where = "all rows" if arm_ipc is None else f"ipc {arm_ipc}"
-            info(f"{kind} {where}: accuracy {scores.mean():.4f} ± {scores.std():.4f} ({len(seed_list)} seeds, "
-                 f"{scores.seconds:.1f} s)")
+            info(f"{arm} {where}, {section.name}: accuracy {scores.mean():.4f} ± {scores.std():.4f} "
+                 f"({len(seed_list)} seeds, {scores.seconds:.1f} s)")
         return rec
 
-    # 3. The arm.
+    # 3. The arm, for every student.
     records = []
     if kind == "majority":  # no student, no seeds: one deterministic value per metric
         fixed = Scores(seeds=[], accuracy=[majority["accuracy"]], macro_f1=[majority["macro_f1"]],
@@ -218,15 +302,38 @@ def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, 
         records.append(result_record("majority", None, recipe, None, fixed, majority=majority, n_test=len(y_test),
                                      **{"class": majority["class"]}))
     elif kind == "full":
-        records.append(score(None, X, y, n_train=int(X.shape[0])))
+        val = split_of(embeddings, "val")
+        X_val, y_val = val.X.float(), val.y.long()  # (n_val, d), (n_val,)
+        long_budget = TrainBudget(**{**budget.as_dict(), "steps": EARLYSTOP_MAX_FACTOR * budget.steps})
+        every = earlystop_every(budget.steps)
+        for section in sections:
+            # (a) the same budget as every other arm
+            records.append(score(section, "full", None, X, y, n_train=int(X.shape[0]), reference="same-budget"))
+            # (b) the same student with its number of steps chosen on val
+            records.append(score(section, "full-earlystop", None, X, y, long_budget, n_train=int(X.shape[0]),
+                                 reference="val-steps", select_on=(X_val, y_val), select_every=every,
+                                 max_steps=long_budget.steps, select_every_steps=every, select_split="val"))
+        # (c) a logistic regression with its L2 strength chosen on val (no student, one deterministic fit)
+        fit = logreg_reference(X, y, X_val, y_val, X_test, y_test, C)
+        options = {"name": "logreg", "C": fit["chosen_C"], "penalty": "l2", "solver": "lbfgs",
+                   "max_iter": LOGREG_MAX_ITER}
+        records.append(result_record("full-logreg", None, recipe, None, fit["scores"], majority=majority,
+                                     n_test=len(y_test), student=options, n_train=int(X.shape[0]),
+                                     reference="val-logreg", chosen_C=fit["chosen_C"], val_by_C=fit["val_by_C"],
+                                     C_grid=list(LOGREG_C_GRID), select_split="val"))
+        if not quiet:
+            info(f"full-logreg all rows (C = {fit['chosen_C']:g} chosen on val): accuracy "
+                 f"{fit['scores'].mean():.4f} ({fit['scores'].seconds:.1f} s)")
     elif kind == "random":
-        for k in ipcs:
-            idx = random_subsets(y, C, k, seed_list)  # (K, k*C), a new draw per seed
-            records.append(score(k, X[idx], y[idx], n_train=k * C))
+        for section in sections:
+            for k in ipcs:
+                idx = random_subsets(y, C, k, seed_list)  # (K, k*C), a new draw per seed
+                records.append(score(section, kind, k, X[idx], y[idx], n_train=k * C))
     else:
         for k in ipcs:
             idx = coreset(X, y, C, k, kind)  # (k*C,), the same rows for every seed
-            records.append(score(k, X[idx], y[idx], n_train=k * C, rows=idx.tolist()))
+            for section in sections:
+                records.append(score(section, kind, k, X[idx], y[idx], n_train=k * C, rows=idx.tolist()))
 
     # 4. Store them next to the run's eval results.
     if run is not None:

@@ -40,6 +40,7 @@ class LoopState:
     best_step: int = 0  # the outer step of the best set
     last_val_step: int = -1  # the outer step of the last validation
     val_seconds: float = 0.0  # seconds of `elapsed` spent validating
+    stale_validations: int = 0  # validations in a row since the best set was found (`distill.outer.patience`)
     best: Learnables | None = field(default=None, repr=False)  # the best set (detached)
 
     def scalars(self) -> dict:

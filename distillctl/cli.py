@@ -1,6 +1,7 @@
 """The command line: a thin Typer app. Each command loads its input and calls one library function.
 
-Exit codes: 0 ok, 1 a run failed, 2 bad input (one line on stderr, no traceback unless ``--debug``).
+Exit codes: 0 ok, 1 a run failed, 2 bad input (one line on stderr, no traceback unless ``--debug``),
+3 jobs followed by ``submit --wait`` were cancelled (none failed).
 Heavy imports (torch, transformers, pydantic models) happen inside the commands, so ``--help`` is instant.
 """
 
@@ -35,7 +36,8 @@ SetOption = typer.Option(
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
 RecipeArgument = typer.Argument(..., metavar="RECIPE", help="Recipe file (.yaml, .yml, .toml).")
 SubmissionArgument = typer.Argument(..., metavar="RUN",
-                                    help="Submission folder (runs/<name>/<id>) or a run inside it.")
+                                    help="Submission folder (runs/<name>/<id>) or a run inside it; `status` also "
+                                    "describes a run directory of `distill`.")
 
 
 def _version_callback(value: bool) -> None:
@@ -50,11 +52,19 @@ def _main(
                                  help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, metavar="N",
+        help="Torch CPU threads of this command (default: OMP_NUM_THREADS when set, else 1: extra threads "
+        "spin and slow every job on a shared machine by up to 40x; see BENCHMARKS.md). Jobs of `submit` get "
+        "scheduler.threads (local) or scheduler.cpus (slurm) instead."),
 ) -> None:
     from distillctl.console import set_quiet
+    from distillctl.threads import configure_threads
 
     _STATE["debug"] = debug
     set_quiet(quiet)
+    # Before any command imports torch, so its OpenMP pool starts at this size (distillctl.threads says why 1).
+    configure_threads(threads)
 
 
 def _print_json(obj) -> None:
@@ -317,6 +327,13 @@ def _print_results(records: list, title: str) -> None:
         console.print(line, highlight=False)
 
 
+StudentsOption = typer.Option(
+    None, "--students", metavar="STUDENTS",
+    help="Students to train on every set, comma-separated: names (default options) or recipe sections, e.g. "
+    "'mlp,linear,{name: transformer, layers: 1}' (a YAML flow list without its brackets). Default eval.students, "
+    "else the recipe's student.")
+
+
 @app.command("eval")
 def eval_cmd(
     target: str = typer.Argument(..., metavar="RUN_DIR_OR_SET_FILE",
@@ -325,13 +342,14 @@ def eval_cmd(
     recipe_file: Optional[str] = typer.Option(None, "--recipe", metavar="FILE",
                                               help="Recipe of a set file outside a run directory "
                                               "(default: the run's recipe.resolved.yaml)."),
+    students: Optional[str] = StudentsOption,
     overrides: Optional[List[str]] = SetOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Score distilled sets on the test split: K students each, the recipe's eval budget."""
+    """Score distilled sets on the test split: K students of each kind per set, the recipe's eval budget."""
     from distillctl.evaluate import evaluate
 
-    records = evaluate(target, recipe_file, seeds=seeds, overrides=overrides)
+    records = evaluate(target, recipe_file, seeds=seeds, overrides=overrides, students=students)
     if as_json:
         _print_json(records)
     else:
@@ -347,6 +365,7 @@ def baseline_cmd(
     seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="K fresh students (default eval.seeds)."),
     run_dir: Optional[str] = typer.Option(None, "--run-dir", metavar="DIR",
                                           help="Store the results in DIR/eval/baseline-<kind>.json."),
+    students: Optional[str] = StudentsOption,
     overrides: Optional[List[str]] = SetOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -355,7 +374,7 @@ def baseline_cmd(
     from distillctl.recipe import load_recipe
 
     recipe = load_recipe(recipe_file, overrides)
-    records = baseline(recipe, kind, ipc=ipc, seeds=seeds, run_dir=run_dir, argv=sys.argv)
+    records = baseline(recipe, kind, ipc=ipc, seeds=seeds, run_dir=run_dir, argv=sys.argv, students=students)
     if as_json:
         _print_json(records)
     else:
@@ -364,18 +383,48 @@ def baseline_cmd(
 
 @app.command("report")
 def report_cmd(
-    run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="Run directory with eval/baseline results."),
+    run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="Run directory with eval/baseline results "
+                                  "(or a sweep's submission folder: its comparison report)."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Write report.md, report.json and plots/accuracy_vs_ipc.png from a run's results."""
+    """Write report.md, report.json and plots/*.png (accuracy vs ipc, transfer, val curve, PCA) from a run's
+    results; on a sweep's submission folder, comparison.md / .json."""
     from distillctl.report import report, report_tables
 
     path = report(run_dir)
+    # report.md -> report.json; a sweep's comparison.md -> comparison.json
+    data = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
     if as_json:
-        _print_json(json.loads((path.parent / "report.json").read_text(encoding="utf-8")))
+        _print_json(data)
     else:
         typer.echo(report_tables(path))
-        typer.echo(f"\nwrote {path}, {path.parent / 'report.json'}, {path.parent / 'plots' / 'accuracy_vs_ipc.png'}")
+        plots = list((data.get("plots") or {}).values()) or [data["plot"]]
+        typer.echo(f"\nwrote {path}, {path.with_suffix('.json')}, " + ", ".join(map(str, plots)))
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: str = typer.Argument(..., metavar="RUN", help="Run directory (or one of its distilled/ipcN.safetensors)."),
+    fmt: str = typer.Option(..., "--format", metavar="FORMAT", help="csv | jsonl | parquet | hf (a Hugging Face "
+                            "datasets folder)."),
+    out: Optional[str] = typer.Option(None, "--out", metavar="PATH", help="Output file (hf: folder); default "
+                                      "RUN/export/ipcN.FORMAT (hf: RUN/export/ipcN-hf)."),
+    ipc: Optional[int] = typer.Option(None, "--ipc", metavar="N", min=1,
+                                      help="Which set (default: the largest ipc of the run)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Write a distilled set as a table: vectors, labels, label names, each row's 3 nearest real training texts,
+    with the recipe and fingerprints as metadata."""
+    from distillctl.export import export
+
+    result = export(run_dir, fmt, out=out, ipc=ipc, force=force, argv=sys.argv)
+    if as_json:
+        _print_json(result.to_json())
+        return
+    typer.echo(f"ipc {result.ipc}: {result.rows} rows, set sha256 {result.set_sha256[:12]} -> {result.path}")
+    if result.metadata_path is not None:
+        typer.echo(f"metadata: {result.metadata_path}")
 
 
 # --- submit / status / cancel ---
@@ -390,7 +439,9 @@ def submit_cmd(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="NAME",
                                             help="Scheduler plugin (local, slurm, ...); default the recipe's."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the job graph (and batch scripts); run nothing."),
-    wait: bool = typer.Option(False, "--wait", help="Follow the jobs to the end, then print the results."),
+    wait: bool = typer.Option(False, "--wait", help="Follow the jobs to the end (the latest log line of each "
+                              "running job every 30 s), then print the results. Exit status: 0 all done, 1 a "
+                              "job failed, 3 jobs were cancelled."),
     retry: Optional[str] = typer.Option(None, "--retry-failed", metavar="RUN",
                                         help="Re-submit the failed jobs of RUN and what depends on them."),
     as_json: bool = JsonOption,
@@ -441,10 +492,24 @@ def status_cmd(
     run: str = SubmissionArgument,
     as_json: bool = JsonOption,
 ) -> None:
-    """Each job's state, scheduler id and elapsed time; the log tail of failed jobs."""
+    """Each job's state, scheduler id and elapsed time; the log tail of failed jobs. On a run directory of
+    `distill` (no submission), its sets, last metrics and the command that continues it."""
     from distillctl import submit as sm
     from distillctl.cli_render import print_status
+    from distillctl.errors import UserError
+    from distillctl.submission import describe_run, find_submission, run_text
 
+    try:
+        find_submission(run)
+    except UserError:
+        info = describe_run(run)  # a plain run directory: describe it rather than refuse it
+        if info is None:
+            raise
+        if as_json:
+            _print_json(info)
+        else:
+            typer.echo(run_text(info))
+        return
     sub = sm.status(run)
     if as_json:
         _print_json(sub.to_json())
@@ -470,6 +535,34 @@ def cancel_cmd(
 
 # -- entry point ---------------------------------------------------------------------------------
 
+def _command():
+    """The click command tree of ``app``, with no type shown for on/off flags in ``--help``.
+
+    Typer >= 0.2x prints every option's type, so ``--wait``, ``--json`` and ``--help`` read
+    ``<bool>`` as if they took a value. An empty metavar makes the help show nothing there; options
+    that take a value keep their metavar or type.
+    """
+    import typer.main
+
+    def hide_flag_types(cmd) -> None:
+        real = cmd.get_params
+
+        def get_params(ctx):
+            params = real(ctx)  # includes the --help option, which click creates on demand
+            for p in params:
+                if getattr(p, "is_bool_flag", False) and p.metavar is None:
+                    p.metavar = ""
+            return params
+
+        cmd.get_params = get_params
+        for sub in (getattr(cmd, "commands", None) or {}).values():
+            hide_flag_types(sub)
+
+    command = typer.main.get_command(app)
+    hide_flag_types(command)
+    return command
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Console-script entry: maps errors to exit codes (2 bad input, 1 run failed)."""
     try:  # typer >= 0.20 vendors click as typer._click (Abort and Exit live in typer.exceptions there)
@@ -478,12 +571,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     except ImportError:  # pragma: no cover - older typer on top of click
         from click.exceptions import Abort, ClickException, Exit as ClickExit
 
-    from distillctl.errors import RunError, UserError
+    from distillctl.errors import RunCancelled, RunError, UserError
 
     args = list(sys.argv[1:] if argv is None else argv)
     _STATE["debug"] = False  # set again by the --debug option of this invocation
     try:
-        rv = app(args=args, standalone_mode=False)
+        rv = _command()(args=args, standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)
     except ClickExit as exc:
         sys.exit(exc.exit_code)
@@ -510,8 +603,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     except RunError as exc:
         if _STATE["debug"]:
             raise
-        typer.echo(f"run failed: {exc}", err=True)
-        sys.exit(1)
+        cancelled = isinstance(exc, RunCancelled)
+        typer.echo(f"{'cancelled' if cancelled else 'run failed'}: {exc}", err=True)
+        sys.exit(exc.exit_code)  # 1 failed, 3 cancelled (RunCancelled)
     except Exception as exc:  # an unexpected failure: still one line, traceback with --debug
         if _STATE["debug"]:
             raise

@@ -17,7 +17,8 @@ _STATUS_STYLE = {"running": "cyan", "done": "green", "failed": "red", "cancelled
 
 
 def progress_table(sub: Submission):
-    """The live table of ``--wait``: redrawn every poll, so it reads no log file."""
+    """The live table of ``--wait``: redrawn every poll, so the only log it reads is the last few KB of
+    each running job's log, for its latest line (a long job shows how far it is, not just that it runs)."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -28,12 +29,15 @@ def progress_table(sub: Submission):
     t = Table(title=escape(title), title_justify="left", show_edge=False, box=None)
     for col in ("job", "state", "elapsed", "scheduler id"):
         t.add_column(col)
-    for row in sub.job_rows(log_tails=False):  # redrawn every poll: no log reading
+    t.add_column("latest output", overflow="ellipsis", no_wrap=True)
+    for row in sub.job_rows(log_tails=False):  # redrawn every poll: no full log reading
         if row["state"] in ("pending", "done") and len(sub.handles) > 30:
             continue  # big sweeps: only what moves
         style = _STATE_STYLE.get(row["state"], "")
+        handle = sub.handles.get(row["id"])
+        latest = sub.latest_line(handle) if handle is not None and row["state"] == "running" else ""
         t.add_row(escape(row["id"]), f"[{style}]{row['state']}[/]", format_seconds(row["elapsed"]),
-                  escape(str(row["scheduler_id"] or "–")))
+                  escape(str(row["scheduler_id"] or "–")), escape(latest))
     return t
 
 

@@ -5,8 +5,11 @@ distill.method.name=bptt,krr,dm,mtt``) writes ``comparison.md``, ``comparison.js
 ``plots/time_to_quality.png`` in the submission folder: for each point and ipc the method, the student,
 test accuracy and macro-F1 (mean ± std over the eval seeds, from the point's ``eval/results.json``), the
 best validation accuracy, the distill seconds to that best set (validation included) and in all, and a
-plot of validation accuracy against distill seconds per point (time to quality). Every number comes
-from the points' own run directories; nothing is recomputed, and test is only read, never selected on.
+plot of validation accuracy against distill seconds per point (time to quality), and which set each
+point kept (best-on-val or final, from its sidecar). Points that differ only in a seed key (``--sweep
+seed=0,1,2``) are also aggregated (:func:`seed_groups`): mean ± std over the distillation seeds, beside the
+eval-seed std within each. Every number comes from the points' own run directories; nothing is
+retrained, and test is only read, never selected on.
 """
 
 from __future__ import annotations
@@ -23,12 +26,18 @@ def point_rows(run_dir: Path, name: str, values: dict) -> tuple[list[dict], dict
     (elapsed s, val accuracy, of which s validating) at each validation."""
     from distillctl.protocol import read_results
     from distillctl.runs import open_run_dir, read_jsonl
+    from distillctl.scores import labels_of
 
     run = open_run_dir(run_dir)
     recipe = run.load_recipe()
-    results = {}
+    results: dict[int, dict] = {}
     if (run.eval / "results.json").exists():
-        results = {r["ipc"]: r for r in read_results(run.eval / "results.json") if r.get("arm") == "distilled"}
+        # the point's own student, its set's own labels first (a soft set may also be scored with hard labels)
+        for r in read_results(run.eval / "results.json"):
+            if r.get("arm") != "distilled" or r.get("student", recipe.student.name) != recipe.student.name:
+                continue
+            if r["ipc"] not in results or labels_of(r) == "soft":
+                results[r["ipc"]] = r
     curves: dict[int, list[tuple[float, float]]] = {}
     if run.metrics.exists():
         for m in read_jsonl(run.metrics):
@@ -48,14 +57,95 @@ def point_rows(run_dir: Path, name: str, values: dict) -> tuple[list[dict], dict
                # the method's own time to its best set: validation (the same protocol for all) left out
                "method_seconds_to_best": at_best and round(at_best[0] - at_best[1], 3),
                "outer_step": meta.get("outer_step"), "outer_steps_run": meta.get("outer_steps_run"),
-               "run_dir": str(run.path)}
+               "selection": set_selection(meta), "run_dir": str(run.path)}
         rec = results.get(ipc)
         if rec is not None:
             acc, f1 = rec["accuracy"], rec["macro_f1"]
             row.update(test_accuracy=acc["mean"], test_std=acc["std"], test_macro_f1=f1["mean"],
-                       eval_seeds=len(rec["seeds"]))
+                       test_values=list(acc.get("values") or []), eval_seeds=len(rec["seeds"]), labels=labels_of(rec))
         rows.append(row)
     return rows, curves
+
+
+def set_selection(meta: dict) -> str:
+    """Which set of a stage was kept, from its sidecar: distill saves the best-on-val set (a sidecar may say
+    otherwise in ``selection``); ``best-on-val (= final)`` when the best was the last step run."""
+    selection = meta.get("selection") or "best-on-val"
+    step, run_steps = meta.get("outer_step"), meta.get("outer_steps_run")
+    if selection == "best-on-val" and step is not None and step == run_steps:
+        selection = "best-on-val (= final)"
+    return selection
+
+
+def is_seed_key(key: str) -> bool:
+    """A sweep key that varies the distillation seed (``seed``, ``distill.seed``, ...)."""
+    return key.rsplit(".", 1)[-1] == "seed"
+
+
+def _pstd(values: list[float]) -> float:
+    m = sum(values) / len(values)
+    return (sum((v - m) ** 2 for v in values) / len(values)) ** 0.5
+
+
+def seed_groups(rows: list[dict]) -> list[dict]:
+    """The points of a seed sweep, aggregated: one group per (the other sweep values, student, ipc) with
+    several distillation seeds.
+
+    Per group: test accuracy mean ± std over the distillation seeds (of each point's mean over its eval
+    seeds; population std, as in every cell), the mean eval-seed std within a point, the pooled std over
+    every (distillation seed, eval seed) student, the validation accuracy mean ± std, and which set each
+    point used (best-on-val or final, from its sidecar).
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if not any(is_seed_key(k) for k in r["values"]):
+            continue
+        config = tuple(sorted((k, str(v)) for k, v in r["values"].items() if not is_seed_key(k)))
+        groups.setdefault((config, r["student"], r["ipc"]), []).append(r)
+    out = []
+    for (config, student, ipc), members in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
+        if len(members) < 2:
+            continue
+        scored = [m for m in members if m.get("test_accuracy") is not None]
+        means = [m["test_accuracy"] for m in scored]
+        vals = [m["val_accuracy"] for m in members if m.get("val_accuracy") is not None]
+        all_values = [v for m in scored for v in (m.get("test_values") or [])]
+        selections: dict[str, int] = {}
+        for m in members:
+            selections[m["selection"]] = selections.get(m["selection"], 0) + 1
+        out.append({
+            "config": ", ".join(f"{k}={v}" for k, v in config) or "(recipe)", "student": student, "ipc": ipc,
+            "seeds": [next(str(v) for k, v in m["values"].items() if is_seed_key(k)) for m in members],
+            "scored": len(scored),
+            "test_accuracy": sum(means) / len(means) if means else None,
+            "test_std_over_distill_seeds": _pstd(means) if means else None,
+            "test_std_within_mean": sum(m["test_std"] for m in scored) / len(scored) if scored else None,
+            "test_std_pooled": _pstd(all_values) if all_values else None,
+            "val_accuracy": sum(vals) / len(vals) if vals else None, "val_std": _pstd(vals) if vals else None,
+            "selection": selections, "points": [m["point"] for m in members],
+        })
+    return out
+
+
+def _seed_groups_md(groups: list[dict]) -> list[str]:
+    if not groups:
+        return []
+    md = ["## Over distillation seeds", "",
+          "Points that differ only in their distillation seed, together. Test: mean ± std over the distillation "
+          "seeds of each point's mean over its eval seeds (population std); within: the mean eval-seed std of one "
+          "point; pooled: the std over every student of every point. Set used: the set each point's sidecar "
+          "says was kept (`best-on-val`: the outer step with the best validation accuracy).", "",
+          "| config | student | ipc | distill seeds | test acc (%) | within (eval seeds) | pooled | val acc (%) | "
+          "set used |",
+          "|---|---|---:|---|---:|---:|---:|---:|---|"]
+    for g in groups:
+        seeds = ", ".join(g["seeds"]) + ("" if g["scored"] == len(g["seeds"]) else f" ({g['scored']} scored)")
+        used = "; ".join(f"{k} ({v} of {len(g['seeds'])})" if len(g["selection"]) > 1 else k
+                         for k, v in g["selection"].items())
+        md.append(f"| {g['config']} | {g['student']} | {g['ipc']} | {seeds} | "
+                  f"{_pct(g['test_accuracy'], g['test_std_over_distill_seeds'])} | {_pct(g['test_std_within_mean'])} | "
+                  f"{_pct(g['test_std_pooled'])} | {_pct(g['val_accuracy'], g['val_std'])} | {used} |")
+    return md + [""]
 
 
 def _pct(v: float | None, std: float | None = None) -> str:
@@ -93,16 +183,19 @@ def write_comparison(folder: str | Path, points: list[dict]) -> Path:
           "with validation (what a user waits for) and without it (the method's own optimisation; every "
           "method validates with the same protocol), and the whole distill time.", "",
           "| point | method | student | ipc | test acc (%) | test macro-F1 (%) | val acc (%) | s to best | "
-          "method s to best | distill s |",
-          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+          "method s to best | distill s | set used |",
+          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         md.append(f"| {r['point']} | {r['method']} | {r['student']} | {r['ipc']} | "
                   f"{_pct(r.get('test_accuracy'), r.get('test_std'))} | {_pct(r.get('test_macro_f1'))} | "
                   f"{_pct(r['val_accuracy'])} | {_secs(r['seconds_to_best'])} | {_secs(r['method_seconds_to_best'])} | "
-                  f"{_secs(r['distill_seconds'])} |")
+                  f"{_secs(r['distill_seconds'])} | {r['selection']} |")
     md += ["", f"![validation accuracy against distill seconds]({plot.relative_to(folder)})", ""]
+    groups = seed_groups(rows)
+    md += _seed_groups_md(groups)
     path = atomic_write_text(folder / "comparison.md", "\n".join(md))
-    atomic_write_json(folder / "comparison.json", {"submission": str(folder), "rows": rows, "plot": str(plot)})
+    atomic_write_json(folder / "comparison.json", {"submission": str(folder), "rows": rows, "plot": str(plot),
+                                                   "seed_groups": groups})
     return path
 
 
@@ -125,7 +218,8 @@ def plot_time_to_quality(curves: dict[tuple[str, int], list], ipcs: list[int], p
         ax.set_ylabel("val accuracy (%)")
         ax.set_title(f"{title}: ipc {ipc}" if title else f"ipc {ipc}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a point without validations yet draws no line
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from distillctl.errors import RunError, UserError
 from distillctl.methods import Learnables
 from distillctl.plugins import with_registry
+from distillctl.runs import holds_run_lock
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -44,7 +45,23 @@ class DistillResult:
         return {"run_dir": str(self.run_dir), "sets": [dict(s, path=str(s["path"])) for s in self.sets]}
 
 
+def _distill_run_dir(args: tuple, kwargs: dict) -> Path:
+    """The folder a distill call writes into (locked for the whole call): the run it resumes, the
+    ``run_dir`` given, or a new ``<runs_dir>/<name>/<id>`` (then passed on as ``run_dir``)."""
+    from distillctl.runs import new_run_path, open_run_dir
+
+    if kwargs.get("resume") is not None:
+        return open_run_dir(kwargs["resume"]).path  # a UserError when it is no run directory
+    if kwargs.get("run_dir") is None:
+        kwargs["run_dir"] = new_run_path(args[0] if args else kwargs["recipe"])
+    elif Path(kwargs["run_dir"]).exists() and not Path(kwargs["run_dir"]).is_dir():
+        raise UserError(f"--run-dir {kwargs['run_dir']}: not a folder")
+    Path(kwargs["run_dir"]).mkdir(parents=True, exist_ok=True)
+    return Path(kwargs["run_dir"])
+
+
 @with_registry  # registry=: run with that plugin registry (default: get_registry())
+@holds_run_lock("distill", _distill_run_dir)  # one distill per run directory; refused with the holder's PID
 def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | None = None,
             quiet: bool | None = None, argv: list[str] | None = None, embeddings=None,
             stage: int | None = None) -> DistillResult:
@@ -56,16 +73,17 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
     ``stage`` (an ipc of the chain) runs that Boost-DD stage only: the stages before it must be finished
     in the run directory (``resume``), the ones after it are left for later calls. This is how
     ``submit`` runs a chain as one job per stage. ``registry=`` (see :func:`distillctl.plugins.with_registry`)
-    runs it with another plugin registry than the installed one.
+    runs it with another plugin registry than the installed one. A ``run_dir`` that already holds a run
+    is refused (resume it instead); the run directory is locked while distill runs.
     """
     import torch
 
     from distillctl import checkpoints
     from distillctl.console import info, is_quiet, progress
     from distillctl.devices import resolve_device
-    from distillctl.methods import MethodContext
+    from distillctl.methods import MethodContext, PerStudent, student_labels
     from distillctl.plugins import get_registry
-    from distillctl.runs import create_run_dir, open_run_dir
+    from distillctl.runs import create_run_dir, open_run_dir, record_set, refuse_existing_run
     from distillctl.seeds import stage_seed, val_seeds as derive_val_seeds
     from distillctl.synthetic import SyntheticSet
     from distillctl.training import TrainBudget, student_builder, train_and_score
@@ -87,6 +105,8 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
             raise UserError(f"{resume}: cannot resume: the recipe differs from the run's recipe.resolved.yaml "
                             f"(sections: {', '.join(diff) or '?'}); resume with the same recipe and --set values")
         run_dir = old.path
+    else:  # a new run: never into a folder that holds another one (its old sets would mix with the new)
+        refuse_existing_run(run_dir)
     run = create_run_dir(recipe, stage="distill", run_dir=run_dir, argv=argv,
                          extra_manifest={"resumed": resume is not None})
 
@@ -104,9 +124,15 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
     C, d = int(embeddings.num_classes), int(X_train.shape[1])
     check_ipc_fits(embeddings, max(ds.ipc), "distill.ipc")
 
-    # 3. Student, method, validation budget (the eval protocol, scored on val).
-    build_student = student_builder(recipe, d, C)
+    # 3. Students (`distill.students`, default the recipe's student), method (one instance per student
+    #    when there are several: PerStudent averages their outer steps), validation budget (the eval
+    #    protocol, scored on val).
+    sections = list(ds.students or [recipe.student])
+    labels = student_labels([sec.name for sec in sections])
+    students = [(sec.name, student_builder(recipe, d, C, sec), sec.model_dump(mode="json")) for sec in sections]
     method = registry.build("method", ds.method)
+    if len(students) > 1:
+        method = PerStudent([method] + [registry.build("method", ds.method) for _ in students[1:]], students)
     method.name = ds.method.name
     val_budget = TrainBudget.from_eval(recipe.eval)
     val_seeds = derive_val_seeds(recipe.seed, ds.outer.val_seeds)
@@ -114,21 +140,32 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
         "recipe_name": recipe.name, "recipe_fingerprint": fingerprint,
         "embedding_fingerprint": getattr(embeddings, "fingerprint", None),
         "label_names": list(embeddings.label_names), "student": recipe.student.name,
+        "distilled_with": "+".join(sec.name for sec in sections),  # `mlp+transformer`; one student: its name
+        "distill_students": [options for _, _, options in students],
         "method": ds.method.name, **_method_meta(ds.method), "run_dir": str(run.path),
     }
 
-    def validate(learn: Learnables, loop) -> float:
-        """Mean accuracy on `val` of fresh students trained on the current set with the eval budget.
+    def validate(learn: Learnables, loop) -> tuple[float, dict[str, float]]:
+        """Accuracy on `val` of fresh students trained on the current set with the eval budget: the mean
+        over the seeds of each student architecture, then over the architectures; and per architecture.
 
         Its wall time is added to ``loop.val_seconds``: the metrics can then tell the method's own time
         from the time spent validating (the same for every method).
         """
         t0 = time.perf_counter()
         x, y = learn.x.detach(), learn.labels(hard).detach()
-        scores = train_and_score(build_student, x, y, X_val, y_val, seeds=val_seeds, budget=val_budget,
-                                 num_classes=C, quiet=True)
+        by_student = {}
+        for label, (_, build, _) in zip(labels, students):
+            scores = train_and_score(build, x, y, X_val, y_val, seeds=val_seeds, budget=val_budget,
+                                     num_classes=C, quiet=True)
+            by_student[label] = float(sum(scores.accuracy) / len(scores.accuracy))
         loop.val_seconds += time.perf_counter() - t0
-        return float(sum(scores.accuracy) / len(scores.accuracy))
+        return sum(by_student.values()) / len(by_student), by_student
+
+    def val_record(acc: float, best: float, by_student: dict[str, float]) -> dict:
+        """The metrics of one validation (per architecture only when there are several)."""
+        out = {"val_accuracy": acc, "best_val_accuracy": best}
+        return {**out, "val_by_student": by_student} if len(by_student) > 1 else out
 
     result = DistillResult(run_dir=run.path)
     previous: SyntheticSet | None = None
@@ -157,8 +194,8 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
         gen = torch.Generator().manual_seed(stage_seed(recipe.seed, si))
         hard = torch.arange(C, device=device).repeat_interleave(ipc)  # (ipc*C,) class-major
         method.setup(MethodContext(
-            build_student=build_student, student_name=recipe.student.name,
-            student_options=recipe.to_dict()["student"], num_classes=C, ipc=ipc, hard_labels=hard,
+            build_student=students[0][1], student_name=students[0][0], student_options=students[0][2],
+            students=list(labels), num_classes=C, ipc=ipc, hard_labels=hard,
             x_train=X_train, y_train=y_train, inner=ds.inner, eval_budget=val_budget, device=device,
             seed=recipe.seed, soft_labels=ds.soft_labels, embedding_fingerprint=getattr(embeddings, "fingerprint", None),
             cache_dir=_method_cache_dir(), say=say))
@@ -177,25 +214,32 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
         _truncate_metrics(run, si, loop.step if ckpt_path is not None else -1)
         t_stage = time.perf_counter() - loop.elapsed
         if ckpt_path is None:  # the initial set's validation: the start of the accuracy-vs-time curve
-            acc = validate(learn, loop)
+            acc, by_student = validate(learn, loop)
             loop.best_acc, loop.best_step, loop.best, loop.last_val_step = acc, 0, learn.detached(), 0
-            run.log(stage=si, ipc=ipc, step=0, val_accuracy=acc, best_val_accuracy=acc,
+            run.log(stage=si, ipc=ipc, step=0, **val_record(acc, loop.best_acc, by_student),
                     elapsed=round(time.perf_counter() - t_stage, 3), val_seconds=round(loop.val_seconds, 3))
 
         # 7. The outer loop.
         iters = ds.outer.iterations
-        last_loss, last_ckpt = float("nan"), ckpt_path
+        last_loss, last_ckpt, stopped = float("nan"), ckpt_path, None
         damp = bool(inherited.any()) and ds.boost.beta < 1
         with progress(f"distill ipc={ipc}", iters, unit="step", quiet=quiet) as bar:
             bar.advance(loop.step)
             for step in range(loop.step + 1, iters + 1):
+                # 7a. Stop early: out of time, or `patience` validations in a row without a better set.
                 if ds.outer.max_seconds and time.perf_counter() - t_stage > ds.outer.max_seconds:
-                    say(f"stage ipc={ipc}: stopping after {step - 1} steps (max_seconds={ds.outer.max_seconds:g})")
+                    stopped = f"max_seconds: {ds.outer.max_seconds:g} s reached"
+                elif ds.outer.patience and loop.stale_validations >= ds.outer.patience:
+                    stopped = (f"patience: {loop.stale_validations} validations without improvement since "
+                               f"step {loop.best_step}")
+                if stopped:
+                    run.log(stage=si, ipc=ipc, step=step - 1, event="stopped", reason=stopped)
+                    say(f"stage ipc={ipc}: stopping after {step - 1} steps ({stopped})")
                     break
-                # 7a. A real batch from train (without replacement within the step).
+                # 7b. A real batch from train (without replacement within the step).
                 n = X_train.shape[0]
                 idx = torch.randperm(n, generator=gen)[: min(ds.outer.real_batch, n)].to(device)  # (B,)
-                # 7b. The method's outer loss and its gradient w.r.t. every learnable tensor.
+                # 7c. The method's outer loss and its gradient w.r.t. every learnable tensor.
                 out = method.step(learn, X_train[idx], y_train[idx], gen)
                 out.check(learn, ds.method.name)
                 norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in out.grads.values()))
@@ -206,14 +250,14 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
                         f"stage ipc={ipc}, outer step {step}: the outer loss is {out.loss} and the meta-gradient norm "
                         f"{norm} (not finite); {where}. Lower distill.outer.lr or distill.inner.lr, then "
                         f"`distillctl distill RECIPE --resume {run.path}`")
-                # 7c. Clip at clip x EMA of past norms (the EMA follows the clipped norms, so one
+                # 7d. Clip at clip x EMA of past norms (the EMA follows the clipped norms, so one
                 #     spike cannot raise the threshold for the steps after it).
                 scale = 1.0
                 if ds.outer.clip > 0 and loop.ema is not None and norm > ds.outer.clip * loop.ema:
                     scale = ds.outer.clip * loop.ema / norm
                 clipped = norm * scale
                 loop.ema = clipped if loop.ema is None else ds.outer.clip_ema * loop.ema + (1 - ds.outer.clip_ema) * clipped
-                # 7d. Outer step (lr from the schedule: a function of the step only, so resume needs no
+                # 7e. Outer step (lr from the schedule: a function of the step only, so resume needs no
                 #     scheduler state), then Boost-DD: inherited rows move by beta x their update.
                 factor = _schedule_factor(ds.outer.schedule, step, iters)
                 for group, base in zip(opt.param_groups, base_lrs):
@@ -235,30 +279,35 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
                           **out.metrics, "elapsed": round(elapsed, 3)}
                 if learn.log_lr is not None:
                     record["inner_lr"] = float(learn.log_lr.detach().exp())
-                # 7e. Validation on `val`: keep the best set (the test split is never looked at).
+                # 7f. Validation on `val`: keep the best set (the test split is never looked at); count
+                #     the validations since the last improvement (for `patience`).
                 if step % ds.outer.val_every == 0 or step == iters:
-                    acc = validate(learn, loop)
+                    acc, by_student = validate(learn, loop)
                     if acc > loop.best_acc:
                         loop.best_acc, loop.best_step, loop.best = acc, step, learn.detached()
+                        loop.stale_validations = 0
+                    else:
+                        loop.stale_validations += 1
                     loop.last_val_step = step
-                    record.update(val_accuracy=acc, best_val_accuracy=loop.best_acc,
+                    record.update(**val_record(acc, loop.best_acc, by_student),
                                   elapsed=round(time.perf_counter() - t_stage, 3),
                                   val_seconds=round(loop.val_seconds, 3))
                 run.log(**record)
                 bar.advance(1, loss=out.loss, val=loop.best_acc)
-                # 7f. Checkpoint (atomic; newest keep_checkpoints kept).
+                # 7g. Checkpoint (atomic; newest keep_checkpoints kept).
                 loop.step, loop.elapsed = step, time.perf_counter() - t_stage
                 if step % ds.outer.ckpt_every == 0:
                     last_ckpt = checkpoints.save(
                         run.checkpoints, ipc=ipc, stage=si, loop=loop, learn=learn, optimizer=opt, generator=gen,
                         method_state=method.state_dict(), fingerprint=fingerprint, keep=ds.outer.keep_checkpoints)
 
-        # 8. A stage stopped early by max_seconds is validated once more; then save its best set.
+        # 8. A stage stopped between validations (max_seconds) is validated once more; then save its best
+        #    set, with where and why it stopped early (None: it ran all its iterations).
         if loop.last_val_step != loop.step:
-            acc = validate(learn, loop)
+            acc, by_student = validate(learn, loop)
             if acc > loop.best_acc:
                 loop.best_acc, loop.best_step, loop.best = acc, loop.step, learn.detached()
-            run.log(stage=si, ipc=ipc, step=loop.step, val_accuracy=acc, best_val_accuracy=loop.best_acc,
+            run.log(stage=si, ipc=ipc, step=loop.step, **val_record(acc, loop.best_acc, by_student),
                     elapsed=round(time.perf_counter() - t_stage, 3), val_seconds=round(loop.val_seconds, 3))
         best = loop.best
         wall = time.perf_counter() - t_stage
@@ -269,9 +318,11 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
                   "outer_steps_run": loop.step, "val_accuracy": loop.best_acc,
                   "val_seeds": val_seeds, "val_budget": val_budget.as_dict(), "boost_beta": ds.boost.beta,
                   "wall_seconds": round(wall, 3), "val_seconds": round(loop.val_seconds, 3),
-                  "last_loss": last_loss, "complete": True},
+                  "last_loss": last_loss, "stopped": stopped and {"step": loop.step, "reason": stopped},
+                  "complete": True},
         )
         syn.save(set_path)
+        record_set(run, set_path, syn.sha256)  # manifest.json: the digest SyntheticSet.load checks
         say(f"stage ipc={ipc}: best val accuracy {loop.best_acc:.4f} at outer step {loop.best_step} "
              f"of {loop.step} ({wall:.1f} s) -> {set_path}")
         result.sets.append({"ipc": ipc, "path": set_path, "val_accuracy": loop.best_acc})
@@ -376,13 +427,18 @@ def _initial_rows(X: "torch.Tensor", y: "torch.Tensor", C: int, ipc: int, skip: 
 
 
 def _truncate_metrics(run, stage: int, keep_through_step: int) -> None:
-    """Drop metrics of this stage after the step being resumed from (and of later stages)."""
+    """Drop metrics of this stage after the step being resumed from (and of later stages).
+
+    Records of the step resumed from that came after its checkpoint (an early-stop event, the final
+    validation of a stopped stage: they carry no ``loss``) are dropped too: the resumed stage logs them
+    again.
+    """
     from distillctl.runs import atomic_write_text, read_jsonl
 
     if not run.metrics.exists():
         return
     records = read_jsonl(run.metrics)
-    kept = [r for r in records if not ("stage" in r and (r["stage"] > stage or
-                                                         (r["stage"] == stage and r.get("step", 0) > keep_through_step)))]
+    kept = [r for r in records if not ("stage" in r and (r["stage"] > stage or (r["stage"] == stage and (
+        r.get("step", 0) > keep_through_step or (r.get("step", 0) == keep_through_step and "loss" not in r)))))]
     if len(kept) != len(records):
         atomic_write_text(run.metrics, "".join(json.dumps(r, default=str) + "\n" for r in kept))

@@ -10,7 +10,7 @@ Cache layout (``$DISTILLCTL_CACHE``, else the platform's user cache folder)::
 
 ``key`` is the sha256 of the dataset identity (file checksums and parsing options, or a hub
 fingerprint), the encoder identity (weights checksum or revision, pooling, pair mode, max length,
-normalisation), the storage dtype, ``embed.bad_rows`` (when not the default ``skip``) and the cache format. The manifest is written last, so an entry
+normalisation), the storage dtype, ``embed.bad_rows`` and the cache format. The manifest is written last, so an entry
 without one is unfinished; before any use every file is checked against the manifest's sha256, and a
 truncated or corrupted entry is reported and rebuilt, never used. Each file is read once: its checksum
 is computed on the bytes in hand and the tensors (or texts) come from those same bytes.
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from distillctl import __version__
-from distillctl.cache import cache_root, embeddings_dir  # noqa: F401  (cache_root: re-exported)
+from distillctl.cache import CACHE_ENV, cache_root, embeddings_dir  # noqa: F401  (cache_root: re-exported)
 from distillctl.errors import RunError, UserError
 from distillctl.plugins import with_registry
 from distillctl.seeds import carve_seed
@@ -150,9 +150,8 @@ def _identities(recipe):
     ident = {"format": CACHE_FORMAT, "dataset": {"plugin": recipe.dataset.name, **ds_id},
              "encoder": {"plugin": recipe.encoder.name, **enc_id}, "dtype": recipe.embed.dtype}
     # Which rows are embedded depends on embed.bad_rows: a `fail` run must not reuse what a `skip` run
-    # stored. The default (skip) stays out of the key, so existing entries and fingerprints stay valid.
-    if recipe.embed.bad_rows != "skip":
-        ident["bad_rows"] = recipe.embed.bad_rows
+    # stored (the rows it dropped are the ones `fail` must stop at).
+    ident["bad_rows"] = recipe.embed.bad_rows
     key = _sha256(_canonical(ident).encode())
     return source, encoder, ds_id, enc_id, key
 
@@ -166,6 +165,13 @@ def _ensure(recipe, *, force: bool, quiet: bool | None) -> tuple[Path, dict, dic
     :func:`_read_verified` returns them (what the files hold, read once)."""
     source, encoder, ds_id, enc_id, key = _identities(recipe)
     entry = entry_dir(key)
+    if not force:
+        # A complete entry is read without the lock: every file is checksummed against the manifest,
+        # which is written last (atomically), so a half-written entry never passes. Locking first would
+        # need write access, and a lab-wide cache on a read-only file system could not be read at all.
+        manifest, contents, _ = _read_verified(entry, key)
+        if manifest is not None:
+            return entry, manifest, contents, True
     try:
         entry.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -190,7 +196,14 @@ def _lock(entry: Path, quiet: bool | None) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows: no locking
         yield
         return
-    with open(entry / ".lock", "a+") as fh:
+    try:
+        fh = open(entry / ".lock", "a+")
+    except OSError as exc:
+        # Only writers get here (a verified entry was read without the lock): no lock, no build.
+        raise UserError(f"embedding cache {entry}: cannot write there ({exc.strerror or exc}), and it holds no "
+                        f"complete entry for this dataset and encoder; set {CACHE_ENV} to a writable folder "
+                        "(or embed once where the shared cache is writable)") from exc
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -290,6 +303,10 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
     for name, s in splits.items():
         if s.labels.size and (s.labels.min() < 0 or s.labels.max() >= C):
             raise UserError(f"dataset {recipe.dataset.name!r}: split {name} has labels outside 0..{C - 1}")
+    from distillctl.textdata import check_classes
+
+    # Built-in plugins check this per file already; here for third-party datasets too.
+    check_classes({n: [s] for n, s in splits.items()}, data.label_names)
     is_pairs = any(s.pairs is not None for s in splits.values())
 
     # 2. Load the encoder (after the data, so bad data fails before the slow part).
@@ -299,6 +316,7 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
     encoder.load(device)
     dim = output_dim(encoder, is_pairs)
     dtype = torch.float16 if settings.dtype == "float16" else torch.float32
+    _cut_long_texts(encoder, splits, data.notes)
 
     # 3. Embed in shards under partial/: a finished shard is never recomputed (resume after interruption).
     partial = entry / "partial"
@@ -413,6 +431,25 @@ def _load_dataset(source, bad_rows: str):
                                 notes=notes, num_classes=len(data.label_names), label_names=data.label_names)
               for name, s in data.splits.items()}
     return TextDataset(splits=splits, label_names=data.label_names, notes=notes)
+
+
+def _cut_long_texts(encoder, splits: dict, notes: list[str]) -> None:
+    """Cut every text (and second sentence) longer than the encoder reads to its character budget, in
+    place, before tokenising: the cost of a row is then bounded by ``max_tokens`` whatever the file holds,
+    and the cached texts are what was embedded. The count goes to ``notes``."""
+    from distillctl.encoding import char_budget, cut_to_budget
+
+    total = 0
+    for s in splits.values():
+        s.texts, n = cut_to_budget(encoder, s.texts)
+        total += n
+        if s.pairs is not None:
+            s.pairs, n = cut_to_budget(encoder, s.pairs)
+            total += n
+    if total:
+        tokens = encoder.max_tokens
+        notes.append(f"{total} text{'s' if total != 1 else ''} longer than {char_budget(tokens):,} characters cut "
+                     f"before tokenising (the encoder reads at most {tokens} tokens)")
 
 
 def _describe(component, name: str) -> str:

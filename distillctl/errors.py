@@ -1,4 +1,4 @@
-"""The two kinds of failure the CLI distinguishes (exit codes: 2 bad input, 1 run failed).
+"""The kinds of failure the CLI distinguishes (exit codes: 2 bad input, 1 run failed, 3 jobs cancelled).
 
 Plugins raise :class:`UserError` (``from distillctl import UserError``) for anything the user must fix:
 a missing file, an option that cannot work with this data or this student. The CLI prints its message
@@ -13,3 +13,13 @@ class UserError(Exception):
 
 class RunError(Exception):
     """A run that started with valid input and then failed (NaN loss, a job failed). Exit 1."""
+
+    #: the CLI's exit status for this failure
+    exit_code = 1
+
+
+class RunCancelled(RunError):
+    """Jobs that were followed to the end (``submit --wait``) were cancelled before they finished, none
+    failed. Exit 3, so a script can tell "stopped on purpose" from "failed" (1) and from success (0)."""
+
+    exit_code = 3

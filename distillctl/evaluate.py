@@ -1,14 +1,16 @@
 """eval: score distilled sets on the test split with the recipe's eval protocol.
 
 One protocol for every arm (see :mod:`distillctl.baselines` for the others): K fresh students per
-set, the same student, budget and seeds; the test split is scored once, at the end, and nothing is
-selected on it. Each set gives one result record (:func:`result_record`)::
+set, the same budget and seeds; the test split is scored once, at the end, and nothing is selected on
+it. Transfer: every student of ``--students`` / ``eval.students`` (default: the recipe's ``student``) is
+trained on every set. Each (set, student) gives one result record (:func:`result_record`), and a set
+with soft labels a second one with its labels made hard (argmax)::
 
-    {"arm", "ipc", "student", "seeds", "budget", "accuracy": {"mean", "std", "values"},
-     "macro_f1": {...}, ["positive_f1": {...}], "majority", "chance", ...}
+    {"arm", "ipc", "student", "student_options", "distilled_with", "labels", "seeds", "budget",
+     "accuracy": {"mean", "std", "values"}, "macro_f1": {...}, ["positive_f1": {...}], "majority", "chance", ...}
 
-``RUN_DIR/eval/results.json`` holds the newest record per (arm, ipc); every record is also appended
-to ``RUN_DIR/eval/history.jsonl``.
+``RUN_DIR/eval/results.json`` holds the newest record per (arm, ipc, student, labels); every record is
+also appended to ``RUN_DIR/eval/history.jsonl``.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import Any, Sequence
 
 from distillctl.errors import UserError
 from distillctl.plugins import with_registry
+from distillctl.runs import existing_run_of, holds_run_lock
 # the protocol every arm shares lives in distillctl.protocol; these names stay importable from here
 from distillctl.protocol import (SEED_STRIDE, TEST_SPLIT, check_ipc_fits, collapse_notes,  # noqa: F401
-                                 eval_seeds, majority_line, read_results, result_record, set_files, split_of,
-                                 store_results)
+                                 distilled_with, eval_seeds, majority_line, read_results, result_record,
+                                 set_files, split_of, store_results, student_sections)
 
 
 def _run_dir_of(set_file: Path) -> Path | None:
@@ -60,14 +63,18 @@ def resolve_target(target: str | Path, recipe: Any = None, overrides: Sequence[s
 
 
 @with_registry  # registry=: run with that plugin registry (default: get_registry())
+@holds_run_lock("eval", lambda args, kw: existing_run_of(args[0] if args else kw.get("target")))  # one eval per run
 def evaluate(target: str | Path, recipe: Any = None, *, seeds: int | None = None, quiet: bool | None = None,
-             overrides: Sequence[str] | None = None, embeddings: Any = None) -> list[dict]:
+             overrides: Sequence[str] | None = None, embeddings: Any = None, students: Any = None) -> list[dict]:
     """Score every distilled set of a run directory (each Boost-DD stage), or one set file, on test.
 
     ``recipe``: a :class:`~distillctl.recipe.Recipe` or recipe path; default the run's
-    ``recipe.resolved.yaml`` (with ``overrides``). ``seeds``: K (default ``eval.seeds``).
-    ``embeddings`` skips loading the cache (library callers, tests). Returns one record per set and,
-    for a run directory, writes ``eval/results.json`` and appends ``eval/history.jsonl``.
+    ``recipe.resolved.yaml`` (with ``overrides``). ``seeds``: K (default ``eval.seeds``). ``students``:
+    a ``--students`` string (``mlp,{name: transformer, layers: 1}``) or a list of student names / sections
+    (default ``eval.students``, else the recipe's ``student``). The embeddings are loaded once for all;
+    ``embeddings`` skips loading them (library callers, tests). Returns one record per student and set
+    (two for a soft-label set: ``labels`` soft and hard) and, for a run directory, writes
+    ``eval/results.json`` and appends ``eval/history.jsonl``.
     """
     from distillctl.console import info, is_quiet
     from distillctl.embed import load_embeddings
@@ -77,6 +84,7 @@ def evaluate(target: str | Path, recipe: Any = None, *, seeds: int | None = None
     quiet = is_quiet() if quiet is None else quiet
     # 1. What to score, with which recipe; the sets must fit the embeddings they will be scored on.
     recipe, files, run_path = resolve_target(target, recipe, overrides)
+    sections = student_sections(recipe, students)  # validated before any data is loaded
     sets = [(f, SyntheticSet.load(f)) for f in files]
     if embeddings is None:
         embeddings = load_embeddings(recipe, quiet=quiet)
@@ -93,27 +101,35 @@ def evaluate(target: str | Path, recipe: Any = None, *, seeds: int | None = None
             raise UserError(f"{f}: distilled from other embeddings (fingerprint {set_fp[:12]}, the recipe's "
                             f"cache is {fp[:12]}); evaluate it with the recipe it was distilled with")
 
-    # 2. One protocol for every set: the recipe's student, eval budget and seeds.
+    # 2. One protocol for every set and student: the eval budget and seeds.
     budget = TrainBudget.from_eval(recipe.eval)
     seed_list = eval_seeds(recipe, seeds)
-    build = student_builder(recipe, d, C)
     majority = majority_line(embeddings)
+    made_with = distilled_with(recipe)
 
-    # 3. Train K students per set, score them on test.
+    # 3. Train K students of each kind per set (soft-label sets: with their labels, then made hard),
+    #    score them on test.
     records = []
-    for stage, (f, s) in enumerate(sets):
-        labels = s.labels.float() if s.soft else s.labels.long()  # (n, C) probabilities or (n,)
-        scores = train_and_score(build, s.x.float(), labels, X_test, y_test, seeds=seed_list, budget=budget,
-                                 num_classes=C, description=f"eval ipc {s.ipc}", quiet=quiet)
-        records.append(result_record(
-            "distilled", s.ipc, recipe, budget, scores, majority=majority, n_test=len(y_test),
-            set=str(f.resolve()), stage=s.meta.get("stage", stage), soft_labels=s.soft, n_train=int(s.x.shape[0]),
-            val_accuracy=s.meta.get("val_accuracy")))
-        if not quiet:
-            info(f"ipc {s.ipc}: accuracy {scores.mean():.4f} ± {scores.std():.4f} ({len(seed_list)} seeds, "
-                 f"{scores.seconds:.1f} s)")
+    for section in sections:
+        build = student_builder(recipe, d, C, section)
+        for stage, (f, s) in enumerate(sets):
+            variants = [("soft", s.labels.float()), ("hard", s.labels.float().argmax(-1))] if s.soft \
+                else [("hard", s.labels.long())]  # (n, C) probabilities and their argmax (n,), or (n,)
+            for kind, labels in variants:
+                scores = train_and_score(build, s.x.float(), labels, X_test, y_test, seeds=seed_list, budget=budget,
+                                         num_classes=C, description=f"eval ipc {s.ipc} {section.name} {kind}",
+                                         quiet=quiet)
+                records.append(result_record(
+                    "distilled", s.ipc, recipe, budget, scores, majority=majority, n_test=len(y_test),
+                    student=section, labels=kind, distilled_with=made_with, set=str(f.resolve()),
+                    stage=s.meta.get("stage", stage), soft_labels=s.soft, n_train=int(s.x.shape[0]),
+                    val_accuracy=s.meta.get("val_accuracy")))
+                if not quiet:
+                    info(f"ipc {s.ipc}, {section.name}, {kind} labels: accuracy {scores.mean():.4f} ± "
+                         f"{scores.std():.4f} ({len(seed_list)} seeds, {scores.seconds:.1f} s)")
 
-    # 4. Store them in the run directory (newest per (arm, ipc) in results.json; all in history).
+    # 4. Store them in the run directory (newest per (arm, ipc, student, labels) in results.json; all in
+    #    history).
     if run_path is not None:
         store_results(run_path / "eval" / "results.json", records, history=run_path / "eval" / "history.jsonl")
     return records
@@ -132,21 +148,33 @@ def results_table(records: list[dict], title: str):
     """A rich table of result records plus the budget line(s) under it."""
     from rich.table import Table
 
+    from distillctl.protocol import record_labels
+
     two = any("positive_f1" in r for r in records)
     table = Table(title=title, title_justify="left")
-    for col in ("arm", "ipc", "accuracy %", "macro-F1 %") + (("positive F1 %",) if two else ()) + ("K", "seconds"):
-        table.add_column(col, justify="left" if col == "arm" else "right")
+    for col in ("arm", "ipc", "student", "labels", "accuracy %", "macro-F1 %") + (("positive F1 %",) if two else ()) \
+            + ("K", "seconds"):
+        table.add_column(col, justify="left" if col in ("arm", "student", "labels") else "right")
     for r in records:
-        row = [r["arm"], "–" if r.get("ipc") is None else str(r["ipc"]), _pm(r.get("accuracy")),
-               _pm(r.get("macro_f1"))]
+        row = [r["arm"], "–" if r.get("ipc") is None else str(r["ipc"]), r.get("student") or "–",
+               record_labels(r) if r.get("student") else "–", _pm(r.get("accuracy")), _pm(r.get("macro_f1"))]
         if two:
             row.append(_pm(r.get("positive_f1")))
         row += [str(len(r.get("seeds") or [])) if r.get("budget") else "–", f"{r.get('seconds', 0):.1f}"]
         table.add_row(*row)
     lines = []
-    budgets = {budget_line(r) for r in records if r.get("budget")}
+    budgets = {budget_line(r) for r in records if r.get("budget") and r.get("arm") != "full-earlystop"}
     for b in sorted(budgets):
         lines.append(f"budget: {b}")
+    for r in records:  # the full-data references chosen on val
+        where = f"{r['arm']} ({r.get('student')})"
+        if r.get("chosen_steps") is not None:
+            cap = " (the cap)" if r["chosen_steps"] == r.get("max_steps") else ""
+            lines.append(f"{where}: {r['chosen_steps']} steps chosen on val{cap}, checked every "
+                         f"{r.get('select_every_steps')} up to {r.get('max_steps')}")
+        if r.get("chosen_C") is not None:
+            grid = ", ".join(f"{c:g}" for c in r.get("C_grid") or [])
+            lines.append(f"{where}: C = {r['chosen_C']:g} chosen on val from {grid}")
     if records and records[0].get("majority"):
         m = records[0]["majority"]
         lines.append(f"majority class {m['class']!r}: accuracy {m['accuracy'] * 100:.2f} %, macro-F1 "

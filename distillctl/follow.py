@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from distillctl.errors import RunError
+from distillctl.errors import RunCancelled, RunError
 from distillctl.scheduling import FINAL, format_seconds
 from distillctl.submission import Submission
 
@@ -29,23 +29,43 @@ class FollowView(Protocol):
     def stop(self) -> None: ...
 
 
+#: seconds between two "still running" lines of :class:`LineView` while no job changes state
+HEARTBEAT_SECONDS = 30.0
+
+
 class LineView:
-    """One line on stderr each time a job leaves ``pending``: ``[3/9] done      embed 12 s``."""
+    """One line on stderr each time a job leaves ``pending``: ``[3/9] done      embed 12s``; and while
+    jobs run with no change, every ``heartbeat`` seconds one line per running job with its elapsed time
+    and the latest line of its log: ``[0/9] running   embed 1m15s: embedding train 12000/120000``
+    (a long first job would otherwise look like a hang). ``clock``: the time source (tests)."""
+
+    def __init__(self, heartbeat: float = HEARTBEAT_SECONDS, clock=time.time):
+        self.heartbeat, self.clock = heartbeat, clock
 
     def start(self, sub: Submission) -> None:
         self.seen = {k: h.state for k, h in sub.handles.items()}
+        self.last_said = self.clock()
 
     def update(self, sub: Submission) -> None:
         total = len(sub.handles)
+        done = sum(x.state in FINAL for x in sub.handles.values())
+        now = self.clock()
         for jid, h in sub.handles.items():
             if self.seen.get(jid) != h.state:
                 self.seen[jid] = h.state
                 if h.state == "pending":
                     continue
-                done = sum(x.state in FINAL for x in sub.handles.values())
                 el = format_seconds(h.elapsed()) if h.final else ""
                 extra = f" ({h.reason})" if h.reason and h.state != "done" else ""
                 say(f"[{done}/{total}] {h.state:<9} {jid} {el}{extra}".rstrip())
+                self.last_said = now
+        if now - self.last_said >= self.heartbeat:
+            for jid, h in sub.handles.items():
+                if h.state == "running":
+                    latest = sub.latest_line(h)
+                    say(f"[{done}/{total}] running   {jid} {format_seconds(h.elapsed(now))}"
+                        + (f": {latest}" if latest else ""))
+            self.last_said = now
 
     def stop(self) -> None:
         pass
@@ -85,7 +105,8 @@ def poll_seconds(scheduler) -> float:
 
 def follow(sub: Submission, *, quiet: bool | None = None, poll: float | None = None,
            timeout: float | None = None, view: FollowView | None = None) -> Submission:
-    """Poll until every job is final, showing progress; :class:`RunError` when a job failed.
+    """Poll until every job is final, showing progress; :class:`RunError` when a job failed,
+    :class:`RunCancelled` (a RunError; CLI exit 3) when none failed but some were cancelled.
 
     ``view``: what to show while polling (default: a line per state change; nothing when quiet).
     ``poll``: seconds between polls (default: the scheduler's). ``timeout``: give up after that long.
@@ -119,6 +140,11 @@ def follow(sub: Submission, *, quiet: bool | None = None, poll: float | None = N
     failed = [jid for jid, h in sub.handles.items() if h.state == "failed"]
     if failed:
         raise RunError(failure_message(sub, failed, time.time() - t0))
+    cancelled = [jid for jid, h in sub.handles.items() if h.state == "cancelled"]
+    if cancelled:  # e.g. `distillctl cancel` from another shell: the results are incomplete, not a success
+        raise RunCancelled(f"{len(cancelled)} of {len(sub.handles)} job(s) cancelled before they finished "
+                           f"({', '.join(cancelled[:3])}{', ...' if len(cancelled) > 3 else ''}); re-submit them "
+                           f"with `distillctl submit --retry-failed {sub.path}`")
     return sub
 
 

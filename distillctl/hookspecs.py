@@ -47,7 +47,10 @@ def register_encoders(register):
     float32 ``numpy.ndarray`` of shape (n, dim), or (n, 4 * dim) for pairs in ``features`` mode.
     Optional: ``load(device)`` (called once before ``encode``; default: nothing to load),
     ``describe()`` (default the plugin name), ``pair_mode`` (``features`` = [u, v, abs(u - v), u * v],
-    the default, or ``joint``) and ``name`` (set to the plugin name).
+    the default, or ``joint``), ``name`` (set to the plugin name), ``max_tokens`` (tokens read per text,
+    known after ``load``; default None: the embed stage then passes texts whole, else it cuts them to
+    ``distillctl.encoding.char_budget(max_tokens)`` characters first) and ``count_tokens(text)`` (tokens of a
+    text without special tokens, default None: with it a cut text is checked to still fill ``max_tokens``).
     """
 
 

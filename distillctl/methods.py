@@ -15,6 +15,10 @@ The loop calls, for every Boost-DD stage::
 
 Everything random in ``step`` must come from ``generator`` (saved in every checkpoint) or from the
 method's own state, so a resumed stage ends with the same set as an uninterrupted one.
+
+With several students (``distill.students``) the loop wraps one instance per architecture in
+:class:`PerStudent`: each is set up for its own student, and an outer step is the mean of theirs. A
+method that cannot serve several architectures refuses in ``setup`` (``len(context.students) > 1``).
 """
 
 from __future__ import annotations
@@ -131,6 +135,8 @@ class MethodContext:
     embedding_fingerprint: str | None = None  # keys caches derived from the training vectors
     cache_dir: Path | None = None  # where a method may keep verified derived files (MTT experts); None = the user cache
     say: Callable[[str], None] = lambda message: None  # one status line on stderr (silent with --quiet)
+    students: list[str] = field(default_factory=list)  # labels of every student of `distill.students`, this one
+    #                                                     among them (`mlp#2` for a repeated name); [] = this one only
 
 
 class Method:
@@ -172,6 +178,69 @@ class Method:
         """Restore what :meth:`state_dict` returned (called after :meth:`setup` on ``--resume``)."""
         if state:
             raise RuntimeError(f"method {self.name!r} has no state to restore, got {sorted(state)}")
+
+
+class PerStudent(Method):
+    """Distilling for several student architectures (``distill.students``) with any method.
+
+    One instance of the method per architecture, each set up with a context for its own student (its
+    own population, pool or experts; ``context.students`` lists them all, so a method that cannot serve
+    several architectures refuses in ``setup``). An outer step asks each in turn, with the same learnables,
+    real batch and generator (drawn from in that order, so ``--resume`` stays exact), and returns the mean
+    of their outer losses and of their gradients: the gradient of the mean objective over architectures.
+    """
+
+    def __init__(self, methods: list[Method], students: list[tuple[str, Callable[[], Any], dict]]):
+        if len(methods) != len(students) or len(methods) < 2:
+            raise ValueError("PerStudent needs one method per student, for two or more students")
+        self.methods, self.students = methods, students
+        self.labels = student_labels([name for name, _, _ in students])
+        self.name = methods[0].name
+
+    def setup(self, context: MethodContext) -> None:
+        from dataclasses import replace
+
+        self.context = context
+        for method, (name, build, options) in zip(self.methods, self.students):
+            method.setup(replace(context, build_student=build, student_name=name, student_options=options,
+                                 students=list(self.labels)))
+
+    def learned_inner_lr(self, inner: Any) -> float | None:
+        return self.methods[0].learned_inner_lr(inner)  # one shared inner lr; every instance has the same options
+
+    def step(self, learn: Learnables, real_x: "torch.Tensor", real_y: "torch.Tensor",
+             generator: "torch.Generator") -> OuterStep:
+        import math
+
+        outs = [method.step(learn, real_x, real_y, generator) for method in self.methods]  # one per student
+        for out, label in zip(outs, self.labels):
+            out.check(learn, f"{self.name} ({label})")
+        A = len(outs)
+        grads = {k: sum(out.grads[k] for out in outs) / A for k in learn.names()}  # mean over architectures
+        metrics = {"loss_by_student": {label: out.loss for label, out in zip(self.labels, outs)}}
+        for label, out in zip(self.labels, outs):
+            metrics.update({f"{label}.{k}": v for k, v in out.metrics.items()})
+        accs = [out.accuracy for out in outs]
+        return OuterStep(loss=sum(out.loss for out in outs) / A, grads=grads,
+                         accuracy=float("nan") if any(math.isnan(a) for a in accs) else sum(accs) / A,
+                         metrics=metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Each instance's state under ``<index>.<key>``."""
+        return {f"{i}.{k}": v for i, method in enumerate(self.methods) for k, v in method.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for i, method in enumerate(self.methods):
+            method.load_state_dict({k[len(f"{i}."):]: v for k, v in state.items() if k.startswith(f"{i}.")})
+
+
+def student_labels(names: list[str]) -> list[str]:
+    """Names of several students, unique: a repeated name gets ``#2``, ``#3``... (``[mlp, mlp#2]``)."""
+    out = []
+    for i, name in enumerate(names):
+        n = names[:i].count(name)
+        out.append(name if n == 0 else f"{name}#{n + 1}")
+    return out
 
 
 def gradients(loss: "torch.Tensor", learn: Learnables) -> dict[str, "torch.Tensor"]:

@@ -6,7 +6,16 @@
   :func:`check_ipc_fits`), the majority-class line (:func:`majority_line`);
 - the result record (:func:`result_record`) and the results files it is stored in
   (:func:`read_results`, :func:`store_results`), and notes on collapsed students (:func:`collapse_notes`);
-- the distilled sets of a run directory (:func:`set_files`).
+- the distilled sets of a run directory (:func:`set_files`);
+- the students an eval or baseline trains (:func:`parse_students`, :func:`student_sections`) and the
+  student(s) a set was distilled with (:func:`distilled_with`).
+
+A result record (:func:`result_record`) holds, besides the scores, ``student`` (the evaluating
+student's name; ``"logreg"`` for the val-tuned logistic regression, None for ``majority``),
+``student_options`` (its full section), ``distilled_with`` (the student name(s) of the recipe that made
+the set, joined by ``+``; None for baselines) and ``labels`` (``"soft"`` or ``"hard"``: how the students
+were trained; a soft-label set gives one record of each). A results file keeps the newest record per
+(arm, ipc, student, labels) (:func:`record_key`).
 """
 
 from __future__ import annotations
@@ -72,28 +81,40 @@ def majority_line(embeddings: Any) -> dict:
 
 
 def result_record(arm: str, ipc: int | None, recipe: Any, budget: Any, scores: Any, *, majority: dict,
-                  n_test: int, **extra: Any) -> dict:
+                  n_test: int, student: Any = None, labels: str = "hard", distilled_with: str | None = None,
+                  **extra: Any) -> dict:
     """One result record (the JSON shape of `eval`, `baseline` and `report`).
 
-    ``budget`` None marks an arm that trains no student (``majority``): its record has ``student`` and
-    ``budget`` None and no ``student_options`` or ``time``.
+    ``student``: the section of the evaluating student (a :class:`~distillctl.recipe.PluginSection`, or a
+    plain ``{"name": ..., ...}`` dict for a model that is not a student plugin, e.g. ``logreg``); default
+    the recipe's ``student``. ``budget`` None with no ``student`` marks an arm that fits nothing
+    (``majority``): its record has ``student`` and ``budget`` None and no ``student_options`` or ``time``.
+    ``labels``: ``"soft"`` or ``"hard"``, how the students were trained.
     """
+    if labels not in ("soft", "hard"):
+        raise ValueError(f"labels must be 'soft' or 'hard', got {labels!r}")
     trained = budget is not None
+    if student is None and trained:
+        student = recipe.student
+    fitted = student is not None
+    options = (student.model_dump(mode="json") if hasattr(student, "model_dump") else dict(student)) if fitted else None
     rec = {
         "arm": arm,
         "ipc": ipc,
-        "student": recipe.student.name if trained else None,
+        "student": options["name"] if fitted else None,
+        "distilled_with": distilled_with,
+        "labels": labels,
         "seeds": list(scores.seeds),
         "budget": _plain(budget.as_dict()) if trained else None,
         **scores.metrics(),  # accuracy, macro_f1 (+ positive_f1)
-        **({"classes_predicted": scores.classes_predicted} if trained and scores.classes_predicted else {}),
-        **({"student_options": recipe.student.model_dump(mode="json")} if trained else {}),
+        **({"classes_predicted": scores.classes_predicted} if fitted and scores.classes_predicted else {}),
+        **({"student_options": _plain(options)} if fitted else {}),
         "split": TEST_SPLIT,
         "n_test": int(n_test),
         "majority": majority,
         "chance": majority["chance"],
         "seconds": round(scores.seconds, 3),
-        **({"time": datetime.now(timezone.utc).isoformat(timespec="seconds")} if trained else {}),
+        **({"time": datetime.now(timezone.utc).isoformat(timespec="seconds")} if fitted else {}),
         **extra,
     }
     return rec
@@ -118,8 +139,79 @@ def set_files(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _key(rec: dict) -> tuple:
-    return (rec.get("arm"), rec.get("ipc"))
+def record_labels(rec: dict) -> str:
+    """``rec["labels"]``; for a record written before that field: ``"soft"`` if it has ``soft_labels``
+    true, else ``"hard"``."""
+    return rec.get("labels") or ("soft" if rec.get("soft_labels") else "hard")
+
+
+def record_key(rec: dict) -> tuple:
+    """What a newer record replaces an older one by: (arm, ipc, student, labels)."""
+    return (rec.get("arm"), rec.get("ipc"), rec.get("student"), record_labels(rec))
+
+
+def distilled_with(recipe: Any) -> str:
+    """The student(s) of the recipe that made a set: ``distill.students`` names joined by ``+`` when the
+    recipe distils with several, else ``student.name``."""
+    several = getattr(recipe.distill, "students", None)
+    if several:
+        return "+".join(s.name for s in several)
+    return recipe.student.name
+
+
+def parse_students(text: str) -> list:
+    """The raw student sections of ``--students``: a YAML flow list without its brackets.
+
+    ``mlp,transformer,linear`` -> ["mlp", "transformer", "linear"]; ``mlp,{name: transformer, layers: 1}``
+    -> ["mlp", {"name": "transformer", "layers": 1}]. Each item is a name (default options) or a
+    section as in a recipe. Validate them with :func:`student_sections`.
+    """
+    import yaml
+
+    hint = ("expected comma-separated student names or recipe sections, e.g. "
+            "'mlp,linear,{name: transformer, layers: 1}'")
+    try:
+        items = yaml.safe_load("[" + text + "]")
+    except yaml.YAMLError as exc:
+        problem = str(exc).splitlines()[0]
+        raise UserError(f"--students {text!r}: not parseable ({problem}); {hint}") from None
+    if not items or any(not (isinstance(i, str) or (isinstance(i, dict) and isinstance(i.get("name"), str)))
+                        for i in items):
+        raise UserError(f"--students {text!r}: {hint}")
+    return items
+
+
+def student_sections(recipe: Any, students: Any = None) -> list:
+    """The students an eval or baseline trains, as validated sections (:class:`~distillctl.recipe.PluginSection`).
+
+    ``students``: a ``--students`` string (:func:`parse_students`), or a list of names, section dicts or
+    sections; default ``eval.students`` of the recipe, else its ``student``. An unknown student or a bad
+    option is one :class:`UserError` naming it and what would be valid. Duplicates are dropped.
+    """
+    from distillctl.recipe import PluginSection, validate_plugin_section
+
+    if students is None:
+        students, field = (recipe.eval.students or [recipe.student]), "eval.students"
+    else:
+        field = "--students"
+        if isinstance(students, str):
+            students = parse_students(students)
+    out, seen = [], set()
+    for i, item in enumerate(students):
+        if isinstance(item, PluginSection):
+            if item.options is None or isinstance(item.options, dict):
+                item = {"name": item.name, **(item.options or {})}
+            else:
+                section = item
+        if not isinstance(item, PluginSection):
+            section = validate_plugin_section("student", item, f"{field}[{i}]")
+        key = repr(section.model_dump(mode="json"))
+        if key not in seen:
+            seen.add(key)
+            out.append(section)
+    if not out:
+        raise UserError(f"{field}: needs at least one student (see `distillctl plugins --kind student`)")
+    return out
 
 
 def read_results(path: str | Path) -> list[dict]:
@@ -140,13 +232,15 @@ def read_results(path: str | Path) -> list[dict]:
 
 
 def store_results(path: str | Path, records: list[dict], *, history: str | Path | None = None) -> Path:
-    """Merge ``records`` into ``path`` (a newer record replaces one with the same arm and ipc), atomically."""
+    """Merge ``records`` into ``path`` (a newer record replaces one with the same :func:`record_key`),
+    atomically."""
     from distillctl.runs import append_jsonl, atomic_write_json
 
-    merged = {_key(r): r for r in read_results(path)}
+    merged = {record_key(r): r for r in read_results(path)}
     for r in records:
-        merged[_key(r)] = r
-    ordered = sorted(merged.values(), key=lambda r: (str(r.get("arm")), r.get("ipc") is None, r.get("ipc") or 0))
+        merged[record_key(r)] = r
+    ordered = sorted(merged.values(), key=lambda r: (str(r.get("arm")), r.get("ipc") is None, r.get("ipc") or 0,
+                                                     str(r.get("student")), record_labels(r) == "hard"))
     atomic_write_json(path, {"results": ordered, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     if history is not None:
         for r in records:

@@ -1,33 +1,50 @@
 """report: one readable page per run from its eval and baseline results.
 
-Reads ``RUN_DIR/eval/results.json`` (distilled sets) and ``RUN_DIR/eval/baseline-<kind>.json``,
-and writes::
+Reads ``RUN_DIR/eval/results.json`` (distilled sets), ``RUN_DIR/eval/baseline-<kind>.json``, the sets'
+sidecars and ``metrics.jsonl``, and writes::
 
-    RUN_DIR/report.md                    tables (accuracy, macro-F1 [, positive-class F1]) by ipc,
-                                         the protocol, and the nearest real texts of each synthetic vector
-    RUN_DIR/report.json                  the same numbers
-    RUN_DIR/plots/accuracy_vs_ipc.png    accuracy against ipc (log axis), error bars, full/majority lines
+    RUN_DIR/report.md               the protocol; claims against the strongest full-data reference (and a word
+                                    wherever a set scores above a reference); tables (accuracy, macro-F1
+                                    [, positive-class F1]) by ipc with only the arms that were run; the standard
+                                    scores (HLR, IOR, LRS); the transfer matrix; the distillation (set used, val
+                                    curve); the set in PCA; the nearest real texts of each synthetic vector
+    RUN_DIR/report.json             the same numbers
+    RUN_DIR/plots/accuracy_vs_ipc.png   accuracy against ipc (log axis), error bars, reference lines
+    RUN_DIR/plots/transfer.png      distilled with x evaluated on, one heatmap per ipc
+    RUN_DIR/plots/val_curve.png     validation accuracy against outer step per stage, set used and stop marked
+    RUN_DIR/plots/pca.png           synthetic rows among the real training rows (PCA fitted on train)
+
+Numbers are read from the stored records; nothing is retrained, and test is never selected on.
 """
 
 from __future__ import annotations
 
-import io
+import json
 from pathlib import Path
 from typing import Any
 
 from distillctl.errors import UserError
 from distillctl.plugins import with_registry
+from distillctl.runs import existing_run_of, holds_run_lock
+from distillctl.scores import (FULL_ARMS, best_reference, dd_scores, distilled_with, gap_in_std, labels_of, mean,
+                               newest, reference_label)
 
-#: table columns: (arm in the results, header)
-COLUMNS = (("distilled", "distilled"), ("random", "random"), ("herding", "herding"), ("kcenter", "k-center"),
-           ("full", "full"), ("majority", "majority"))
+#: per-ipc arms, in table order: (key in a row, header). `distilled-hard` is a soft-label set scored with
+#: its labels' argmax instead.
+ARM_COLUMNS = (("distilled", "distilled"), ("distilled-hard", "distilled, hard labels"), ("random", "random"),
+               ("herding", "herding"), ("kcenter", "k-center"))
+#: full-data references (one value per table: no ipc), in table order
+REFERENCE_HEADERS = {"full": "full, same budget", "full-earlystop": "full, steps on val",
+                     "full-logreg": "full, logreg"}
 SUBSET_ARMS = ("distilled", "random", "herding", "kcenter")
 METRICS = (("accuracy", "Accuracy"), ("macro_f1", "Macro-F1"), ("positive_f1", "Positive-class F1"))
 #: nearest real training texts shown per synthetic vector, and their length in the report
 NEIGHBOURS = 3
 TEXT_CHARS = 200
-#: heading of report.md's nearest-texts part; what comes before it is the tables (what the CLI prints)
+#: heading of report.md's nearest-texts part; what comes before it is what the CLI prints
 NEAREST_HEADING = "## What the synthetic vectors stand for"
+#: a gap under this many std (of the two cells together) is called seed noise in the report
+NOISE_STD = 2.0
 
 
 def collect_results(run_path: Path) -> list[dict]:
@@ -41,8 +58,6 @@ def collect_results(run_path: Path) -> list[dict]:
 
 
 def _protocol(rec: dict) -> tuple:
-    import json
-
     return (rec.get("student"), json.dumps(rec.get("student_options"), sort_keys=True),
             json.dumps(rec.get("budget"), sort_keys=True), tuple(rec.get("seeds") or ()))
 
@@ -60,44 +75,92 @@ def _options(opts: dict | None) -> str:
     return "(" + ", ".join(f"{k}: {v}" for k, v in opts.items()) + ")" if opts else ""
 
 
-def build_tables(records: list[dict]) -> dict:
-    """Rows by ipc for each metric, the full/majority lines, the common protocol and any deviation."""
+# -- the numbers ------------------------------------------------------------------------------------
+
+def _own_set_first(cands: list[dict], run_path: Path | None) -> list[dict]:
+    """Distilled records of this run's own sets before any scored from elsewhere."""
+    if run_path is None:
+        return cands
+    root = str(Path(run_path).resolve())
+    return sorted(cands, key=lambda r: not str(r.get("set") or "").startswith(root))
+
+
+def primary_student(records: list[dict], default: str | None = None) -> str | None:
+    """The student of the run's own table: the recipe's, when it scored anything; else the most common."""
+    trained = [r.get("student") for r in records if r.get("budget") and r.get("arm") in SUBSET_ARMS + ("full",)]
+    if default in trained or not trained:
+        return default
+    return max(set(trained), key=trained.count)
+
+
+def build_tables(records: list[dict], student: str | None = None, run_path: Path | None = None) -> dict:
+    """Rows by ipc for each metric (the run's student), its full-data references, the common protocol and any
+    deviation from it. Arms that were not run get no column."""
     from distillctl.training import TrainBudget
 
-    by_arm: dict[str, dict] = {}
-    for r in records:
-        by_arm.setdefault(r["arm"], {})[r.get("ipc")] = r
-    ipcs = sorted({ipc for arm in SUBSET_ARMS for ipc in by_arm.get(arm, {}) if ipc is not None})
-    trained = [r for r in records if r.get("budget")]
-    # the protocol most records share; every other one is flagged in the report
+    records = newest(records)
+    student = primary_student(records, student)
+    mine = [r for r in records if r.get("student") == student]
+
+    def cell(arm: str, ipc: int | None, labels: str | None = None) -> dict | None:
+        cands = [r for r in mine if r["arm"] == arm and r.get("ipc") == ipc
+                 and (labels is None or labels_of(r) == labels)]
+        return (_own_set_first(cands, run_path) or [None])[0]
+
+    ipcs = sorted({r["ipc"] for r in mine if r["arm"] in SUBSET_ARMS and r.get("ipc") is not None})
+    by_ipc: dict[int, dict[str, dict | None]] = {}
+    for ipc in ipcs:
+        own = cell("distilled", ipc, "soft") or cell("distilled", ipc, "hard")  # the set's own labels first
+        by_ipc[ipc] = {"distilled": own,
+                       "distilled-hard": cell("distilled", ipc, "hard") if own and labels_of(own) == "soft" else None,
+                       **{arm: cell(arm, ipc) for arm in SUBSET_ARMS[1:]}}
+    refs = {arm: cell(arm, None) for arm in ("full", "full-earlystop")}
+    refs["full-logreg"] = next((r for r in records if r["arm"] == "full-logreg"), None)  # student-free
+    majority_rec = next((r for r in records if r["arm"] == "majority"), None)
+
+    # the protocol most same-protocol arms share; every other one is flagged in the report (the chosen-steps
+    # and logistic-regression references differ from it by design)
+    trained = [r for r in mine if r.get("budget") and r["arm"] in SUBSET_ARMS + ("full",)]
     counts: dict[tuple, int] = {}
     for r in trained:
         counts[_protocol(r)] = counts.get(_protocol(r), 0) + 1
     common = max(counts, key=counts.get) if counts else None
     ref = next((r for r in trained if _protocol(r) == common), None)
-    deviations = [f"{r['arm']} ipc {r.get('ipc')}: student {r.get('student')}, "
-                  f"{TrainBudget(**r['budget']).describe()}, K = {len(r.get('seeds') or [])}"
-                  for r in trained if _protocol(r) != common]
+    deviating = [r for r in trained if _protocol(r) != common]
+
     metrics = [m for m, _ in METRICS if any(m in r for r in records)]
+    columns = [(arm, h) for arm, h in ARM_COLUMNS if any(by_ipc[i][arm] for i in ipcs)]
+    ref_columns = [(arm, h) for arm, h in REFERENCE_HEADERS.items() if refs.get(arm)]
     tables = {}
     for m in metrics:
         rows = []
         for ipc in ipcs:
             row: dict[str, Any] = {"ipc": ipc}
-            for arm, _ in COLUMNS:
-                rec = by_arm.get(arm, {}).get(ipc if arm in SUBSET_ARMS else None)
+            for arm, _ in ARM_COLUMNS:
+                rec = by_ipc[ipc][arm]
                 row[arm] = rec.get(m) if rec else None
+            for arm in REFERENCE_HEADERS:
+                row[arm] = refs[arm].get(m) if refs.get(arm) else None
+            row["majority"] = majority_rec.get(m) if majority_rec else None
             d, r = row["distilled"], row["random"]
             row["gain_over_random"] = (d["mean"] - r["mean"]) if d and r else None
             rows.append(row)
         tables[m] = rows
-    line = lambda arm: (by_arm.get(arm, {}).get(None))  # noqa: E731
     any_rec = records[0] if records else {}
     return {
+        "student": student,
         "ipcs": ipcs,
         "metrics": metrics,
+        "columns": columns,
+        "reference_columns": ref_columns,
+        "reference_headers": REFERENCE_HEADERS,
+        "majority_column": majority_rec is not None,
         "tables": tables,
-        "full": {m: line("full").get(m) for m in metrics} if line("full") else None,
+        "cells": {ipc: {arm: rec for arm, rec in arms.items() if rec} for ipc, arms in by_ipc.items()},
+        # `full` stays the same-budget arm (what `status` summaries read); `references` holds all three
+        "full": {m: refs["full"].get(m) for m in metrics} if refs["full"] else None,
+        "references": {arm: ({m: rec.get(m) for m in metrics} if rec else None) for arm, rec in refs.items()},
+        "reference_records": refs,
         "majority": any_rec.get("majority"),
         "chance": any_rec.get("chance"),
         "n_test": any_rec.get("n_test"),
@@ -105,77 +168,137 @@ def build_tables(records: list[dict]) -> dict:
             "student": ref.get("student"), "student_options": ref.get("student_options"),
             "budget": ref.get("budget"), "seeds": ref.get("seeds"), "split": ref.get("split", "test"),
         },
-        "deviations": deviations,
-        "deviating": {(r["arm"], r.get("ipc")) for r in trained if _protocol(r) != common},
+        "deviations": [f"{r['arm']} ipc {r.get('ipc')}: student {r.get('student')}, "
+                       f"{TrainBudget(**r['budget']).describe()}, K = {len(r.get('seeds') or [])}"
+                       for r in deviating],
+        "deviating": {(r["arm"], r.get("ipc")) for r in deviating},
     }
 
 
-def _markdown_table(rows: list[dict], deviating: set) -> list[str]:
-    head = ["IPC"] + [h for _, h in COLUMNS] + ["gain over random"]
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---:"] * len(head)) + "|"]
-    for row in rows:
-        cells = [str(row["ipc"])]
-        for arm, _ in COLUMNS:
-            cell = _pct(row[arm])
-            key = (arm, row["ipc"] if arm in SUBSET_ARMS else None)
-            if row[arm] and key in deviating:
-                cell += " †"
-            cells.append(cell)
-        g = row["gain_over_random"]
-        cells.append("–" if g is None else f"{g * 100:+.2f} pp")
-        out.append("| " + " | ".join(cells) + " |")
+def claims(records: list[dict], summary: dict) -> dict:
+    """Each distilled cell of the run's table as a share of the strongest full-data reference (every
+    reference of every student), and a note wherever a set scores above a reference."""
+    records = newest(records)
+    best = best_reference(records)
+    out: dict[str, Any] = {"best_reference": None, "references": [], "claims": [], "above": []}
+    out["references"] = [{"arm": r["arm"], "student": r.get("student"), "label": reference_label(r),
+                          "accuracy": r.get("accuracy")}
+                         for r in sorted((r for r in records if r["arm"] in FULL_ARMS),
+                                         key=lambda r: -(mean(r) or 0.0))]
+    if best is not None:
+        out["best_reference"] = {"arm": best["arm"], "student": best.get("student"), "label": reference_label(best),
+                                 "accuracy": best["accuracy"]}
+    for ipc in summary["ipcs"]:
+        d = summary["cells"][ipc].get("distilled")
+        if not d:
+            continue
+        if best is not None:
+            out["claims"].append({"ipc": ipc, "student": d.get("student"), "labels": labels_of(d),
+                                  "accuracy": mean(d), "reference": reference_label(best),
+                                  "reference_accuracy": mean(best), "fraction": mean(d) / mean(best)})
+        exceeded = [r for r in list(summary["reference_records"].values()) + ([best] if best else [])
+                    if r is not None and mean(r) is not None and mean(d) > mean(r)]
+        seen = set()
+        for r in exceeded:
+            if id(r) in seen:
+                continue
+            seen.add(id(r))
+            z = gap_in_std(d, r)
+            out["above"].append({"ipc": ipc, "reference": reference_label(r), "arm": r["arm"],
+                                 "accuracy": mean(d), "reference_accuracy": mean(r),
+                                 "gap": mean(d) - mean(r), "gap_std": z, "why": _why_below(r, records),
+                                 "is_best": r is best})
     return out
 
 
-def plot_accuracy(summary: dict, path: Path, title: str) -> Path:
-    """accuracy (%) against ipc on a log axis, error bars = std over seeds; full / majority / chance lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    from distillctl.runs import atomic_write_bytes
-
-    rows = summary["tables"].get("accuracy", [])
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    markers = {"distilled": "o", "random": "s", "herding": "^", "kcenter": "v"}
-    colors = {"distilled": "C0", "random": "C1", "herding": "C2", "kcenter": "C3"}  # the same in every report
-    for arm, header in COLUMNS[:4]:
-        pts = [(r["ipc"], r[arm]) for r in rows if r[arm]]
-        if pts:
-            ax.errorbar([p[0] for p in pts], [p[1]["mean"] * 100 for p in pts],
-                        yerr=[p[1]["std"] * 100 for p in pts], marker=markers[arm], color=colors[arm], capsize=3,
-                        label=header)
-    full = (summary.get("full") or {}).get("accuracy")
-    if full:
-        ax.axhline(full["mean"] * 100, color="black", lw=1.2, label=f"full data ({full['mean'] * 100:.1f} %)")
-        ax.axhspan((full["mean"] - full["std"]) * 100, (full["mean"] + full["std"]) * 100, color="black", alpha=0.08)
-    maj = summary.get("majority")
-    if maj:
-        ax.axhline(maj["accuracy"] * 100, color="gray", ls="--", lw=1,
-                   label=f"majority class ({maj['accuracy'] * 100:.1f} %)")
-    if summary.get("chance") and (not maj or abs(summary["chance"] - maj["accuracy"]) > 1e-9):
-        ax.axhline(summary["chance"] * 100, color="gray", ls=":", lw=1, label=f"chance ({summary['chance'] * 100:.1f} %)")
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # label only the ipc values
-    if summary["ipcs"]:
-        ax.set_xticks(summary["ipcs"])
-        ax.set_xticklabels([str(i) for i in summary["ipcs"]])
-    ax.set_xlabel("instances per class (log scale)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+def _why_below(ref: dict, records: list[dict]) -> str:
+    """Why a full-data reference can sit below a distilled set (said next to every such cell)."""
+    if ref["arm"] == "full":
+        b, n = ref.get("budget") or {}, ref.get("n_train")
+        text = "the same-budget arm gets the step budget sized for sets of a few rows"
+        if b and n:
+            text = (f"the same-budget arm trains on all {n} training rows for the eval budget of {b['steps']} steps "
+                    f"of batch {b['batch_size']} ({b['steps'] * b['batch_size'] / n:.2g} epochs), a budget sized for "
+                    f"sets of a few rows")
+        longer = best_reference(records, student=ref.get("student"), arms=("full-earlystop",))
+        if longer is not None and mean(longer) > mean(ref):
+            chosen, steps = longer.get("chosen_steps"), b.get("steps")
+            verdict = ("undertrained" if chosen and steps and chosen > steps else
+                       "trained past its best (it overfits)" if chosen and steps and chosen < steps else
+                       "below what this student can do")
+            return (f"{text}; with its steps chosen on val ({chosen} steps) the same student reaches "
+                    f"{mean(longer) * 100:.2f} %, so the same-budget arm is {verdict}")
+        return text + ": it may be under- or overtrained (the `full-earlystop` reference would tell)"
+    if ref["arm"] == "full-earlystop":
+        return "its step count was chosen on val from a fixed grid, so it may still stop short of its best"
+    if ref["arm"] == "full-logreg":
+        return "a linear model: a nonlinear student trained on a few well-placed rows can beat it"
+    return ""
 
 
-def nearest_texts(run_path: Path, embeddings: Any, k: int = NEIGHBOURS) -> list[dict]:
-    """For each synthetic vector of each distilled set: the k most cosine-similar real training texts."""
+def transfer_matrix(records: list[dict], order: str | None = None) -> list[dict]:
+    """Per ipc: the distilled sets' test accuracy by (student(s) distilled with, evaluating student), each cell
+    also as a share of that evaluating student's full-data accuracy (its better of `full` and
+    `full-earlystop`: the strongest honest reference of the same architecture)."""
+    records = newest(records)
+    dist = [r for r in records if r["arm"] == "distilled"]
+    students = sorted({r.get("student") for r in dist}, key=lambda s: (s != order, str(s)))
+    makers = sorted({distilled_with(r) for r in dist}, key=lambda s: (s != order, str(s)))
+    refs = {s: best_reference(records, student=s, arms=("full", "full-earlystop")) for s in students}
+    out = []
+    for ipc in sorted({r["ipc"] for r in dist}):
+        cells = []
+        for m in makers:
+            row = []
+            for s in students:
+                cands = [r for r in dist if r["ipc"] == ipc and r.get("student") == s and distilled_with(r) == m]
+                rec = next((r for r in cands if labels_of(r) == "soft"), None) or (cands or [None])[0]
+                if rec is None:
+                    row.append(None)
+                    continue
+                ref = refs.get(s)
+                row.append({"accuracy": rec["accuracy"], "labels": labels_of(rec),
+                            "of_full": mean(rec) / mean(ref) if ref and mean(ref) else None,
+                            "reference": reference_label(ref) if ref else None})
+            cells.append(row)
+        out.append({"ipc": ipc, "distilled_with": makers, "students": students, "cells": cells})
+    return out
+
+
+def distillation(run: Any) -> list[dict]:
+    """Per distilled set: which set was kept (best-on-val or final, from its sidecar), its validation curve
+    from metrics.jsonl (outer step, val accuracy) and where and why its stage stopped, when recorded."""
+    from distillctl.compare import set_selection
+    from distillctl.protocol import set_files
+    from distillctl.runs import read_jsonl
+    from distillctl.synthetic import sidecar_path
+
+    metrics = read_jsonl(run.metrics) if run.metrics.exists() else []
+    out = []
+    for f in set_files(run.path):
+        try:
+            meta = json.loads(sidecar_path(f).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        ipc = int(meta["ipc"])
+        mine = [m for m in metrics if m.get("ipc") == ipc]
+        points = [(int(m["step"]), float(m["val_accuracy"])) for m in mine
+                  if m.get("val_accuracy") is not None and m.get("step") is not None]
+        stop = next((m for m in reversed(mine) if m.get("event") == "stopped"), None)
+        stop = stop or (meta.get("stopped") if isinstance(meta.get("stopped"), dict) else None)
+        if stop is not None:
+            stop = {"step": stop.get("step"), "reason": stop.get("reason") or stop.get("why") or ""}
+        step, run_steps = meta.get("outer_step"), meta.get("outer_steps_run")
+        out.append({"ipc": ipc, "stage": meta.get("stage"), "method": meta.get("method"),
+                    "distilled_with": meta.get("distilled_with"), "selection": set_selection(meta), "chosen_step": step,
+                    "steps_run": run_steps, "chosen_val": meta.get("val_accuracy"), "points": points, "stop": stop,
+                    "soft_labels": meta.get("soft_labels"), "wall_seconds": meta.get("wall_seconds")})
+    return out
+
+
+def nearest_texts(run_path: Path, embeddings: Any, k: int = NEIGHBOURS, files: Any = None) -> list[dict]:
+    """For each synthetic vector of each distilled set (``files``: these sets only): the k most
+    cosine-similar real training texts."""
     import torch
 
     from distillctl.protocol import set_files, split_of
@@ -190,7 +313,7 @@ def nearest_texts(run_path: Path, embeddings: Any, k: int = NEIGHBOURS) -> list[
         raise UserError(f"embeddings: {len(texts)} train texts for {X.shape[0]} train vectors")
     names = list(embeddings.label_names)
     out = []
-    for f in set_files(run_path):
+    for f in set_files(run_path) if files is None else files:
         s = SyntheticSet.load(f)
         if s.dim != X.shape[1]:
             continue  # reported by eval; nothing to compare against here
@@ -209,8 +332,26 @@ def nearest_texts(run_path: Path, embeddings: Any, k: int = NEIGHBOURS) -> list[
     return out
 
 
+def pca_picture(run: Any, embeddings: Any, title: str) -> tuple[Path | None, dict | None]:
+    """plots/pca.png: every distilled set in the PCA plane of the real training vectors."""
+    from distillctl.protocol import set_files, split_of
+    from distillctl.report_plots import plot_pca
+    from distillctl.synthetic import SyntheticSet
+
+    train = split_of(embeddings, "train")
+    sets = []
+    for f in set_files(run.path):
+        s = SyntheticSet.load(f)
+        if s.dim == train.X.shape[1]:
+            sets.append({"ipc": s.ipc, "x": s.x.float(), "classes": s.hard_labels().tolist()})
+    if not sets:
+        return None, None
+    names = list(getattr(embeddings, "label_names", None) or [str(c) for c in range(int(embeddings.num_classes))])
+    return plot_pca(train.X.float(), train.y, sets, names, run.plots / "pca.png", title)
+
+
 def report_tables(report_md: Path) -> str:
-    """report.md without its nearest-texts part: the protocol and the tables, for a terminal."""
+    """report.md without its nearest-texts part: everything a terminal shows."""
     return Path(report_md).read_text(encoding="utf-8").split(NEAREST_HEADING)[0].rstrip()
 
 
@@ -219,9 +360,143 @@ def _short(text: str) -> str:
     return text if len(text) <= TEXT_CHARS else text[: TEXT_CHARS - 1] + "…"
 
 
+# -- report.md ----------------------------------------------------------------------------------------
+
+def _markdown_table(rows: list[dict], summary: dict) -> list[str]:
+    arms, refs = summary["columns"], summary["reference_columns"]
+    head = (["IPC"] + [h for _, h in arms] + [h for _, h in refs] + (["majority"] if summary["majority_column"] else [])
+            + (["gain over random"] if any(a == "random" for a, _ in arms) else []))
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---:"] * len(head)) + "|"]
+    for row in rows:
+        cells = [str(row["ipc"])]
+        for arm, _ in arms:
+            cell = _pct(row[arm])
+            if row[arm] and (arm, row["ipc"]) in summary["deviating"]:
+                cell += " †"
+            cells.append(cell)
+        for arm, _ in refs:
+            cells.append(_pct(row[arm]) + (" †" if row[arm] and (arm, None) in summary["deviating"] else ""))
+        if summary["majority_column"]:
+            cells.append(_pct(row["majority"]))
+        if any(a == "random" for a, _ in arms):
+            g = row["gain_over_random"]
+            cells.append("–" if g is None else f"{g * 100:+.2f} pp")
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def _claims_md(c: dict) -> list[str]:
+    if not c["references"]:
+        return []
+    md = ["## Against full data", ""]
+    best = c["best_reference"]
+    md += [f"Claims are made against the strongest full-data reference run, **{best['label']}**: "
+           f"{_pct(best['accuracy'])} %. All references (best first):", ""]
+    md += [f"- {r['label']}: {_pct(r['accuracy'])} %" for r in c["references"]] + [""]
+    for cl in c["claims"]:
+        md.append(f"- ipc {cl['ipc']}: distilled ({cl['labels']} labels, evaluated on {cl['student']}) reaches "
+                  f"**{cl['fraction'] * 100:.1f} %** of full data ({cl['accuracy'] * 100:.2f} % vs "
+                  f"{cl['reference_accuracy'] * 100:.2f} %, {cl['reference']})")
+    if c["claims"]:
+        md.append("")
+    if c["above"]:
+        md += ["**Above a full-data reference.** A few distilled rows scoring above students trained on every real "
+               "row needs a word:", ""]
+        for a in c["above"]:
+            z = a["gap_std"]
+            size = ("no spread over seeds" if z is None else
+                    f"{z:.1f} std of the two cells together (√(std₁² + std₂²))"
+                    + (": within seed noise" if abs(z) < NOISE_STD else ": more than seed noise"))
+            md.append(f"- ipc {a['ipc']}: distilled {a['accuracy'] * 100:.2f} % is above {a['reference']} "
+                      f"{a['reference_accuracy'] * 100:.2f} % by {a['gap'] * 100:+.2f} pp, {size}. {a['why'][:1].upper()}{a['why'][1:]}."
+                      + (" It is the strongest reference run: check the full-data students (more steps, the "
+                         "chosen-steps and logistic-regression references) before claiming the set beats full "
+                         "data." if a["is_best"] else ""))
+        md.append("")
+    return md
+
+
+SCORE_DEFINITIONS = [
+    "Standard scores of a distilled set (DD-Ranking, Li et al. 2025), accuracies as fractions in [0, 1], "
+    "shown in percentage points (pp):",
+    "",
+    "- **HLR**, hard-label recovery = full-data accuracy − the set's accuracy, both with hard labels; lower is "
+    "better. The full-data accuracy is the evaluating student's **same-budget** `full` arm (DD-Ranking's "
+    "convention: the same model trained the same way on all real rows), so HLR says what the rows themselves "
+    "lose under one protocol; the stronger references are in *Against full data*.",
+    "- **IOR**, improvement over random = the set's accuracy − the accuracy of random real subsets of the same "
+    "size, same evaluating student; higher is better.",
+    "- **LRS**, label-robust score: α = w·IOR − (1 − w)·HLR with w = 0.5, LRS = (e^α − e^−1) / (e − e^−1) ∈ [0, 1]; "
+    "higher is better.",
+    "",
+    "A soft-label set is scored with its soft labels and without them (its labels' argmax): HLR is the same in "
+    "both rows (hard labels by definition), IOR and LRS change.",
+]
+
+
+def _scores_md(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    pp = lambda v: "–" if v is None else f"{v * 100:+.2f}"  # noqa: E731
+    acc = lambda v: "–" if v is None else f"{v * 100:.2f}"  # noqa: E731
+    md = ["## Standard scores", "", *SCORE_DEFINITIONS, "",
+          "| IPC | distilled with | evaluated on | labels | accuracy (%) | random (%) | full, same budget (%) | "
+          "set, hard labels (%) | IOR (pp) | HLR (pp) | LRS |",
+          "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        md.append(f"| {r['ipc']} | {r['distilled_with']} | {r['student']} | {r['labels']} | {acc(r['accuracy'])} | "
+                  f"{acc(r['random'])} | {acc(r['full_hard'])} | {acc(r['set_hard'])} | {pp(r['ior'])} | "
+                  f"{pp(r['hlr'])} | {'–' if r['lrs'] is None else format(r['lrs'], '.4f')} |")
+    missing = sorted({(r["ipc"], r["student"]) for r in rows if r["hlr"] is None})
+    if missing:
+        md += ["", "– : a record the score needs was not run (HLR: the same-budget `full` arm and the set scored "
+               "with hard labels; IOR: the `random` arm at that ipc)."]
+    return md + [""]
+
+
+def _transfer_md(transfer: list[dict], plot: Path | None) -> list[str]:
+    if not transfer:
+        return []
+    md = ["## Transfer: distilled with × evaluated on", "",
+          "Test accuracy (%) of each set scored by each student (the set's own labels), and as a share of that "
+          "student's full-data accuracy (its better of `full` and `full-earlystop`).", ""]
+    for t in transfer:
+        md += [f"ipc {t['ipc']}:", "", "| distilled with \\ evaluated on | " + " | ".join(map(str, t["students"])) + " |",
+               "|---|" + "---:|" * len(t["students"])]
+        for maker, row in zip(t["distilled_with"], t["cells"]):
+            cells = ["–" if c is None else _pct(c["accuracy"])
+                     + ("" if c["of_full"] is None else f" ({c['of_full'] * 100:.0f} % of full)") for c in row]
+            md.append(f"| {maker} | " + " | ".join(cells) + " |")
+        md.append("")
+    if plot is not None:
+        md += ["![transfer matrix](plots/transfer.png)", ""]
+    return md
+
+
+def _distillation_md(stages: list[dict], plot: Path | None) -> list[str]:
+    if not stages:
+        return []
+    md = ["## Distillation", "",
+          "The set each stage kept (from its sidecar): `best-on-val` = the outer step with the best validation "
+          "accuracy (test was never looked at); `final` = the last step.", "",
+          "| IPC | method | set used | outer step | steps run | val acc (%) | stopped |",
+          "|---:|---|---|---:|---:|---:|---|"]
+    for s in stages:
+        stop = s["stop"]
+        stop_text = "–" if not stop else f"step {stop['step']}" + (f": {stop['reason']}" if stop["reason"] else "")
+        val = "–" if s["chosen_val"] is None else f"{s['chosen_val'] * 100:.2f}"
+        md.append(f"| {s['ipc']} | {s['method'] or '–'} | {s['selection']} | {s['chosen_step']} | {s['steps_run']} | "
+                  f"{val} | {stop_text} |")
+    md.append("")
+    if plot is not None:
+        md += ["![validation curve](plots/val_curve.png)", ""]
+    return md
+
+
 @with_registry  # registry=: run with that plugin registry (default: get_registry())
+@holds_run_lock("report", lambda args, kw: existing_run_of(args[0] if args else kw.get("run_dir")))
 def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = None) -> Path:
-    """Write report.md, report.json and plots/accuracy_vs_ipc.png for a run; returns report.md's path.
+    """Write report.md, report.json and plots/*.png for a run; returns report.md's path.
 
     On a submission folder with several sweep points, write its comparison report instead
     (:mod:`distillctl.compare`: comparison.md / .json, plots/time_to_quality.png) and return that path.
@@ -233,30 +508,52 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
         return write_comparison(run_dir, points)
     from distillctl.embed import load_embeddings
     from distillctl.protocol import collapse_notes, set_files
+    from distillctl.report_plots import plot_accuracy, plot_transfer, plot_val_curve
     from distillctl.runs import atomic_write_json, atomic_write_text, open_run_dir
     from distillctl.training import TrainBudget
 
     # 1. The results of the run.
     run = open_run_dir(run_dir)
     recipe = run.load_recipe()
-    records = collect_results(run.path)
+    records = newest(collect_results(run.path))
     if not records:
         raise UserError(f"{run_dir}: no results in {run.eval} (run `distillctl eval {run_dir}` and "
                         f"`distillctl baseline RECIPE --kind random --run-dir {run_dir}` first)")
-    summary = build_tables(records)
+    summary = build_tables(records, recipe.student.name, run.path)
+    stated = claims(records, summary)
+    scores = dd_scores(records)
+    transfer = transfer_matrix(records, summary["student"])
+    stages = distillation(run)
 
-    # 2. The plot.
-    plot = plot_accuracy(summary, run.plots / "accuracy_vs_ipc.png", f"{recipe.name}: test accuracy vs IPC")
+    # 2. The plots.
+    plots = {"accuracy_vs_ipc": plot_accuracy(summary, run.plots / "accuracy_vs_ipc.png",
+                                              f"{recipe.name}: test accuracy vs IPC")}
+    if transfer:
+        plots["transfer"] = plot_transfer(transfer, run.plots / "transfer.png",
+                                          f"{recipe.name}: test accuracy, distilled with × evaluated on")
+    if any(s["points"] for s in stages):
+        plots["val_curve"] = plot_val_curve([s for s in stages if s["points"]], run.plots / "val_curve.png",
+                                            f"{recipe.name}: validation accuracy while distilling")
 
-    # 3. Nearest real texts of the synthetic vectors (needs the embedding cache and its texts).
-    nearest, nearest_note = [], None
+    # 3. The sets among the real rows, and their nearest real texts (both need the embedding cache).
+    nearest, nearest_note, pca, pca_note = [], None, None, None
     if set_files(run.path):
         try:
             if embeddings is None:
                 embeddings = load_embeddings(recipe, quiet=quiet)
-            nearest = nearest_texts(run.path, embeddings)
         except (UserError, NotImplementedError) as exc:
-            nearest_note = f"nearest texts unavailable: {exc}"
+            nearest_note = pca_note = f"embeddings unavailable: {exc}"
+        if embeddings is not None:
+            try:
+                path, pca = pca_picture(run, embeddings, f"{recipe.name}: distilled rows in the PCA plane of train")
+                if path is not None:
+                    plots["pca"] = path
+            except (UserError, NotImplementedError) as exc:
+                pca_note = f"PCA picture unavailable: {exc}"
+            try:
+                nearest = nearest_texts(run.path, embeddings)
+            except (UserError, NotImplementedError) as exc:
+                nearest_note = f"nearest texts unavailable: {exc}"
 
     # 4. report.md
     p = summary["protocol"]
@@ -266,14 +563,18 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
     md += [f"Run directory: `{run.path}`", ""]
     if p:
         seeds = p["seeds"] or []
+        run_arms = [h for _, h in summary["columns"]]
         md += ["## Protocol", "",
                f"- Student: `{p['student']}` {_options(p.get('student_options'))}",
-               f"- Budget (every trained arm): {TrainBudget(**p['budget']).describe()}",
+               f"- Budget (every same-protocol arm: {', '.join(run_arms + ['full, same budget'])}): "
+               f"{TrainBudget(**p['budget']).describe()}",
                f"- K = {len(seeds)} seeds per cell ({seeds[0]}..{seeds[-1]}); cells are mean ± std over seeds "
                f"(population std), in %",
                f"- Scored once on the `{p['split']}` split (n = {summary['n_test']}); nothing was selected on it",
-               "- `random` draws new real rows per seed; `herding` / `k-center` are deterministic coresets "
-               "chosen in embedding space per class; `full` trains on every training row", ""]
+               "- Only the arms that were run have a column. `random` draws new real rows per seed; `herding` / "
+               "`k-center` are deterministic coresets chosen in embedding space per class; `full, same budget` "
+               "trains on every training row with the same budget; `full, steps on val` with its step count "
+               "chosen on val; `full, logreg` is a logistic regression with its regularisation chosen on val", ""]
     if summary["majority"]:
         m = summary["majority"]
         md += [f"Majority class `{m['class']}`: accuracy {m['accuracy'] * 100:.2f} %, macro-F1 "
@@ -287,17 +588,32 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
     if collapsed:
         md += ["**Single-class students** (such a student scores the share of its one class in test):", ""]
         md += [f"- {n}" for n in collapsed] + [""]
+    md += _claims_md(stated)
     for metric, title in METRICS:
         if metric not in summary["tables"]:
             continue
         md += [f"## {title} (%) by instances per class", ""]
         rows = summary["tables"][metric]
         if rows:
-            md += _markdown_table(rows, summary["deviating"]) + [""]
-        full = (summary["full"] or {}).get(metric)
-        if full or not rows:
-            md += [f"Full training data: {_pct(full)}" if full else "No per-ipc results yet.", ""]
+            md += _markdown_table(rows, summary) + [""]
+        else:
+            refs = [f"{summary['reference_headers'][a]} {_pct(r.get(metric))}"
+                    for a, r in (summary["references"] or {}).items() if r and r.get(metric)]
+            md += [("Full training data: " + "; ".join(refs)) if refs else "No per-ipc results yet.", ""]
     md += ["![accuracy vs ipc](plots/accuracy_vs_ipc.png)", ""]
+    md += _scores_md(scores)
+    md += _transfer_md(transfer, plots.get("transfer"))
+    md += _distillation_md(stages, plots.get("val_curve"))
+    if pca or pca_note:
+        md += ["## The sets among the real rows", ""]
+        if pca:
+            md += [f"Real training rows (faint dots, {pca['real_rows_drawn']} drawn) and the synthetic rows (stars, "
+                   "numbered by their row in the set, as in the nearest-texts table), projected on the first two "
+                   "principal components of the real training vectors "
+                   f"({sum(pca['explained_variance_ratio']) * 100:.1f} % of their variance).", "",
+                   "![PCA of the sets](plots/pca.png)", ""]
+        else:
+            md += [f"_{pca_note}_", ""]
     if nearest or nearest_note:
         md += [NEAREST_HEADING, "",
                f"For each synthetic vector, the {NEIGHBOURS} real training texts nearest by cosine similarity "
@@ -315,8 +631,11 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
     md_path = atomic_write_text(run.path / "report.md", "\n".join(md))
 
     # 5. report.json
-    out = {k: v for k, v in summary.items() if k != "deviating"}
-    out.update({"run_dir": str(run.path), "recipe": recipe.name, "report": str(md_path), "plot": str(plot),
-                "nearest": nearest, "nearest_note": nearest_note, "single_class": collapsed, "results": records})
+    out = {k: v for k, v in summary.items() if k not in ("deviating", "cells", "reference_records")}
+    out.update({"run_dir": str(run.path), "recipe": recipe.name, "report": str(md_path),
+                "plot": str(plots["accuracy_vs_ipc"]), "plots": {k: str(v) for k, v in plots.items()},
+                "claims": stated, "scores": scores, "transfer": transfer, "distillation": stages, "pca": pca,
+                "nearest": nearest, "nearest_note": nearest_note, "pca_note": pca_note, "single_class": collapsed,
+                "results": records})
     atomic_write_json(run.path / "report.json", out)
     return md_path

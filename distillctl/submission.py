@@ -110,6 +110,21 @@ class Submission:
                 return text
         return ""
 
+    def latest_line(self, handle: JobHandle, max_bytes: int = 8192) -> str:
+        """The job's latest line of output ('' when none yet): what ``--wait`` shows while it runs.
+
+        Only the last ``max_bytes`` of the log are read (this runs every poll). A progress bar's
+        carriage-return updates count as lines, and the scheduler's own ``# ...`` header lines are
+        skipped: they say that the job started, not how far it is."""
+        paths = self.scheduler.log_files(handle) or [next((j.log for j in self.jobs if j.id == handle.job_id), None)]
+        for path in paths:
+            text = tail(path, 40, max_bytes=max_bytes)
+            for line in reversed(text.replace("\r", "\n").splitlines()):
+                line = line.strip()
+                if line and not line.startswith("# "):
+                    return line
+        return ""
+
     def job_rows(self, *, log_tails: bool = True) -> list[dict]:
         """One row per job (state, scheduler id, elapsed, exit code, log, command line); with ``log_tails``
         a failed job's row also has ``log_tail`` (its logs are read: off for the live table of ``--wait``,
@@ -162,6 +177,85 @@ def find_submission(run: str | Path) -> Path:
             return cand / SUBMISSION_FILE
     raise UserError(f"{run}: not a submission (no {SUBMISSION_FILE} here or in the two folders above; "
                     f"`distillctl submit RECIPE` creates one)")
+
+
+def describe_run(run: str | Path) -> dict | None:
+    """What a plain run directory (``distillctl distill`` / ``embed``'s output, not a submission) holds,
+    for ``status``: ``None`` when RUN is not a run directory either.
+
+    Keys: ``run_dir``, ``recipe``, ``stage`` (the manifest's), ``created``, ``ipc`` (the recipe's stages),
+    ``sets`` (ipc values with a distilled set), ``checkpoints``, ``last_metrics`` (the last line of
+    metrics.jsonl), ``evaluated``, ``baselines``, ``report``, ``state`` and ``next`` (the command that
+    continues it, or ``None``)."""
+    import re
+
+    p = Path(run)
+    if not p.is_dir() or not ((p / "manifest.json").is_file() or (p / "recipe.resolved.yaml").is_file()):
+        return None
+    p = p.resolve()
+    try:
+        manifest = json.loads((p / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        manifest = {}
+    ipc: list[int] = []
+    import yaml
+
+    from distillctl import yaml12
+
+    try:
+        recipe = yaml12.load((p / "recipe.resolved.yaml").read_text(encoding="utf-8")) or {}
+        ipc = [int(x) for x in ((recipe.get("distill") or {}).get("ipc") or [])]
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):  # damaged: describe the rest
+        recipe = {}
+    sets = sorted(int(m.group(1)) for f in (p / "distilled").glob("ipc*.safetensors")
+                  if (m := re.fullmatch(r"ipc(\d+)\.safetensors", f.name)))
+    last = tail(p / "metrics.jsonl", 1)
+    try:
+        last_metrics = json.loads(last) if last else None
+    except json.JSONDecodeError:
+        last_metrics = None
+    baselines = sorted(f.stem.removeprefix("baseline-") for f in (p / "eval").glob("baseline-*.json"))
+    evaluated = (p / "eval" / "results.json").is_file()
+    report = (p / "report.md").is_file()
+    recipe_file = p / "recipe.resolved.yaml"
+    if ipc and not set(ipc) <= set(sets):
+        todo = [i for i in ipc if i not in sets]
+        state = (f"distill unfinished: sets for ipc {', '.join(map(str, sets)) or 'none'}, "
+                 f"missing {', '.join(map(str, todo))} (running, or interrupted)")
+        nxt = f"distillctl distill {recipe_file} --resume {p}"
+    elif sets and not evaluated:
+        state, nxt = "distilled, not evaluated", f"distillctl eval {p}"
+    elif evaluated and not report:
+        state, nxt = "evaluated, no report", f"distillctl report {p}"
+    elif report:
+        state, nxt = "complete (report.md written)", None
+    else:
+        state, nxt = f"{manifest.get('stage') or 'unknown'} run", None
+    return {"run_dir": str(p), "recipe": manifest.get("recipe_name") or recipe.get("name"),
+            "stage": manifest.get("stage"), "created": manifest.get("created"), "ipc": ipc, "sets": sets,
+            "checkpoints": len(list((p / "checkpoints").glob("*"))) if (p / "checkpoints").is_dir() else 0,
+            "last_metrics": last_metrics, "evaluated": evaluated, "baselines": baselines, "report": report,
+            "state": state, "next": nxt}
+
+
+def run_text(info: dict) -> str:
+    """:func:`describe_run` as lines for ``status``."""
+    lines = [f"{info['run_dir']}: a {info['stage'] or ''} run directory of recipe {info['recipe']!r} "
+             f"(not a submission: no jobs to follow)".replace("a  run", "a run"),
+             f"  state:       {info['state']}",
+             f"  sets:        {', '.join(f'ipc{i}' for i in info['sets']) or 'none yet'}"
+             + (f" (recipe stages: {', '.join(map(str, info['ipc']))})" if info["ipc"] else ""),
+             f"  checkpoints: {info['checkpoints']}"]
+    m = info["last_metrics"]
+    if m:
+        keys = [k for k in ("ipc", "step", "loss", "val_accuracy", "best_val_accuracy", "event", "elapsed") if k in m]
+        shown = ", ".join(f"{k} {m[k]:.4g}" if isinstance(m[k], float) else f"{k} {m[k]}" for k in keys)
+        lines.append(f"  last metrics: {shown}")
+    lines.append(f"  evaluated:   {'yes' if info['evaluated'] else 'no'}; baselines: "
+                 f"{', '.join(info['baselines']) or 'none'}; report.md: {'yes' if info['report'] else 'no'}")
+    if info["next"]:
+        lines.append(f"  next: {info['next']}")
+    return "\n".join(lines)
 
 
 def make_scheduler(section: dict, registry=None):

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from distillctl.errors import RunError, UserError  # noqa: F401  (re-exported)
+from distillctl.errors import RunCancelled, RunError, UserError  # noqa: F401  (re-exported)
 from distillctl.follow import DEFAULT_POLL_SECONDS, FollowView, follow, quiet_of  # noqa: F401
 from distillctl.jobgraph import Graph, baseline_key, build_graph, describe_graph, embed_key  # noqa: F401
 from distillctl.plugins import with_registry
@@ -50,6 +50,7 @@ def submit(recipe_path: str | Path, *, overrides: Sequence[str] = (), sweeps: Se
 
     # 1. Every point of the sweep as a validated recipe; the first one names the submission.
     points = expand_points(recipe_path, overrides, sweeps, scheduler)
+    check_inputs(points)  # a missing data file fails here, not minutes later in the embed job
     first = points[0].recipe
     folder = (Path(first.runs_dir) / first.name / new_run_id()).resolve()
 
@@ -152,6 +153,38 @@ def retry_failed(run: str | Path, *, wait: bool = False, quiet: bool | None = No
 
 
 # -- steps of submit() ----------------------------------------------------------------------------------
+
+def check_inputs(points: Sequence[Point]) -> None:
+    """Check what every job will read before anything is submitted: each distinct dataset and encoder
+    of the sweep is built and asked for its ``identity()`` (data files found and hashed, model found),
+    which is the embed job's own first step. Recipe validity of every point was checked by
+    :func:`expand_points`. Raises one :class:`UserError` listing every problem, each with its point."""
+    from distillctl.plugins import get_registry
+
+    registry = get_registry()
+    problems: list[str] = []
+    seen: set[str] = set()
+    for p in points:
+        for kind in ("dataset", "encoder"):
+            section = getattr(p.recipe, kind)
+            key = kind + _canonical_section(section)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                registry.build(kind, section).identity()
+            except UserError as exc:
+                where = f" (sweep point {p.name})" if p.values else ""
+                problems += [line + where for line in str(exc).splitlines()]
+    if problems:
+        raise UserError("\n".join(problems) + "\nnothing was submitted")
+
+
+def _canonical_section(section) -> str:
+    import json
+
+    return json.dumps(section.model_dump(mode="json"), sort_keys=True, default=str)
+
 
 def _submission_data(folder: Path, name: str, scheduler: dict, argv: list[str] | None, *, recipe: str | None = None,
                      overrides: Sequence[str] = (), sweeps: Sequence[str] = (), points: list | None = None) -> dict:

@@ -3,13 +3,20 @@
 On disk: ``ipcN.safetensors`` holds the tensors ``x`` (ipc*C, d) float32 and ``labels`` — (ipc*C,) int64
 hard classes or (ipc*C, C) float32 class probabilities (soft labels) — and ``ipcN.json`` beside it holds
 everything else (format, ipc, classes, label names, inner learning rate, recipe and embedding-cache
-fingerprints, Boost-DD stage, outer step, validation score). Rows are class-major: rows
-``c*ipc .. c*ipc+ipc-1`` belong to class c (for soft labels: were initialised as class c).
+fingerprints, Boost-DD stage, outer step, validation score) and ``sha256``, the digest of the safetensors
+file. Rows are class-major: rows ``c*ipc .. c*ipc+ipc-1`` belong to class c (for soft labels: were
+initialised as class c).
+
+A set is a verified artifact: :meth:`SyntheticSet.load` (used by eval, report, export and
+:func:`distillctl.load_set`) refuses a file whose sha256 differs from its sidecar's, or from the one the
+run's ``manifest.json`` recorded when distill saved it, and refuses non-finite values. A set written before
+digests existed loads with a warning on stderr (its contents cannot be checked).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 FORMAT = "distillctl.synthetic-set/1"
+#: sidecar keys written from the set's own fields, never from ``meta``
+_SIDECAR_OWN = ("format", "ipc", "num_classes", "dim", "soft_labels", "inner_lr", "sha256")
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -39,12 +48,32 @@ class SyntheticSet:
     meta: dict[str, Any] = field(default_factory=dict)  # fingerprints, stage, outer step, val score, ...
 
     def __post_init__(self) -> None:
+        import torch
+
         n = self.ipc * self.num_classes
         if self.x.ndim != 2 or self.x.shape[0] != n:
             raise UserError(f"synthetic set: x must be (ipc*C, d) = ({n}, d), got {tuple(self.x.shape)}")
         if self.labels.shape not in ((n,), (n, self.num_classes)):
             raise UserError(f"synthetic set: labels must be ({n},) or ({n}, {self.num_classes}), "
                             f"got {tuple(self.labels.shape)}")
+        # A NaN or inf trains students to chance without any error further on: refuse it here.
+        for name, t in (("x", self.x), ("labels", self.labels)):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                row = int((~torch.isfinite(t)).reshape(t.shape[0], -1).any(1).nonzero()[0])
+                raise UserError(f"synthetic set: {name} holds {bad} non-finite values (NaN/inf), the first in row "
+                                f"{row}; every value must be finite")
+        if self.inner_lr is not None and not (isinstance(self.inner_lr, (int, float)) and math.isfinite(self.inner_lr)
+                                              and self.inner_lr > 0):
+            raise UserError(f"synthetic set: inner_lr is {self.inner_lr!r}; expected a finite number > 0 (or none)")
+        if self.labels.ndim == 1:
+            in_range = (self.labels >= 0) & (self.labels < self.num_classes)
+            if self.labels.is_floating_point() or not bool(in_range.all()):
+                raise UserError(f"synthetic set: hard labels must be integers in [0, {self.num_classes})")
+        elif n:  # soft labels: one probability distribution per row (saved in float32: allow its rounding)
+            sums = self.labels.double().sum(1)
+            if bool((self.labels < 0).any()) or float((sums - 1).abs().max()) > 1e-3:
+                raise UserError("synthetic set: soft labels must be probabilities (>= 0, each row summing to 1)")
 
     @property
     def soft(self) -> bool:
@@ -63,16 +92,27 @@ class SyntheticSet:
         """(n,) int64: the labels, or the most probable class of each soft label."""
         return self.labels.argmax(-1) if self.soft else self.labels
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``path`` (safetensors) and its ``.json`` sidecar, each atomically."""
-        import torch
+    @property
+    def sha256(self) -> str | None:
+        """The sha256 of the safetensors file this set was saved to or loaded (and verified) from."""
+        return self.meta.get("sha256")
 
-        from distillctl.runs import atomic_save_tensors, atomic_write_json
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (safetensors) and its ``.json`` sidecar (with the file's sha256), each atomically.
+
+        ``meta["sha256"]`` is set to the new file's digest (distill records it in the run's manifest).
+        """
+        import torch
+        from safetensors.torch import save
+
+        from distillctl.runs import atomic_write_bytes, atomic_write_json, sha256_hex
 
         path = Path(path)
         labels = self.labels.to(torch.float32) if self.soft else self.labels.to(torch.int64)
-        atomic_save_tensors(path, {"x": self.x.to(torch.float32), "labels": labels},
-                            metadata={"format": FORMAT})
+        blob = save({"x": self.x.detach().to(torch.float32).contiguous().cpu(),
+                     "labels": labels.detach().contiguous().cpu()}, metadata={"format": FORMAT})
+        digest = sha256_hex(blob)
+        atomic_write_bytes(path, blob)
         sidecar = {
             "format": FORMAT,
             "ipc": self.ipc,
@@ -80,17 +120,21 @@ class SyntheticSet:
             "dim": self.dim,
             "soft_labels": self.soft,
             "inner_lr": self.inner_lr,
-            **{k: v for k, v in self.meta.items() if k not in ("format", "ipc", "num_classes", "dim",
-                                                               "soft_labels", "inner_lr")},
+            **{k: v for k, v in self.meta.items() if k not in _SIDECAR_OWN},
+            "sha256": digest,
         }
         atomic_write_json(sidecar_path(path), sidecar)
+        self.meta["sha256"] = digest
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "SyntheticSet":
-        """Read a set written by :meth:`save`; a missing or inconsistent file is a :class:`UserError`."""
+        """Read and verify a set written by :meth:`save`; a missing, changed or inconsistent file, or
+        non-finite values, are a :class:`UserError` naming the file."""
         from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors.torch import load as load_bytes
+
+        from distillctl.runs import manifest_set_digest, sha256_hex
 
         path = Path(path)
         side = sidecar_path(path)
@@ -99,13 +143,30 @@ class SyntheticSet:
         if not side.is_file():
             raise UserError(f"{path}: its JSON sidecar {side.name} is missing")
         try:
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
-        try:
             meta = json.loads(side.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise UserError(f"{side}: invalid JSON ({exc})") from None
+        if not isinstance(meta, dict):
+            raise UserError(f"{side}: expected a JSON object")
+        # The digest is of the bytes read here, and the tensors come from the same bytes (read once).
+        blob = path.read_bytes()
+        actual, recorded = sha256_hex(blob), meta.get("sha256")
+        if recorded is None:
+            from distillctl.console import err_console
+
+            err_console().print(f"warning: {path}: no sha256 in {side.name} (saved by an older distillctl); its "
+                                "contents cannot be verified", soft_wrap=True)
+        elif recorded != actual:
+            raise UserError(f"{path}: contents changed since it was saved: sha256 {actual[:12]}… on disk, "
+                            f"{str(recorded)[:12]}… in {side.name}; restore the file or distill it again")
+        in_manifest = manifest_set_digest(path)
+        if in_manifest is not None and in_manifest[1] != actual:
+            raise UserError(f"{path}: not the set this run saved: sha256 {actual[:12]}… on disk, "
+                            f"{in_manifest[1][:12]}… in {in_manifest[0]}; restore the file or distill it again")
+        try:
+            tensors = load_bytes(blob)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
         missing = [k for k in ("x", "labels") if k not in tensors] + [
             k for k in ("ipc", "num_classes") if k not in meta]
         if missing:
@@ -116,6 +177,7 @@ class SyntheticSet:
         ipc, num_classes = int(meta.pop("ipc")), int(meta.pop("num_classes"))
         for k in ("format", "dim", "soft_labels"):
             meta.pop(k, None)
+        meta["sha256"] = actual
         try:
             return cls(x=tensors["x"], labels=tensors["labels"], ipc=ipc, num_classes=num_classes,
                        inner_lr=inner_lr, meta=meta)

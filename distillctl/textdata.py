@@ -34,8 +34,9 @@ from distillctl.errors import UserError
 SPLITS = ("train", "val", "test")
 
 #: Bump when a parser of a built-in plugin changes what it produces: it is part of every dataset identity,
-#: so embedding caches made by an older parser are not reused.
-PARSER_VERSION = 1
+#: so embedding caches made by an older parser are not reused. 2: strict quoting and per-reason bad rows
+#: (a version-1 cache of a file with a stray quote holds glued rows), texts cut to the encoder's budget.
+PARSER_VERSION = 2
 
 #: How a text pair is shown as one string (reports, ``Embeddings.texts``).
 PAIR_SEPARATOR = " ||| "
@@ -50,6 +51,8 @@ class TextSplit:
     texts: list[str]
     pairs: list[str] | None
     labels: np.ndarray
+    #: where the rows come from, for messages (``dataset.test (test.csv)``); empty when unknown
+    origin: str = ""
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
@@ -65,7 +68,7 @@ class TextSplit:
         index = np.asarray(index, dtype=np.int64)
         return TextSplit([self.texts[i] for i in index],
                          None if self.pairs is None else [self.pairs[i] for i in index],
-                         self.labels[index])
+                         self.labels[index], self.origin)
 
     def class_counts(self, num_classes: int) -> list[int]:
         return np.bincount(self.labels, minlength=num_classes).tolist()
@@ -104,10 +107,12 @@ class DatasetSource:
         """Optional: one line for humans (file paths, hub name). Default: the plugin name."""
         return self.name or type(self).__name__
 
-    def load(self, *, bad_rows: str = "skip") -> TextDataset:
+    def load(self, *, bad_rows: str = "fail") -> TextDataset:
         """Read the data: :class:`TextDataset` with splits ``train`` and ``test`` (``val`` optional).
-        ``bad_rows``: ``skip`` (count and drop, with a note) or ``fail`` on empty / non-text rows;
-        :func:`finish_rows` does both. A ``load()`` without ``bad_rows`` gets its rows checked by the core."""
+        ``bad_rows``: ``fail`` on a row the file cannot give whole (empty / non-text field, no label,
+        malformed quoting, wrong number of fields, undecodable bytes) or ``skip`` it (counted per reason, with
+        its line, in a note); :func:`finish_rows` and :mod:`distillctl_plugins.datasets.readers` do both.
+        A ``load()`` without ``bad_rows`` gets its rows checked by the core."""
         raise NotImplementedError(f"dataset {self.name!r} does not implement load()")
 
 
@@ -186,12 +191,22 @@ def finish_rows(texts: Sequence[Any], pairs: Sequence[Any] | None, labels: Seque
             names = f" ({', '.join(label_names)})" if label_names else ""
             shown = raw_labels[i] if raw_labels is not None else labels[i]
             if isinstance(shown, str):
-                shown = repr(shown)
+                shown = excerpt(shown)
             mapped = f" (class index {labels[i]})" if raw_labels is not None and str(raw_labels[i]) != str(labels[i]) else ""
             raise UserError(f"{where}: label {shown}{mapped} at row {i + 1} is outside the label set "
                             f"0..{num_classes - 1}{names}")
     return TextSplit([str(texts[i]) for i in keep], None if pairs is None else [str(pairs[i]) for i in keep],
-                     lab)
+                     lab, where)
+
+
+#: Characters of input quoted in an error message at most (then "…"): a 52 MB line stays out of the terminal.
+EXCERPT = 80
+
+
+def excerpt(value: Any, limit: int = EXCERPT) -> str:
+    """``repr`` of ``value`` (a string, else its ``str``) cut to ``limit`` characters, ``…`` marking the cut."""
+    s = value if isinstance(value, str) else str(value)
+    return repr(s) if len(s) <= limit else repr(s[:limit]) + "…"
 
 
 def _is_label(value: Any) -> bool:
@@ -207,14 +222,23 @@ def _is_label(value: Any) -> bool:
 _NON_ALNUM = re.compile(r"[\W_]+", re.UNICODE)
 
 
+#: Characters of a text normalised for :func:`dedupe_key`; the rest is compared exactly (through its sha256),
+#: so a 67 MB cell costs one hash instead of a 30 s normalisation, and different words are still never merged.
+DEDUPE_PREFIX = 4096
+
+
 def dedupe_key(text: str, pair: str | None = None) -> str:
-    """What counts as the same row: case, whitespace and punctuation ignored.
+    """What counts as the same row: case, whitespace and punctuation ignored (in the first
+    :data:`DEDUPE_PREFIX` characters; beyond them texts must be equal exactly).
 
     Needed because the same AG News article is distributed as ``title. description``, ``title .
     description`` and ``titledescription``; different words are never merged.
     """
     def norm(s: str) -> str:
-        return _NON_ALNUM.sub("", unicodedata.normalize("NFKC", s).casefold())
+        head = _NON_ALNUM.sub("", unicodedata.normalize("NFKC", s[:DEDUPE_PREFIX]).casefold())
+        if len(s) <= DEDUPE_PREFIX:
+            return head
+        return head + "\x01" + hashlib.sha256(s[DEDUPE_PREFIX:].encode("utf-8", "surrogatepass")).hexdigest()
 
     return norm(text) if pair is None else norm(text) + "\x00" + norm(pair)
 
@@ -226,7 +250,7 @@ def merge_parts(parts: Sequence[TextSplit], *, where: str, notes: list[str], ded
     has_pairs = any(p.pairs is not None for p in parts)
     pairs = [t for p in parts for t in (p.pairs or [""] * len(p))] if has_pairs else None
     labels = np.concatenate([p.labels for p in parts]) if parts else np.zeros(0, np.int64)
-    merged = TextSplit(texts, pairs, labels)
+    merged = TextSplit(texts, pairs, labels, ", ".join(p.origin for p in parts if p.origin))
     if not dedupe:
         return merged
     seen: dict[str, int] = {}
@@ -289,12 +313,44 @@ def map_labels(raw: Sequence[Any], *, where: str, label_names: Sequence[str] | N
             out.append(None)
         elif s in lookup:
             out.append(lookup[s])
-        elif re.fullmatch(r"[+-]?\d+", s):
+        elif re.fullmatch(r"[+-]?\d{1,18}", s):  # longer digit strings are no class index (and int() refuses 4,300+)
             out.append(int(s) - offset)
         else:
             allowed = ", ".join(lookup) if lookup else "integers"
-            raise UserError(f"{where}: label {s!r} at row {i + 1} is not in the label set ({allowed})")
+            raise UserError(f"{where}: label {excerpt(s)} at row {i + 1} is not in the label set ({allowed})")
     return out
+
+
+def check_classes(splits: dict[str, Sequence[TextSplit]], label_names: Sequence[str], *,
+                  where: str = "dataset") -> None:
+    """Every class scored must be learnable: at least two classes have training rows, and no label of
+    ``val`` / ``test`` is absent from ``train`` (a :class:`UserError` naming the label and its file).
+
+    ``splits`` maps a split name to its parts (one per file, each with its ``origin``). Without this, a
+    class only in the test file gets 0 training rows (and later "use at most 0" from the IPC check), and
+    a one-class dataset distils to a meaningless validation accuracy of 1.0.
+    """
+    def name(k: int) -> str:
+        return repr(label_names[k]) if 0 <= k < len(label_names) else repr(str(k))
+
+    train = set(np.unique(np.concatenate([p.labels for p in splits.get("train", [])] or [np.zeros(0, np.int64)]))
+                .tolist())
+    if len(train) < 2:
+        if not train:
+            raise UserError(f"{where}.train: no training rows are left (after removing empty rows, duplicates and "
+                            "rows whose text also occurs in test); check the train files and the dedupe option")
+        raise UserError(f"{where}.train: every training row has the class {name(next(iter(train)))}; "
+                        f"classification needs at least two classes (label set: "
+                        f"{', '.join(map(str, label_names[:20]))}{', …' if len(label_names) > 20 else ''})")
+    for split in ("val", "test"):
+        for part in splits.get(split, []):
+            extra = sorted(set(np.unique(part.labels).tolist()) - train)
+            if extra:
+                k = extra[0]
+                more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+                raise UserError(f"{part.origin or f'{where}.{split}'}: label {name(k)} (class index {k}){more} occurs "
+                                f"in {split} but in no training row; a class without training rows cannot be "
+                                f"learned: add training rows for it or remove its {split} rows")
 
 
 # -- validation split -------------------------------------------------------------------------------
@@ -361,4 +417,7 @@ def assemble(parts: dict[str, list[TextSplit]], label_names: Sequence[str], *, n
     if dedupe and "val" in splits:  # a validation file that shares rows with train would flatter selection
         splits["val"] = drop_overlap(splits["val"], splits["train"], where=f"{where}.val", notes=notes,
                                      other_name="train")
+    # After dedupe: removing duplicates / test overlap can take a class's last training row.
+    check_classes({"train": [splits["train"]], "val": parts.get("val") or [], "test": parts.get("test") or []},
+                  label_names, where=where)
     return TextDataset(splits=splits, label_names=list(label_names), notes=notes)

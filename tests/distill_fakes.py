@@ -63,14 +63,43 @@ class FakeDatasetOptions(PluginOptions):
     size: int = Field(10, description="Unused; the data comes from gaussian_embeddings().")
 
 
+class FakeSource:
+    """Enough of a dataset for `submit`'s up-front input check (the data itself comes from
+    gaussian_embeddings(), patched in for load_embeddings)."""
+
+    def __init__(self, options=None):
+        self.options = options
+
+    def identity(self) -> dict:
+        return {"fake": "gauss", "size": getattr(self.options, "size", None)}
+
+    def load(self, *, bad_rows: str = "skip"):
+        raise NotImplementedError("fake-gauss has no texts: tests patch load_embeddings")
+
+
+class FakeEncoder:
+    """Enough of an encoder for `submit`'s up-front input check."""
+
+    dim = 0
+
+    def __init__(self, options=None):
+        pass
+
+    def identity(self) -> dict:
+        return {"fake": "encoder"}
+
+    def encode(self, texts, **kwargs):
+        raise NotImplementedError("fake-encoder encodes nothing: tests patch load_embeddings")
+
+
 @hookimpl
 def register_datasets(register):
-    register("fake-gauss", lambda options: None, options=FakeDatasetOptions, description="test stand-in")
+    register("fake-gauss", FakeSource, options=FakeDatasetOptions, description="test stand-in")
 
 
 @hookimpl
 def register_encoders(register):
-    register("fake-encoder", lambda options: None, description="test stand-in")
+    register("fake-encoder", FakeEncoder, description="test stand-in")
 
 
 @hookimpl

@@ -6,13 +6,15 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+from typing import Optional
+
 from pydantic import Field
 
 from distillctl import hookimpl
 from distillctl.options import PluginOptions
 
 #: Sentences encoded so far (tests reset it) and an interruption switch: raise after this many calls.
-STATE = {"encoded": 0, "calls": 0, "fail_after_calls": None}
+STATE = {"encoded": 0, "calls": 0, "fail_after_calls": None, "longest": 0}
 
 
 def vector(text: str, salt: str = "", dim: int = 8) -> np.ndarray:
@@ -23,6 +25,7 @@ def vector(text: str, salt: str = "", dim: int = 8) -> np.ndarray:
 class HashOptions(PluginOptions):
     salt: str = Field("", description="Changes every vector (stands for other weights).")
     dim: int = Field(8, description="Vector width.")
+    max_tokens: Optional[int] = Field(None, description="Tokens (here: words) read per text; None: all.")
 
 
 class HashEncoder:
@@ -30,9 +33,14 @@ class HashEncoder:
 
     def __init__(self, options):
         self.options = options
+        self.max_tokens = options.max_tokens
 
     def identity(self):
-        return {"plugin": "hash", "salt": self.options.salt, "dim": self.options.dim}
+        return {"plugin": "hash", "salt": self.options.salt, "dim": self.options.dim,
+                "max_tokens": self.options.max_tokens}
+
+    def count_tokens(self, text):
+        return len(text.split())
 
     def describe(self):
         return f"hash encoder (salt {self.options.salt!r})"
@@ -49,6 +57,7 @@ class HashEncoder:
             raise KeyboardInterrupt("simulated interruption")
         STATE["calls"] += 1
         STATE["encoded"] += len(texts)
+        STATE["longest"] = max([STATE["longest"], *map(len, texts), *map(len, pairs or [])])
         u = np.stack([vector(t, self.options.salt, self.options.dim) for t in texts])
         if pairs is not None:
             v = np.stack([vector(t, self.options.salt, self.options.dim) for t in pairs])

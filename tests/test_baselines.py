@@ -135,8 +135,9 @@ def test_majority_baseline(env, monkeypatch):
     assert r["macro_f1"]["mean"] == pytest.approx((2 * (1 / 3) / (1 / 3 + 1)) / 3)
     # the record of an arm that trains nothing: no student, seeds, budget, options or time; one value each
     assert set(r) == {"arm", "ipc", "student", "seeds", "budget", "accuracy", "macro_f1", "class", "split", "n_test",
-                      "majority", "chance", "seconds"}
+                      "majority", "chance", "seconds", "distilled_with", "labels"}
     assert r["ipc"] is None and r["student"] is None and r["seeds"] == [] and r["seconds"] == 0.0
+    assert r["distilled_with"] is None and r["labels"] == "hard"
     acc = r["majority"]["accuracy"]
     assert r["accuracy"] == {"mean": acc, "std": 0.0, "values": [acc]} and r["chance"] == pytest.approx(1 / 3)
 
@@ -150,8 +151,11 @@ def test_subset_and_full_arms_share_the_protocol(env):
     rand = baseline(recipe, "random", ipc=[1, 3], quiet=True)
     herd = baseline(recipe, "herding", ipc="1,3", quiet=True)
     full = baseline(recipe, "full", quiet=True)
+    assert [r["arm"] for r in full] == ["full", "full-earlystop", "full-logreg"]
+    full = full[:1]  # the same-budget arm
     assert [r["ipc"] for r in rand] == [1, 3] == [r["ipc"] for r in herd]
-    assert full[0]["ipc"] is None and full[0]["n_train"] == 90
+    assert full[0]["ipc"] is None and full[0]["n_train"] == 90 and full[0]["reference"] == "same-budget"
+    assert all(r["labels"] == "hard" and r["distilled_with"] is None for r in rand + herd + full)
     budgets = {json.dumps(r["budget"], sort_keys=True) for r in rand + herd + full}
     assert len(budgets) == 1 and {tuple(r["seeds"]) for r in rand + herd + full} == {tuple(eval_seeds(recipe))}
     # herding ipc 3 equals training on the herding coreset directly
@@ -209,3 +213,149 @@ def test_cli_baseline(env, cli):
         assert msg in res.err and "Traceback" not in res.err
     res = cli("baseline", tmp / "nope.yaml", "--kind", "full")
     assert res.code == 2 and "not found" in res.err
+
+
+# -- the full-data references: steps and C chosen on val, never on test ------------------------------
+
+def _hard_env(env):
+    """Overlapping clusters: val accuracy varies with the number of steps and with C."""
+    registry, emb, recipe, recipe_file, tmp = env
+    hard = eval_fakes.embeddings(n_per_class=(40, 30, 30), sep=0.9, seed=3)
+    emb.splits = hard.splits
+    return registry, emb, recipe, recipe_file, tmp
+
+
+def test_full_earlystop_chooses_steps_on_val_and_scores_test_once(env):
+    from distillctl.baselines import EARLYSTOP_CHECKS, EARLYSTOP_MAX_FACTOR, baseline, earlystop_every
+    from distillctl.evaluate import eval_seeds
+    from distillctl.training import TrainBudget, student_builder, train_and_score
+
+    registry, emb, recipe, _, tmp = _hard_env(env)
+    full, early, logreg = baseline(recipe, "full", quiet=True)
+    assert early["arm"] == "full-earlystop" and early["reference"] == "val-steps" and early["student"] == "mlp"
+    every = 6  # the smallest k >= EARLYSTOP_CHECKS dividing 30 is 5
+    assert EARLYSTOP_CHECKS == 4 and [earlystop_every(n) for n in (1000, 30, 7, 1, 2)] == [250, 6, 1, 1, 1]
+    assert early["max_steps"] == EARLYSTOP_MAX_FACTOR * 30 and early["select_every_steps"] == every
+    steps = [p["step"] for p in early["val_curve"]]
+    assert steps == list(range(every, 300 + 1, every))
+    # the chosen step: the earliest best mean val accuracy over the K seeds, recomputed from the curve
+    means = [p["mean"] for p in early["val_curve"]]
+    assert early["chosen_steps"] == steps[means.index(max(means))] == early["budget"]["steps"]
+    for p in early["val_curve"]:
+        assert p["mean"] == pytest.approx(sum(p["values"]) / 3)
+    # the curve is real val accuracy: at step 30 it is that of the same-budget students scored on val
+    X, y = emb.splits["train"].X, emb.splits["train"].y
+    budget = TrainBudget.from_eval(recipe.eval)
+    build = student_builder(recipe, 8, 3)
+    on_val = train_and_score(build, X, y, emb.splits["val"].X, emb.splits["val"].y, seeds=eval_seeds(recipe),
+                             budget=budget, num_classes=3)
+    at_30 = next(p for p in early["val_curve"] if p["step"] == 30)
+    assert at_30["values"] == on_val.accuracy
+    # test scores: exactly those of students trained for the chosen number of steps
+    direct = train_and_score(build, X, y, emb.splits["test"].X, emb.splits["test"].y, seeds=eval_seeds(recipe),
+                             budget=TrainBudget(**{**budget.as_dict(), "steps": early["chosen_steps"]}), num_classes=3)
+    assert early["accuracy"]["values"] == direct.accuracy and early["macro_f1"]["values"] == direct.macro_f1
+
+
+def test_nothing_is_selected_on_test(env):
+    """Shuffling the test labels changes the test scores but not the chosen steps, the chosen C or the val
+    numbers they were chosen from."""
+    from distillctl.baselines import baseline
+
+    registry, emb, recipe, _, tmp = _hard_env(env)
+    _, early, logreg = baseline(recipe, "full", quiet=True)
+    test = emb.splits["test"]
+    test.y = test.y[torch.randperm(len(test.y), generator=torch.Generator().manual_seed(0))]
+    _, early2, logreg2 = baseline(recipe, "full", quiet=True)
+    assert early2["chosen_steps"] == early["chosen_steps"] and early2["val_curve"] == early["val_curve"]
+    assert logreg2["chosen_C"] == logreg["chosen_C"] and logreg2["val_by_C"] == logreg["val_by_C"]
+    assert early2["accuracy"] != early["accuracy"] and logreg2["accuracy"] != logreg["accuracy"]
+
+
+def test_full_logreg_matches_scikit_learn_with_c_chosen_on_val(env):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+
+    from distillctl.baselines import LOGREG_C_GRID, baseline
+
+    registry, emb, recipe, _, tmp = _hard_env(env)
+    *_, r = baseline(recipe, "full", quiet=True)
+    assert r["arm"] == "full-logreg" and r["student"] == "logreg" and r["reference"] == "val-logreg"
+    assert r["budget"] is None and r["seeds"] == [] and r["student_options"]["C"] == r["chosen_C"]
+    # the reference: one scikit-learn fit per C on train, the best on val (ties: the smaller C), test once
+    X, y = (emb.splits["train"].X.double().numpy(), emb.splits["train"].y.numpy())
+    Xv, yv = emb.splits["val"].X.double().numpy(), emb.splits["val"].y.numpy()
+    Xt, yt = emb.splits["test"].X.double().numpy(), emb.splits["test"].y.numpy()
+    val = [float((LogisticRegression(C=c, max_iter=1000, tol=1e-6).fit(X, y).predict(Xv) == yv).mean())
+           for c in LOGREG_C_GRID]
+    assert [v["accuracy"] for v in r["val_by_C"]] == val and [v["C"] for v in r["val_by_C"]] == list(LOGREG_C_GRID)
+    assert len(set(val)) > 1  # the choice matters on this data
+    chosen = LOGREG_C_GRID[val.index(max(val))]
+    assert r["chosen_C"] == chosen
+    pred = LogisticRegression(C=chosen, max_iter=1000, tol=1e-6).fit(X, y).predict(Xt)
+    assert r["accuracy"]["values"] == [pytest.approx(float((pred == yt).mean()))]
+    assert r["macro_f1"]["values"] == [pytest.approx(f1_score(yt, pred, average="macro"))]
+
+
+def test_logreg_fit_is_the_minimiser_of_the_regularised_cross_entropy():
+    """Closed-form check of the optimum: the gradient of 0.5 ||W||^2 + C * sum_i CE(softmax(W x_i + b), y_i)
+    vanishes at the fitted model (scikit-learn's multinomial objective, bias unpenalised)."""
+    from distillctl.baselines import logreg_reference
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(90, 5, generator=g)
+    y = (X[:, 0] + 0.5 * torch.randn(90, generator=g) > 0).long() + (X[:, 1] > 0.8).long()  # 3 classes
+    fit = logreg_reference(X, y, X[:30], y[:30], X[:30], y[:30], 3, grid=[0.5])
+    model = fit["model"]
+    W, b, C = torch.tensor(model.coef_), torch.tensor(model.intercept_), fit["chosen_C"]
+    P = torch.softmax(X.double() @ W.T + b, -1)  # (n, 3)
+    Y = torch.nn.functional.one_hot(y, 3).double()
+    grad_W = W + C * (P - Y).T @ X.double()
+    grad_b = C * (P - Y).sum(0)
+    assert grad_W.abs().max() < 1e-4 and grad_b.abs().max() < 1e-4
+
+
+def test_baselines_for_several_students_and_stored_per_student(env, cli):
+    from distillctl.baselines import baseline
+    from distillctl.evaluate import eval_seeds, read_results
+    from distillctl.training import TrainBudget, student_builder, train_and_score
+
+    registry, emb, recipe, recipe_file, tmp = env
+    recs = baseline(recipe, "random", ipc=[2], quiet=True, students="mlp,linear", run_dir=tmp / "run")
+    assert [(r["student"], r["ipc"]) for r in recs] == [("mlp", 2), ("linear", 2)]
+    assert recs[1]["student_options"] == {"name": "linear", "bias": True}
+    # the linear student on the same random draws equals a direct call
+    from distillctl.baselines import random_subsets
+    from distillctl.protocol import student_sections
+
+    X, y = emb.splits["train"].X, emb.splits["train"].y
+    idx = random_subsets(y, 3, 2, eval_seeds(recipe))
+    (linear,) = student_sections(recipe, ["linear"])
+    direct = train_and_score(student_builder(recipe, 8, 3, linear), X[idx], y[idx], emb.splits["test"].X,
+                             emb.splits["test"].y, seeds=eval_seeds(recipe), budget=TrainBudget.from_eval(recipe.eval),
+                             num_classes=3)
+    assert recs[1]["accuracy"]["values"] == direct.accuracy
+    # one record per (arm, ipc, student, labels): a second run for one student replaces only its record
+    baseline(recipe, "random", ipc=[2], seeds=2, quiet=True, students=["linear"], run_dir=tmp / "run")
+    stored = read_results(tmp / "run" / "eval" / "baseline-random.json")
+    assert [(r["student"], len(r["seeds"])) for r in stored] == [("linear", 2), ("mlp", 3)]
+    # full: full + full-earlystop per student, one full-logreg
+    full = baseline(recipe, "full", quiet=True, students="linear,mlp")
+    assert [(r["arm"], r["student"]) for r in full] == [("full", "linear"), ("full-earlystop", "linear"),
+                                                       ("full", "mlp"), ("full-earlystop", "mlp"),
+                                                       ("full-logreg", "logreg")]
+    # eval.students in the recipe is the default; the CLI takes --students; bad ones exit 2 in one line
+    data = eval_fakes.recipe_data()
+    data["eval"]["students"] = ["linear", {"name": "mlp", "hidden": [4]}]
+    two = eval_fakes.write_recipe(tmp / "two.yaml", data)
+    res = cli("baseline", two, "--kind", "kcenter", "--ipc", "1", "--seeds", "2", "--json")
+    assert res.code == 0, res
+    assert [r["student_options"] for r in json.loads(res.out)] == [
+        {"name": "linear", "bias": True}, {"name": "mlp", "hidden": [4], "activation": "relu", "dropout": 0.0}]
+    res = cli("baseline", recipe_file, "--kind", "full", "--students", "mlp,{name: transformer, layers: 0}")
+    assert res.code == 2 and "--students[1].layers" in res.err and len(res.err.strip().splitlines()) == 1, res
+    res = cli("baseline", recipe_file, "--kind", "random", "--ipc", "1", "--students", "linear,cnn")
+    assert res.code == 2 and "unknown student plugin 'cnn'" in res.err, res
+    res = cli("baseline", recipe_file, "--kind", "full", "--seeds", "2")
+    assert res.code == 0, res
+    assert "full-earlystop (mlp): " in res.out and "full-logreg (logreg): C = " in res.out

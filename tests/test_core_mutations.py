@@ -78,8 +78,8 @@ def recipe_data(**distill):
         "ipc": [1],
         "method": {"name": "bptt", "unroll": {"name": "ratbptt", "window": 3, "total": 6}},
         "inner": {"optimizer": "adam", "lr": 0.01},
-        "outer": {"lr": 0.01, "iterations": 6, "real_batch": 48, "val_every": 100, "ckpt_every": 100,
-                  "val_seeds": 2},
+        "outer": {"lr": 0.01, "schedule": "constant", "iterations": 6, "real_batch": 48, "val_every": 100,
+                  "ckpt_every": 100, "val_seeds": 2},  # a constant lr, whatever the default: steps are lr x grad
     }, **distill)
 
 

@@ -42,6 +42,7 @@ AG_TAB = (
     "1\tVote Early (Reuters)Reuters - Venezuelans turned out early\\and in large numbers.\n"
     '3\t"Oil Up ""Again""Prices rose on Monday."\n'
     "2\tPhelps AgainMichael Phelps won another medal.\n"
+    "4\tChips ShrinkIntel showed a smaller transistor \\$ cheaper.\n"
 )
 AG_NOISY = (
     "label,gt,text,group\n"
@@ -92,10 +93,10 @@ def test_agnews_tab_and_noisyag_formats(tmp_path):
     test = write(tmp_path / "test.csv", AG_CSV)
     s = source("agnews", train=[str(tab)], test=str(test), dedupe=False).load()
     tr = s.splits["train"]
-    assert tr.labels.tolist() == [0, 2, 1]
+    assert tr.labels.tolist() == [0, 2, 1, 3]
     assert tr.texts[0] == "Vote Early (Reuters)Reuters - Venezuelans turned out early and in large numbers."
     assert tr.texts[1] == 'Oil Up "Again"Prices rose on Monday.'  # CSV-quoted TAB field unquoted
-    s = source("agnews", train=[str(noisy)], test=str(test), dedupe=False).load()
+    s = source("agnews", train=[str(noisy)], test=str(noisy), dedupe=False).load()  # its 3 classes in both
     tr = s.splits["train"]
     assert tr.labels.tolist() == [0, 1, 3]  # the gold `gt`, never the noisy `label`
     # " . " between title and description becomes the same join as the original CSV
@@ -122,20 +123,21 @@ def test_multi_file_split_removes_duplicates_and_reports_the_count(tmp_path):
     test = write(tmp_path / "test.csv", AG_CSV)
     s = source("agnews", train=[str(tab), str(noisy)], test=str(test)).load()
     tr = s.splits["train"]
-    # 6 rows in: "Vote Early" and "Phelps Again" occur in both files (same label) -> 2 removed;
+    # 7 rows in: "Vote Early", "Phelps Again" and "Chips Shrink" occur in both files (same label) -> 3 removed;
     # "Vote Early" then also occurs in test ("Vote Early. Venezuelans turned out early." is different text),
     # so nothing more goes.
     assert len(tr) == 4
-    assert any("2 exact duplicate rows removed (6 rows from 2 files -> 4)" in n for n in s.notes)
+    assert any("3 exact duplicate rows removed (7 rows from 2 files -> 4)" in n for n in s.notes)
     assert sorted(tr.labels.tolist()) == [0, 1, 2, 3]
 
 
 def test_training_rows_that_occur_in_test_are_removed(tmp_path):
     test = write(tmp_path / "test.csv", AG_CSV)
     # the same article as test row 4, distributed TAB-style (title glued to description)
-    tab = write(tmp_path / "train.txt", "1\tVote EarlyVenezuelans turned out early.\n2\tOther news.\n")
+    tab = write(tmp_path / "train.txt", "1\tVote EarlyVenezuelans turned out early.\n2\tOther news.\n"
+                "1\tWorld news.\n3\tMarket news.\n4\tTech news.\n")
     s = source("agnews", train=str(tab), test=str(test)).load()
-    assert s.splits["train"].texts == ["Other news."]
+    assert s.splits["train"].texts == ["Other news.", "World news.", "Market news.", "Tech news."]
     assert any("1 rows whose text also occurs in the test split removed" in n for n in s.notes)
     assert len(s.splits["test"]) == 4  # test is never changed
 
@@ -226,9 +228,9 @@ def test_mrpc_files_with_bom_and_unbalanced_quotes(tmp_path):
 def test_mrpc_dev_ids_rebuild_the_glue_split(tmp_path):
     write(tmp_path / "msr_paraphrase_train.txt", MRPC_TRAIN, bom=True)
     write(tmp_path / "msr_paraphrase_test.txt", MRPC_TEST, bom=True)
-    write(tmp_path / "dev_ids.tsv", "#1 ID\t#2 ID\n2108705\t2108831\n3344667\t3344648\n")
+    write(tmp_path / "dev_ids.tsv", "#1 ID\t#2 ID\n2108705\t2108831\n1330381\t1330521\n")
     s = source("mrpc", dir=str(tmp_path)).load()
-    assert s.splits["val"].texts == ["Yucaipa owned Dominick's.", "Shares fell."]
+    assert s.splits["val"].texts == ["Yucaipa owned Dominick's.", 'He said "no.']
     assert len(s.splits["train"]) == 2
 
 
@@ -299,7 +301,7 @@ def test_local_bad_rows_skip_or_fail(tmp_path):
     f = write(tmp_path / "d.jsonl", "\n".join(json.dumps(r) for r in [
         {"text": "ok one", "label": 0}, {"text": "", "label": 1}, {"text": 5, "label": 1},
         {"text": "ok two", "label": None}, {"text": "ok three", "label": 1}]) + "\n")
-    s = source("local", train=str(f), test=str(f))
+    s = source("local", train=str(f), test=str(f), dedupe=False)
     data = s.load(bad_rows="skip")
     assert data.splits["test"].texts == ["ok one", "ok three"]
     assert any("3 of 5 rows have an empty or non-text field or no label (first at row 2); skipped" in n
@@ -376,10 +378,10 @@ def test_carve_val_keeps_a_training_row_per_class_and_rejects_bad_sizes():
 
 def test_validation_rows_that_occur_in_train_are_removed(tmp_path):
     test = write(tmp_path / "test.csv", AG_CSV)
-    train = write(tmp_path / "train.txt", "1\tOther news.\n2\tSport news.\n")
+    train = write(tmp_path / "train.txt", "1\tOther news.\n2\tSport news.\n3\tMarket news.\n4\tTech news.\n")
     # the same article as a training row (another file layout, other spacing): it must not be scored as val
     val = write(tmp_path / "val.txt", "1\tOther  news\n3\tBusiness news.\n")
     s = source("agnews", train=str(train), val=str(val), test=str(test)).load()
     assert s.splits["val"].texts == ["Business news."]
-    assert s.splits["train"].texts == ["Other news.", "Sport news."]  # train is not changed by val
+    assert s.splits["train"].texts == ["Other news.", "Sport news.", "Market news.", "Tech news."]  # not changed by val
     assert any(n.endswith("val: 1 rows whose text also occurs in the train split removed") for n in s.notes), s.notes

@@ -304,3 +304,168 @@ def test_initial_rows_come_from_the_class(env, init):
             assert (rows == new).all(1).any()
         else:  # the mean of half of the class: inside the class's bounding box, not a real row
             assert (new >= rows.min(0).values).all() and (new <= rows.max(0).values).all()
+
+
+# -- several students (distill.students) ------------------------------------------------------------
+
+TINY_TRANSFORMER = {"name": "transformer", "n_tokens": 2, "d_model": 4, "layers": 1, "heads": 2, "ff": 4}
+
+
+def test_one_student_records_its_name_and_no_per_student_metrics(env):
+    from distillctl.distill import distill
+
+    res = distill(env.recipe(ipc=[1], outer={"iterations": 2, "val_every": 2}), run_dir=env.tmp / "one", quiet=True)
+    side = json.loads((res.run_dir / "distilled/ipc1.json").read_text())
+    assert side["distilled_with"] == "mlp" and [s["name"] for s in side["distill_students"]] == ["mlp"]
+    assert side["stopped"] is None
+    assert not [r for r in read_jsonl(res.run_dir / "metrics.jsonl") if "val_by_student" in r or "loss_by_student" in r]
+
+
+def test_several_students_validate_on_each_and_record_them(env):
+    """distill.students: [mlp, transformer]: the set says so (`distilled_with`), every outer step reports the
+    loss of each architecture, and each validation is the mean of the architectures' val accuracies, which
+    equal those of one-student runs of the same initial set."""
+    from distillctl.distill import distill
+
+    mlp = {"name": "mlp", "hidden": [16]}
+    both = distill(env.recipe(ipc=[1, 2], students=[mlp, TINY_TRANSFORMER]), run_dir=env.tmp / "both", quiet=True)
+    for s in both.sets:
+        syn = SyntheticSet.load(s["path"])
+        assert syn.meta["distilled_with"] == "mlp+transformer" and syn.meta["student"] == "mlp"
+        assert [x["name"] for x in syn.meta["distill_students"]] == ["mlp", "transformer"]
+        assert syn.meta["distill_students"][0]["hidden"] == [16] and syn.meta["distill_students"][1]["d_model"] == 4
+    metrics = read_jsonl(both.run_dir / "metrics.jsonl")
+    steps = [r for r in metrics if "loss" in r]
+    assert len(steps) == 20 and all(set(r["loss_by_student"]) == {"mlp", "transformer"} for r in steps)
+    for r in steps:
+        assert r["loss"] == pytest.approx(sum(r["loss_by_student"].values()) / 2, rel=1e-5)
+        assert {"mlp.free_steps", "transformer.graph_steps"} <= set(r)
+    vals = [r for r in metrics if "val_accuracy" in r]
+    assert len(vals) == 6
+    for r in vals:
+        assert r["val_accuracy"] == pytest.approx(sum(r["val_by_student"].values()) / 2, abs=1e-12)
+    # the initial set (drawn before any method step) validated by one-student runs of each architecture
+    alone = {}
+    for name, section in (("mlp", mlp), ("transformer", TINY_TRANSFORMER)):
+        res = distill(env.recipe(ipc=[1], students=[section], outer={"iterations": 1}), run_dir=env.tmp / name,
+                      quiet=True)
+        first = read_jsonl(res.run_dir / "metrics.jsonl")[0]
+        assert first["step"] == 0 and "val_by_student" not in first
+        alone[name] = first["val_accuracy"]
+        assert SyntheticSet.load(res.sets[0]["path"]).meta["distilled_with"] == name
+    assert vals[0]["step"] == 0 and vals[0]["val_by_student"] == alone
+
+
+def test_several_students_resume_to_the_same_set(env, monkeypatch):
+    """krr keeps one online pool per architecture: both are checkpointed and restored."""
+    from distillctl.distill import distill
+    from distillctl.methods import OuterStep
+
+    kw = dict(method={"name": "krr", "pool": 2, "online_steps": 3}, students=["mlp", TINY_TRANSFORMER],
+              outer={"iterations": 8, "val_every": 4, "ckpt_every": 3})
+    whole = distill(env.recipe(**kw), run_dir=env.tmp / "whole", quiet=True)
+    real_check, calls = OuterStep.check, []
+
+    def dying_check(self, *args):  # dies at stage ipc 2, step 5 (checkpoint at 3)
+        calls.append(1)
+        if len(calls) == 3 * 12 + 1:  # 3 checks a step: PerStudent's of each architecture, the loop's of the mean
+            raise KeyboardInterrupt
+        return real_check(self, *args)
+
+    monkeypatch.setattr(OuterStep, "check", dying_check)
+    with pytest.raises(KeyboardInterrupt):
+        distill(env.recipe(**kw), run_dir=env.tmp / "cut", quiet=True)
+    monkeypatch.setattr(OuterStep, "check", real_check)
+    from distillctl import checkpoints
+
+    ckpt = checkpoints.load(checkpoints.newest(env.tmp / "cut/checkpoints", 2), "cpu")
+    assert ckpt.loop.step == 3 and {"0.theta", "1.theta", "0.limit", "1.limit"} <= set(ckpt.method)
+    resumed = distill(env.recipe(**kw), resume=env.tmp / "cut", quiet=True)
+    for a, b in zip(whole.sets, resumed.sets):
+        sa, sb = SyntheticSet.load(a["path"]), SyntheticSet.load(b["path"])
+        assert torch.equal(sa.x, sb.x) and sa.meta["val_accuracy"] == sb.meta["val_accuracy"]
+    assert without_time(read_jsonl(whole.run_dir / "metrics.jsonl")) == without_time(
+        read_jsonl(env.tmp / "cut/metrics.jsonl"))
+
+
+# -- auto-stop (distill.outer.patience) -------------------------------------------------------------
+
+def scripted_validation(monkeypatch, accuracies):
+    """Validation returns these accuracies in turn (a constant when given a float); returns the call list."""
+    import distillctl.training as training
+
+    calls = []
+
+    def fake_train_and_score(*args, **kwargs):
+        calls.append(1)
+        acc = accuracies if isinstance(accuracies, float) else accuracies[len(calls) - 1]
+        return types.SimpleNamespace(accuracy=[acc])
+
+    monkeypatch.setattr(training, "train_and_score", fake_train_and_score)
+    return calls
+
+
+def test_patience_stops_the_stage_after_n_validations_without_improvement(env, monkeypatch):
+    from distillctl.distill import distill
+
+    # step 0: 0.5, 1: 0.6 (best), 2: 0.55, 3: 0.6 (equal is no improvement), 4: 0.58 -> 3 without improvement
+    calls = scripted_validation(monkeypatch, [0.5, 0.6, 0.55, 0.6, 0.58] + [0.9] * 20)
+    res = distill(env.recipe(ipc=[1, 2], outer={"iterations": 10, "val_every": 1, "patience": 3}),
+                  run_dir=env.tmp / "p", quiet=True)
+    reason = "patience: 3 validations without improvement since step 1"
+    side = json.loads((res.run_dir / "distilled/ipc1.json").read_text())
+    assert side["stopped"] == {"step": 4, "reason": reason}
+    assert side["outer_steps_run"] == 4 and side["outer_step"] == 1 and side["val_accuracy"] == 0.6
+    metrics = read_jsonl(res.run_dir / "metrics.jsonl")
+    stage0 = [r for r in metrics if r["stage"] == 0]
+    assert [r["step"] for r in stage0 if "loss" in r] == [1, 2, 3, 4]
+    assert stage0[-1] == {**stage0[-1], "event": "stopped", "step": 4, "reason": reason}
+    # stage ipc 2: 0.9 at step 0, then 0.9 again (no improvement) at steps 1-3: stopped after step 3
+    side2 = json.loads((res.run_dir / "distilled/ipc2.json").read_text())
+    assert side2["stopped"] == {"step": 3, "reason": "patience: 3 validations without improvement since step 0"}
+    assert len(calls) == 5 + 4
+
+
+def test_patience_off_runs_every_iteration(env, monkeypatch):
+    from distillctl.distill import distill
+
+    scripted_validation(monkeypatch, 0.5)
+    res = distill(env.recipe(ipc=[1], outer={"iterations": 6, "val_every": 1}), run_dir=env.tmp / "p", quiet=True)
+    side = json.loads((res.run_dir / "distilled/ipc1.json").read_text())
+    assert side["outer_steps_run"] == 6 and side["stopped"] is None
+    assert not [r for r in read_jsonl(res.run_dir / "metrics.jsonl") if r.get("event") == "stopped"]
+
+
+def test_resume_keeps_the_patience_counter(env, monkeypatch):
+    """A kill after the checkpoint of step 3 (one stale validation, at step 2): the resumed stage still stops
+    at step 4, as the uninterrupted one, not at step 6 (which a counter reset to 0 would give)."""
+    from distillctl.distill import distill
+    from distillctl.methods import OuterStep
+
+    scripted_validation(monkeypatch, 0.5)  # never improves on the initial set
+    kw = dict(ipc=[1], outer={"iterations": 10, "val_every": 2, "ckpt_every": 3, "patience": 2})
+    whole = distill(env.recipe(**kw), run_dir=env.tmp / "whole", quiet=True)
+    assert json.loads((whole.run_dir / "distilled/ipc1.json").read_text())["stopped"]["step"] == 4
+
+    real_check, calls = OuterStep.check, []
+
+    def dying_check(self, *args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_check(self, *args)
+
+    monkeypatch.setattr(OuterStep, "check", dying_check)
+    with pytest.raises(KeyboardInterrupt):
+        distill(env.recipe(**kw), run_dir=env.tmp / "cut", quiet=True)
+    monkeypatch.setattr(OuterStep, "check", real_check)
+    from distillctl import checkpoints
+
+    assert checkpoints.load(checkpoints.newest(env.tmp / "cut/checkpoints", 1), "cpu").loop.stale_validations == 1
+    resumed = distill(env.recipe(**kw), resume=env.tmp / "cut", quiet=True)
+    a, b = SyntheticSet.load(whole.sets[0]["path"]), SyntheticSet.load(resumed.sets[0]["path"])
+    assert b.meta["stopped"] == a.meta["stopped"] == {
+        "step": 4, "reason": "patience: 2 validations without improvement since step 0"}
+    assert torch.equal(a.x, b.x)
+    assert without_time(read_jsonl(whole.run_dir / "metrics.jsonl")) == without_time(
+        read_jsonl(env.tmp / "cut/metrics.jsonl"))

@@ -284,11 +284,11 @@ def test_a_minimal_third_party_dataset_gets_the_bad_row_handling(tmp_path, reg):
     from distillctl.errors import UserError
 
     path = write_recipe(tmp_path, {"name": "tiny", "n": 12}, val_size=2)
-    res = embed(load(path))
+    res = embed(load(path, "embed.bad_rows=skip"))
     assert res.splits["train"]["n"] + res.splits["val"]["n"] == 11  # the blank row skipped
     assert any("1 of 12 rows have an empty or non-text field" in n for n in res.notes)
     with pytest.raises(UserError, match="set embed.bad_rows=skip"):
-        embed(load(path, "embed.bad_rows=fail", "dataset.n=13"))
+        embed(load(path, "dataset.n=13"))  # fail is the default
 
 
 def test_bad_rows_fail_does_not_reuse_what_a_skip_run_cached(tmp_path, reg):
@@ -296,14 +296,14 @@ def test_bad_rows_fail_does_not_reuse_what_a_skip_run_cached(tmp_path, reg):
     from distillctl.embed import embed, load_embeddings
     from distillctl.errors import UserError
 
-    path = write_recipe(tmp_path, {"name": "tiny", "n": 12}, val_size=2)
+    path = write_recipe(tmp_path, {"name": "tiny", "n": 12}, val_size=2, bad_rows="skip")
     skipped = embed(load(path))  # the blank row skipped, the rest cached
     assert not skipped.cache_hit
     with pytest.raises(UserError, match="set embed.bad_rows=skip"):
         embed(load(path, "embed.bad_rows=fail"))
     with pytest.raises(UserError, match="set embed.bad_rows=skip"):
         load_embeddings(load(path, "embed.bad_rows=fail"))
-    # the default stays out of the key: writing `skip` explicitly is the same entry and fingerprint
+    # the same setting again is the same entry and fingerprint
     again = embed(load(path, "embed.bad_rows=skip"))
     assert again.cache_hit and again.cache_dir == skipped.cache_dir and again.fingerprint == skipped.fingerprint
 
@@ -368,7 +368,7 @@ def test_cli_bad_rows_skip_reports_the_count(tmp_path, reg, cli):
     ds = make_data(tmp_path)
     with open(tmp_path / "train.jsonl", "a") as fh:
         fh.write(json.dumps({"text": "", "label": "pos"}) + "\n" + json.dumps({"text": None, "label": "neg"}) + "\n")
-    r = cli("embed", write_recipe(tmp_path, ds))
+    r = cli("embed", write_recipe(tmp_path, ds, bad_rows="skip"))
     assert r.code == 0, r
     assert "2 of 42 rows have an empty or non-text field or no label" in r.out.replace("\n", " ")
 

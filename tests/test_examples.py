@@ -2,7 +2,7 @@
 
 The packages are put on sys.path and registered with ``load_registry(extra_plugins=...)`` beside the
 installed plugins, then switched in with ``set_registry``: embed (toywords dataset, hashing encoder) ->
-distill (bptt with the jitter unroll strategy, the linear student; then the rfmm method) -> eval ->
+distill (bptt with the jitter unroll strategy, the softmax student; then the rfmm method) -> eval ->
 submit --dry-run and a real submission with the script scheduler. When the packages are pip-installed
 (``.ci/run`` does ``pip install --no-deps --no-build-isolation -e examples/...``) one more test runs the
 installed console script on them.
@@ -29,7 +29,7 @@ EXAMPLES = REPO / "examples"
 PACKAGES = {
     "distillctl-toywords": ("distillctl_toywords", "dataset", "toywords"),
     "distillctl-hashing": ("distillctl_hashing", "encoder", "hashing"),
-    "distillctl-linear": ("distillctl_linear", "student", "linear"),
+    "distillctl-linear": ("distillctl_linear", "student", "softmax"),
     "distillctl-rfmm": ("distillctl_rfmm", "method", "rfmm"),
     "distillctl-jitter": ("distillctl_jitter", "unroll", "jitter"),
     "distillctl-script": ("distillctl_script", "scheduler", "script"),
@@ -61,7 +61,7 @@ def recipe(tmp_path: Path, **over) -> Path:
         "seed": 0,
         "dataset": {"name": "toywords", "train_per_class": 24, "test_per_class": 8},
         "encoder": {"name": "hashing", "dim": 32},
-        "student": {"name": "linear"},
+        "student": {"name": "softmax"},
         "distill": {"ipc": [1, 2],
                     "method": {"name": "bptt", "unroll": {"name": "jitter", "window": 2, "total": 6, "min_total": 3}},
                     "inner": {"lr": 0.1},

@@ -63,6 +63,21 @@ def test_dependencies_run_in_order_and_workers_run_in_parallel(tmp_path):
     assert "1 env" in log and "# command:" in log and "# exit code 0" in log
 
 
+def test_jobs_get_one_thread_by_default_and_null_gives_them_the_cores(monkeypatch, tmp_path):
+    """threads defaults to 1 (distillctl.threads says why); null keeps the old cores // workers."""
+    from distillctl.recipe import validate_recipe
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert LocalScheduler().threads == 1
+    assert LocalScheduler(LocalOptions(workers=1)).threads == 1
+    assert LocalScheduler(LocalOptions(workers=2, threads=None)).threads == 4
+    assert LocalScheduler(LocalOptions(workers=2, threads=3)).threads == 3
+    recipe = validate_recipe({"name": "r", "dataset": {"name": "agnews", "source": "sample"},
+                              "scheduler": {"name": "local", "workers": 2}})
+    assert recipe.scheduler.options.threads == 1
+    assert "1 thread(s) each" in LocalScheduler(recipe.scheduler.options).describe([], tmp_path)
+
+
 def test_one_worker_runs_one_job_at_a_time(tmp_path):
     jobs = [pyjob(tmp_path, x, "time.sleep(0.3)") for x in "abc"]
     sched = LocalScheduler(LocalOptions(workers=1))
@@ -274,3 +289,67 @@ def test_recipe_pipeline_end_to_end_through_the_local_scheduler(env, monkeypatch
     ev = next(j for j in sub.jobs if j.id == "eval-ipc1")
     again = subprocess.run(ev.argv, cwd=ev.cwd, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
+
+
+# -- following a submission: a cancelled --wait is not a success; long jobs show signs of life ---------------
+
+def test_wait_that_ends_cancelled_raises_and_the_cli_exits_3(tmp_path, cli):
+    flag, folder = tmp_path / "flag", tmp_path / "sub"
+    # first attempt fails; the retry cancels its own submission (as `distillctl cancel` from another shell would)
+    code = (f"import os, sys\nif not os.path.exists({str(flag)!r}): sys.exit(4)\n"
+            f"from distillctl.submit import cancel\ncancel({str(folder)!r})\ntime.sleep(60)")
+    jobs = [pyjob(tmp_path, "job", code), pyjob(tmp_path, "after", "pass", deps=["job"])]
+    with pytest.raises(sm.RunError) as exc:
+        sm.submit_jobs(jobs, folder, wait=True, quiet=True)
+    assert not isinstance(exc.value, sm.RunCancelled) and exc.value.exit_code == 1
+    flag.write_text("go")
+    r = cli("submit", "--retry-failed", folder, "--wait")
+    assert r.code == 3, r
+    assert "cancelled: 2 of 2 job(s) cancelled" in r.err and "--retry-failed" in r.err
+    assert {h.state for h in sm.status(folder).handles.values()} == {"cancelled"}
+
+
+def test_line_view_shows_running_jobs_latest_log_line_between_state_changes(tmp_path, capsys):
+    from distillctl.follow import LineView
+    from distillctl.scheduling import Scheduler
+
+    log = tmp_path / "embed.log"
+    log.write_text("# distillctl job embed: started\nloading data\n")
+    jobs = [Job(id="embed", argv=["true"], cwd=str(tmp_path), log=str(log)),
+            Job(id="distill", argv=["true"], cwd=str(tmp_path), log=str(tmp_path / "d.log"), depends_on=["embed"])]
+    handles = {"embed": JobHandle(job_id="embed", scheduler="x", state="running", started=1000.0, log=str(log)),
+               "distill": JobHandle(job_id="distill", scheduler="x", state="pending")}
+    sub = sm.Submission(tmp_path, {}, jobs, handles, scheduler=Scheduler())
+    now = [1000.0]
+    view = LineView(heartbeat=30, clock=lambda: now[0])
+    view.start(sub)
+    capsys.readouterr()
+    now[0] = 1010.0
+    view.update(sub)
+    assert capsys.readouterr().err == ""  # nothing changed, no heartbeat due yet
+    now[0] = 1045.0
+    log.write_text(log.read_text() + "embedding train\r 1200/4000\r 2400/4000\n")  # a bar's \r updates
+    view.update(sub)
+    assert capsys.readouterr().err.strip() == "[0/2] running   embed 45s: 2400/4000"
+    now[0] = 1050.0
+    view.update(sub)
+    assert capsys.readouterr().err == ""  # the next one 30 s later
+    now[0] = 1075.0
+    view.update(sub)
+    assert "embed 1m15s: 2400/4000" in capsys.readouterr().err
+
+
+def test_live_table_shows_the_latest_output_of_running_jobs(tmp_path):
+    from rich.console import Console
+
+    from distillctl.cli_render import progress_table
+    from distillctl.scheduling import Scheduler
+
+    log = tmp_path / "embed.log"
+    log.write_text("embedding test split 300/900\n")
+    jobs = [Job(id="embed", argv=["true"], cwd=str(tmp_path), log=str(log))]
+    handles = {"embed": JobHandle(job_id="embed", scheduler="x", state="running", started=time.time(), log=str(log))}
+    sub = sm.Submission(tmp_path, {}, jobs, handles, scheduler=Scheduler())
+    console = Console(width=200, record=True)
+    console.print(progress_table(sub))
+    assert "embedding test split 300/900" in console.export_text()

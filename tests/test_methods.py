@@ -21,7 +21,8 @@ from distillctl.recipe import InnerSettings, validate_recipe
 from distillctl.runs import read_jsonl
 from distillctl.synthetic import SyntheticSet
 from distillctl.training import TrainBudget
-from distillctl_plugins.methods import DMOptions, KRROptions, MTTOptions
+from distillctl_plugins.methods import BPTTOptions, DMOptions, KRROptions, MTTOptions
+from distillctl_plugins.methods.bptt import BPTT
 from distillctl_plugins.methods.dm import DM
 from distillctl_plugins.methods.krr import KRR, krr_predict
 from distillctl_plugins.methods.mtt import MTT
@@ -267,6 +268,106 @@ def test_mtt_rejects_segments_longer_than_the_experts_and_fits_its_default_start
 
 
 # -- end to end through distill: every method, resume exactness --------------------------------------
+
+# -- several students (distill.students) ------------------------------------------------------------
+
+def two_architectures(d=5, C=3):
+    """(name, build_student, options) of an MLP and a Transformer, in float64."""
+    tr = TransformerOptions(n_tokens=1, d_model=4, layers=1, heads=2, ff=4)
+    return [("mlp", mlp(d, C), {"name": "mlp"}),
+            ("transformer", lambda: build_transformer(d, C, tr).double(), {"name": "transformer", "d_model": 4})]
+
+
+def unroll_section(name: str, **options):
+    from distillctl.recipe import PluginSection
+    from distillctl_plugins.unroll import FullOptions
+
+    section = PluginSection(name=name)
+    section.options = FullOptions(**options)
+    return section
+
+
+SINGLE = {  # a fresh instance of each built-in method, its learnables' extras, and its context's settings
+    "bptt": (lambda: BPTT(BPTTOptions(unroll=unroll_section("full", total=3))), {},
+             {"inner": InnerSettings(lr=0.05, population=2)}),
+    "krr": (lambda: KRR(KRROptions(pool=2, online_steps=2)), {"soft": True}, {}),
+    "dm": (lambda: DM(DMOptions(students=2)), {}, {}),
+    "mtt": (lambda: MTT(MTTOptions(experts=2, spacing=10, expert_epochs=1, max_start_epoch=2, syn_steps=2)),
+            {"soft": True, "lr": True}, {}),
+}
+
+
+@pytest.mark.parametrize("name", list(SINGLE))
+def test_a_two_architecture_step_is_the_mean_of_the_single_architecture_steps(tmp_path, name):
+    """PerStudent (distill.students: [mlp, transformer]) against each architecture's method run on its own,
+    drawing from the same generator in the same order: its loss and meta-gradient are their means, over
+    two outer steps (krr's pools and mtt's experts are per architecture) and across a state round trip."""
+    from dataclasses import replace
+
+    from distillctl.methods import PerStudent
+
+    make, extras, settings = SINGLE[name]
+    students = two_architectures()
+    ctx = context(students[0][1], soft=extras.get("soft", False), cache_dir=tmp_path, **settings)
+    g = torch.Generator().manual_seed(1)
+    learn = Learnables(x=torch.randn(6, 5, generator=g, dtype=torch.float64),
+                       label_logits=torch.randn(6, 3, generator=g, dtype=torch.float64) if extras.get("soft") else None,
+                       log_lr=torch.tensor(-3.0, dtype=torch.float64) if extras.get("lr") else None).as_leaves()
+    real_x, real_y = ctx.x_train[::2], ctx.y_train[::2]  # (15, 5): every class
+
+    both = PerStudent([make(), make()], students)
+    both.setup(ctx)
+    assert [m.context.student_name for m in both.methods] == ["mlp", "transformer"]
+    assert all(m.context.students == ["mlp", "transformer"] for m in both.methods)
+    singles = [make(), make()]
+    for method, (student, build, options) in zip(singles, students):
+        method.setup(replace(ctx, build_student=build, student_name=student, student_options=options))
+    gen_both, gen_single = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for step in range(2):
+        out = both.step(learn, real_x, real_y, gen_both)
+        ref = [method.step(learn, real_x, real_y, gen_single) for method in singles]  # same draws, same order
+        assert out.loss == pytest.approx((ref[0].loss + ref[1].loss) / 2, rel=1e-12)
+        assert out.metrics["loss_by_student"] == {"mlp": ref[0].loss, "transformer": ref[1].loss}
+        for k in learn.names():
+            assert torch.equal(out.grads[k], (ref[0].grads[k] + ref[1].grads[k]) / 2), (name, step, k)
+            assert not torch.allclose(ref[0].grads[k], ref[1].grads[k])  # the architectures do differ
+        if step == 0:  # a checkpoint's round trip: a new PerStudent continues exactly
+            state = both.state_dict()
+            assert all(key.split(".")[0] in ("0", "1") for key in state)
+            both = PerStudent([make(), make()], students)
+            both.setup(ctx)
+            both.load_state_dict(state)
+
+
+def test_a_method_sees_every_student_and_may_refuse_several(env, monkeypatch):
+    from distillctl.distill import distill
+
+    class OneArchitecture(PullToMean):
+        def setup(self, context):
+            super().setup(context)
+            if len(context.students) > 1:
+                raise UserError(f"method 'one-arch': distils for one student, got distill.students "
+                                f"{'+'.join(context.students)}; list one")
+
+    plugin = types.ModuleType("one_arch_plugin")
+
+    @hookimpl
+    def register_methods(register):
+        register("one-arch", OneArchitecture, options=PullOptions, description="test: one student only")
+
+    plugin.register_methods = register_methods
+    env.registry = load_registry(extra_plugins=[(distill_fakes, "tests", "0"), (plugin, "one-arch", "0.1")])
+    monkeypatch.setattr("distillctl.plugins.get_registry", lambda: env.registry)
+    with pytest.raises(UserError, match=r"^method 'one-arch': distils for one student, got distill.students "
+                                        r"mlp\+transformer; list one$"):
+        distill(recipe(env, {"name": "one-arch"}, students=["mlp", {"name": "transformer", "n_tokens": 2,
+                                                                  "d_model": 4, "heads": 2, "ff": 4}]),
+                run_dir=env.tmp / "r", quiet=True)
+    res = distill(recipe(env, {"name": "one-arch"}, ipc=[1], students=[{"name": "transformer", "n_tokens": 2,
+                                                                      "d_model": 4, "heads": 2, "ff": 4}]),
+                  run_dir=env.tmp / "one", quiet=True)
+    assert SyntheticSet.load(res.sets[0]["path"]).meta["distilled_with"] == "transformer"
+
 
 METHODS = {
     "bptt": {"name": "bptt", "unroll": {"name": "ratbptt", "window": 2, "total": 4}},

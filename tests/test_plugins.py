@@ -308,17 +308,17 @@ def test_readme_example_package_installs_and_is_usable(tmp_path):
     res = run_cli("plugins", "--json", pythonpath=target)
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
-    assert {"kind": "student", "name": "linear", "package": "distillctl-linear", "version": "0.1.0"}.items() \
-        <= next(r for r in rows if r["name"] == "linear").items()
+    assert {"kind": "student", "name": "softmax", "package": "distillctl-linear", "version": "0.1.0"}.items() \
+        <= next(r for r in rows if r["name"] == "softmax").items()
     recipe = tmp_path / "r.yaml"
     recipe.write_text(textwrap.dedent("""\
         name: linear-demo
         dataset: {name: agnews, source: sample}
-        student: {name: linear, bias: false}
+        student: {name: softmax, bias: false}
         """))
     res = run_cli("recipe", "show", str(recipe), "--json", pythonpath=target)
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout)["student"] == {"name": "linear", "bias": False}
+    assert json.loads(res.stdout)["student"] == {"name": "softmax", "bias": False}
     res = run_cli("recipe", "validate", str(recipe), "--set", "student.bias=maybe", pythonpath=target)
     assert res.returncode == 2
     assert "student.bias" in res.stderr
@@ -336,6 +336,17 @@ def test_version_and_help(cli):
     assert res.code == 0 and res.out.strip() == f"distillctl {distillctl.__version__}"
     res = cli("--help")
     assert res.code == 0 and "plugins" in res.out and "recipe" in res.out
+
+
+@pytest.mark.parametrize("args", [["--help"], ["submit", "--help"], ["plugins", "--help"], ["recipe", "show", "-h"]])
+def test_help_shows_no_type_for_on_off_flags(cli, args, monkeypatch):
+    """Typer prints a type for every option; `--wait <bool>` reads as if the flag took a value."""
+    monkeypatch.setenv("COLUMNS", "160")
+    res = cli(*args)
+    assert res.code == 0 and "--help" in res.out
+    assert "<bool>" not in res.out and "bool" not in res.out.lower().replace("boost", "")
+    if args == ["submit", "--help"]:
+        assert "KEY.PATH=VALUE" in res.out  # options that take a value keep their metavar
 
 
 def test_usage_error_exits_2(cli):

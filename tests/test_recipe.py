@@ -139,7 +139,7 @@ def test_every_problem_is_reported_with_its_field_path(tmp_path, toy_registry):
     assert f"{path}: distill.outer.lr: must be greater than 0 (got -1)" in lines
     assert f"{path}: dataset.bogus: unknown field (allowed fields of dataset 'toyset': train, test)" in lines
     assert f"{path}: student.activation: must be 'relu' or 'gelu' (got 'tanh')" in lines
-    assert f"{path}: distill.method.unroll.name: unknown unroll plugin 'nope'; known: ratbptt (toy-plugins)" in lines
+    assert f"{path}: distill.method.unroll.name: unknown unroll plugin 'nope'; known: full (toy-plugins), ratbptt (toy-plugins)" in lines
     assert len(lines) == 5
 
 
@@ -238,6 +238,34 @@ def test_every_shipped_recipe_validates_against_the_built_in_plugins(path):
     assert recipe.student.name in {"mlp", "transformer"}
 
 
+MINIMAL = """\
+name: minimal
+dataset: {name: agnews, source: sample}
+encoder: {name: sentence-transformers, model: all-MiniLM-L6-v2}
+student: {name: mlp}
+distill: {ipc: [1, 5]}
+"""
+
+
+def test_a_minimal_recipe_resolves_to_the_settings_chosen_on_val(tmp_path):
+    """The defaults are the settings chosen on `val` (BENCHMARKS.md, "How the settings were chosen"): full
+    BPTT through 100 inner steps, cosine outer lr 3e-3 over 400 steps, real batch 2,048, validation every
+    50 steps, a plain Boost-DD warm start; not the untuned RaT-BPTT 40/100 x 2,000 constant-lr steps."""
+    d = load_recipe(write(tmp_path, MINIMAL)).to_dict()["distill"]
+    assert d["method"] == {"name": "bptt", "unroll": {"name": "full", "total": 100}}
+    assert {k: d["outer"][k] for k in ("optimizer", "lr", "schedule", "iterations", "real_batch", "val_every",
+                                       "val_seeds")} == {
+        "optimizer": "adam", "lr": 0.003, "schedule": "cosine", "iterations": 400, "real_batch": 2048,
+        "val_every": 50, "val_seeds": 3}
+    assert {k: d["inner"][k] for k in ("optimizer", "lr", "batch_per_class", "population", "learn_lr")} == {
+        "optimizer": "adam", "lr": 0.001, "batch_per_class": 10, "population": 1, "learn_lr": False}
+    assert d["boost"] == {"beta": 1.0} and d["init"] == "real" and d["soft_labels"] is False
+    # ...which are exactly the distill settings of the shipped recipes tuned on `val` (all but ipc)
+    for tuned in ("agnews-mlp", "mrpc-mlp"):
+        section = load_recipe(Path(__file__).parent.parent / "recipes" / f"{tuned}.yaml").to_dict()["distill"]
+        assert {**section, "ipc": d["ipc"]} == d, tuned
+
+
 def test_a_recipe_with_the_old_unroll_section_gets_the_migration_line(tmp_path, toy_registry):
     path = write(tmp_path, GOOD.replace("method: {name: bptt, unroll: {name: ratbptt, window: 40, total: 100}}",
                                         "unroll: {name: ratbptt, window: 40, total: 100}"))
@@ -263,3 +291,62 @@ def test_setting_another_plugin_name_starts_its_section_afresh(tmp_path, toy_reg
     data = apply_overrides({"distill": {"method": {"name": "bptt", "unroll": {"name": "full"}}}},
                            ["distill.method.name=krr", "distill.method.pool=4"])
     assert data == {"distill": {"method": {"name": "krr", "pool": 4}}}
+
+
+# -- YAML 1.2 semantics, --set syntax errors, a folder given as the recipe ------------------------------------
+
+def test_yaml_scalars_follow_yaml_1_2_not_1_1(tmp_path, toy_registry):
+    """YAML 1.1 (PyYAML's default) reads `off` as False, 0123 as 83 and 1:30 as 90; recipes use 1.2."""
+    from distillctl.recipe import read_recipe_file
+
+    path = write(tmp_path, "name: off\nseed: 0123\na: yes\nb: 1:30\nc: 1e-3\nd: 0o17\ne: True\nf: 2024-01-01\n")
+    data = read_recipe_file(path)
+    assert data == {"name": "off", "seed": 123, "a": "yes", "b": "1:30", "c": 0.001, "d": 15, "e": True,
+                    "f": "2024-01-01"}
+    recipe = load_recipe(write(tmp_path, GOOD.replace("name: agnews-toy", "name: off").replace("seed: 3", "seed: 0123")))
+    assert recipe.name == "off" and recipe.seed == 123
+    # --set values are read the same way; the resolved recipe quotes what either YAML version would misread
+    assert apply_overrides({}, ["a=off", "b=0123", "c=no", "d=1e-3"]) == {"a": "off", "b": 123, "c": "no", "d": 0.001}
+    import yaml
+
+    shown = recipe.to_yaml()
+    assert "name: 'off'" in shown and yaml.safe_load(shown)["name"] == "off"
+    assert load_recipe(write(tmp_path, shown, "resolved.yaml")).to_dict() == recipe.to_dict()
+
+
+def test_a_set_value_that_is_not_valid_yaml_is_a_syntax_error_naming_the_item(tmp_path, toy_registry, cli):
+    path = write(tmp_path, GOOD)
+    item = "distill.method.unroll={name: full, total"
+    with pytest.raises(UserError) as err:
+        load_recipe(path, [item])
+    assert str(err.value).startswith(f"--set {item!r}: the value is not valid YAML")
+    r = cli("recipe", "show", path, "--set", item)
+    assert r.code == 2 and "not valid YAML" in r.err and "unknown" not in r.err and len(r.err.splitlines()) == 1
+    assert apply_overrides({}, ['x="{not: yaml"']) == {"x": "{not: yaml"}  # quoted: text as it is
+
+
+def test_a_directory_given_as_the_recipe_says_so(tmp_path, toy_registry, cli):
+    write(tmp_path, GOOD, "agnews.yaml")
+    r = cli("recipe", "validate", tmp_path)
+    assert r.code == 2 and "is a directory; expected a recipe file" in r.err and "agnews.yaml" in r.err, r
+    assert "not found" not in r.err
+    r = cli("submit", tmp_path, "--dry-run")
+    assert r.code == 2 and "is a directory" in r.err, r
+
+
+def test_readme_set_examples_apply_to_the_shipped_recipes():
+    """Every `distillctl ... RECIPE --set ...` line of the README validates (e.g. --set student.name=...)."""
+    import shlex
+
+    from distillctl import submit as sm
+
+    root = Path(__file__).parent.parent
+    lines = [x.split("#")[0].strip() for x in (root / "README.md").read_text().splitlines()
+             if x.startswith("distillctl ") and "--set" in x]
+    assert lines, "the README shows --set"
+    for line in lines:
+        args = shlex.split(line)
+        recipe = next(a for a in args if a.endswith((".yaml", ".toml")))
+        sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+        scheduler = args[args.index("--scheduler") + 1] if "--scheduler" in args else None
+        sm.expand_points(root / recipe, sets, scheduler=scheduler)  # raises with the failing field

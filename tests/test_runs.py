@@ -103,3 +103,144 @@ def test_two_runs_get_distinct_dirs(tmp_path, recipe):
 def test_open_run_dir_rejects_other_folders(tmp_path):
     with pytest.raises(UserError, match="not a run directory"):
         open_run_dir(tmp_path)
+
+
+# -- run locks, refusing to mix runs, metrics on resume ------------------------------------------------
+
+HOLD_LOCK = """
+import sys, time
+from distillctl.runs import run_lock
+with run_lock(sys.argv[1], sys.argv[2], argv=["distillctl", "distill", "other.yaml", "--run-dir", sys.argv[1]]):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.fixture
+def held_lock():
+    """``hold(folder, role)``: another process holds the run lock (killed with SIGKILL at the end)."""
+    import subprocess
+
+    procs = []
+
+    def hold(folder, role="distill"):
+        proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder), role], stdout=subprocess.PIPE,
+                                text=True)
+        procs.append(proc)
+        assert proc.stdout.readline() == "locked\n"
+        return proc
+
+    yield hold
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_run_lock_names_its_holder_and_dies_with_it(tmp_path, held_lock):
+    from distillctl.runs import run_lock
+
+    proc = held_lock(tmp_path)
+    with pytest.raises(UserError, match=rf"another distill is writing into this run directory: PID {proc.pid} on "
+                                        r".*`distillctl distill other.yaml --run-dir .*`"):
+        with run_lock(tmp_path, "distill"):
+            pass
+    with run_lock(tmp_path, "eval"):  # another role (other files) of the same run is free
+        pass
+    proc.kill()  # a killed holder leaves no stale lock
+    proc.wait()
+    with run_lock(tmp_path, "distill") as path:
+        with run_lock(tmp_path, "distill"):  # the holder may take it again (nested stage calls)
+            assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert path.read_text() == ""  # released: no holder named any more
+
+
+@pytest.fixture
+def distill_env(monkeypatch, tmp_path):
+    """The real registry with the fake dataset/encoder; load_embeddings returns tiny Gaussian embeddings."""
+    import yaml
+
+    import distill_fakes
+    import distillctl.embed as embed_module
+
+    registry = plugins_mod.load_registry(extra_plugins=[(distill_fakes, "tests", "0")])
+    plugins_mod.set_registry(registry)
+    emb = distill_fakes.gaussian_embeddings()
+    monkeypatch.setattr(embed_module, "load_embeddings", lambda recipe, *, quiet=None: emb)
+    monkeypatch.chdir(tmp_path)
+
+    def recipe_file(**outer):
+        data = distill_fakes.tiny_recipe({
+            "ipc": [1, 2], "method": {"name": "dm"},
+            "outer": {"lr": 0.05, "iterations": 4, "real_batch": 30, "val_every": 2, "ckpt_every": 2,
+                      "val_seeds": 1, **outer}})
+        path = tmp_path / "tiny.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    return recipe_file
+
+
+def test_distill_run_dir_refuses_a_folder_holding_a_run(distill_env, cli, tmp_path):
+    recipe = distill_env()
+    assert cli("distill", recipe, "--run-dir", tmp_path / "run").code == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run" / "distilled").iterdir()}
+    r = cli("distill", recipe, "--set", "distill.ipc=[1]", "--run-dir", tmp_path / "run")
+    assert r.code == 2 and "Traceback" not in r.err, r
+    assert "already holds a run (recipe.resolved.yaml, manifest.json, metrics.jsonl, distilled, checkpoints)" in r.err
+    assert f"`--resume {tmp_path / 'run'}`" in r.err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run" / "distilled").iterdir()} == before
+    assert cli("distill", recipe, "--resume", tmp_path / "run").code == 0  # the way to continue it
+    (tmp_path / "file").write_text("x")
+    r = cli("distill", recipe, "--run-dir", tmp_path / "file")
+    assert r.code == 2 and "not a folder" in r.err, r
+
+
+def test_second_writer_of_a_run_is_refused_with_the_holders_pid(distill_env, cli, tmp_path, held_lock):
+    recipe = distill_env()
+    assert cli("distill", recipe, "--run-dir", tmp_path / "run").code == 0
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_bytes()
+    proc = held_lock(tmp_path / "run", "distill")
+    r = cli("distill", recipe, "--resume", tmp_path / "run")
+    assert r.code == 2 and f"another distill is writing into this run directory: PID {proc.pid}" in r.err, r
+    assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == metrics  # nothing logged twice
+    r = cli("distill", recipe, "--run-dir", tmp_path / "new")
+    assert r.code == 0, r  # other folders are free
+    held_lock(tmp_path / "run", "eval")
+    r = cli("eval", tmp_path / "run")
+    assert r.code == 2 and "another eval is writing into this run directory: PID" in r.err, r
+    held_lock(tmp_path / "run", "report")
+    r = cli("report", tmp_path / "run")
+    assert r.code == 2 and "another report is writing into this run directory" in r.err, r
+    held_lock(tmp_path / "run", "baseline-majority")
+    r = cli("baseline", recipe, "--kind", "majority", "--run-dir", tmp_path / "run")
+    assert r.code == 2 and "another baseline-majority is writing into this run directory" in r.err, r
+    assert cli("baseline", recipe, "--kind", "random", "--ipc", "1", "--run-dir", tmp_path / "run").code == 0
+
+
+def test_metrics_are_not_repeated_when_a_stopped_stage_is_resumed(distill_env, monkeypatch, tmp_path):
+    """A stage stopped early (patience) logs its stop at the step of its last checkpoint; killed before its
+    set is saved and resumed from that checkpoint, it stops again: the stop is logged once."""
+    from distillctl.distill import distill
+    from distillctl.recipe import load_recipe
+    from distillctl.synthetic import SyntheticSet
+
+    recipe = load_recipe(distill_env(iterations=8, patience=1))
+    distill(recipe, run_dir=tmp_path / "a", quiet=True)
+    real_save = SyntheticSet.save
+
+    def killed(self, path):
+        raise KeyboardInterrupt  # the process dies while saving the stopped stage's set
+
+    monkeypatch.setattr(SyntheticSet, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        distill(recipe, run_dir=tmp_path / "b", quiet=True)
+    monkeypatch.setattr(SyntheticSet, "save", real_save)
+    distill(recipe, resume=tmp_path / "b", quiet=True)
+
+    def plain(run):
+        return [{k: v for k, v in r.items() if k not in ("time", "elapsed", "val_seconds")}
+                for r in read_jsonl(tmp_path / run / "metrics.jsonl")]
+
+    a, b = plain("a"), plain("b")
+    assert [r for r in a if r.get("event") == "stopped"]  # the stage did stop early
+    assert b == a

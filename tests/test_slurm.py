@@ -290,3 +290,42 @@ def test_timeout_requeues_distill_and_it_resumes_from_its_checkpoint(cluster, en
     assert resumed and resumed[0] >= 100, "the requeued run continued from a checkpoint"
     final = SyntheticSet.load(run / "distilled" / "ipc2.safetensors")
     assert final.meta["complete"] and final.meta["outer_steps_run"] > resumed[-1]
+
+
+def test_every_path_in_a_script_is_quoted_and_survives_spaces(tmp_path, monkeypatch):
+    """--output, the venv's activate line, CWD/LOG/MARK and the submit lines: quoted even when plain
+    (a path with a space or a quote must not split)."""
+    import distillctl_plugins.schedulers.slurm as slurm_mod
+
+    folder = tmp_path / "my runs" / "it's here"
+    venv = tmp_path / "my venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "activate").write_text("export ACTIVATED=1\n")
+    monkeypatch.setattr(slurm_mod.sys, "prefix", str(venv))
+    job = Job(id="embed", argv=["echo", "hi there"], cwd=str(folder / "work dir"), log=str(folder / "logs" / "e.log"),
+              kind="embed")
+    opts = SlurmOptions()
+    groups = plan([job], opts)
+    text = render_script(groups[0], opts, folder)
+    assert f"#SBATCH --output='{tmp_path}/my runs/it'\"'\"'s here/embed-%j.out'" in text
+    assert f"source '{venv}/bin/activate'" in text
+    q = slurm_mod.quote_path
+    assert q(folder / "x") == f"'{tmp_path}/my runs/it'\"'\"'s here/x'"
+    assert f"     CWD={q(folder / 'work dir')}" in text and f"LOG={q(folder / 'logs' / 'e.log')}" in text
+    assert f"{q(folder / 'embed.sbatch')})" in sbatch_calls(groups, folder)
+    # bash reads the quoted values back as the paths themselves
+    head = text.split("mkdir -p", 1)[0]  # the case statement that sets JOB, CWD, LOG, MARK, CMD
+    out = subprocess.run(["bash", "-c", head + 'printf "%s\\n" "$CWD" "$LOG"'], capture_output=True, text=True)
+    assert out.stdout.splitlines() == [str(folder / "work dir"), str(folder / "logs" / "e.log")], out.stderr
+
+
+@pytest.mark.slurm
+def test_paths_with_spaces_and_quotes_run_on_the_cluster(cluster, tmp_path):
+    """sbatch itself honours the quoted #SBATCH --output (SLURM's own parser, not bash's)."""
+    folder = tmp_path / "a run dir" / "it's"
+    jobs = [pyjob(folder, "job one", "print('ran')")]
+    sub = sm.submit_jobs(jobs, folder / "sub", scheduler=SLURM, wait=True, quiet=True)
+    h = sub.handles["job one"]
+    assert h.state == "done", sm.status_text(sub)
+    assert "ran" in Path(jobs[0].log).read_text()
+    assert Path(h.extra["slurm_out"]).exists(), "SLURM wrote its output file at the quoted path"

@@ -17,7 +17,7 @@ def build(name, d=12, C=3, **options):
 
 def test_students_are_registered_with_documented_options():
     reg = get_registry()
-    for name in ("mlp", "transformer"):
+    for name in ("linear", "mlp", "transformer"):
         info = reg.get("student", name)
         assert info.package == "distillctl" and info.description
         assert all(f.description for f in info.options.model_fields.values())
@@ -31,6 +31,43 @@ def test_mlp_layers_follow_options():
     assert not any(isinstance(l, nn.Dropout) for l in build("mlp", hidden=4))  # int shorthand, no dropout
     assert len(list(build("mlp", hidden=[]).parameters())) == 2  # a linear model
     assert m(torch.randn(5, 12)).shape == (5, 3)
+
+
+def test_linear_is_softmax_regression_with_identity_features():
+    m = build("linear")
+    x = torch.randn(5, 12)
+    torch.testing.assert_close(m(x), x @ m.weight.T + m.bias)
+    assert m.weight.shape == (3, 12) and torch.equal(m.features(x), x)
+    # the contract of features: the last layer applied to them gives the logits
+    torch.testing.assert_close(nn.functional.linear(m.features(x), m.weight, m.bias), m(x))
+    no_bias = build("linear", bias=False)
+    assert [n for n, _ in no_bias.named_parameters()] == ["weight"] and list(no_bias.buffers()) == []
+    assert type(build("linear")) is type(m)  # one class: students of a population can be stacked
+    with pytest.raises(Exception):
+        get_registry().get("student", "linear").parse_options({"hidden": [4]})
+
+
+def test_linear_student_reaches_the_logistic_regression_optimum():
+    """Trained long enough with a full batch, the vmapped linear student is sklearn's unregularised
+    multinomial logistic regression on separable-ish data: the same test predictions."""
+    from sklearn.linear_model import LogisticRegression
+
+    from distillctl.training import TrainBudget, student_builder, train_and_score
+    from distillctl.recipe import validate_recipe
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(120, 4, generator=g, dtype=torch.float64)
+    y = (X[:, 0] - X[:, 1] + 0.7 * torch.randn(120, generator=g, dtype=torch.float64) > 0).long()
+    recipe = validate_recipe({"name": "x", "dataset": {"name": "agnews", "source": "sample"},
+                              "student": {"name": "linear"}})
+    Xt = torch.randn(200, 4, generator=g, dtype=torch.float64)
+    scores = train_and_score(student_builder(recipe, 4, 2), X, y, Xt, torch.zeros(200, dtype=torch.long), seeds=[0],
+                             budget=TrainBudget(steps=300, lr=0.3, batch_size=512), num_classes=2,
+                             return_params=True)
+    ref = LogisticRegression(C=1e6, max_iter=10000, tol=1e-10).fit(X.numpy(), y.numpy())
+    W, b = scores.params["weight"][0], scores.params["bias"][0]  # (2, 4), (2,): logits; ref has one row
+    torch.testing.assert_close(W[1] - W[0], torch.tensor(ref.coef_[0]), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(b[1] - b[0], torch.tensor(ref.intercept_[0]), rtol=2e-2, atol=2e-2)
 
 
 def test_transformer_options_are_validated():
@@ -81,7 +118,7 @@ def test_attention_matches_torch_multihead_attention():
     torch.testing.assert_close(ours(h), ref(h, h, h, need_weights=False)[0], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name,opts", [("mlp", {"hidden": [6]}),
+@pytest.mark.parametrize("name,opts", [("linear", {}), ("mlp", {"hidden": [6]}),
                                        ("transformer", {"n_tokens": 3, "d_model": 4, "heads": 2, "ff": 8})])
 def test_vmapped_functional_call_and_double_backward(name, opts):
     from torch.func import functional_call, stack_module_state, vmap

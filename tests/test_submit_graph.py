@@ -235,3 +235,41 @@ def test_job_rows_read_logs_only_when_asked_and_where_the_scheduler_keeps_them(t
     monkeypatch.setattr(submission, "tail", no_reading)
     assert all("log_tail" not in r for r in sub.job_rows(log_tails=False))
     progress_table(sub)  # the live table of --wait, redrawn every poll, reads no log
+
+
+# -- up-front checks: every input of every point before anything is submitted --------------------------------
+
+def test_submit_checks_every_points_data_files_before_submitting_anything(env, cli):
+    (env.tmp / "train.jsonl").write_text('{"text": "a b", "label": "x"}\n{"text": "c d", "label": "y"}\n')
+    data = {"name": "local", "train": "train.jsonl", "test": "train.jsonl", "label_names": ["x", "y"]}
+    path = env.write(dataset=data)
+    r = cli("submit", path, "--sweep", "dataset.test=train.jsonl,missing.jsonl")
+    assert r.code == 2, r
+    assert "dataset.test: file not found" in r.err and "missing.jsonl" in r.err
+    assert "sweep point test=missing.jsonl" in r.err and "nothing was submitted" in r.err
+    assert not (env.tmp / "runs").exists(), "no run directory, no job"
+    r = cli("submit", path, "--dry-run", "--set", "dataset.train=gone.jsonl")
+    assert r.code == 2 and "dataset.train: file not found" in r.err, r
+
+
+def test_status_on_a_distill_run_directory_describes_the_run(env, fake_embeddings, cli):
+    from distillctl.distill import distill
+    from distillctl.runs import create_run_dir
+
+    recipe = sm.expand_points(env.write())[0].recipe
+    run = create_run_dir(recipe, stage="distill", run_dir=env.tmp / "run")
+    distill(recipe, resume=run.path, stage=1, quiet=True)  # ipc 1 of [1, 2]: as if interrupted after it
+    r = cli("status", run.path)
+    assert r.code == 0, r
+    assert "not a submission" in r.out and "run directory of recipe 'tiny'" in r.out
+    assert "distill unfinished: sets for ipc 1, missing 2" in r.out and "sets:        ipc1" in r.out
+    assert "last metrics: " in r.out and "best_val_accuracy" in r.out
+    assert f"next: distillctl distill {run.path}/recipe.resolved.yaml --resume {run.path}" in r.out
+    r = cli("status", run.path, "--json")
+    info = json.loads(r.out)
+    assert r.code == 0 and info["sets"] == [1] and info["ipc"] == [1, 2] and info["last_metrics"]["ipc"] == 1
+    distill(recipe, resume=run.path, stage=2, quiet=True)
+    r = cli("status", run.path)
+    assert "distilled, not evaluated" in r.out and f"next: distillctl eval {run.path}" in r.out
+    r = cli("status", env.tmp)  # neither a submission nor a run
+    assert r.code == 2 and "not a submission" in r.err

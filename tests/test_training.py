@@ -247,3 +247,42 @@ def test_real_mlp_student_trains():
         scores = train_and_score(build, x, y, x, y, seeds=[0, 1], budget=TrainBudget(steps=60, lr=0.02, batch_size=16),
                                  num_classes=3)
         assert min(scores.accuracy) > 0.95
+
+
+def test_select_on_val_scores_the_students_of_the_best_val_step():
+    """Early stopping: the students scored on the evaluation split are those of the checked step with the best
+    mean accuracy on the selection split, i.e. exactly what a budget of that many steps trains; the curve is
+    their accuracy on the selection split; the evaluation labels play no part in the choice."""
+    x, y = blobs(n_per_class=20, spread=2.5, seed=1)
+    x_test, y_test = blobs(n_per_class=10, spread=2.5, seed=3)  # here the selection split is (x, y) itself
+    build = tiny_mlp()
+    budget = TrainBudget(steps=60, lr=0.05, batch_size=16)
+    seeds = [0, 1, 2]
+    sel = train_and_score(build, x, y, x_test, y_test, seeds=seeds, budget=budget, num_classes=3,
+                          select_on=(x, y), select_every=7)
+    assert [p["step"] for p in sel.val_curve] == [7, 14, 21, 28, 35, 42, 49, 56, 60]  # and the last step
+    # the curve: accuracy of the students trained for that many steps, scored on the selection split
+    at_14 = train_and_score(build, x, y, x, y, seeds=seeds, budget=TrainBudget(steps=14, lr=0.05, batch_size=16),
+                            num_classes=3)
+    assert sel.val_curve[1]["values"] == at_14.accuracy and sel.val_curve[1]["mean"] == pytest.approx(at_14.mean())
+    means = [p["mean"] for p in sel.val_curve]
+    assert sel.chosen_steps == sel.val_curve[means.index(max(means))]["step"]  # the earliest best
+    assert sel.chosen_steps < 60  # (here the best is not simply the last step)
+    plain = train_and_score(build, x, y, x_test, y_test, seeds=seeds, num_classes=3,
+                            budget=TrainBudget(steps=sel.chosen_steps, lr=0.05, batch_size=16), return_params=True)
+    assert sel.accuracy == plain.accuracy and sel.macro_f1 == plain.macro_f1
+    # with a selection split that never improves after the first check, the first check's students are scored
+    flat = train_and_score(build, x, y, x_test, y_test, seeds=seeds, budget=budget, num_classes=3,
+                           select_on=(x[:1], y[:1]), select_every=7)
+    first = [p for p in flat.val_curve if p["mean"] == max(q["mean"] for q in flat.val_curve)][0]["step"]
+    assert flat.chosen_steps == first
+    # the evaluation labels do not move the choice
+    shuffled = train_and_score(build, x, y, x_test, y_test.flip(0), seeds=seeds, budget=budget, num_classes=3,
+                               select_on=(x, y), select_every=7)
+    assert shuffled.chosen_steps == sel.chosen_steps and shuffled.val_curve == sel.val_curve
+    # without select_on nothing changes: the students of the last step
+    last = train_and_score(build, x, y, x_test, y_test, seeds=seeds, budget=budget, num_classes=3)
+    assert last.chosen_steps is None and last.val_curve is None
+    with pytest.raises(UserError, match="select_every"):
+        train_and_score(build, x, y, x_test, y_test, seeds=seeds, budget=budget, num_classes=3,
+                        select_on=(x, y), select_every=0)

@@ -33,4 +33,4 @@ def build_linear(input_dim: int, num_classes: int, options: LinearOptions):
 
 @hookimpl
 def register_students(register):
-    register("linear", build_linear, options=LinearOptions, description="softmax regression")
+    register("softmax", build_linear, options=LinearOptions, description="softmax regression")

@@ -20,7 +20,6 @@ real entities (``&lt;``), HTML tags, ``\\$`` -> ``$`` and the backslashes that s
 
 from __future__ import annotations
 
-import csv
 import html
 import re
 from functools import cached_property
@@ -33,7 +32,8 @@ from distillctl.errors import UserError
 from distillctl.options import PluginOptions, RecipePath
 from distillctl.textdata import (PARSER_VERSION, DatasetSource, TextDataset, TextSplit, as_path_list, assemble,
                                  check_file, files_identity, finish_rows)
-from distillctl_plugins.datasets.readers import raise_field_limit
+from distillctl_plugins.datasets.readers import (BadRows, check_encoding, check_width, decode_lines, excerpt,
+                                                 parse_delimited)
 
 LABEL_NAMES = ["World", "Sports", "Business", "Sci/Tech"]
 #: Version of this module's parsing and cleaning, part of the dataset identity: bump it whenever the
@@ -77,6 +77,9 @@ class AGNewsOptions(PluginOptions):
     dedupe: bool = Field(
         True, description="Remove duplicate rows (same text ignoring case, spacing and punctuation, same label) "
         "from train / val, and train / val rows whose text occurs in test; counts reported. Test is never changed.")
+    encoding: str = Field(
+        "utf-8", description="Text encoding of the files (a Python codec name, e.g. `latin-1`); a UTF-8 "
+        "byte-order mark is dropped.")
     hub_name: str = Field(HUB_NAME, description="Hugging Face dataset id for source: hub.")
     revision: Optional[str] = Field(None, description="Hub revision (branch, tag or commit) for source: hub.")
 
@@ -133,9 +136,11 @@ def join_text(title: str, description: str, join: str) -> str:
 
 # -- formats --------------------------------------------------------------------------------------
 
-def detect_format(path: Path) -> str:
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        first = fh.readline()
+def detect_format(path: Path, first: str = "") -> str:
+    """``csv`` / ``tab`` / ``noisyag`` from the file's first line (``first``; read from ``path`` when not given)."""
+    if not first:
+        with open(path, "rb") as fh:  # detection only: an undecodable byte is reported by the parser
+            first = fh.readline(4096).decode("utf-8-sig", "replace")
     head = first.strip().lower().replace('"', "")
     if head.startswith("label,gt,text"):
         return "noisyag"
@@ -144,47 +149,58 @@ def detect_format(path: Path) -> str:
     if re.match(r'^"?[1-4]"?,', first):
         return "csv"
     raise UserError(f"dataset.format: cannot tell the AG News format of {path} from its first line "
-                    f"({first[:60]!r}); set format: csv | tab | noisyag")
+                    f"({excerpt(first.rstrip(), 60)}); set format: csv | tab | noisyag")
+
+
+#: Fields per row of each format (noisyag: its header's).
+WIDTH = {"csv": 3, "tab": 2}
 
 
 def parse_file(path: Path, fmt: str, opts: AGNewsOptions, *, where: str, bad_rows: str,
                notes: list[str]) -> TextSplit:
-    """One AG News file -> a TextSplit (labels 0-3, HF order)."""
-    fmt = detect_format(path) if fmt == "auto" else fmt
+    """One AG News file -> a TextSplit (labels 0-3, HF order).
+
+    Every format has one article per line (the originals escape line breaks as ``\\``), so each line is
+    parsed on its own with strict CSV quoting: a stray quote costs its own row (an error, or with
+    ``bad_rows="skip"`` a counted, listed skip), never the rows after it.
+    """
+    lines = decode_lines(path, encoding=opts.encoding, where=where, bad_rows=bad_rows)
+    if fmt == "auto":
+        fmt = detect_format(path, next((t for _, t in lines if t.strip()), ""))
     if fmt == "tab" and opts.fields != "title+description":
         raise UserError(f"dataset.fields: {path} is the TAB 12k subset, whose texts join title and description "
                         "without a separator; only fields: title+description is possible")
-    raise_field_limit()  # an unbalanced quote is then a malformed row, not a csv.Error
+    found = BadRows()
+    records = parse_delimited(lines, delimiter="\t" if fmt == "tab" else ",", quoting="csv", multiline=False,
+                              where=where, path=path, bad_rows=bad_rows, found=found)
+    del lines
     titles: list = []
     descs: list = []
     labels: list = []
     raw: list = []  # labels as the file has them (for messages)
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        if fmt == "noisyag":
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or "gt" not in reader.fieldnames or "text" not in reader.fieldnames:
-                raise UserError(f"{where}: {path} has columns {', '.join(reader.fieldnames or [])}; a NoisyAG file "
-                                "needs gt and text (set format: to the right one)")
-            for row in reader:
-                text = row.get("text")
-                title, sep, desc = (text or "").partition(" . ")
-                titles.append(title if text else None)
-                descs.append(desc if sep else "")
-                raw.append(row.get("gt"))
-                labels.append(_int(row.get("gt")))
-        else:
-            for row in csv.reader(fh, delimiter="\t" if fmt == "tab" else ","):
-                if not row or not any(f.strip() for f in row):
-                    continue
-                want = 2 if fmt == "tab" else 3
-                if len(row) != want:
-                    titles.append(None), descs.append(None), labels.append(None), raw.append(None)
-                    continue
-                label = _int(row[0])
-                raw.append(row[0])
-                labels.append(None if label is None else label - 1)  # 1-4 -> 0-3
-                titles.append(row[1])
-                descs.append(row[2] if fmt == "csv" else "")
+    if fmt == "noisyag":
+        header = [h.strip() for h in records[0][1]] if records else []
+        if "gt" not in header or "text" not in header:
+            raise UserError(f"{where}: {path} has columns {', '.join(excerpt(h, 20) for h in header[:8])}; a NoisyAG "
+                            "file needs gt and text (set format: to the right one)")
+        records = check_width(records[1:], len(header), names=header, where=where, path=path, bad_rows=bad_rows,
+                              found=found)
+        gt, tx = header.index("gt"), header.index("text")
+        for _, row in records:
+            text = row[tx]
+            title, sep, desc = text.partition(" . ")
+            titles.append(title if text else None)
+            descs.append(desc if sep else "")
+            raw.append(row[gt])
+            labels.append(_int(row[gt]))
+    else:
+        for _, row in check_width(records, WIDTH[fmt], where=where, path=path, bad_rows=bad_rows, found=found):
+            label = _int(row[0])
+            raw.append(row[0])
+            labels.append(None if label is None else label - 1)  # 1-4 -> 0-3
+            titles.append(row[1])
+            descs.append(row[2] if fmt == "csv" else "")
+    found.note(f"{where} ({path.name}, {fmt})", notes)
     texts = []
     for t, d in zip(titles, descs):
         if t is None:
@@ -235,7 +251,8 @@ class AGNewsSource(DatasetSource):
 
     def identity(self) -> dict:
         o = self.options
-        parse = {"format": o.format, "fields": o.fields, "join": o.join, "clean": o.clean, "dedupe": o.dedupe}
+        parse = {"format": o.format, "fields": o.fields, "join": o.join, "clean": o.clean, "dedupe": o.dedupe,
+                 "encoding": o.encoding}
         if o.source == "hub":
             return {"plugin": "agnews", "parser": [PARSER_VERSION, AGNEWS_PARSER], "clean": o.clean,
                     "hub": self._hub.identity()}
@@ -250,7 +267,7 @@ class AGNewsSource(DatasetSource):
         return "AG News " + ("bundled sample " if o.source == "sample" else "") + "; ".join(
             f"{k}: {', '.join(v)}" for k, v in files.items() if v)
 
-    def load(self, *, bad_rows: str = "skip") -> TextDataset:
+    def load(self, *, bad_rows: str = "fail") -> TextDataset:
         o = self.options
         if o.source == "hub":
             return self._hub.load(bad_rows=bad_rows)
@@ -263,4 +280,5 @@ class AGNewsSource(DatasetSource):
 
 
 def build(options: AGNewsOptions) -> AGNewsSource:
+    check_encoding(options.encoding)
     return AGNewsSource(options)

@@ -109,7 +109,7 @@ class HFSource(DatasetSource):
         o = self.options
         return f"Hugging Face dataset {o.path}" + (f" ({o.config})" if o.config else "")
 
-    def load(self, *, bad_rows: str = "skip") -> TextDataset:
+    def load(self, *, bad_rows: str = "fail") -> TextDataset:
         o = self.options
         dsd = self._load_hf()
         notes: list[str] = []

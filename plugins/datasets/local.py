@@ -16,7 +16,7 @@ from distillctl.errors import UserError
 from distillctl.options import PluginOptions, RecipePath
 from distillctl.textdata import (PARSER_VERSION, DatasetSource, TextDataset, TextSplit, as_path_list, assemble,
                                  check_file, files_identity, finish_rows, map_labels)
-from distillctl_plugins.datasets.readers import column, detect_format, read_table
+from distillctl_plugins.datasets.readers import check_encoding, column, detect_format, read_table
 
 
 class LocalOptions(PluginOptions):
@@ -40,8 +40,14 @@ class LocalOptions(PluginOptions):
     header: bool = Field(
         True, description="CSV/TSV: the first row names the columns; false: columns are named 0, 1, 2, ...")
     quoting: Literal["csv", "none"] = Field(
-        "csv", description="CSV/TSV quoting: `csv` (double quotes) or `none` (split on the delimiter only; "
-        "for text with unbalanced quotes such as MRPC).")
+        "csv", description="CSV/TSV quoting: `csv` (double quotes, parsed strictly: a quote left open or text "
+        "after a closing quote is a bad row, never rows glued into one; a CSV field may span lines, a TSV row "
+        "is one line) or `none` (quotes are text, split on the delimiter only; for text with unbalanced quotes "
+        "such as MRPC).")
+    encoding: str = Field(
+        "utf-8", description="Text encoding of CSV / TSV / JSON / JSONL files (a Python codec name: `utf-8`, "
+        "`latin-1`, `cp1252`, `utf-16`, ...); a UTF-8 byte-order mark is dropped. Undecodable bytes are bad "
+        "rows (see `embed.bad_rows`).")
     dedupe: bool = Field(
         True, description="Remove duplicate rows (same text ignoring case, spacing and punctuation, same label) "
         "from train / val, and train / val rows whose text occurs in test; counts reported. Test is never changed.")
@@ -63,7 +69,7 @@ class LocalSource(DatasetSource):
     def describe(self) -> str:
         return "local " + "; ".join(f"{k}: {', '.join(v)}" for k, v in self._files().items() if v)
 
-    def load(self, *, bad_rows: str = "skip") -> TextDataset:
+    def load(self, *, bad_rows: str = "fail") -> TextDataset:
         o = self.options
         notes: list[str] = []
         raw: dict[str, list] = {}
@@ -72,7 +78,8 @@ class LocalSource(DatasetSource):
             for p in paths:
                 where = f"dataset.{split}"
                 path = check_file(p, where)
-                names, cols = read_table(path, fmt=o.format, header=o.header, quoting=o.quoting, where=where)
+                names, cols = read_table(path, fmt=o.format, header=o.header, quoting=o.quoting, where=where,
+                                         encoding=o.encoding, bad_rows=bad_rows, notes=notes)
                 texts = column(cols, names, o.text, where="dataset.text", path=path)
                 pairs = column(cols, names, o.text_pair, where="dataset.text_pair", path=path) if o.text_pair else None
                 labels = column(cols, names, o.label, where="dataset.label", path=path)
@@ -106,7 +113,7 @@ def _label_set(raw: dict[str, list], offset: int) -> tuple[list[str], dict[str, 
                 s = str(v).strip()
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     ints.append(int(v) - offset)
-                elif s.lstrip("+-").isdigit():
+                elif s.lstrip("+-").isdigit() and len(s) <= 18:  # the same rule as map_labels
                     ints.append(int(s) - offset)
                 elif s:
                     if split == "train":
@@ -122,6 +129,7 @@ def _label_set(raw: dict[str, list], offset: int) -> tuple[list[str], dict[str, 
 
 
 def build(options: LocalOptions) -> LocalSource:
+    check_encoding(options.encoding)
     for split in ("train", "val", "test"):
         for p in as_path_list(getattr(options, split)):
             detect_format(Path(p), options.format, f"dataset.{split}")

@@ -22,6 +22,8 @@ from distillctl.errors import UserError
 from distillctl.options import PluginOptions, RecipePath
 from distillctl.textdata import (PARSER_VERSION, DatasetSource, TextDataset, TextSplit, assemble, check_file,
                                  file_sha256, files_identity, finish_rows)
+from distillctl_plugins.datasets.readers import (BadRows, check_encoding, check_width, decode_lines, excerpt,
+                                                 parse_delimited)
 
 LABEL_NAMES = ["not_equivalent", "equivalent"]  # the Hugging Face glue/mrpc names, same order
 HEADER = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
@@ -45,6 +47,9 @@ class MRPCOptions(PluginOptions):
     dedupe: bool = Field(
         False, description="Remove exact duplicate pairs from train / val and train / val pairs that also occur "
         "in test (counts reported). Off by default: the GLUE split sizes (3,668 / 408 / 1,725) stay standard.")
+    encoding: str = Field(
+        "utf-8", description="Text encoding of the files (a Python codec name, e.g. `latin-1`); the UTF-8 "
+        "byte-order mark of the distributed files is dropped.")
     hub_name: str = Field("nyu-mll/glue", description="Hugging Face dataset id for source: hub (config mrpc).")
     revision: Optional[str] = Field(None, description="Hub revision for source: hub.")
 
@@ -60,29 +65,32 @@ class MRPCOptions(PluginOptions):
         return self
 
 
-def read_pairs(path: Path, *, where: str, bad_rows: str, notes: list[str]) -> tuple[TextSplit, list[tuple[str, str]]]:
-    """One MSR/GLUE file -> (TextSplit, [(id1, id2)]). Lines are split on TAB (quotes are text)."""
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        lines = [ln.rstrip("\r\n") for ln in fh]
-    lines = [ln for ln in lines if ln.strip()]
-    if not lines:
+def read_pairs(path: Path, *, where: str, bad_rows: str, notes: list[str],
+               encoding: str = "utf-8") -> tuple[TextSplit, list[tuple[str, str]]]:
+    """One MSR/GLUE file -> (TextSplit, [(id1, id2)]). One pair per line, fields split on TAB only: quotes are
+    text (``csv.QUOTE_NONE``). A line with another number of fields, or undecodable bytes, is a bad row."""
+    found = BadRows()
+    lines = decode_lines(path, encoding=encoding, where=where, bad_rows=bad_rows)
+    records = parse_delimited(lines, delimiter="\t", quoting="none", multiline=False, where=where, path=path,
+                              bad_rows=bad_rows, found=found)
+    del lines
+    if not records:
         raise UserError(f"{where}: {path} is empty")
-    header = [h.strip() for h in lines[0].split("\t")]
+    header = [h.strip() for h in records[0][1]]
     if header and header[0].lower() == "index":
         raise UserError(f"{where}: {path} has no labels (GLUE test.tsv); use the labelled msr_paraphrase_test.txt")
     if header != HEADER:
-        raise UserError(f"{where}: {path} is not an MRPC file: header {header} (expected {' | '.join(HEADER)})")
+        raise UserError(f"{where}: {path} is not an MRPC file: header {excerpt(' | '.join(header))} (expected "
+                        f"{' | '.join(HEADER)})")
     texts, pairs, labels, ids = [], [], [], []
-    for ln in lines[1:]:
-        f = ln.split("\t")
-        if len(f) != 5:
-            texts.append(None), pairs.append(None), labels.append(None), ids.append(("", ""))
-            continue
+    for _, f in check_width(records[1:], len(HEADER), names=HEADER, where=where, path=path, bad_rows=bad_rows,
+                            found=found):
         q = f[0].strip()
         labels.append(int(q) if q in ("0", "1") else (q if q else None))
         texts.append(f[3].strip())
         pairs.append(f[4].strip())
         ids.append((f[1].strip(), f[2].strip()))
+    found.note(f"{where} ({path.name})", notes)
     labels = [lab if not isinstance(lab, str) else _bad_label(lab, path, where) for lab in labels]
     keep_ids = [i for i, t in enumerate(texts) if t and pairs[i] and labels[i] is not None]
     split = finish_rows(texts, pairs, labels, where=f"{where} ({path.name})", bad_rows=bad_rows, notes=notes,
@@ -91,16 +99,17 @@ def read_pairs(path: Path, *, where: str, bad_rows: str, notes: list[str]) -> tu
 
 
 def _bad_label(value: str, path: Path, where: str):
-    raise UserError(f"{where}: {path}: Quality {value!r} is outside the label set 0, 1 ({', '.join(LABEL_NAMES)})")
+    raise UserError(f"{where}: {path}: Quality {excerpt(value)} is outside the label set 0, 1 "
+                    f"({', '.join(LABEL_NAMES)})")
 
 
-def read_dev_ids(path: Path) -> set[tuple[str, str]]:
+def read_dev_ids(path: Path, encoding: str = "utf-8") -> set[tuple[str, str]]:
+    """GLUE's ``#1 ID<TAB>#2 ID`` pairs (the header and anything that is not two ids are no pairs)."""
     out = set()
-    with open(path, encoding="utf-8-sig") as fh:
-        for ln in fh:
-            f = ln.strip().split("\t")
-            if len(f) == 2 and f[0].isdigit():
-                out.add((f[0], f[1]))
+    for _, ln in decode_lines(path, encoding=encoding, where="dataset.dev_ids", bad_rows="fail"):
+        f = ln.strip().split("\t")
+        if len(f) == 2 and f[0].isdigit():
+            out.add((f[0], f[1]))
     return out
 
 
@@ -144,7 +153,7 @@ class MRPCSource(DatasetSource):
     def identity(self) -> dict:
         o = self.options
         files = self._files()
-        ident = {"plugin": "mrpc", "parser": PARSER_VERSION, "dedupe": o.dedupe,
+        ident = {"plugin": "mrpc", "parser": PARSER_VERSION, "dedupe": o.dedupe, "encoding": o.encoding,
                  "files": files_identity({k: [v] for k, v in files.items() if v and k != "dev_ids"})}
         if files["dev_ids"]:
             ident["dev_ids"] = file_sha256(check_file(files["dev_ids"], "dataset.dev_ids"))
@@ -167,12 +176,12 @@ class MRPCSource(DatasetSource):
                                   text_pair="sentence2", label="label", val_split="validation", test_split=None,
                                   label_names=LABEL_NAMES, dedupe=False))
 
-    def load(self, *, bad_rows: str = "skip") -> TextDataset:
+    def load(self, *, bad_rows: str = "fail") -> TextDataset:
         files = self._files()
         notes: list[str] = []
         parts: dict[str, list[TextSplit]] = {"train": [], "val": [], "test": []}
         test, _ = read_pairs(check_file(files["test"], "dataset.test"), where="dataset.test", bad_rows=bad_rows,
-                             notes=notes)
+                             notes=notes, encoding=self.options.encoding)
         parts["test"] = [test]
         if self.options.source == "hub":
             hub = self._hub.load(bad_rows=bad_rows)
@@ -181,9 +190,9 @@ class MRPCSource(DatasetSource):
             parts["val"] = [hub.splits["val"]] if "val" in hub.splits else []
         else:
             train, ids = read_pairs(check_file(files["train"], "dataset.train"), where="dataset.train",
-                                    bad_rows=bad_rows, notes=notes)
+                                    bad_rows=bad_rows, notes=notes, encoding=self.options.encoding)
             if files["dev_ids"]:
-                dev = read_dev_ids(check_file(files["dev_ids"], "dataset.dev_ids"))
+                dev = read_dev_ids(check_file(files["dev_ids"], "dataset.dev_ids"), self.options.encoding)
                 in_dev = [i for i, pair in enumerate(ids) if pair in dev]
                 if not in_dev:
                     raise UserError(f"dataset.dev_ids: none of the {len(dev)} id pairs of {files['dev_ids']} occur in "
@@ -194,11 +203,12 @@ class MRPCSource(DatasetSource):
                 notes.append(f"dataset.val: {len(in_dev)} pairs moved from train by {Path(files['dev_ids']).name}")
             elif files["val"]:
                 val, _ = read_pairs(check_file(files["val"], "dataset.val"), where="dataset.val", bad_rows=bad_rows,
-                                    notes=notes)
+                                    notes=notes, encoding=self.options.encoding)
                 parts["val"] = [val]
             parts["train"] = [train]
         return assemble(parts, LABEL_NAMES, notes=notes, dedupe=self.options.dedupe)
 
 
 def build(options: MRPCOptions) -> MRPCSource:
+    check_encoding(options.encoding)
     return MRPCSource(options)

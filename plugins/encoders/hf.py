@@ -77,6 +77,16 @@ class HFEncoder(BatchEncoder):
             self.load()
         return self._dim
 
+    @property
+    def max_tokens(self) -> int:
+        """Tokens read per text (a pair in joint mode together): ``max_length``."""
+        return self.options.max_length
+
+    def count_tokens(self, text: str) -> int:
+        if self._tokenizer is None:
+            self.load()
+        return len(self._tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
+
     def _forward(self, batch: list):
         import torch
 

@@ -100,6 +100,19 @@ class STEncoder(BatchEncoder):
         self._dim = width
 
     @property
+    def max_tokens(self) -> int | None:
+        """Tokens the model reads per text (``max_length``, else the model's ``max_seq_length``)."""
+        if self._model is None:
+            return self.options.max_length
+        return int(self._model.max_seq_length) if self._model.max_seq_length else None
+
+    def count_tokens(self, text: str) -> int | None:
+        tokenizer = getattr(self.model, "tokenizer", None)
+        if tokenizer is None:
+            return None
+        return len(tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
+
+    @property
     def model(self):
         if self._model is None:
             self.load()

@@ -137,9 +137,13 @@ def expert_trajectories(problem: InnerProblem, context: MethodContext, experts: 
     context.say(f"mtt: training {experts} experts for {total} steps on {context.x_train.shape[0]} real rows "
                 f"(cached in {folder})")
     traj = train_experts(problem, context, experts, total, spacing)
-    atomic_save_tensors(path, {"trajectories": traj.cpu().contiguous()}, metadata={"format": FORMAT})
-    atomic_write_json(sidecar, {"format": FORMAT, "key": key,
-                                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+    try:
+        atomic_save_tensors(path, {"trajectories": traj.cpu().contiguous()}, metadata={"format": FORMAT})
+        atomic_write_json(sidecar, {"format": FORMAT, "key": key,
+                                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+    except OSError as exc:  # a read-only (shared) cache: the run goes on with the experts in memory
+        context.say(f"mtt: cannot cache the expert trajectories in {folder} ({exc.strerror or exc}); "
+                    "they are used from memory")
     return traj
 
 

@@ -9,8 +9,8 @@ the runner stops everything).
 
 Each job is a subprocess in its own process group (so cancelling kills the whole job), its stdout and
 stderr appended to the job's log with a header (attempt, command line, working directory) and a
-footer (exit code, seconds). Jobs get ``OMP_NUM_THREADS`` = ``threads`` so ``workers`` jobs share the
-machine instead of each using every core. A failed job cancels everything downstream of it; the
+footer (exit code, seconds). Jobs get ``OMP_NUM_THREADS`` = ``threads`` (default 1, see
+:mod:`distillctl.threads`) so ``workers`` jobs share the machine instead of each using every core. A failed job cancels everything downstream of it; the
 other branches of the graph keep running to the end.
 """
 
@@ -44,8 +44,12 @@ KILL_GRACE_SECONDS = 10.0
 class LocalOptions(PluginOptions):
     workers: int = Field(1, ge=1, description="Jobs run at the same time on this machine.")
     threads: Optional[int] = Field(
-        None, ge=1,
-        description="CPU threads per job (OMP_NUM_THREADS, MKL_NUM_THREADS); null = CPU cores // workers, at least 1.",
+        1, ge=1,
+        description="CPU threads per job (OMP_NUM_THREADS, MKL_NUM_THREADS); null = CPU cores // workers, at "
+        "least 1, for a machine these jobs have to themselves. 1 by default: torch's waiting threads spin, and "
+        "with 2 threads per job beside another torch job on a 2-core machine a distill ran ~40x slower (157 "
+        "vs 4 s), while on a quiet machine a second thread gained nothing in distill and ~1.7x in eval "
+        "(BENCHMARKS.md, \"Torch threads on a busy machine\"; benchmarks/threads.py).",
     )
 
 

@@ -1,4 +1,4 @@
-"""Built-in students: ``mlp`` and ``transformer`` (a vector split into tokens).
+"""Built-in students: ``linear`` (softmax regression), ``mlp`` and ``transformer`` (a vector split into tokens).
 
 Factories import torch lazily, so loading the plugin registry stays cheap.
 """
@@ -11,6 +11,10 @@ from pydantic import Field, field_validator, model_validator
 
 from distillctl import hookimpl
 from distillctl.options import PluginOptions
+
+
+class LinearOptions(PluginOptions):
+    bias: bool = Field(True, description="Learn a bias per class.")
 
 
 class MLPOptions(PluginOptions):
@@ -55,6 +59,12 @@ class TransformerOptions(PluginOptions):
         return self
 
 
+def _linear(input_dim, num_classes, options):
+    from distillctl_plugins.students.models import build_linear
+
+    return build_linear(input_dim, num_classes, options)
+
+
 def _mlp(input_dim, num_classes, options):
     from distillctl_plugins.students.models import build_mlp
 
@@ -69,6 +79,8 @@ def _transformer(input_dim, num_classes, options):
 
 @hookimpl
 def register_students(register):
+    register("linear", _linear, options=LinearOptions,
+             description="Softmax regression on the embedding vector (one Linear layer; features = the input).")
     register("mlp", _mlp, options=MLPOptions,
              description="Multi-layer perceptron on the embedding vector.")
     register("transformer", _transformer, options=TransformerOptions,

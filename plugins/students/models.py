@@ -1,6 +1,6 @@
 """Student networks: plain ``nn.Module``s mapping ``(batch, input_dim)`` vectors to ``(batch, C)`` logits.
 
-Both are used functionally (``torch.func.functional_call``) and vmapped over a population of students,
+All are used functionally (``torch.func.functional_call``) and vmapped over a population of students,
 so they keep no buffers, use no in-place updates and no batch norm. Dropout layers are only created
 when ``dropout > 0`` (a vmapped random op needs ``randomness="different"``, which the inner loop sets).
 Attention is written with plain matmul/softmax (not the fused kernel) because the meta-gradient
@@ -16,6 +16,21 @@ from torch import nn
 from torch.nn import functional as F
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+
+
+class Linear(nn.Linear):
+    """Softmax regression: (batch, input_dim) -> (batch, num_classes) logits ``x @ W.T + b``.
+
+    :meth:`features` is the input itself (the penultimate representation of a one-layer model), so
+    ``krr`` / ``dm`` with ``features: student`` work on the raw vectors.
+    """
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:  # (B, d) -> (B, d)
+        return x
+
+
+def build_linear(input_dim: int, num_classes: int, options) -> nn.Module:
+    return Linear(input_dim, num_classes, bias=options.bias)
 
 
 class MLP(nn.Sequential):

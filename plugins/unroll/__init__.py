@@ -9,7 +9,10 @@ from distillctl.options import PluginOptions
 
 
 class FullOptions(PluginOptions):
-    total: int = Field(100, ge=1, description="Inner steps per outer step, all differentiated (memory grows with it).")
+    total: int = Field(
+        100, ge=1, description="Inner steps per outer step, all differentiated (memory grows with it). 100 was "
+        "chosen on `val` (BENCHMARKS.md, AG News MLP ipc 1: 87.82 % against 87.77 % for 200 and 87.54 % for 1000)."
+    )
 
 
 class TruncatedOptions(PluginOptions):

@@ -1,0 +1,77 @@
+"""compare: a seed sweep's points aggregated over distillation seeds, and the set each point kept."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import eval_fakes
+
+
+def _point(folder, registry, name, values, accs, *, step, steps_run, val):
+    from distillctl.recipe import validate_recipe
+    from distillctl.runs import create_run_dir
+
+    recipe = validate_recipe(eval_fakes.recipe_data(), registry=registry)
+    run = create_run_dir(recipe, stage="distill", run_dir=folder / name)
+    run.distilled.mkdir(parents=True, exist_ok=True)
+    (run.distilled / "ipc1.json").write_text(json.dumps({
+        "ipc": 1, "num_classes": 3, "method": "bptt", "val_accuracy": val, "outer_step": step,
+        "outer_steps_run": steps_run, "wall_seconds": 2.0}))
+    run.eval.mkdir(parents=True, exist_ok=True)
+    summary = {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "values": accs}
+    (run.eval / "results.json").write_text(json.dumps({"results": [
+        {"arm": "distilled", "ipc": 1, "student": "mlp", "labels": "hard", "distilled_with": "mlp",
+         "accuracy": summary, "macro_f1": summary, "seeds": list(range(len(accs)))}]}))
+    return {"name": name, "values": values, "run_dir": str(run.path)}
+
+
+def test_a_seed_sweep_is_aggregated_over_distillation_seeds(monkeypatch, tmp_path, cli):
+    from distillctl.compare import seed_groups
+    from distillctl.report import report
+
+    registry, _ = eval_fakes.install(monkeypatch, eval_fakes.embeddings())
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "sub"
+    accs = {0: [0.80, 0.84], 1: [0.70, 0.74], 2: [0.90, 0.96]}
+    kept = {0: (5, 10), 1: (10, 10), 2: (5, 10)}  # seed 1's best step was its last one
+    points = [_point(folder, registry, f"seed={s}", {"seed": str(s)}, accs[s], step=kept[s][0],
+                     steps_run=kept[s][1], val=0.5 + 0.1 * s) for s in accs]
+    (folder / "submission.json").write_text(json.dumps({"points": points}))
+
+    md = report(folder).read_text()  # `distillctl report SUBMISSION`
+    data = json.loads((folder / "comparison.json").read_text())
+    (g,) = data["seed_groups"]
+    means = [np.mean(v) for v in accs.values()]
+    assert g["seeds"] == ["0", "1", "2"] and g["ipc"] == 1 and g["config"] == "(recipe)"
+    assert g["test_accuracy"] == pytest.approx(np.mean(means))
+    assert g["test_std_over_distill_seeds"] == pytest.approx(np.std(means))  # population std, as every cell
+    assert g["test_std_within_mean"] == pytest.approx(np.mean([np.std(v) for v in accs.values()]))
+    assert g["test_std_pooled"] == pytest.approx(np.std(sum(accs.values(), [])))
+    assert g["val_accuracy"] == pytest.approx(0.6) and g["val_std"] == pytest.approx(np.std([0.5, 0.6, 0.7]))
+    assert g["selection"] == {"best-on-val": 2, "best-on-val (= final)": 1}
+
+    assert "## Over distillation seeds" in md
+    row = next(line for line in md.splitlines() if line.startswith("| (recipe) | mlp | 1 | 0, 1, 2 |"))
+    assert f"{np.mean(means) * 100:.2f} ± {np.std(means) * 100:.2f}" in row
+    assert "best-on-val (2 of 3); best-on-val (= final) (1 of 3)" in row
+    # every per-point row says which set it used
+    assert any(line.startswith("| seed=1 |") and line.endswith("| best-on-val (= final) |") for line in md.splitlines())
+
+    # the CLI on a submission folder prints the comparison (its JSON is comparison.json, not report.json)
+    res = cli("report", folder, "--json")
+    assert res.code == 0, res
+    assert json.loads(res.out)["seed_groups"] == data["seed_groups"]
+    res = cli("report", folder)
+    assert res.code == 0 and "## Over distillation seeds" in res.out
+    assert f"wrote {folder / 'comparison.md'}, {folder / 'comparison.json'}, {folder / 'plots'}" in res.out
+
+    # another sweep key keeps its points apart; a sweep with no seed key has no seed groups
+    rows = [dict(r, values={"distill.method.name": "bptt"}) for r in data["rows"]]
+    assert seed_groups(rows) == []
+    rows = [dict(r, values={"distill.method.name": m, "distill.seed": s})
+            for r, (m, s) in zip(data["rows"], [("bptt", "0"), ("bptt", "1"), ("dm", "0")])]
+    (only,) = seed_groups(rows)  # dm has one seed: nothing to aggregate
+    assert only["config"] == "distill.method.name=bptt" and only["seeds"] == ["0", "1"]
