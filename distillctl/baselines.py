@@ -14,8 +14,9 @@ Arms (``kind``):
   ``full-earlystop`` (``"val-steps"``): the same student, optimiser and batch, its number of steps chosen
   on ``val``: the K students are scored on val about every ``eval.steps / EARLYSTOP_CHECKS`` steps (exactly:
   :func:`earlystop_every`) up to
-  ``EARLYSTOP_MAX_FACTOR x eval.steps``; the step with the best mean val accuracy over the K seeds wins
-  (``chosen_steps``, ``val_curve``);
+  ``EARLYSTOP_MAX_FACTOR x eval.steps``, stopping after ``EARLYSTOP_PATIENCE`` checks in a row without a
+  better mean; the step with the best mean val accuracy over the K seeds wins (``chosen_steps``,
+  ``val_curve``, ``steps_run``);
   ``full-logreg`` (``"val-logreg"``, ``student`` ``"logreg"``): multinomial logistic regression on the
   vectors (scikit-learn, lbfgs), its L2 strength C chosen on ``val`` from :data:`LOGREG_C_GRID`
   (``chosen_C``, ``val_by_C``); one deterministic fit.
@@ -47,6 +48,9 @@ PROTOCOL_SECTIONS = ("seed", "dataset", "encoder", "embed", "student", "eval")
 EARLYSTOP_MAX_FACTOR = 10
 #: ... checking val at least EARLYSTOP_CHECKS times per eval.steps (see :func:`earlystop_every`)
 EARLYSTOP_CHECKS = 4
+#: ... and stopping after EARLYSTOP_PATIENCE checks in a row without a better mean val accuracy (one eval
+#: budget of steps past the best: the 10x cap is then only reached by a student still improving)
+EARLYSTOP_PATIENCE = 4
 #: full-logreg: the inverse L2 strengths C tried on val (scikit-learn's C: larger = weaker penalty)
 LOGREG_C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 #: full-logreg: lbfgs iterations per fit (a fit that stops there is flagged in ``val_by_C``)
@@ -278,14 +282,15 @@ def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, 
     majority = majority_line(embeddings)
     budget = TrainBudget.from_eval(recipe.eval)
 
-    def score(section, arm, arm_ipc, x, labels, arm_budget=budget, select_on=None, select_every=None, **extra):
+    def score(section, arm, arm_ipc, x, labels, arm_budget=budget, select_on=None, select_every=None,
+              select_patience=None, **extra):
         build = student_builder(recipe, d, C, section)
         scores = train_and_score(build, x, labels, X_test, y_test, seeds=seed_list, budget=arm_budget, num_classes=C,
                                  description=f"{arm} ipc {arm_ipc} {section.name}", quiet=quiet,
-                                 select_on=select_on, select_every=select_every)
+                                 select_on=select_on, select_every=select_every, select_patience=select_patience)
         if scores.chosen_steps is not None:  # full-earlystop: the students scored are those of the chosen step
             arm_budget = TrainBudget(**{**arm_budget.as_dict(), "steps": scores.chosen_steps})
-            extra.update(chosen_steps=scores.chosen_steps, val_curve=scores.val_curve)
+            extra.update(chosen_steps=scores.chosen_steps, val_curve=scores.val_curve, steps_run=scores.steps_run)
         rec = result_record(arm, arm_ipc, recipe, arm_budget, scores, majority=majority, n_test=len(y_test),
                             student=section, **extra)
         if not quiet:
@@ -312,6 +317,7 @@ def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, 
             # (b) the same student with its number of steps chosen on val
             records.append(score(section, "full-earlystop", None, X, y, long_budget, n_train=int(X.shape[0]),
                                  reference="val-steps", select_on=(X_val, y_val), select_every=every,
+                                 select_patience=EARLYSTOP_PATIENCE, patience_checks=EARLYSTOP_PATIENCE,
                                  max_steps=long_budget.steps, select_every_steps=every, select_split="val"))
         # (c) a logistic regression with its L2 strength chosen on val (no student, one deterministic fit)
         fit = logreg_reference(X, y, X_val, y_val, X_test, y_test, C)

@@ -85,6 +85,7 @@ class Scores:
     params: dict | None = field(default=None, repr=False)  # stacked trained weights, on request
     classes_predicted: list[int] | None = None  # distinct classes each student predicts on the eval split
     chosen_steps: int | None = None  # with select_on: the step the scored students were taken at
+    steps_run: int | None = None  # steps trained (fewer than the budget after an early stop)
     val_curve: list[dict] | None = None  # with select_on: [{"step", "mean", "values"}] accuracy on the select split
 
     def values(self, metric: str = "accuracy") -> list[float]:
@@ -271,6 +272,7 @@ def train_and_score(
     return_params: bool = False,
     select_on: tuple | None = None,
     select_every: int | None = None,
+    select_patience: int | None = None,
 ) -> Scores:
     """Train one fresh student per seed on (x_train, y_train) with ``budget``; score on (x_eval, y_eval).
 
@@ -286,7 +288,9 @@ def train_and_score(
     accuracy over the K seeds (the earliest of equal ones) are the ones scored on (x_eval, y_eval), once,
     at the end. ``scores.chosen_steps`` is that step and ``scores.val_curve`` every checked step's
     accuracies. There is no learning-rate schedule, so those students are exactly the ones a budget of
-    ``chosen_steps`` steps trains. (x_eval, y_eval) plays no part in the choice.
+    ``chosen_steps`` steps trains. (x_eval, y_eval) plays no part in the choice. With ``select_patience``
+    P, training ends after P checks in a row without a better mean (early stopping: ``budget.steps`` is
+    then only the cap); ``scores.steps_run`` is the number of steps trained.
     """
     import torch
     from torch.func import functional_call, stack_module_state, vmap
@@ -374,6 +378,7 @@ def train_and_score(
     #    select_on, score the selection split every select_every steps and keep the best students' weights
     losses, done = torch.full((K,), float("nan")), 0
     curve, best, best_step, best_params = [], -1.0, None, None
+    stale = 0  # checks in a row without a better mean on the selection split
     base.train()
     with torch.random.fork_rng(devices=[]), progress(description or "training students", budget.steps,
                                                      unit="step", quiet=quiet) as bar:
@@ -413,6 +418,14 @@ def train_and_score(
                 if curve[-1]["mean"] > best:  # strictly better: ties keep the earlier (cheaper) step
                     best, best_step = curve[-1]["mean"], step + 1
                     best_params = [v.detach().clone() for v in plist]
+                    stale = 0
+                else:
+                    stale += 1
+                if select_patience is not None and stale >= select_patience:  # early stop: past its best
+                    losses = loss_k.detach().cpu()
+                    bar.advance(step + 1 - done, loss=float(losses.mean()))
+                    done = step + 1
+                    break
             if (step + 1) % 50 == 0 or step + 1 == budget.steps:  # sync with the loss rarely
                 losses = loss_k.detach().cpu()
                 bar.advance(step + 1 - done, loss=float(losses.mean()))
@@ -425,7 +438,8 @@ def train_and_score(
     scores = Scores(seeds=seeds, accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],
                     positive_f1=metrics.get("positive_f1"), train_loss=[float(v) for v in losses],
                     seconds=time.perf_counter() - t0, classes_predicted=metrics["classes_predicted"],
-                    chosen_steps=best_step, val_curve=curve if select_on is not None else None)
+                    chosen_steps=best_step, val_curve=curve if select_on is not None else None,
+                    steps_run=done)
     if return_params:
         scores.params = {k: v.detach() for k, v in zip(names, final)}  # {name: (K, *shape)}
     return scores

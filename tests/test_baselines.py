@@ -226,7 +226,8 @@ def _hard_env(env):
 
 
 def test_full_earlystop_chooses_steps_on_val_and_scores_test_once(env):
-    from distillctl.baselines import EARLYSTOP_CHECKS, EARLYSTOP_MAX_FACTOR, baseline, earlystop_every
+    from distillctl.baselines import (EARLYSTOP_CHECKS, EARLYSTOP_MAX_FACTOR, EARLYSTOP_PATIENCE, baseline,
+                                      earlystop_every)
     from distillctl.evaluate import eval_seeds
     from distillctl.training import TrainBudget, student_builder, train_and_score
 
@@ -237,10 +238,13 @@ def test_full_earlystop_chooses_steps_on_val_and_scores_test_once(env):
     assert EARLYSTOP_CHECKS == 4 and [earlystop_every(n) for n in (1000, 30, 7, 1, 2)] == [250, 6, 1, 1, 1]
     assert early["max_steps"] == EARLYSTOP_MAX_FACTOR * 30 and early["select_every_steps"] == every
     steps = [p["step"] for p in early["val_curve"]]
-    assert steps == list(range(every, 300 + 1, every))
+    assert steps == list(range(every, early["steps_run"] + 1, every))
     # the chosen step: the earliest best mean val accuracy over the K seeds, recomputed from the curve
     means = [p["mean"] for p in early["val_curve"]]
     assert early["chosen_steps"] == steps[means.index(max(means))] == early["budget"]["steps"]
+    # early stopping: it ran to the cap, or stopped EARLYSTOP_PATIENCE checks after its best
+    assert early["patience_checks"] == EARLYSTOP_PATIENCE
+    assert early["steps_run"] == 300 or (len(steps) - 1 - steps.index(early["chosen_steps"]) == EARLYSTOP_PATIENCE)
     for p in early["val_curve"]:
         assert p["mean"] == pytest.approx(sum(p["values"]) / 3)
     # the curve is real val accuracy: at step 30 it is that of the same-budget students scored on val

@@ -286,3 +286,22 @@ def test_select_on_val_scores_the_students_of_the_best_val_step():
     with pytest.raises(UserError, match="select_every"):
         train_and_score(build, x, y, x_test, y_test, seeds=seeds, budget=budget, num_classes=3,
                         select_on=(x, y), select_every=0)
+
+
+def test_select_patience_stops_after_that_many_checks_without_a_better_val_mean():
+    """Early stopping with patience: training ends P checks after the best one (the curve is the prefix of the
+    run without patience), and the students scored are still those of the best check."""
+    x, y = blobs(n_per_class=20, spread=2.5, seed=1)
+    x_test, y_test = blobs(n_per_class=10, spread=2.5, seed=3)
+    build = tiny_mlp()
+    budget = TrainBudget(steps=60, lr=0.05, batch_size=16)
+    seeds = [0, 1, 2]
+    # a one-row selection split stops improving at once: its first check is the best
+    full = train_and_score(build, x, y, x_test, y_test, seeds=seeds, budget=budget, num_classes=3,
+                           select_on=(x[:1], y[:1]), select_every=7)
+    stopped = train_and_score(build, x, y, x_test, y_test, seeds=seeds, budget=budget, num_classes=3,
+                              select_on=(x[:1], y[:1]), select_every=7, select_patience=2)
+    best = [p["step"] for p in full.val_curve].index(full.chosen_steps)
+    assert stopped.val_curve == full.val_curve[:best + 3]  # the best check and 2 more
+    assert stopped.steps_run == full.val_curve[best + 2]["step"] < 60 and full.steps_run == 60
+    assert stopped.chosen_steps == full.chosen_steps and stopped.accuracy == full.accuracy
