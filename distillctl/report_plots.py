@@ -78,13 +78,8 @@ def plot_accuracy(summary: dict, path: Path, title: str) -> Path:
     if summary["ipcs"]:
         ax.set_xticks(summary["ipcs"])
         ax.set_xticklabels([str(i) for i in summary["ipcs"]])
-    ax.set_xlabel("instances per class (log scale)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish_line_plot(fig, ax, path, title, "instances per class (log scale)", "test accuracy (%)",
+                             legend_size=8)
 
 
 def plot_transfer(transfer: list[dict], path: Path, title: str) -> Path:
@@ -141,11 +136,17 @@ def plot_val_curve(curves: list[dict], path: Path, title: str) -> Path:
             ax.plot([stop["step"]], [accs[-1] if accs else 0], marker="x", ms=9, color=color, ls="none",
                     label=f"ipc {c['ipc']}: stopped at step {stop['step']}"
                           + (f" ({stop['reason']})" if stop.get("reason") else ""))
-    ax.set_xlabel("outer step (within its stage)")
-    ax.set_ylabel("validation accuracy (%)")
+    return _finish_line_plot(fig, ax, path, title, "outer step (within its stage)", "validation accuracy (%)",
+                             legend_size=7)
+
+
+def _finish_line_plot(fig, ax, path: Path, title: str, xlabel: str, ylabel: str, legend_size: int) -> Path:
+    """Axis labels, title, a light grid and the legend (lower right) of a line plot, then save it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=legend_size, loc="lower right")
     fig.tight_layout()
     return _save(fig, path)
 

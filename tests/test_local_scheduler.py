@@ -104,13 +104,15 @@ def test_failure_cancels_dependents_only_and_keeps_other_results(tmp_path):
 
 
 def test_submit_returns_while_jobs_run_and_status_works_from_a_new_process(tmp_path):
-    jobs = [pyjob(tmp_path, "slow", "time.sleep(1.5)"), pyjob(tmp_path, "next", "pass", deps=["slow"])]
+    # "slow" cannot end before this test creates `go`: submit returning at all shows that it is detached
+    go = tmp_path / "go"
+    wait_for_go = f"import os\nwhile not os.path.exists({str(go)!r}): time.sleep(0.05)"
+    jobs = [pyjob(tmp_path, "slow", wait_for_go), pyjob(tmp_path, "next", "pass", deps=["slow"])]
     sched = LocalScheduler(LocalOptions())
-    t0 = time.time()
     hs = sched.submit(jobs, tmp_path)
-    assert time.time() - t0 < 1.5, "submit is detached: it does not wait for the jobs"
     states = {h.job_id: h.state for h in sched.status(hs)}
     assert states["next"] == "pending" and states["slow"] in ("pending", "running")
+    go.write_text("")
     blob = json.dumps([h.to_dict() for h in hs])
     code = ("import json, sys, time\n"
             "from distillctl.scheduling import JobHandle\n"
@@ -126,7 +128,9 @@ def test_submit_returns_while_jobs_run_and_status_works_from_a_new_process(tmp_p
 
 
 def test_cancel_kills_the_running_job_and_skips_the_rest(tmp_path):
-    jobs = [pyjob(tmp_path, "sleeper", "import os; open('pid', 'w').write(str(os.getpid())); time.sleep(60)"),
+    jobs = [pyjob(tmp_path, "sleeper",  # pid written then renamed: the test never reads a half-written file
+                  "import os; open('pid.tmp', 'w').write(str(os.getpid())); os.replace('pid.tmp', 'pid');"
+                  " time.sleep(60)"),
             pyjob(tmp_path, "later", "pass", deps=["sleeper"])]
     sched = LocalScheduler(LocalOptions())
     hs = sched.submit(jobs, tmp_path)
@@ -353,3 +357,29 @@ def test_live_table_shows_the_latest_output_of_running_jobs(tmp_path):
     console = Console(width=200, record=True)
     console.print(progress_table(sub))
     assert "embedding test split 300/900" in console.export_text()
+
+
+def test_progress_off_a_terminal_is_a_plain_line_at_most_every_interval(monkeypatch, capsys):
+    """A job's log (stderr not a TTY) gets `embed: 2,000/4,000 sentences (50 %) ...` lines, so the
+    `submit --wait` heartbeat shows how far a long job is; a short task writes nothing."""
+    from distillctl import console
+
+    now = [0.0]
+    bar = console.LineBar("embed", 4000, "sentences", clock=lambda: now[0])
+    bar.advance(1000)
+    assert capsys.readouterr().err == ""  # not yet LINE_EVERY_S seconds
+    now[0] = console.LINE_EVERY_S + 5  # 20 s
+    bar.advance(1000, loss=0.5)
+    assert capsys.readouterr().err == "embed: 2,000/4,000 sentences (50 %), 100.0 sentences/s, loss=0.5, 20 s\n"
+    bar.advance(2000)  # too soon for another line
+    assert capsys.readouterr().err == ""
+    bar.close()  # a last line, since one was written
+    assert capsys.readouterr().err.startswith("embed: 4,000/4,000 sentences (100 %)")
+    quiet_bar = console.LineBar("eval", 10, clock=lambda: 0.0)
+    quiet_bar.advance(10)
+    quiet_bar.close()
+    assert capsys.readouterr().err == ""
+    # progress() picks it when stderr is not a terminal (pytest's capture is not one)
+    monkeypatch.setattr(console, "is_quiet", lambda: False)
+    with console.progress("embed", 10) as b:
+        assert isinstance(b, console.LineBar)
