@@ -285,8 +285,9 @@ def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, 
     def score(section, arm, arm_ipc, x, labels, arm_budget=budget, select_on=None, select_every=None,
               select_patience=None, **extra):
         build = student_builder(recipe, d, C, section)
+        where = "all rows" if arm_ipc is None else f"ipc {arm_ipc}"
         scores = train_and_score(build, x, labels, X_test, y_test, seeds=seed_list, budget=arm_budget, num_classes=C,
-                                 description=f"{arm} ipc {arm_ipc} {section.name}", quiet=quiet,
+                                 description=f"{arm} {where}, {section.name}", quiet=quiet,
                                  select_on=select_on, select_every=select_every, select_patience=select_patience)
         if scores.chosen_steps is not None:  # full-earlystop: the students scored are those of the chosen step
             arm_budget = TrainBudget(**{**arm_budget.as_dict(), "steps": scores.chosen_steps})
@@ -294,7 +295,6 @@ def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, 
         rec = result_record(arm, arm_ipc, recipe, arm_budget, scores, majority=majority, n_test=len(y_test),
                             student=section, **extra)
         if not quiet:
-            where = "all rows" if arm_ipc is None else f"ipc {arm_ipc}"
             info(f"{arm} {where}, {section.name}: accuracy {scores.mean():.4f} ± {scores.std():.4f} "
                  f"({len(seed_list)} seeds, {scores.seconds:.1f} s)")
         return rec

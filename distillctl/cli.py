@@ -185,7 +185,8 @@ def _print_plugin_options(console, p) -> None:
     rows = [[Text(o["name"]), Text(o["type"]),
              Text("(required)" if o["required"] else _json.dumps(o["default"], ensure_ascii=False)),
              Text(o["description"])] for o in opts]
-    console.print(_table(("option", "type", "default", "description"), rows))
+    # sized to these options' own columns: a long type (`str | list[str] | null`) never squeezes the descriptions
+    _wide_console(rows).print(_table(("option", "type", "default", "description"), rows))
 
 
 # -- recipe --------------------------------------------------------------------------------------

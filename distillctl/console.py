@@ -83,8 +83,8 @@ class Bar:
 
 class LineBar(Bar):
     """Progress as plain lines for a log file: ``embed: 2,400/27,122 sentences (9 %), 31.2 sentences/s, 77 s``,
-    at most every :data:`LINE_EVERY_S` seconds, and a last line at the end when any was written (short tasks
-    write none)."""
+    at most every :data:`LINE_EVERY_S` seconds, and a last line at the end when any was written and the count
+    moved since (short tasks write none)."""
 
     def __init__(self, description: str, total: int | None, unit: str = "it", clock=None):
         import time
@@ -92,7 +92,7 @@ class LineBar(Bar):
         super().__init__(None, None, unit)
         self._clock = clock or time.monotonic
         self._description, self._total = description, total
-        self._done, self._fields, self._lines = 0.0, {}, 0
+        self._done, self._fields, self._lines, self._done_written = 0.0, {}, 0, 0.0
         self._t0 = self._last = self._clock()
 
     def advance(self, n: float = 1, **fields) -> None:
@@ -102,7 +102,7 @@ class LineBar(Bar):
             self._write()
 
     def close(self) -> None:
-        if self._lines:
+        if self._lines and self._done != self._done_written:  # not the same line twice
             self._write()
 
     def line(self) -> str:
@@ -115,4 +115,4 @@ class LineBar(Bar):
 
     def _write(self) -> None:
         print(self.line(), file=sys.stderr, flush=True)
-        self._last, self._lines = self._clock(), self._lines + 1
+        self._last, self._lines, self._done_written = self._clock(), self._lines + 1, self._done

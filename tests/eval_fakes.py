@@ -80,3 +80,12 @@ def make_run(tmp_path, registry, emb, *, ipcs=(1, 2), soft=False, data=None):
                      meta={"stage": stage, "embedding_fingerprint": emb.fingerprint, "val_accuracy": 0.5,
                            "label_names": emb.label_names}).save(run.distilled / f"ipc{ipc}.safetensors")
     return recipe, run
+
+
+def run_in(monkeypatch, tmp_path, **make_run_kw):
+    """Fake plugins installed, cwd = tmp_path, and a run of real-row sets there: returns (recipe, run, emb)."""
+    emb = embeddings()
+    registry, _ = install(monkeypatch, emb)
+    monkeypatch.chdir(tmp_path)
+    recipe, run = make_run(tmp_path, registry, emb, **make_run_kw)
+    return recipe, run, emb

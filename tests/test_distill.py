@@ -356,26 +356,35 @@ def test_several_students_validate_on_each_and_record_them(env):
     assert vals[0]["step"] == 0 and vals[0]["val_by_student"] == alone
 
 
-def test_several_students_resume_to_the_same_set(env, monkeypatch):
-    """krr keeps one online pool per architecture: both are checkpointed and restored."""
+def distill_killed_at_check(monkeypatch, recipe, run_dir, n):
+    """Run distill into run_dir and "kill" it (KeyboardInterrupt) at the n-th OuterStep.check call."""
     from distillctl.distill import distill
     from distillctl.methods import OuterStep
 
-    kw = dict(method={"name": "krr", "pool": 2, "online_steps": 3}, students=["mlp", TINY_TRANSFORMER],
-              outer={"iterations": 8, "val_every": 4, "ckpt_every": 3})
-    whole = distill(env.recipe(**kw), run_dir=env.tmp / "whole", quiet=True)
     real_check, calls = OuterStep.check, []
 
-    def dying_check(self, *args):  # dies at stage ipc 2, step 5 (checkpoint at 3)
+    def dying_check(self, *args):
         calls.append(1)
-        if len(calls) == 3 * 12 + 1:  # 3 checks a step: PerStudent's of each architecture, the loop's of the mean
+        if len(calls) == n:
             raise KeyboardInterrupt
         return real_check(self, *args)
 
     monkeypatch.setattr(OuterStep, "check", dying_check)
     with pytest.raises(KeyboardInterrupt):
-        distill(env.recipe(**kw), run_dir=env.tmp / "cut", quiet=True)
+        distill(recipe, run_dir=run_dir, quiet=True)
     monkeypatch.setattr(OuterStep, "check", real_check)
+
+
+def test_several_students_resume_to_the_same_set(env, monkeypatch):
+    """krr keeps one online pool per architecture: both are checkpointed and restored."""
+    from distillctl.distill import distill
+
+    kw = dict(method={"name": "krr", "pool": 2, "online_steps": 3}, students=["mlp", TINY_TRANSFORMER],
+              outer={"iterations": 8, "val_every": 4, "ckpt_every": 3})
+    whole = distill(env.recipe(**kw), run_dir=env.tmp / "whole", quiet=True)
+    # dies at stage ipc 2, step 5 (checkpoint at 3): 3 checks a step (PerStudent's of each architecture,
+    # the loop's of the mean)
+    distill_killed_at_check(monkeypatch, env.recipe(**kw), env.tmp / "cut", 3 * 12 + 1)
     from distillctl import checkpoints
 
     ckpt = checkpoints.load(checkpoints.newest(env.tmp / "cut/checkpoints", 2), "cpu")
@@ -440,25 +449,13 @@ def test_resume_keeps_the_patience_counter(env, monkeypatch):
     """A kill after the checkpoint of step 3 (one stale validation, at step 2): the resumed stage still stops
     at step 4, as the uninterrupted one, not at step 6 (which a counter reset to 0 would give)."""
     from distillctl.distill import distill
-    from distillctl.methods import OuterStep
 
     scripted_validation(monkeypatch, 0.5)  # never improves on the initial set
     kw = dict(ipc=[1], outer={"iterations": 10, "val_every": 2, "ckpt_every": 3, "patience": 2})
     whole = distill(env.recipe(**kw), run_dir=env.tmp / "whole", quiet=True)
     assert json.loads((whole.run_dir / "distilled/ipc1.json").read_text())["stopped"]["step"] == 4
 
-    real_check, calls = OuterStep.check, []
-
-    def dying_check(self, *args):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real_check(self, *args)
-
-    monkeypatch.setattr(OuterStep, "check", dying_check)
-    with pytest.raises(KeyboardInterrupt):
-        distill(env.recipe(**kw), run_dir=env.tmp / "cut", quiet=True)
-    monkeypatch.setattr(OuterStep, "check", real_check)
+    distill_killed_at_check(monkeypatch, env.recipe(**kw), env.tmp / "cut", 4)
     from distillctl import checkpoints
 
     assert checkpoints.load(checkpoints.newest(env.tmp / "cut/checkpoints", 1), "cpu").loop.stale_validations == 1

@@ -375,6 +375,13 @@ def test_progress_off_a_terminal_is_a_plain_line_at_most_every_interval(monkeypa
     assert capsys.readouterr().err == ""
     bar.close()  # a last line, since one was written
     assert capsys.readouterr().err.startswith("embed: 4,000/4,000 sentences (100 %)")
+    now[0] += 2 * console.LINE_EVERY_S
+    done_bar = console.LineBar("eval", 10, clock=lambda: now[0])
+    now[0] += console.LINE_EVERY_S
+    done_bar.advance(10)
+    assert capsys.readouterr().err.startswith("eval: 10/10 it (100 %)")
+    done_bar.close()  # its last line already said 10/10: not written again
+    assert capsys.readouterr().err == ""
     quiet_bar = console.LineBar("eval", 10, clock=lambda: 0.0)
     quiet_bar.advance(10)
     quiet_bar.close()

@@ -18,10 +18,7 @@ def run(monkeypatch, tmp_path):
     from distillctl.baselines import baseline
     from distillctl.evaluate import evaluate
 
-    emb = eval_fakes.embeddings()
-    registry, state = eval_fakes.install(monkeypatch, emb)
-    monkeypatch.chdir(tmp_path)
-    recipe, run = eval_fakes.make_run(tmp_path, registry, emb)
+    recipe, run, emb = eval_fakes.run_in(monkeypatch, tmp_path)
     evaluate(run.path, seeds=2, quiet=True)
     for kind in ("random", "herding", "kcenter", "full", "majority"):
         baseline(recipe, kind, ipc=[1, 2], seeds=2, quiet=True, run_dir=run.path)
@@ -163,10 +160,7 @@ def valid_png(path):
 @pytest.fixture
 def hand_run(monkeypatch, tmp_path):
     """A run with real-row sets (ipc 1, 2) whose eval files are written by hand: returns (run, emb, write)."""
-    emb = eval_fakes.embeddings()
-    registry, _ = eval_fakes.install(monkeypatch, emb)
-    monkeypatch.chdir(tmp_path)
-    _, run = eval_fakes.make_run(tmp_path, registry, emb)
+    _, run, emb = eval_fakes.run_in(monkeypatch, tmp_path)
 
     def write(results, baselines=()):
         run.eval.mkdir(exist_ok=True)

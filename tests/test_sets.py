@@ -15,11 +15,7 @@ from distillctl.synthetic import SyntheticSet
 
 @pytest.fixture
 def env(monkeypatch, tmp_path):
-    emb = eval_fakes.embeddings()
-    registry, state = eval_fakes.install(monkeypatch, emb)
-    monkeypatch.chdir(tmp_path)
-    _, run = eval_fakes.make_run(tmp_path, registry, emb)
-    return run
+    return eval_fakes.run_in(monkeypatch, tmp_path)[1]
 
 
 def flip_bytes(path, count=8):
