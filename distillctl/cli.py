@@ -318,11 +318,16 @@ def distill_cmd(
 
 def _print_results(records: list, title: str) -> None:
     from rich.console import Console
+    from rich.measure import Measurement
 
     from distillctl.evaluate import results_table
 
     table, lines = results_table(records, title)
     console = Console()
+    # a job's log is 80 columns: widen rather than cut `full-earlystop`
+    need = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    if need > console.width:
+        console = Console(width=need)
     console.print(table)
     for line in lines:
         console.print(line, highlight=False)

@@ -148,6 +148,97 @@ def _seed_groups_md(groups: list[dict]) -> list[str]:
     return md + [""]
 
 
+def seed_sweep_configs(points: list[dict]) -> dict[str, list[dict]]:
+    """The points of a seed sweep by configuration (their sweep values other than the seed); only
+    configurations with at least two distillation seeds."""
+    configs: dict[str, list[dict]] = {}
+    for p in points:
+        values = p.get("values") or {}
+        if not any(is_seed_key(k) for k in values):
+            continue
+        config = ", ".join(f"{k}={v}" for k, v in sorted(values.items()) if not is_seed_key(k)) or "(recipe)"
+        configs.setdefault(config, []).append(p)
+    return {c: ps for c, ps in configs.items() if len(ps) >= 2}
+
+
+def pool_records(per_point: list[list[dict]]) -> list[dict]:
+    """The result records of several distillation seeds as one record per (arm, ipc, student, labels,
+    distilled with): each metric's ``mean`` is the mean over the points of each point's mean over its eval
+    seeds, ``std`` the (population) std over the points, ``values`` the point means and ``within`` the mean
+    eval-seed std of one point. Other fields (budget, student options, the reference's chosen steps or C)
+    come from the first point; chosen values that differ between points are listed (``250/1000/250``).
+    The report's functions (strongest reference, transfer matrix, scores) then work on these as on one run's.
+    """
+    from distillctl.scores import newest, record_key
+
+    groups: dict[tuple, list[dict]] = {}
+    for records in per_point:
+        for r in newest(records):
+            groups.setdefault(record_key(r), []).append(r)
+    pooled = []
+    for members in groups.values():
+        rec = {k: v for k, v in members[0].items() if k not in ("time", "seconds", "set", "val_curve")}
+        for metric in ("accuracy", "macro_f1", "positive_f1"):
+            summaries = [m[metric] for m in members if m.get(metric)]
+            if len(summaries) != len(members):
+                rec.pop(metric, None)
+                continue
+            means = [float(x["mean"]) for x in summaries]
+            rec[metric] = {"mean": sum(means) / len(means), "std": _pstd(means), "values": means,
+                           "within": sum(float(x.get("std") or 0.0) for x in summaries) / len(summaries)}
+        for key in ("chosen_steps", "chosen_C"):
+            chosen = [m.get(key) for m in members]
+            if any(c is not None for c in chosen) and len(set(chosen)) > 1:
+                rec[key] = "/".join(f"{c:g}" if isinstance(c, float) else str(c) for c in chosen)
+        rec["distill_seeds"] = len(members)
+        pooled.append(rec)
+    return pooled
+
+
+def seed_sweep_report(folder: Path, config: str, points: list[dict], index: int) -> tuple[list[str], dict]:
+    """comparison.md's part for one seed-swept configuration: the full-data references, the claims against
+    the strongest, the transfer matrix (+ heatmap) and the standard scores, each over the distillation
+    seeds (mean ± std over the points). Returns (markdown lines, its JSON)."""
+    from distillctl.report import _claims_md, _scores_md, _transfer_md, claims, collect_results, transfer_matrix
+    from distillctl.report_plots import plot_transfer
+    from distillctl.runs import open_run_dir
+    from distillctl.scores import FULL_ARMS, best_reference, dd_scores, labels_of
+
+    per_point = [collect_results(Path(p["run_dir"])) for p in points if (Path(p["run_dir"]) / "eval").is_dir()]
+    if len(per_point) < 2:
+        return [], {}
+    records = pool_records(per_point)
+    student = open_run_dir(points[0]["run_dir"]).load_recipe().student.name
+    own = [r for r in records if r["arm"] == "distilled" and r.get("student") == student]
+    ipcs = sorted({r["ipc"] for r in own})
+    cells = {ipc: {"distilled": next((r for r in own if r["ipc"] == ipc and labels_of(r) == "soft"), None)
+                   or next(r for r in own if r["ipc"] == ipc)} for ipc in ipcs}
+    refs = {arm: best_reference(records, student=student if arm != "full-logreg" else None, arms=(arm,))
+            for arm in FULL_ARMS}
+    stated = claims(records, {"ipcs": ipcs, "cells": cells, "reference_records": refs})
+    transfer = transfer_matrix(records, student)
+    scores = dd_scores(records)
+    rel = f"plots/transfer{'' if index == 0 else f'-{index}'}.png"
+    plot = plot_transfer(transfer, folder / rel, f"{config}: test accuracy over {len(per_point)} distillation "
+                         "seeds, distilled with × evaluated on") if transfer else None
+    md = ["## Over distillation seeds: references, transfer and scores"
+          + ("" if config == "(recipe)" else f" ({config})"), "",
+          f"{len(per_point)} distillation seeds ({', '.join(p['name'] for p in points)}). Every number below is the "
+          "mean over the seeds of each seed's mean over its eval seeds, ± the std over the distillation seeds; "
+          "the scores are computed from those means. Each seed's own report has its eval-seed spreads.", ""]
+    md += [line.replace("## Against full data", "### Against full data") for line in _claims_md(stated)]
+    md += [line.replace("## Transfer", "### Transfer").replace("plots/transfer.png", rel)
+           for line in _transfer_md(transfer, plot)]
+    md += [line.replace("## Standard scores", "### Standard scores") for line in _scores_md(scores)]
+    if best_reference(records) is not None and any(r["arm"] == "full-earlystop" for r in records):
+        md += ["Steps chosen on val per seed (`full-earlystop`), where they differ: "
+               + "; ".join(f"{r.get('student')}: {r['chosen_steps']}" for r in records
+                           if r["arm"] == "full-earlystop" and isinstance(r.get("chosen_steps"), str)) or "none differ",
+               ""]
+    return md, {"config": config, "points": [p["name"] for p in points], "records": records, "claims": stated,
+                "transfer": transfer, "scores": scores, "transfer_plot": str(plot) if plot else None}
+
+
 def _pct(v: float | None, std: float | None = None) -> str:
     if v is None:
         return "—"
@@ -193,9 +284,15 @@ def write_comparison(folder: str | Path, points: list[dict]) -> Path:
     md += ["", f"![validation accuracy against distill seconds]({plot.relative_to(folder)})", ""]
     groups = seed_groups(rows)
     md += _seed_groups_md(groups)
+    sweeps = []
+    for index, (config, members) in enumerate(seed_sweep_configs(points).items()):
+        part, blob = seed_sweep_report(folder, config, members, index)
+        md += part
+        if blob:
+            sweeps.append(blob)
     path = atomic_write_text(folder / "comparison.md", "\n".join(md))
     atomic_write_json(folder / "comparison.json", {"submission": str(folder), "rows": rows, "plot": str(plot),
-                                                   "seed_groups": groups})
+                                                   "seed_groups": groups, "seed_sweeps": sweeps})
     return path
 
 

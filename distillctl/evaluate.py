@@ -154,7 +154,7 @@ def results_table(records: list[dict], title: str):
     table = Table(title=title, title_justify="left")
     for col in ("arm", "ipc", "student", "labels", "accuracy %", "macro-F1 %") + (("positive F1 %",) if two else ()) \
             + ("K", "seconds"):
-        table.add_column(col, justify="left" if col in ("arm", "student", "labels") else "right")
+        table.add_column(col, justify="left" if col in ("arm", "student", "labels") else "right", no_wrap=True)
     for r in records:
         row = [r["arm"], "–" if r.get("ipc") is None else str(r["ipc"]), r.get("student") or "–",
                record_labels(r) if r.get("student") else "–", _pm(r.get("accuracy")), _pm(r.get("macro_f1"))]

@@ -75,3 +75,73 @@ def test_a_seed_sweep_is_aggregated_over_distillation_seeds(monkeypatch, tmp_pat
             for r, (m, s) in zip(data["rows"], [("bptt", "0"), ("bptt", "1"), ("dm", "0")])]
     (only,) = seed_groups(rows)  # dm has one seed: nothing to aggregate
     assert only["config"] == "distill.method.name=bptt" and only["seeds"] == ["0", "1"]
+
+
+def _summary(accs):
+    return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "values": accs}
+
+
+def test_a_seed_sweep_pools_references_transfer_and_scores(monkeypatch, tmp_path):
+    """Each seed's records (two students, three full-data references, random) pooled: mean over the seeds
+    of each seed's mean, std over the seeds; the strongest reference, the transfer matrix (+ heatmap) and
+    HLR / IOR / LRS computed from those means."""
+    from distillctl.compare import pool_records
+    from distillctl.report import report
+    from distillctl.scores import lrs
+
+    registry, _ = eval_fakes.install(monkeypatch, eval_fakes.embeddings())
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "sub"
+    # per seed: (distilled on mlp, on linear, full mlp, full-earlystop mlp (steps), full linear, logreg, random)
+    per_seed = {0: (0.80, 0.70, 0.84, (0.86, 250), 0.78, 0.85, 0.50),
+                1: (0.82, 0.66, 0.84, (0.88, 500), 0.80, 0.85, 0.54),
+                2: (0.84, 0.68, 0.86, (0.87, 250), 0.79, 0.85, 0.52)}
+    points = []
+    for s, (d_mlp, d_lin, f_mlp, (es, steps), f_lin, logreg, rand) in per_seed.items():
+        p = _point(folder, registry, f"seed={s}", {"seed": str(s)}, [d_mlp - 0.01, d_mlp + 0.01], step=5,
+                   steps_run=10, val=0.6)
+        ev = folder / f"seed={s}" / "eval"
+        results = json.loads((ev / "results.json").read_text())["results"]
+        results.append({"arm": "distilled", "ipc": 1, "student": "linear", "labels": "hard",
+                        "distilled_with": "mlp", "accuracy": _summary([d_lin]), "macro_f1": _summary([d_lin]),
+                        "seeds": [0]})
+        (ev / "results.json").write_text(json.dumps({"results": results}))
+        base = [{"arm": "full", "student": "mlp", "ipc": None, "accuracy": _summary([f_mlp]), "seeds": [0]},
+                {"arm": "full-earlystop", "student": "mlp", "ipc": None, "accuracy": _summary([es]),
+                 "chosen_steps": steps, "seeds": [0]},
+                {"arm": "full", "student": "linear", "ipc": None, "accuracy": _summary([f_lin]), "seeds": [0]},
+                {"arm": "full-logreg", "student": None, "ipc": None, "accuracy": _summary([logreg]),
+                 "chosen_C": 1.0, "seeds": []},
+                {"arm": "random", "student": "mlp", "ipc": 1, "accuracy": _summary([rand]), "seeds": [0]}]
+        (ev / "baseline-full.json").write_text(json.dumps({"results": base}))
+        points.append(p)
+    (folder / "submission.json").write_text(json.dumps({"points": points}))
+
+    md = report(folder).read_text()
+    (sweep,) = json.loads((folder / "comparison.json").read_text())["seed_sweeps"]
+    pooled = {(r["arm"], r.get("student")): r for r in sweep["records"]}
+    es = pooled[("full-earlystop", "mlp")]
+    assert es["accuracy"]["mean"] == pytest.approx(0.87) and es["accuracy"]["std"] == pytest.approx(np.std([.86, .88, .87]))
+    assert es["chosen_steps"] == "250/500/250" and es["distill_seeds"] == 3
+    assert pooled[("full-logreg", None)]["chosen_C"] == 1.0  # the same in every seed: kept as it is
+    d = pooled[("distilled", "mlp")]["accuracy"]
+    assert d["mean"] == pytest.approx(0.82) and d["within"] == pytest.approx(0.01)
+
+    # the strongest reference over the seeds is full-earlystop (0.87 > logreg 0.85), the claim against it
+    assert sweep["claims"]["best_reference"]["arm"] == "full-earlystop"
+    (claim,) = sweep["claims"]["claims"]
+    assert claim["fraction"] == pytest.approx(0.82 / 0.87)
+    assert "full-earlystop (mlp, steps chosen on val: 250/500/250 steps)" in md
+    # transfer: mlp-made set on the linear student, as a share of the linear student's own full arm
+    (t,) = sweep["transfer"]
+    lin = t["cells"][0][t["students"].index("linear")]
+    assert lin["accuracy"]["mean"] == pytest.approx(0.68) and lin["of_full"] == pytest.approx(0.68 / 0.79)
+    assert "| mlp | 82.00 ± 1.63 (94 % of full) | 68.00 ± 1.63 (86 % of full) |" in md
+    assert (folder / "plots" / "transfer.png").read_bytes()[:4] == b"\x89PNG"
+    # scores from the pooled means: HLR against the same-budget full arm, IOR against random
+    row = next(r for r in sweep["scores"] if r["student"] == "mlp")
+    assert row["hlr"] == pytest.approx(0.8466666 - 0.82, abs=1e-6) and row["ior"] == pytest.approx(0.82 - 0.52)
+    assert row["lrs"] == pytest.approx(lrs(0.82 - 0.52, 0.8466666 - 0.82), abs=1e-6)
+    assert "### Standard scores" in md and "## Over distillation seeds: references, transfer and scores" in md
+    # one seed alone is no seed sweep
+    assert pool_records([[pooled[("full", "mlp")]]])[0]["distill_seeds"] == 1
