@@ -63,6 +63,7 @@ def main() -> None:
 
     load_before = os.getloadavg()
     best: dict[str, float] = {}
+    train_s: dict[str, dict[str, float]] = {}  # arm -> student -> training + scoring s of its best run
     rows_of: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="eval-students-") as tmp:
         for repeat in range(args.repeats):
@@ -71,7 +72,11 @@ def main() -> None:
                 shutil.copytree(args.run, copy, ignore=shutil.ignore_patterns("eval", ".locks"))
                 students = ",".join(names) if arm == "combined" else arm
                 seconds, rows = timed_eval(copy, students, args.seeds)
-                best[arm] = min(best.get(arm, float("inf")), seconds)
+                if seconds < best.get(arm, float("inf")):
+                    best[arm] = seconds
+                    train_s[arm] = {}
+                    for r in rows:  # train_and_score's own seconds: what is left of the wall time is overhead
+                        train_s[arm][r["student"]] = train_s[arm].get(r["student"], 0.0) + float(r.get("seconds", 0))
                 rows_of[arm] = rows
                 print(f"  repeat {repeat + 1}: {arm:<12} {seconds:7.1f} s", flush=True)
 
@@ -81,18 +86,26 @@ def main() -> None:
     same = accuracies(rows_of["combined"]) == singles
     total = sum(best[n] for n in names)
     print(f"\nrun {args.run}, students {', '.join(names)}, load {load_before[0]:.2f} before")
-    print("| command | wall s (min of %d) |" % args.repeats)
-    print("|---|---:|")
+    print("| command | wall s (min of %d) | training s, per student | rest (start, loading, writing) s |"
+          % args.repeats)
+    print("|---|---:|---|---:|")
+
+    def line(label: str, arm_names: list[str], wall: float) -> None:
+        per = {n: sum(train_s[a].get(n, 0.0) for a in arm_names) for n in names}
+        trained = sum(per.values())
+        print(f"| {label} | {wall:.1f} | " + ", ".join(f"{n} {per[n]:.1f}" for n in names if per[n])
+              + f" | {wall - trained:.1f} |")
+
     for name in names:
-        print(f"| `eval --students {name}` | {best[name]:.1f} |")
-    print(f"| sum of the {len(names)} single-student evals | {total:.1f} |")
-    print(f"| `eval --students {','.join(names)}` | {best['combined']:.1f} |")
+        line(f"`eval --students {name}`", [name], best[name])
+    line(f"sum of the {len(names)} single-student evals", names, total)
+    line(f"`eval --students {','.join(names)}`", ["combined"], best["combined"])
     print(f"\ncombined / sum = {best['combined'] / total:.2f} (target <= 1.00); "
           f"same accuracies as the single evals: {same}")
 
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.machine(),
               "cores": os.cpu_count(), "load_before": load_before, "run": str(args.run), "students": names,
-              "seeds": args.seeds, "repeats": args.repeats, "seconds": best, "sum_single": total,
+              "seeds": args.seeds, "repeats": args.repeats, "seconds": best, "training_seconds": train_s, "sum_single": total,
               "ratio": best["combined"] / total, "same_accuracies": same}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

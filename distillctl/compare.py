@@ -208,7 +208,9 @@ def seed_sweep_report(folder: Path, config: str, points: list[dict], index: int)
     if len(per_point) < 2:
         return [], {}
     records = pool_records(per_point)
-    student = open_run_dir(points[0]["run_dir"]).load_recipe().student.name
+    recipe = open_run_dir(points[0]["run_dir"]).load_recipe()
+    student = recipe.student.name
+    name = recipe.name if config == "(recipe)" else f"{recipe.name}, {config}"
     own = [r for r in records if r["arm"] == "distilled" and r.get("student") == student]
     ipcs = sorted({r["ipc"] for r in own})
     cells = {ipc: {"distilled": next((r for r in own if r["ipc"] == ipc and labels_of(r) == "soft"), None)
@@ -219,7 +221,7 @@ def seed_sweep_report(folder: Path, config: str, points: list[dict], index: int)
     transfer = transfer_matrix(records, student)
     scores = dd_scores(records)
     rel = f"plots/transfer{'' if index == 0 else f'-{index}'}.png"
-    plot = plot_transfer(transfer, folder / rel, f"{config}: test accuracy over {len(per_point)} distillation "
+    plot = plot_transfer(transfer, folder / rel, f"{name}: test accuracy over {len(per_point)} distillation "
                          "seeds, distilled with × evaluated on") if transfer else None
     md = ["## Over distillation seeds: references, transfer and scores"
           + ("" if config == "(recipe)" else f" ({config})"), "",
@@ -230,11 +232,10 @@ def seed_sweep_report(folder: Path, config: str, points: list[dict], index: int)
     md += [line.replace("## Transfer", "### Transfer").replace("plots/transfer.png", rel)
            for line in _transfer_md(transfer, plot)]
     md += [line.replace("## Standard scores", "### Standard scores") for line in _scores_md(scores)]
-    if best_reference(records) is not None and any(r["arm"] == "full-earlystop" for r in records):
-        md += ["Steps chosen on val per seed (`full-earlystop`), where they differ: "
-               + "; ".join(f"{r.get('student')}: {r['chosen_steps']}" for r in records
-                           if r["arm"] == "full-earlystop" and isinstance(r.get("chosen_steps"), str)) or "none differ",
-               ""]
+    differ = [f"{r.get('student')}: {r['chosen_steps']}" for r in records
+              if r["arm"] == "full-earlystop" and isinstance(r.get("chosen_steps"), str)]
+    if differ:
+        md += ["Steps chosen on val per seed (`full-earlystop`), where they differ: " + "; ".join(differ) + ".", ""]
     return md, {"config": config, "points": [p["name"] for p in points], "records": records, "claims": stated,
                 "transfer": transfer, "scores": scores, "transfer_plot": str(plot) if plot else None}
 
