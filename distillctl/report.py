@@ -223,9 +223,11 @@ def _why_below(ref: dict, records: list[dict]) -> str:
         longer = best_reference(records, student=ref.get("student"), arms=("full-earlystop",))
         if longer is not None and mean(longer) > mean(ref):
             chosen, steps = longer.get("chosen_steps"), b.get("steps")
-            verdict = ("undertrained" if chosen and steps and chosen > steps else
-                       "trained past its best (it overfits)" if chosen and steps and chosen < steps else
-                       "below what this student can do")
+            if not isinstance(chosen, int):  # pooled over distillation seeds: "250/1000/1250", one per seed
+                chosen = None if chosen is None else str(chosen)
+            verdict = ("undertrained" if isinstance(chosen, int) and steps and chosen > steps else
+                       "trained past its best (it overfits)" if isinstance(chosen, int) and steps and chosen < steps
+                       else "below what this student can do")
             return (f"{text}; with its steps chosen on val ({chosen} steps) the same student reaches "
                     f"{mean(longer) * 100:.2f} %, so the same-budget arm is {verdict}")
         return text + ": it may be under- or overtrained (the `full-earlystop` reference would tell)"
