@@ -323,8 +323,6 @@ class Recipe(Section):
         return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
-        import yaml
-
         from distillctl import yaml12
 
         # quoted where a YAML 1.1 or 1.2 reader would misread a string (`off`, `1e3`): reads back the same
