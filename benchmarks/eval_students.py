@@ -40,8 +40,7 @@ def timed_eval(run: Path, students: str, seeds: int | None) -> tuple[float, list
     seconds = time.perf_counter() - t0
     if out.returncode != 0:
         sys.exit(f"eval_students: {' '.join(cmd)} failed ({out.returncode}): {out.stderr.strip()[-500:]}")
-    rows = json.loads(out.stdout)
-    return seconds, rows if isinstance(rows, list) else rows.get("results", [])
+    return seconds, json.loads(out.stdout)  # one record per (set, student, labels)
 
 
 def accuracies(rows: list[dict]) -> dict[tuple, float]:

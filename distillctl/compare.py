@@ -87,6 +87,15 @@ def _pstd(values: list[float]) -> float:
     return (sum((v - m) ** 2 for v in values) / len(values)) ** 0.5
 
 
+def _config(values: dict) -> tuple:
+    """A sweep point's configuration: its sweep values other than the distillation seed, sorted."""
+    return tuple(sorted((k, str(v)) for k, v in values.items() if not is_seed_key(k)))
+
+
+def _config_label(config: tuple) -> str:
+    return ", ".join(f"{k}={v}" for k, v in config) or "(recipe)"
+
+
 def seed_groups(rows: list[dict]) -> list[dict]:
     """The points of a seed sweep, aggregated: one group per (the other sweep values, student, ipc) with
     several distillation seeds.
@@ -100,8 +109,7 @@ def seed_groups(rows: list[dict]) -> list[dict]:
     for r in rows:
         if not any(is_seed_key(k) for k in r["values"]):
             continue
-        config = tuple(sorted((k, str(v)) for k, v in r["values"].items() if not is_seed_key(k)))
-        groups.setdefault((config, r["student"], r["ipc"]), []).append(r)
+        groups.setdefault((_config(r["values"]), r["student"], r["ipc"]), []).append(r)
     out = []
     for (config, student, ipc), members in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
         if len(members) < 2:
@@ -114,7 +122,7 @@ def seed_groups(rows: list[dict]) -> list[dict]:
         for m in members:
             selections[m["selection"]] = selections.get(m["selection"], 0) + 1
         out.append({
-            "config": ", ".join(f"{k}={v}" for k, v in config) or "(recipe)", "student": student, "ipc": ipc,
+            "config": _config_label(config), "student": student, "ipc": ipc,
             "seeds": [next(str(v) for k, v in m["values"].items() if is_seed_key(k)) for m in members],
             "scored": len(scored),
             "test_accuracy": sum(means) / len(means) if means else None,
@@ -156,8 +164,7 @@ def seed_sweep_configs(points: list[dict]) -> dict[str, list[dict]]:
         values = p.get("values") or {}
         if not any(is_seed_key(k) for k in values):
             continue
-        config = ", ".join(f"{k}={v}" for k, v in sorted(values.items()) if not is_seed_key(k)) or "(recipe)"
-        configs.setdefault(config, []).append(p)
+        configs.setdefault(_config_label(_config(values)), []).append(p)
     return {c: ps for c, ps in configs.items() if len(ps) >= 2}
 
 
@@ -229,8 +236,7 @@ def seed_sweep_report(folder: Path, config: str, points: list[dict], index: int)
           "mean over the seeds of each seed's mean over its eval seeds, ± the std over the distillation seeds; "
           "the scores are computed from those means. Each seed's own report has its eval-seed spreads.", ""]
     md += [line.replace("## Against full data", "### Against full data") for line in _claims_md(stated)]
-    md += [line.replace("## Transfer", "### Transfer").replace("plots/transfer.png", rel)
-           for line in _transfer_md(transfer, plot)]
+    md += [line.replace("## Transfer", "### Transfer") for line in _transfer_md(transfer, plot and rel)]
     md += [line.replace("## Standard scores", "### Standard scores") for line in _scores_md(scores)]
     differ = [f"{r.get('student')}: {r['chosen_steps']}" for r in records
               if r["arm"] == "full-earlystop" and isinstance(r.get("chosen_steps"), str)]

@@ -223,11 +223,11 @@ def _why_below(ref: dict, records: list[dict]) -> str:
         longer = best_reference(records, student=ref.get("student"), arms=("full-earlystop",))
         if longer is not None and mean(longer) > mean(ref):
             chosen, steps = longer.get("chosen_steps"), b.get("steps")
-            if not isinstance(chosen, int):  # pooled over distillation seeds: "250/1000/1250", one per seed
-                chosen = None if chosen is None else str(chosen)
-            verdict = ("undertrained" if isinstance(chosen, int) and steps and chosen > steps else
-                       "trained past its best (it overfits)" if isinstance(chosen, int) and steps and chosen < steps
-                       else "below what this student can do")
+            # pooled over distillation seeds, chosen is one count per seed ("250/1000/1250"): no single verdict
+            known = isinstance(chosen, int) and bool(steps)
+            verdict = ("undertrained" if known and chosen > steps else
+                       "trained past its best (it overfits)" if known and chosen < steps else
+                       "below what this student can do")
             return (f"{text}; with its steps chosen on val ({chosen} steps) the same student reaches "
                     f"{mean(longer) * 100:.2f} %, so the same-budget arm is {verdict}")
         return text + ": it may be under- or overtrained (the `full-earlystop` reference would tell)"
@@ -456,7 +456,8 @@ def _scores_md(rows: list[dict]) -> list[str]:
     return md + [""]
 
 
-def _transfer_md(transfer: list[dict], plot: Path | None) -> list[str]:
+def _transfer_md(transfer: list[dict], plot: str | None) -> list[str]:
+    """The transfer section; ``plot``: the heatmap's path relative to the Markdown file (None: no plot)."""
     if not transfer:
         return []
     md = ["## Transfer: distilled with × evaluated on", "",
@@ -471,7 +472,7 @@ def _transfer_md(transfer: list[dict], plot: Path | None) -> list[str]:
             md.append(f"| {maker} | " + " | ".join(cells) + " |")
         md.append("")
     if plot is not None:
-        md += ["![transfer matrix](plots/transfer.png)", ""]
+        md += [f"![transfer matrix]({plot})", ""]
     return md
 
 
@@ -604,7 +605,7 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
             md += [("Full training data: " + "; ".join(refs)) if refs else "No per-ipc results yet.", ""]
     md += ["![accuracy vs ipc](plots/accuracy_vs_ipc.png)", ""]
     md += _scores_md(scores)
-    md += _transfer_md(transfer, plots.get("transfer"))
+    md += _transfer_md(transfer, "plots/transfer.png" if "transfer" in plots else None)
     md += _distillation_md(stages, plots.get("val_curve"))
     if pca or pca_note:
         md += ["## The sets among the real rows", ""]
