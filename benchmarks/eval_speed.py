@@ -1,6 +1,6 @@
 """Vectorisation speed-up of student evaluation: K students at once versus one at a time.
 
-``distillctl.training.train_and_score`` trains K fresh students in one vmapped loop. This measures
+``distillctl.evaluation.training.train_and_score`` trains K fresh students in one vmapped loop. This measures
 its wall time (training with the eval budget + scoring the test split) for K = 1, 5, 10, 20 on an
 ipc-10 set (4 classes x 10 rows, d = 384 as with all-MiniLM-L6-v2) and a 7,600-row test split
 (AG News' test size), for the ``mlp`` student (hidden 256) and the ``transformer`` student, and
@@ -45,7 +45,7 @@ def main() -> None:
     import torch
 
     from distillctl.plugins import get_registry
-    from distillctl.training import TrainBudget, train_and_score
+    from distillctl.evaluation.training import TrainBudget, train_and_score
 
     ks = [int(k) for k in args.ks.split(",")]
     g = torch.Generator().manual_seed(0)

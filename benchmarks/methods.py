@@ -43,10 +43,10 @@ def main() -> None:
 
     import torch
 
-    from distillctl.compare import plot_time_to_quality, point_rows
-    from distillctl.distill import distill
-    from distillctl.embed import load_embeddings
-    from distillctl.evaluate import evaluate
+    from distillctl.reporting.compare import plot_time_to_quality, point_rows
+    from distillctl.distillation.distill import distill
+    from distillctl.data.embed import load_embeddings
+    from distillctl.evaluation.evaluate import evaluate
     from distillctl.recipe import load_recipe
 
     torch.set_num_threads(1)
@@ -67,7 +67,7 @@ def main() -> None:
             wall = time.perf_counter() - t0
             if not args.val_only:  # writes eval/results.json, which point_rows reads
                 evaluate(res.run_dir, quiet=True, embeddings=embeddings)
-            # the same row and curve a sweep's comparison report shows (distillctl.compare)
+            # the same row and curve a sweep's comparison report shows (distillctl.reporting.compare)
             [point], point_curves = point_rows(res.run_dir, label, {})
             row = {"method": label, "plugin": method, "ipc": ipc, "val_accuracy": point["val_accuracy"],
                    "seconds_to_best": round(point["seconds_to_best"], 2),

@@ -36,7 +36,7 @@ def _job(folder: Path, jid: str, argv: list[str], deps=(), group=""):
 
 
 def _run(name: str, section: dict, jobs, folder: Path) -> dict:
-    from distillctl import submit as sm
+    from distillctl.jobs import submit as sm
 
     t0 = time.perf_counter()
     sub = sm.submit_jobs(jobs, folder, scheduler=section)

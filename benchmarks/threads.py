@@ -4,11 +4,11 @@ Two fixed workloads, each in a FRESH subprocess (torch starts its OpenMP pool at
 count must be set before it), with ``OMP_NUM_THREADS`` = 1, 2, ... or unset ("default": torch's own
 choice, one thread per core):
 
-* ``distill``: ``distillctl.distill.distill`` of the recipe defaults (MLP 384 -> 256 -> 4, full BPTT through
+* ``distill``: ``distillctl.distillation.distill.distill`` of the recipe defaults (MLP 384 -> 256 -> 4, full BPTT through
   100 inner steps, real batch 2,048, ipc 10) for 20 outer steps, with its validations at step 0 and at
   the end (3 students x 1,000 steps, scored on a 2,000-row val split), on synthetic Gaussian data of
   AG News' shape (12,000 x 384, 4 classes);
-* ``eval``: ``distillctl.training.train_and_score`` of K = 10 students x 1,000 Adam steps on an ipc-10 set,
+* ``eval``: ``distillctl.evaluation.training.train_and_score`` of K = 10 students x 1,000 Adam steps on an ipc-10 set,
   scored on 7,600 rows (what ``distillctl eval`` does per set).
 
 Machines: ``quiet`` (nothing started by this script; run it when nothing else runs), ``python`` (N
@@ -84,7 +84,7 @@ def _data(size: dict):
 def distill_workload(size: dict) -> dict:
     from types import SimpleNamespace
 
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
     from distillctl.recipe import validate_recipe
 
     (Xtr, ytr), (Xva, yva), (Xte, yte) = _data(size)
@@ -112,7 +112,7 @@ def eval_workload(size: dict) -> dict:
     import torch
 
     from distillctl.plugins import get_registry
-    from distillctl.training import TrainBudget, train_and_score
+    from distillctl.evaluation.training import TrainBudget, train_and_score
 
     (Xtr, ytr), _, (Xte, yte) = _data(size)
     idx = torch.cat([torch.nonzero(ytr == c).flatten()[:10] for c in range(C)])  # an ipc-10 set, class-major
@@ -130,8 +130,8 @@ def _warm_imports() -> None:
     machine), so the timed part is the work, not module loading, which no thread count changes."""
     import torch
 
-    import distillctl.distill  # noqa: F401
-    import distillctl.training  # noqa: F401
+    import distillctl.distillation.distill  # noqa: F401
+    import distillctl.evaluation.training  # noqa: F401
     from distillctl.plugins import get_registry
 
     get_registry()

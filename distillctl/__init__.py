@@ -21,15 +21,15 @@ def load_set(path, ipc=None):
     """A distilled set for your own training code, verified: ``path`` is a set file
     (``RUN/distilled/ipcN.safetensors``) or a run directory (then ``ipc``, default the largest of the run).
 
-    Returns a :class:`distillctl.synthetic.SyntheticSet`: ``x`` (ipc*C, d) float32, ``labels`` (ipc*C,) int64 or
+    Returns a :class:`distillctl.distillation.synthetic.SyntheticSet`: ``x`` (ipc*C, d) float32, ``labels`` (ipc*C,) int64 or
     (ipc*C, C) class probabilities, ``hard_labels()``, ``label_names``, ``inner_lr`` (when learned), ``sha256``
     and ``meta`` (fingerprints, stage, val accuracy). A file whose sha256 differs from the one recorded when
     it was saved, or that holds NaN/inf, raises :class:`UserError`.
     """
     from pathlib import Path
 
-    from distillctl.protocol import set_files
-    from distillctl.synthetic import SyntheticSet
+    from distillctl.evaluation.protocol import set_files
+    from distillctl.distillation.synthetic import SyntheticSet
 
     path = Path(path)
     if path.is_dir():

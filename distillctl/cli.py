@@ -247,7 +247,7 @@ def embed_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Embed the recipe's dataset with its frozen encoder into the verified cache (a hit takes seconds)."""
-    from distillctl.embed import embed
+    from distillctl.data.embed import embed
     from distillctl.recipe import load_recipe
 
     recipe = load_recipe(recipe_file, overrides)
@@ -297,7 +297,7 @@ def distill_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Learn synthetic sets (every Boost-DD stage of distill.ipc); embeds first when the cache is missing."""
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
     from distillctl.recipe import load_recipe
 
     if run_dir and resume:
@@ -320,7 +320,7 @@ def _print_results(records: list, title: str) -> None:
     from rich.console import Console
     from rich.measure import Measurement
 
-    from distillctl.evaluate import results_table
+    from distillctl.evaluation.evaluate import results_table
 
     table, lines = results_table(records, title)
     console = Console()
@@ -353,7 +353,7 @@ def eval_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Score distilled sets on the test split: K students of each kind per set, the recipe's eval budget."""
-    from distillctl.evaluate import evaluate
+    from distillctl.evaluation.evaluate import evaluate
 
     records = evaluate(target, recipe_file, seeds=seeds, overrides=overrides, students=students)
     if as_json:
@@ -376,7 +376,7 @@ def baseline_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Score a baseline arm (real subsets, coresets, full data, majority) under the eval protocol."""
-    from distillctl.baselines import baseline
+    from distillctl.evaluation.baselines import baseline
     from distillctl.recipe import load_recipe
 
     recipe = load_recipe(recipe_file, overrides)
@@ -395,7 +395,7 @@ def report_cmd(
 ) -> None:
     """Write report.md, report.json and plots/*.png (accuracy vs ipc, transfer, val curve, PCA) from a run's
     results; on a sweep's submission folder, comparison.md / .json."""
-    from distillctl.report import report, report_tables
+    from distillctl.reporting.report import report, report_tables
 
     path = report(run_dir)
     # report.md -> report.json; a sweep's comparison.md -> comparison.json
@@ -422,7 +422,7 @@ def export_cmd(
 ) -> None:
     """Write a distilled set as a table: vectors, labels, label names, each row's 3 nearest real training texts,
     with the recipe and fingerprints as metadata."""
-    from distillctl.export import export
+    from distillctl.reporting.export import export
 
     result = export(run_dir, fmt, out=out, ipc=ipc, force=force, argv=sys.argv)
     if as_json:
@@ -453,8 +453,8 @@ def submit_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Run a recipe (or a sweep) as a graph of jobs: embed, distill stages, eval, baselines, report."""
-    from distillctl import submit as sm
-    from distillctl.cli_render import follow_view, print_sweep_summary
+    from distillctl.jobs import submit as sm
+    from distillctl.jobs.cli_render import follow_view, print_sweep_summary
     from distillctl.errors import UserError
 
     if retry is not None:
@@ -477,7 +477,7 @@ def submit_cmd(
         typer.echo(sub.description, nl=False)
         return
     if wait:
-        from distillctl.report import report_tables
+        from distillctl.reporting.report import report_tables
 
         reports = sub.reports()
         if len(sub.data.get("points", [])) == 1:
@@ -500,10 +500,10 @@ def status_cmd(
 ) -> None:
     """Each job's state, scheduler id and elapsed time; the log tail of failed jobs. On a run directory of
     `distill` (no submission), its sets, last metrics and the command that continues it."""
-    from distillctl import submit as sm
-    from distillctl.cli_render import print_status
+    from distillctl.jobs import submit as sm
+    from distillctl.jobs.cli_render import print_status
     from distillctl.errors import UserError
-    from distillctl.submission import describe_run, find_submission, run_text
+    from distillctl.jobs.submission import describe_run, find_submission, run_text
 
     try:
         find_submission(run)
@@ -529,8 +529,8 @@ def cancel_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Cancel every job of a submission that has not finished (finished results stay)."""
-    from distillctl import submit as sm
-    from distillctl.cli_render import print_status
+    from distillctl.jobs import submit as sm
+    from distillctl.jobs.cli_render import print_status
 
     sub = sm.cancel(run)
     if as_json:

@@ -248,7 +248,7 @@ IGNORED_FILES = {"README.md", ".gitattributes", "LICENSE", "LICENSE.txt", "NOTIC
 
 
 def _hash_cache_path() -> Path:
-    from distillctl.cache import file_hashes_path
+    from distillctl.data.cache import file_hashes_path
 
     return file_hashes_path()
 
@@ -336,7 +336,7 @@ def model_folder(model: str, revision: str | None, *, plugin: str, hint: str = "
 def hub_snapshot(model: str, revision: str | None, *, plugin: str) -> Path:
     """A hub model as a local folder (downloaded, or from the local hub cache when offline)."""
     hub = require("huggingface_hub", "huggingface_hub", plugin)
-    from distillctl.hub import go_offline, hub_reachable
+    from distillctl.data.hub import go_offline, hub_reachable
 
     online = hub_reachable()
     if not online:

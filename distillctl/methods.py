@@ -1,6 +1,6 @@
 """The method contract: what a distillation method supplies to the one shared outer loop.
 
-:func:`distillctl.distill.distill` owns everything that is the same for every method: the real batch,
+:func:`distillctl.distillation.distill.distill` owns everything that is the same for every method: the real batch,
 clipping, the outer optimiser and its schedule, Boost-DD damping, validation on ``val`` keeping the best
 set, checkpoints and ``--resume``, metrics. A method answers one question per outer step: *what is the
 outer loss of the current synthetic set, and its gradient with respect to each learnable tensor?*
@@ -32,7 +32,7 @@ from distillctl.errors import UserError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from distillctl.training import TrainBudget
+    from distillctl.evaluation.training import TrainBudget
 
 
 @dataclass

@@ -11,7 +11,7 @@ both. `benchmarks/threads.py` re-measures this on any machine.
 
 Precedence, for the commands run directly (``distillctl distill ...``) and for the jobs of ``submit``
 (the schedulers export ``OMP_NUM_THREADS`` to each job): ``--threads N`` > an ``OMP_NUM_THREADS`` already
-in the environment > :data:`DEFAULT_THREADS`. The library functions (``distillctl.distill.distill`` ...)
+in the environment > :data:`DEFAULT_THREADS`. The library functions (``distillctl.distillation.distill.distill`` ...)
 leave the calling process's threads alone.
 """
 

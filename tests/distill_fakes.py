@@ -1,6 +1,6 @@
 """Test doubles for the distill tests: a tiny Gaussian-mixture "embedding cache" and a dataset plugin.
 
-The embeddings stand in for `distillctl.embed.load_embeddings(recipe)` (same attributes as the
+The embeddings stand in for `distillctl.data.embed.load_embeddings(recipe)` (same attributes as the
 contract: splits[name].X / .y, label_names, num_classes, dim, fingerprint), so distill's tests stay
 fast and independent of the encoder.
 """

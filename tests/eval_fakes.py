@@ -1,6 +1,6 @@
 """Test doubles for the eval / baseline / report tests: tiny Gaussian "embeddings" with texts.
 
-Stands in for `distillctl.embed.load_embeddings(recipe)` (the embed stage's contract: splits[name].X
+Stands in for `distillctl.data.embed.load_embeddings(recipe)` (the embed stage's contract: splits[name].X
 / .y, label_names, num_classes, dim, fingerprint, texts(split)), so no text is ever encoded.
 """
 
@@ -44,7 +44,7 @@ def install(monkeypatch, emb):
     """
     registry = load_registry(extra_plugins=[(distill_fakes, "tests", "0")])
     set_registry(registry)  # reset after each test by conftest
-    import distillctl.embed as embed_module
+    import distillctl.data.embed as embed_module
     state = types.SimpleNamespace(emb=emb, calls=[])
 
     def fake_load_embeddings(recipe, *, quiet=None):
@@ -67,7 +67,7 @@ def make_run(tmp_path, registry, emb, *, ipcs=(1, 2), soft=False, data=None):
     import torch
 
     from distillctl.runs import create_run_dir
-    from distillctl.synthetic import SyntheticSet
+    from distillctl.distillation.synthetic import SyntheticSet
 
     recipe = validate_recipe(data or recipe_data(), registry=registry)
     run = create_run_dir(recipe, stage="distill", run_dir=tmp_path / "run")

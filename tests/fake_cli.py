@@ -18,7 +18,7 @@ def install() -> None:
 
     registry = plugins.load_registry(extra_plugins=[(distill_fakes, "tests", "0")])
     plugins.set_registry(registry)
-    import distillctl.embed as embed_module
+    import distillctl.data.embed as embed_module
 
     def load_embeddings(recipe, *, quiet=None):
         emb = distill_fakes.gaussian_embeddings()
@@ -31,7 +31,7 @@ def install() -> None:
 def main(argv: list[str]) -> None:
     install()
     if argv[:1] == ["embed"]:
-        emb = sys.modules["distillctl.embed"].load_embeddings(None)
+        emb = sys.modules["distillctl.data.embed"].load_embeddings(None)
         print("fake embed:", {k: tuple(v.X.shape) for k, v in emb.splits.items()})
         return
     from distillctl.cli import main as cli_main

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import eval_fakes
-from distillctl.baselines import coreset, herding_order, kcenter_order, parse_ipc, random_subsets
+from distillctl.evaluation.baselines import coreset, herding_order, kcenter_order, parse_ipc, random_subsets
 from distillctl.errors import UserError
 
 
@@ -122,7 +122,7 @@ def env(monkeypatch, tmp_path):
 
 
 def test_majority_baseline(env, monkeypatch):
-    from distillctl.baselines import baseline
+    from distillctl.evaluation.baselines import baseline
 
     registry, emb, recipe, _, _ = env
     # make class 2 the majority of train; test stays balanced -> accuracy 1/3, macro-F1 = (0 + 0 + 0.5) / 3
@@ -143,9 +143,9 @@ def test_majority_baseline(env, monkeypatch):
 
 
 def test_subset_and_full_arms_share_the_protocol(env):
-    from distillctl.baselines import baseline
-    from distillctl.evaluate import eval_seeds
-    from distillctl.training import TrainBudget, student_builder, train_and_score
+    from distillctl.evaluation.baselines import baseline
+    from distillctl.evaluation.evaluate import eval_seeds
+    from distillctl.evaluation.training import TrainBudget, student_builder, train_and_score
 
     registry, emb, recipe, _, tmp = env
     rand = baseline(recipe, "random", ipc=[1, 3], quiet=True)
@@ -170,8 +170,8 @@ def test_subset_and_full_arms_share_the_protocol(env):
 
 
 def test_baselines_stored_in_a_run_dir(env):
-    from distillctl.baselines import baseline
-    from distillctl.evaluate import read_results
+    from distillctl.evaluation.baselines import baseline
+    from distillctl.evaluation.evaluate import read_results
 
     registry, emb, recipe, _, tmp = env
     baseline(recipe, "random", ipc=[1], quiet=True, run_dir=tmp / "run")
@@ -226,10 +226,10 @@ def _hard_env(env):
 
 
 def test_full_earlystop_chooses_steps_on_val_and_scores_test_once(env):
-    from distillctl.baselines import (EARLYSTOP_CHECKS, EARLYSTOP_MAX_FACTOR, EARLYSTOP_PATIENCE, baseline,
+    from distillctl.evaluation.baselines import (EARLYSTOP_CHECKS, EARLYSTOP_MAX_FACTOR, EARLYSTOP_PATIENCE, baseline,
                                       earlystop_every)
-    from distillctl.evaluate import eval_seeds
-    from distillctl.training import TrainBudget, student_builder, train_and_score
+    from distillctl.evaluation.evaluate import eval_seeds
+    from distillctl.evaluation.training import TrainBudget, student_builder, train_and_score
 
     registry, emb, recipe, _, tmp = _hard_env(env)
     full, early, logreg = baseline(recipe, "full", quiet=True)
@@ -264,7 +264,7 @@ def test_full_earlystop_chooses_steps_on_val_and_scores_test_once(env):
 def test_nothing_is_selected_on_test(env):
     """Shuffling the test labels changes the test scores but not the chosen steps, the chosen C or the val
     numbers they were chosen from."""
-    from distillctl.baselines import baseline
+    from distillctl.evaluation.baselines import baseline
 
     registry, emb, recipe, _, tmp = _hard_env(env)
     _, early, logreg = baseline(recipe, "full", quiet=True)
@@ -280,7 +280,7 @@ def test_full_logreg_matches_scikit_learn_with_c_chosen_on_val(env):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
 
-    from distillctl.baselines import LOGREG_C_GRID, baseline
+    from distillctl.evaluation.baselines import LOGREG_C_GRID, baseline
 
     registry, emb, recipe, _, tmp = _hard_env(env)
     *_, r = baseline(recipe, "full", quiet=True)
@@ -304,7 +304,7 @@ def test_full_logreg_matches_scikit_learn_with_c_chosen_on_val(env):
 def test_logreg_fit_is_the_minimiser_of_the_regularised_cross_entropy():
     """Closed-form check of the optimum: the gradient of 0.5 ||W||^2 + C * sum_i CE(softmax(W x_i + b), y_i)
     vanishes at the fitted model (scikit-learn's multinomial objective, bias unpenalised)."""
-    from distillctl.baselines import logreg_reference
+    from distillctl.evaluation.baselines import logreg_reference
 
     g = torch.Generator().manual_seed(0)
     X = torch.randn(90, 5, generator=g)
@@ -320,17 +320,17 @@ def test_logreg_fit_is_the_minimiser_of_the_regularised_cross_entropy():
 
 
 def test_baselines_for_several_students_and_stored_per_student(env, cli):
-    from distillctl.baselines import baseline
-    from distillctl.evaluate import eval_seeds, read_results
-    from distillctl.training import TrainBudget, student_builder, train_and_score
+    from distillctl.evaluation.baselines import baseline
+    from distillctl.evaluation.evaluate import eval_seeds, read_results
+    from distillctl.evaluation.training import TrainBudget, student_builder, train_and_score
 
     registry, emb, recipe, recipe_file, tmp = env
     recs = baseline(recipe, "random", ipc=[2], quiet=True, students="mlp,linear", run_dir=tmp / "run")
     assert [(r["student"], r["ipc"]) for r in recs] == [("mlp", 2), ("linear", 2)]
     assert recs[1]["student_options"] == {"name": "linear", "bias": True}
     # the linear student on the same random draws equals a direct call
-    from distillctl.baselines import random_subsets
-    from distillctl.protocol import student_sections
+    from distillctl.evaluation.baselines import random_subsets
+    from distillctl.evaluation.protocol import student_sections
 
     X, y = emb.splits["train"].X, emb.splits["train"].y
     idx = random_subsets(y, 3, 2, eval_seeds(recipe))

@@ -29,8 +29,8 @@ def _point(folder, registry, name, values, accs, *, step, steps_run, val):
 
 
 def test_a_seed_sweep_is_aggregated_over_distillation_seeds(monkeypatch, tmp_path, cli):
-    from distillctl.compare import seed_groups
-    from distillctl.report import report
+    from distillctl.reporting.compare import seed_groups
+    from distillctl.reporting.report import report
 
     registry, _ = eval_fakes.install(monkeypatch, eval_fakes.embeddings())
     monkeypatch.chdir(tmp_path)
@@ -85,9 +85,9 @@ def test_a_seed_sweep_pools_references_transfer_and_scores(monkeypatch, tmp_path
     """Each seed's records (two students, three full-data references, random) pooled: mean over the seeds
     of each seed's mean, std over the seeds; the strongest reference, the transfer matrix (+ heatmap) and
     HLR / IOR / LRS computed from those means."""
-    from distillctl.compare import pool_records
-    from distillctl.report import report
-    from distillctl.scores import lrs
+    from distillctl.reporting.compare import pool_records
+    from distillctl.reporting.report import report
+    from distillctl.reporting.scores import lrs
 
     registry, _ = eval_fakes.install(monkeypatch, eval_fakes.embeddings())
     monkeypatch.chdir(tmp_path)
@@ -150,7 +150,7 @@ def test_a_seed_sweep_pools_references_transfer_and_scores(monkeypatch, tmp_path
 def test_a_pooled_reference_with_steps_per_seed_explains_a_set_above_full():
     """Pooled over seeds, full-earlystop's chosen steps are a string ("250/500/250"): the note on a set above
     the same-budget arm still names them (it raised a TypeError comparing them with the budget)."""
-    from distillctl.report import _why_below
+    from distillctl.reporting.report import _why_below
 
     full = {"arm": "full", "student": "mlp", "accuracy": _summary([0.80]), "budget": {"steps": 1000, "batch_size": 256},
             "n_train": 12000}

@@ -28,7 +28,7 @@ from distillctl.options import PluginOptions
 from distillctl.plugins import load_registry, using_registry
 from distillctl.recipe import validate_recipe
 from distillctl.runs import read_jsonl
-from distillctl.synthetic import SyntheticSet
+from distillctl.distillation.synthetic import SyntheticSet
 
 # -- a scripted method plugin -------------------------------------------------------------------
 
@@ -89,7 +89,7 @@ def env(monkeypatch, tmp_path):
     registry = load_registry(extra_plugins=[(distill_fakes, "tests", "0"), (PLUGIN, "tests", "0")])
     assert not registry.failures, registry.failures
     emb = distill_fakes.gaussian_embeddings()
-    import distillctl.embed as embed_module
+    import distillctl.data.embed as embed_module
 
     monkeypatch.setattr(embed_module, "load_embeddings", lambda recipe, *, quiet=None: emb)
     monkeypatch.chdir(tmp_path)
@@ -112,7 +112,7 @@ def test_meta_gradient_is_clipped_at_clip_times_ema_of_clipped_norms(env):
     """A 100x spike is clipped to clip x EMA; the EMA then follows the *clipped* norm, so a 5x step right
     after the spike is still clipped (an EMA fed the raw spike would have let it through); with plain SGD
     (no momentum) x moves by exactly lr x scale x grad at every step."""
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     factors = [1, 1, 1, 1, 1, 100, 5, 1, 1]  # gradient norm multiplier per outer step
     direction = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))  # (C*ipc, d)
@@ -157,7 +157,7 @@ def test_meta_gradient_is_clipped_at_clip_times_ema_of_clipped_norms(env):
 def test_saved_set_is_the_best_on_val_not_the_last(env):
     """x starts random, moves halfway to the class means for 3 steps (val accuracy rises), then towards the
     *next* class's mean (accuracy collapses): the saved set is the one at the best validation step."""
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     good_steps = 3
 
@@ -200,7 +200,7 @@ def test_saved_set_is_the_best_on_val_not_the_last(env):
 def test_scores_std_is_the_population_std_over_seeds(values):
     import numpy as np
 
-    from distillctl.training import Scores
+    from distillctl.evaluation.training import Scores
 
     scores = Scores(seeds=list(range(len(values))), accuracy=list(values), macro_f1=[v / 2 for v in values])
     assert scores.std() == pytest.approx(statistics.pstdev(values), rel=1e-12)
@@ -216,8 +216,8 @@ def test_scores_std_is_the_population_std_over_seeds(values):
 def test_learned_inner_lr_moves_and_the_best_sets_lr_is_saved(env):
     """bptt with `inner.learn_lr`: the inner lr logged per step changes, and the saved set's inner_lr is
     exp(log_lr) of the best set (checkpointed as best.log_lr), not the recipe's starting lr."""
-    from distillctl import checkpoints
-    from distillctl.distill import distill
+    from distillctl.distillation import checkpoints
+    from distillctl.distillation.distill import distill
 
     lr0, iterations = 0.01, 6
     recipe = env.recipe(init="random", inner={"learn_lr": True, "lr": lr0},

@@ -13,7 +13,7 @@ from distillctl.errors import RunError, UserError
 from distillctl.plugins import load_registry, set_registry
 from distillctl.recipe import validate_recipe
 from distillctl.runs import read_jsonl
-from distillctl.synthetic import SyntheticSet
+from distillctl.distillation.synthetic import SyntheticSet
 
 
 def recipe_data(**distill):
@@ -40,7 +40,7 @@ def env(monkeypatch, tmp_path):
     set_registry(registry)  # reset after each test by conftest
     emb = distill_fakes.gaussian_embeddings()
     emb.splits["test"] = NoTestSplit()
-    import distillctl.embed as embed_module
+    import distillctl.data.embed as embed_module
     calls = []
 
     def fake_load_embeddings(recipe, *, quiet=None):
@@ -59,7 +59,7 @@ def without_time(records):
 
 
 def test_distill_writes_nested_sets_metrics_and_checkpoints(env):
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     recipe = env.recipe()
     res = distill(recipe, run_dir=env.tmp / "run", quiet=True)
@@ -106,7 +106,7 @@ def test_synthetic_set_round_trip_soft_labels(tmp_path):
 @pytest.mark.parametrize("die_at", [7, 15])  # stage 0 step 7; stage 1 step 6 (stage 0 already saved)
 def test_resume_equals_uninterrupted(env, monkeypatch, die_at):
     import distillctl.unrolling as unrolling
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     kw = dict(soft_labels=True, inner={"learn_lr": True, "batch_per_class": 1, "population": 2},
               outer={"iterations": 9, "schedule": "cosine"})
@@ -143,7 +143,7 @@ def test_outer_lr_schedule(env, monkeypatch, schedule):
     """Every outer step uses lr x (1 + cos(pi (t - 1) / T)) / 2 (cosine) or lr (constant), for every group."""
     import math
 
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     seen, real_step = [], torch.optim.Adam.step
 
@@ -164,7 +164,7 @@ def test_outer_lr_schedule(env, monkeypatch, schedule):
 
 
 def test_resume_rejects_another_recipe_and_non_run_dirs(env):
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     distill(env.recipe(outer={"iterations": 2}), run_dir=env.tmp / "r", quiet=True)
     with pytest.raises(UserError, match="recipe differs"):
@@ -175,7 +175,7 @@ def test_resume_rejects_another_recipe_and_non_run_dirs(env):
 
 @pytest.mark.parametrize("soft", [False, True])
 def test_boost_beta_zero_freezes_inherited_rows(env, soft):
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     res = distill(env.recipe(ipc=[1, 3], soft_labels=soft, boost={"beta": 0.0}, outer={"val_every": 3}),
                   run_dir=env.tmp / "z", quiet=True)
@@ -192,7 +192,7 @@ def test_boost_beta_scales_updates_of_inherited_rows(env, beta):
     """Adam's first step moves every coordinate by lr (m_hat / sqrt(v_hat) = +-1); inherited rows by beta x lr."""
     from safetensors.torch import load_file
 
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     lr = 0.01
     res = distill(env.recipe(ipc=[1, 2], boost={"beta": beta}, outer={"iterations": 1, "lr": lr, "ckpt_every": 1}),
@@ -205,7 +205,7 @@ def test_boost_beta_scales_updates_of_inherited_rows(env, beta):
 
 def test_nan_stops_with_clear_error_and_keeps_last_checkpoint(env, monkeypatch):
     import distillctl.unrolling as unrolling
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     real_unroll, calls = unrolling.unroll, []
 
@@ -263,7 +263,7 @@ def test_cli_distill_errors(env, cli):
 
 
 def test_max_seconds_stops_the_stage_and_still_saves_the_best_set(env):
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     res = distill(env.recipe(ipc=[1], outer={"max_seconds": 1e-9}), run_dir=env.tmp / "m", quiet=True)
     syn = SyntheticSet.load(res.sets[0]["path"])
@@ -273,7 +273,7 @@ def test_max_seconds_stops_the_stage_and_still_saves_the_best_set(env):
 
 def test_stage_by_stage_equals_the_whole_chain(env):
     """`--stage` (one job per Boost-DD stage, as submit runs it) gives the same sets as one call."""
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     whole = distill(env.recipe(outer={"iterations": 3}), run_dir=env.tmp / "w", quiet=True)
     first = distill(env.recipe(outer={"iterations": 3}), run_dir=env.tmp / "s", quiet=True, stage=1)
@@ -288,7 +288,7 @@ def test_stage_by_stage_equals_the_whole_chain(env):
 @pytest.mark.parametrize("init", ["real", "mean"])
 def test_initial_rows_come_from_the_class(env, init):
     """Stopped before the first step, the saved set is the initial one: real rows or class-part means."""
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     res = distill(env.recipe(ipc=[1, 2], init=init, outer={"max_seconds": 1e-9}), run_dir=env.tmp / init, quiet=True)
     X, y = env.emb.splits["train"].X, env.emb.splits["train"].y
@@ -312,7 +312,7 @@ TINY_TRANSFORMER = {"name": "transformer", "n_tokens": 2, "d_model": 4, "layers"
 
 
 def test_one_student_records_its_name_and_no_per_student_metrics(env):
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     res = distill(env.recipe(ipc=[1], outer={"iterations": 2, "val_every": 2}), run_dir=env.tmp / "one", quiet=True)
     side = json.loads((res.run_dir / "distilled/ipc1.json").read_text())
@@ -325,7 +325,7 @@ def test_several_students_validate_on_each_and_record_them(env):
     """distill.students: [mlp, transformer]: the set says so (`distilled_with`), every outer step reports the
     loss of each architecture, and each validation is the mean of the architectures' val accuracies, which
     equal those of one-student runs of the same initial set."""
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     mlp = {"name": "mlp", "hidden": [16]}
     both = distill(env.recipe(ipc=[1, 2], students=[mlp, TINY_TRANSFORMER]), run_dir=env.tmp / "both", quiet=True)
@@ -358,7 +358,7 @@ def test_several_students_validate_on_each_and_record_them(env):
 
 def distill_killed_at_check(monkeypatch, recipe, run_dir, n):
     """Run distill into run_dir and "kill" it (KeyboardInterrupt) at the n-th OuterStep.check call."""
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
     from distillctl.methods import OuterStep
 
     real_check, calls = OuterStep.check, []
@@ -377,7 +377,7 @@ def distill_killed_at_check(monkeypatch, recipe, run_dir, n):
 
 def test_several_students_resume_to_the_same_set(env, monkeypatch):
     """krr keeps one online pool per architecture: both are checkpointed and restored."""
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     kw = dict(method={"name": "krr", "pool": 2, "online_steps": 3}, students=["mlp", TINY_TRANSFORMER],
               outer={"iterations": 8, "val_every": 4, "ckpt_every": 3})
@@ -385,7 +385,7 @@ def test_several_students_resume_to_the_same_set(env, monkeypatch):
     # dies at stage ipc 2, step 5 (checkpoint at 3): 3 checks a step (PerStudent's of each architecture,
     # the loop's of the mean)
     distill_killed_at_check(monkeypatch, env.recipe(**kw), env.tmp / "cut", 3 * 12 + 1)
-    from distillctl import checkpoints
+    from distillctl.distillation import checkpoints
 
     ckpt = checkpoints.load(checkpoints.newest(env.tmp / "cut/checkpoints", 2), "cpu")
     assert ckpt.loop.step == 3 and {"0.theta", "1.theta", "0.limit", "1.limit"} <= set(ckpt.method)
@@ -401,7 +401,7 @@ def test_several_students_resume_to_the_same_set(env, monkeypatch):
 
 def scripted_validation(monkeypatch, accuracies):
     """Validation returns these accuracies in turn (a constant when given a float); returns the call list."""
-    import distillctl.training as training
+    import distillctl.evaluation.training as training
 
     calls = []
 
@@ -415,7 +415,7 @@ def scripted_validation(monkeypatch, accuracies):
 
 
 def test_patience_stops_the_stage_after_n_validations_without_improvement(env, monkeypatch):
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     # step 0: 0.5, 1: 0.6 (best), 2: 0.55, 3: 0.6 (equal is no improvement), 4: 0.58 -> 3 without improvement
     calls = scripted_validation(monkeypatch, [0.5, 0.6, 0.55, 0.6, 0.58] + [0.9] * 20)
@@ -436,7 +436,7 @@ def test_patience_stops_the_stage_after_n_validations_without_improvement(env, m
 
 
 def test_patience_off_runs_every_iteration(env, monkeypatch):
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     scripted_validation(monkeypatch, 0.5)
     res = distill(env.recipe(ipc=[1], outer={"iterations": 6, "val_every": 1}), run_dir=env.tmp / "p", quiet=True)
@@ -448,7 +448,7 @@ def test_patience_off_runs_every_iteration(env, monkeypatch):
 def test_resume_keeps_the_patience_counter(env, monkeypatch):
     """A kill after the checkpoint of step 3 (one stale validation, at step 2): the resumed stage still stops
     at step 4, as the uninterrupted one, not at step 6 (which a counter reset to 0 would give)."""
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     scripted_validation(monkeypatch, 0.5)  # never improves on the initial set
     kw = dict(ipc=[1], outer={"iterations": 10, "val_every": 2, "ckpt_every": 3, "patience": 2})
@@ -456,7 +456,7 @@ def test_resume_keeps_the_patience_counter(env, monkeypatch):
     assert json.loads((whole.run_dir / "distilled/ipc1.json").read_text())["stopped"]["step"] == 4
 
     distill_killed_at_check(monkeypatch, env.recipe(**kw), env.tmp / "cut", 4)
-    from distillctl import checkpoints
+    from distillctl.distillation import checkpoints
 
     assert checkpoints.load(checkpoints.newest(env.tmp / "cut/checkpoints", 1), "cpu").loop.stale_validations == 1
     resumed = distill(env.recipe(**kw), resume=env.tmp / "cut", quiet=True)

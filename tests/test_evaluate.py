@@ -23,9 +23,9 @@ def env(monkeypatch, tmp_path):
 
 
 def test_evaluate_run_dir_writes_results_and_matches_the_protocol(env):
-    from distillctl.evaluate import eval_seeds, evaluate
-    from distillctl.synthetic import SyntheticSet
-    from distillctl.training import TrainBudget, student_builder, train_and_score
+    from distillctl.evaluation.evaluate import eval_seeds, evaluate
+    from distillctl.distillation.synthetic import SyntheticSet
+    from distillctl.evaluation.training import TrainBudget, student_builder, train_and_score
 
     registry, emb, state, tmp = env
     recipe, run = eval_fakes.make_run(tmp, registry, emb)
@@ -61,7 +61,7 @@ def test_evaluate_run_dir_writes_results_and_matches_the_protocol(env):
 
 
 def test_seeds_are_a_prefix_whatever_k(env):
-    from distillctl.evaluate import evaluate
+    from distillctl.evaluation.evaluate import evaluate
 
     registry, emb, _, tmp = env
     _, run = eval_fakes.make_run(tmp, registry, emb, ipcs=(2,))
@@ -71,7 +71,7 @@ def test_seeds_are_a_prefix_whatever_k(env):
 
 
 def test_soft_label_set_and_binary_problem(env):
-    from distillctl.evaluate import evaluate
+    from distillctl.evaluation.evaluate import evaluate
 
     registry, _, state, tmp = env
     emb2 = state.emb = eval_fakes.embeddings(C=2)
@@ -84,9 +84,9 @@ def test_soft_label_set_and_binary_problem(env):
 
 def test_soft_label_set_is_also_scored_with_hard_labels(env):
     """A soft-label set gives two records per student: trained on its soft labels, and on their argmax."""
-    from distillctl.evaluate import evaluate
-    from distillctl.synthetic import SyntheticSet
-    from distillctl.training import TrainBudget, student_builder, train_and_score
+    from distillctl.evaluation.evaluate import evaluate
+    from distillctl.distillation.synthetic import SyntheticSet
+    from distillctl.evaluation.training import TrainBudget, student_builder, train_and_score
 
     registry, emb, state, tmp = env
     recipe, run = eval_fakes.make_run(tmp, registry, emb, ipcs=(2,), soft=True)
@@ -110,10 +110,10 @@ def test_soft_label_set_is_also_scored_with_hard_labels(env):
 
 
 def test_transfer_every_student_on_every_set_with_embeddings_loaded_once(env):
-    from distillctl.evaluate import evaluate
-    from distillctl.protocol import student_sections
-    from distillctl.synthetic import SyntheticSet
-    from distillctl.training import TrainBudget, student_builder, train_and_score
+    from distillctl.evaluation.evaluate import evaluate
+    from distillctl.evaluation.protocol import student_sections
+    from distillctl.distillation.synthetic import SyntheticSet
+    from distillctl.evaluation.training import TrainBudget, student_builder, train_and_score
 
     registry, emb, state, tmp = env
     recipe, run = eval_fakes.make_run(tmp, registry, emb)
@@ -140,8 +140,8 @@ def test_transfer_every_student_on_every_set_with_embeddings_loaded_once(env):
 
 
 def test_eval_students_of_the_recipe_and_distilled_with(env):
-    from distillctl.evaluate import evaluate
-    from distillctl.protocol import distilled_with
+    from distillctl.evaluation.evaluate import evaluate
+    from distillctl.evaluation.protocol import distilled_with
     from distillctl.recipe import RecipeError, validate_recipe
 
     registry, emb, state, tmp = env
@@ -163,7 +163,7 @@ def test_eval_students_of_the_recipe_and_distilled_with(env):
 
 
 def test_old_records_without_labels_still_read_and_merge(tmp_path):
-    from distillctl.protocol import read_results, record_key, store_results
+    from distillctl.evaluation.protocol import read_results, record_key, store_results
 
     path = tmp_path / "results.json"
     old = [{"arm": "distilled", "ipc": 1, "student": "mlp", "soft_labels": True, "accuracy": {"mean": 0.1}},
@@ -182,7 +182,7 @@ def test_old_records_without_labels_still_read_and_merge(tmp_path):
 
 
 def test_students_option_syntax():
-    from distillctl.protocol import parse_students
+    from distillctl.evaluation.protocol import parse_students
 
     assert parse_students("mlp,transformer,linear") == ["mlp", "transformer", "linear"]
     assert parse_students("mlp, {name: transformer, layers: 1}") == ["mlp", {"name": "transformer", "layers": 1}]
@@ -194,7 +194,7 @@ def test_students_option_syntax():
 def test_set_file_outside_a_run_needs_a_recipe(env):
     import shutil
 
-    from distillctl.evaluate import evaluate
+    from distillctl.evaluation.evaluate import evaluate
 
     registry, emb, _, tmp = env
     _, run = eval_fakes.make_run(tmp, registry, emb, ipcs=(1,))
@@ -211,8 +211,8 @@ def test_set_file_outside_a_run_needs_a_recipe(env):
 
 
 def test_set_from_other_embeddings_is_refused(env):
-    from distillctl.evaluate import evaluate
-    from distillctl.synthetic import SyntheticSet
+    from distillctl.evaluation.evaluate import evaluate
+    from distillctl.distillation.synthetic import SyntheticSet
 
     registry, emb, _, tmp = env
     _, run = eval_fakes.make_run(tmp, registry, emb, ipcs=(1,))

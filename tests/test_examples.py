@@ -111,7 +111,7 @@ def test_examples_end_to_end_through_the_cli(registry, cli, tmp_path, monkeypatc
     assert len(records) == 2 and all(0.0 <= r["accuracy"]["mean"] <= 1.0 for r in records)
 
     # the library call with an explicit registry, while the process-wide one is the installed plugins again
-    from distillctl.evaluate import evaluate
+    from distillctl.evaluation.evaluate import evaluate
 
     set_registry(None)
     again = evaluate(run_dir, registry=registry, quiet=True)
@@ -146,7 +146,7 @@ def test_plugin_user_error_exits_2_with_its_line(registry, cli, tmp_path, monkey
 def test_example_scheduler_runs_a_job_graph(registry, tmp_path):
     from distillctl.errors import RunError
     from distillctl.scheduling import Job
-    from distillctl.submit import status, submit_jobs
+    from distillctl.jobs.submit import status, submit_jobs
 
     def job(jid, argv, deps=()):
         return Job(jid, argv, str(tmp_path), str(tmp_path / "logs" / f"{jid}.log"), depends_on=list(deps))

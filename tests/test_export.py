@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import eval_fakes
-from distillctl.synthetic import SyntheticSet
+from distillctl.distillation.synthetic import SyntheticSet
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def expected_texts(emb, s):
 
 
 def check_meta(meta, run, recipe, s):
-    assert meta["format"] == "distillctl.export/1"
+    assert meta["format"] == "distillctl.reporting.export/1"
     assert meta["set_sha256"] == s.sha256 and meta["set_file"] == f"distilled/ipc{s.ipc}.safetensors"
     assert meta["embedding_fingerprint"] == "fake-embeddings"
     assert meta["recipe"] == json.loads(json.dumps(recipe.to_dict(), default=str))

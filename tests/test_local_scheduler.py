@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from distillctl import submit as sm
+from distillctl.jobs import submit as sm
 from distillctl.scheduling import Job, JobHandle, downstream, pid_alive, topological_order
 from distillctl_plugins.schedulers.local import LocalOptions, LocalScheduler
 from submit_fakes import env  # noqa: F401 - fixture
@@ -301,7 +301,7 @@ def test_wait_that_ends_cancelled_raises_and_the_cli_exits_3(tmp_path, cli):
     flag, folder = tmp_path / "flag", tmp_path / "sub"
     # first attempt fails; the retry cancels its own submission (as `distillctl cancel` from another shell would)
     code = (f"import os, sys\nif not os.path.exists({str(flag)!r}): sys.exit(4)\n"
-            f"from distillctl.submit import cancel\ncancel({str(folder)!r})\ntime.sleep(60)")
+            f"from distillctl.jobs.submit import cancel\ncancel({str(folder)!r})\ntime.sleep(60)")
     jobs = [pyjob(tmp_path, "job", code), pyjob(tmp_path, "after", "pass", deps=["job"])]
     with pytest.raises(sm.RunError) as exc:
         sm.submit_jobs(jobs, folder, wait=True, quiet=True)
@@ -314,7 +314,7 @@ def test_wait_that_ends_cancelled_raises_and_the_cli_exits_3(tmp_path, cli):
 
 
 def test_line_view_shows_running_jobs_latest_log_line_between_state_changes(tmp_path, capsys):
-    from distillctl.follow import LineView
+    from distillctl.jobs.follow import LineView
     from distillctl.scheduling import Scheduler
 
     log = tmp_path / "embed.log"
@@ -346,7 +346,7 @@ def test_line_view_shows_running_jobs_latest_log_line_between_state_changes(tmp_
 def test_live_table_shows_the_latest_output_of_running_jobs(tmp_path):
     from rich.console import Console
 
-    from distillctl.cli_render import progress_table
+    from distillctl.jobs.cli_render import progress_table
     from distillctl.scheduling import Scheduler
 
     log = tmp_path / "embed.log"

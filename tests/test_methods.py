@@ -19,8 +19,8 @@ from distillctl.options import PluginOptions
 from distillctl.plugins import load_registry
 from distillctl.recipe import InnerSettings, validate_recipe
 from distillctl.runs import read_jsonl
-from distillctl.synthetic import SyntheticSet
-from distillctl.training import TrainBudget
+from distillctl.distillation.synthetic import SyntheticSet
+from distillctl.evaluation.training import TrainBudget
 from distillctl_plugins.methods import BPTTOptions, DMOptions, KRROptions, MTTOptions
 from distillctl_plugins.methods.bptt import BPTT
 from distillctl_plugins.methods.dm import DM
@@ -67,10 +67,10 @@ def env(monkeypatch, tmp_path):
     registry = load_registry(extra_plugins=[(distill_fakes, "tests", "0"), (third_party, "pull-plugin", "0.1")])
     monkeypatch.setattr("distillctl.plugins.get_registry", lambda: registry)
     emb = distill_fakes.gaussian_embeddings()
-    import distillctl.embed as embed_module
+    import distillctl.data.embed as embed_module
 
     monkeypatch.setattr(embed_module, "load_embeddings", lambda recipe, *, quiet=None: emb)
-    monkeypatch.setattr("distillctl.distill._method_cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr("distillctl.distillation.distill._method_cache_dir", lambda: tmp_path / "cache")
     monkeypatch.chdir(tmp_path)
     return types.SimpleNamespace(registry=registry, emb=emb, tmp=tmp_path)
 
@@ -340,7 +340,7 @@ def test_a_two_architecture_step_is_the_mean_of_the_single_architecture_steps(tm
 
 
 def test_a_method_sees_every_student_and_may_refuse_several(env, monkeypatch):
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     class OneArchitecture(PullToMean):
         def setup(self, context):
@@ -381,7 +381,7 @@ METHODS = {
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_resumes_to_the_same_set_as_an_uninterrupted_run(env, monkeypatch, name):
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     extra = {"soft_labels": True} if name in ("krr", "mtt") else {}
     whole = distill(recipe(env, METHODS[name], **extra), run_dir=env.tmp / "whole", quiet=True)
@@ -410,7 +410,7 @@ def test_every_method_resumes_to_the_same_set_as_an_uninterrupted_run(env, monke
 
 
 def test_methods_move_the_set_and_record_their_options(env):
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     res = distill(recipe(env, METHODS["krr"]), run_dir=env.tmp / "krr", quiet=True)
     side = json.loads((res.run_dir / "distilled" / "ipc2.json").read_text())
@@ -435,9 +435,9 @@ def test_unknown_method_and_bad_method_options_exit_2(env, tmp_path):
 
 
 def test_a_method_sweep_gets_a_comparison_report(env):
-    from distillctl.compare import submission_points, write_comparison
-    from distillctl.distill import distill
-    from distillctl.evaluate import evaluate
+    from distillctl.reporting.compare import submission_points, write_comparison
+    from distillctl.distillation.distill import distill
+    from distillctl.evaluation.evaluate import evaluate
 
     folder = env.tmp / "sub"
     points = []
@@ -468,7 +468,7 @@ def test_a_method_sweep_gets_a_comparison_report(env):
 
 
 def test_an_explicit_registry_reaches_every_plugin_distill_builds(tmp_path, monkeypatch):
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
 
     monkeypatch.chdir(tmp_path)
     registry = load_registry(extra_plugins=[(distill_fakes, "tests", "0"), (third_party, "pull-plugin", "0.1")])

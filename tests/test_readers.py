@@ -64,7 +64,7 @@ def test_tsv_with_unbalanced_leading_quotes_fails_naming_file_and_line(tmp_path,
 
 
 def test_tsv_quotes_as_text_keep_every_row(tmp_path, reg):
-    from distillctl.embed import embed
+    from distillctl.data.embed import embed
     from distillctl.recipe import load_recipe
 
     (tmp_path / "d.tsv").write_text(tsv(40, lambda i: f'"quoted {i}' if i % 2 else f"plain {i}"))
@@ -174,7 +174,7 @@ def test_skip_summary_per_reason_in_notes_manifest_and_output(tmp_path, reg, cli
     assert r.code == 0, r
     want = "dataset.train (d.csv): skipped 3 rows: 1 undecodable (line 7), 2 ragged (lines 4, 9)"
     assert want in r.out.replace("\n", " "), r.out
-    from distillctl.embed import embed
+    from distillctl.data.embed import embed
     from distillctl.recipe import load_recipe
 
     res = embed(load_recipe(recipe(tmp_path, {"name": "local", "train": "d.csv", "test": "t.csv"}, bad_rows="skip")))
@@ -209,7 +209,7 @@ def test_huge_label_is_quoted_as_an_excerpt(tmp_path):
 
 
 def test_huge_cell_is_cut_to_the_encoders_budget_before_encoding(tmp_path, reg):
-    from distillctl.embed import embed, load_embeddings
+    from distillctl.data.embed import embed, load_embeddings
     from distillctl.encoding import char_budget
     from distillctl.recipe import load_recipe
 
@@ -268,7 +268,7 @@ def test_single_class_train_is_an_error(tmp_path, reg, cli):
 
 
 def test_third_party_single_class_dataset_is_checked_by_the_core(tmp_path, reg):
-    from distillctl.embed import _load_dataset
+    from distillctl.data.embed import _load_dataset
     from distillctl.textdata import TextDataset, TextSplit, check_classes
 
     class OneClass:

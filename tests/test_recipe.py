@@ -338,7 +338,7 @@ def test_readme_set_examples_apply_to_the_shipped_recipes():
     """Every `distillctl ... RECIPE --set ...` line of the README validates (e.g. --set student.name=...)."""
     import shlex
 
-    from distillctl import submit as sm
+    from distillctl.jobs import submit as sm
 
     root = Path(__file__).parent.parent
     lines = [x.split("#")[0].strip() for x in (root / "README.md").read_text().splitlines()

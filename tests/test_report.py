@@ -15,8 +15,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture
 def run(monkeypatch, tmp_path):
     """A run with two distilled sets evaluated and every baseline stored in it (K = 2, 30 steps)."""
-    from distillctl.baselines import baseline
-    from distillctl.evaluate import evaluate
+    from distillctl.evaluation.baselines import baseline
+    from distillctl.evaluation.evaluate import evaluate
 
     recipe, run, emb = eval_fakes.run_in(monkeypatch, tmp_path)
     evaluate(run.path, seeds=2, quiet=True)
@@ -26,8 +26,8 @@ def run(monkeypatch, tmp_path):
 
 
 def test_report_files(run):
-    from distillctl.evaluate import read_results
-    from distillctl.report import report
+    from distillctl.evaluation.evaluate import read_results
+    from distillctl.reporting.report import report
 
     run, emb = run
     path = report(run.path, quiet=True)
@@ -68,9 +68,9 @@ def test_report_files(run):
 
 
 def test_deviating_protocol_is_flagged(run):
-    from distillctl.baselines import baseline
+    from distillctl.evaluation.baselines import baseline
     from distillctl.recipe import load_recipe
-    from distillctl.report import report
+    from distillctl.reporting.report import report
 
     run, _ = run
     # a random baseline with other seeds (K = 3) written into the run: the report marks it
@@ -98,7 +98,7 @@ def test_cli_report_and_errors(run, cli, tmp_path):
 
 
 def test_report_without_texts_still_writes(run):
-    from distillctl.report import report
+    from distillctl.reporting.report import report
 
     run, emb = run
     emb.texts = lambda split: (_ for _ in ()).throw(UserError("no texts in this cache"))
@@ -107,8 +107,8 @@ def test_report_without_texts_still_writes(run):
 
 
 def test_single_class_students_are_named_in_report_and_eval_table(run):
-    from distillctl.evaluate import read_results, results_table, store_results
-    from distillctl.report import report
+    from distillctl.evaluation.evaluate import read_results, results_table, store_results
+    from distillctl.reporting.report import report
 
     run, _ = run
     path = run.eval / "results.json"
@@ -173,7 +173,7 @@ def hand_run(monkeypatch, tmp_path):
 def test_scores_follow_their_formulas():
     import math
 
-    from distillctl.scores import dd_scores, hlr, ior, lrs
+    from distillctl.reporting.scores import dd_scores, hlr, ior, lrs
 
     assert hlr(0.85, 0.80) == pytest.approx(0.05) and ior(0.9, 0.7) == pytest.approx(0.2)
     assert lrs(0.0, 0.0) == pytest.approx((1 - math.exp(-1)) / (math.e - math.exp(-1)))
@@ -197,7 +197,7 @@ def test_scores_follow_their_formulas():
 
 
 def test_claims_transfer_and_missing_arms(hand_run):
-    from distillctl.report import report
+    from distillctl.reporting.report import report
 
     run, _, write = hand_run
     own = str((run.distilled / "ipc1.safetensors").resolve())
@@ -258,7 +258,7 @@ def test_claims_transfer_and_missing_arms(hand_run):
 
 
 def test_validation_curve_and_set_used(hand_run):
-    from distillctl.report import report
+    from distillctl.reporting.report import report
 
     run, _, write = hand_run
     write([rec("distilled", 0.9, ipc=1), rec("distilled", 0.9, ipc=2)])
@@ -286,12 +286,12 @@ def test_validation_curve_and_set_used(hand_run):
 def test_pca_picture_is_the_projection_on_trains_principal_plane(hand_run, monkeypatch):
     import numpy as np
 
-    import distillctl.report_plots
-    from distillctl.report import report
-    from distillctl.synthetic import SyntheticSet
+    import distillctl.reporting.report_plots
+    from distillctl.reporting.report import report
+    from distillctl.distillation.synthetic import SyntheticSet
 
     run, emb, write = hand_run
-    monkeypatch.setattr(distillctl.report_plots, "PCA_REAL_ROWS", 50)  # fewer real rows drawn than train has
+    monkeypatch.setattr(distillctl.reporting.report_plots, "PCA_REAL_ROWS", 50)  # fewer real rows drawn than train has
     write([rec("distilled", 0.9, ipc=1)])
     md = report(run.path, quiet=True).read_text()
     data = json.loads((run.path / "report.json").read_text())["pca"]

@@ -160,7 +160,7 @@ def distill_env(monkeypatch, tmp_path):
     import yaml
 
     import distill_fakes
-    import distillctl.embed as embed_module
+    import distillctl.data.embed as embed_module
 
     registry = plugins_mod.load_registry(extra_plugins=[(distill_fakes, "tests", "0")])
     plugins_mod.set_registry(registry)
@@ -220,9 +220,9 @@ def test_second_writer_of_a_run_is_refused_with_the_holders_pid(distill_env, cli
 def test_metrics_are_not_repeated_when_a_stopped_stage_is_resumed(distill_env, monkeypatch, tmp_path):
     """A stage stopped early (patience) logs its stop at the step of its last checkpoint; killed before its
     set is saved and resumed from that checkpoint, it stops again: the stop is logged once."""
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
     from distillctl.recipe import load_recipe
-    from distillctl.synthetic import SyntheticSet
+    from distillctl.distillation.synthetic import SyntheticSet
 
     recipe = load_recipe(distill_env(iterations=8, patience=1))
     distill(recipe, run_dir=tmp_path / "a", quiet=True)

@@ -10,7 +10,7 @@ import torch
 
 import eval_fakes
 from distillctl.errors import UserError
-from distillctl.synthetic import SyntheticSet
+from distillctl.distillation.synthetic import SyntheticSet
 
 
 @pytest.fixture
@@ -88,8 +88,8 @@ def test_a_set_the_run_did_not_save_is_refused(env):
 
 def test_distill_records_set_digests_in_the_manifest_and_keeps_them_on_resume(monkeypatch, tmp_path):
     import distill_fakes
-    import distillctl.embed as embed_module
-    from distillctl.distill import distill
+    import distillctl.data.embed as embed_module
+    from distillctl.distillation.distill import distill
     from distillctl.plugins import load_registry, set_registry
     from distillctl.recipe import validate_recipe
 

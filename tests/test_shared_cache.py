@@ -75,7 +75,7 @@ def _ro_os_open(real, inside, fail):
 
 
 def test_a_complete_entry_on_a_read_only_cache_is_a_hit(tmp_path, reg, monkeypatch):
-    from distillctl.embed import embed, load_embeddings
+    from distillctl.data.embed import embed, load_embeddings
 
     recipe = load(write_recipe(tmp_path, make_data(tmp_path)))
     first = embed(recipe)  # filled while writable (by whoever maintains the lab cache)
@@ -88,7 +88,7 @@ def test_a_complete_entry_on_a_read_only_cache_is_a_hit(tmp_path, reg, monkeypat
 
 
 def test_a_missing_entry_on_a_read_only_cache_says_how_to_fix_it(tmp_path, reg, monkeypatch, cli):
-    from distillctl.embed import embed
+    from distillctl.data.embed import embed
 
     path = write_recipe(tmp_path, make_data(tmp_path))
     recipe = load(path)

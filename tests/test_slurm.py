@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from distillctl import submit as sm
+from distillctl.jobs import submit as sm
 from distillctl.scheduling import Job
 from distillctl_plugins.schedulers.slurm import (SlurmOptions, dependency_arg, expand_array_id, map_state, plan,
                                                   render_script, sbatch_calls)
@@ -252,7 +252,7 @@ def test_timeout_requeues_distill_and_it_resumes_from_its_checkpoint(cluster, en
     """Time limit 1 min, USR1 50 s before it: `distillctl distill --resume` is stopped, requeued, and
     continues from its newest checkpoint (about 1 min; max_seconds ends the stage)."""
     from distillctl.runs import create_run_dir
-    from distillctl.synthetic import SyntheticSet
+    from distillctl.distillation.synthetic import SyntheticSet
 
     monkeypatch.setenv("PYTHONPATH", str(TESTS))
     path = env.write(scheduler={**SLURM, "time": 1, "signal_seconds": 50},

@@ -52,7 +52,7 @@ def test_linear_student_reaches_the_logistic_regression_optimum():
     multinomial logistic regression on separable-ish data: the same test predictions."""
     from sklearn.linear_model import LogisticRegression
 
-    from distillctl.training import TrainBudget, student_builder, train_and_score
+    from distillctl.evaluation.training import TrainBudget, student_builder, train_and_score
     from distillctl.recipe import validate_recipe
 
     g = torch.Generator().manual_seed(0)

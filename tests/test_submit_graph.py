@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import distill_fakes
-from distillctl import submission, submit as sm
-from distillctl.cli_render import progress_table
+from distillctl.jobs import submission, submit as sm
+from distillctl.jobs.cli_render import progress_table
 from distillctl.errors import UserError
 from distillctl.recipe import RecipeError
 from submit_fakes import env, recipe_data  # noqa: F401 - env is a fixture
@@ -157,7 +157,7 @@ def test_cli_dry_run_slurm_prints_arrays_and_dependencies(env, cli):
 @pytest.fixture
 def fake_embeddings(env, monkeypatch):
     emb = distill_fakes.gaussian_embeddings()
-    import distillctl.embed as embed_module
+    import distillctl.data.embed as embed_module
     monkeypatch.setattr(embed_module, "load_embeddings", lambda recipe, *, quiet=None: emb)
     return emb
 
@@ -165,9 +165,9 @@ def fake_embeddings(env, monkeypatch):
 def test_distill_stage_by_stage_equals_the_whole_chain(env, fake_embeddings):
     import torch
 
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
     from distillctl.runs import create_run_dir
-    from distillctl.synthetic import SyntheticSet
+    from distillctl.distillation.synthetic import SyntheticSet
 
     path = env.write()
     recipe = sm.expand_points(path)[0].recipe
@@ -253,7 +253,7 @@ def test_submit_checks_every_points_data_files_before_submitting_anything(env, c
 
 
 def test_status_on_a_distill_run_directory_describes_the_run(env, fake_embeddings, cli):
-    from distillctl.distill import distill
+    from distillctl.distillation.distill import distill
     from distillctl.runs import create_run_dir
 
     recipe = sm.expand_points(env.write())[0].recipe

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from distillctl.errors import UserError
-from distillctl.training import (
+from distillctl.evaluation.training import (
     BatchStream,
     TrainBudget,
     build_seeded,

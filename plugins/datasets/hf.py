@@ -15,7 +15,7 @@ from typing import Callable, Optional
 from pydantic import Field
 
 from distillctl.errors import UserError
-from distillctl.hub import go_offline, hub_reachable
+from distillctl.data.hub import go_offline, hub_reachable
 from distillctl.options import PluginOptions
 from distillctl.textdata import PARSER_VERSION, DatasetSource, TextDataset, assemble, finish_rows, map_labels
 

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from distillctl.errors import UserError
 from distillctl.methods import Learnables, Method, MethodContext, OuterStep, gradients
 from distillctl.seeds import draw_seed
-from distillctl.training import ADAM_EPS
+from distillctl.evaluation.training import ADAM_EPS
 from distillctl.unrolling import InnerProblem, optimizer_step, sample_rows
 
 FORMAT = "distillctl.mtt-experts/1"
@@ -117,7 +117,7 @@ def expert_trajectories(problem: InnerProblem, context: MethodContext, experts: 
     key = expert_key(problem, context, experts, total, spacing)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     if context.cache_dir is None:  # a library caller's context: the user's distillctl cache
-        from distillctl.cache import methods_dir
+        from distillctl.data.cache import methods_dir
 
         folder = methods_dir() / "mtt"
     else:
@@ -151,7 +151,7 @@ def train_experts(problem: InnerProblem, context: MethodContext, experts: int, t
                   spacing: int) -> torch.Tensor:
     """Train ``experts`` students at once (vmapped) on the real training split with the eval budget."""
     from distillctl.seeds import DROPOUT_STREAM, derive_seed, expert_seeds
-    from distillctl.training import BatchStream, build_seeded, stacked_optimizer
+    from distillctl.evaluation.training import BatchStream, build_seeded, stacked_optimizer
 
     budget = context.eval_budget
     X, y = context.x_train, context.y_train  # (n, d), (n,)

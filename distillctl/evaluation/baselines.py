@@ -170,7 +170,7 @@ def logreg_reference(X: "torch.Tensor", y: "torch.Tensor", X_val: "torch.Tensor"
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    from distillctl.training import Scores, classification_scores
+    from distillctl.evaluation.training import Scores, classification_scores
 
     t0 = time.perf_counter()
     # 1. the data as float64 numpy: train (n, d), val (n_val, d), test (m, d)
@@ -250,11 +250,11 @@ def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, 
     ``RUN_DIR/eval/baseline-<kind>.json``.
     """
     from distillctl.console import info, is_quiet
-    from distillctl.embed import load_embeddings
-    from distillctl.protocol import (TEST_SPLIT, check_ipc_fits, eval_seeds, majority_line, result_record,
+    from distillctl.data.embed import load_embeddings
+    from distillctl.evaluation.protocol import (TEST_SPLIT, check_ipc_fits, eval_seeds, majority_line, result_record,
                                      split_of, store_results, student_sections)
     from distillctl.recipe import Recipe, load_recipe
-    from distillctl.training import Scores, TrainBudget, student_builder, train_and_score
+    from distillctl.evaluation.training import Scores, TrainBudget, student_builder, train_and_score
 
     quiet = is_quiet() if quiet is None else quiet
     # 1. What to run.

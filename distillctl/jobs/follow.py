@@ -3,7 +3,7 @@
 What the user sees while it polls is a *view*: any object with ``start(sub)``, ``update(sub)`` (after
 every poll) and ``stop()``. The library's default view prints one line on stderr each time a job
 changes state; the CLI passes a live table instead when stderr is a terminal
-(:mod:`distillctl.cli_render`).
+(:mod:`distillctl.jobs.cli_render`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Protocol
 
 from distillctl.errors import RunCancelled, RunError
 from distillctl.scheduling import FINAL, format_seconds
-from distillctl.submission import Submission
+from distillctl.jobs.submission import Submission
 
 #: seconds between two status polls when a scheduler's ``poll_seconds`` is unset (0 or None)
 DEFAULT_POLL_SECONDS = 5.0

@@ -1,7 +1,7 @@
 """Scores and references the report states: which full-data reference a claim is made against, and the
 DD-Ranking scores of a distilled set (HLR, IOR, LRS).
 
-Everything here works on result records (the JSON of :func:`distillctl.protocol.result_record`) and is
+Everything here works on result records (the JSON of :func:`distillctl.evaluation.protocol.result_record`) and is
 pure arithmetic on their stored means: nothing is retrained, and test is only read.
 
 Definitions (accuracies as fractions in [0, 1]; DD-Ranking, Li et al. 2025):

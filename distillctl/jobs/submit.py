@@ -3,12 +3,12 @@
 This module is the entry point of the library calls behind ``distillctl submit``, ``status`` and
 ``cancel``; each part of the work lives in its own module:
 
-- :mod:`distillctl.sweeps`: ``--sweep`` values, and the validated recipe of every sweep point;
-- :mod:`distillctl.jobgraph`: the graph of jobs (embed, distill stages, eval, baselines, report);
-- :mod:`distillctl.submission`: the submission folder and ``submission.json`` (state on disk);
-- :mod:`distillctl.follow`: polling a submission until it is finished (``--wait``).
+- :mod:`distillctl.jobs.sweeps`: ``--sweep`` values, and the validated recipe of every sweep point;
+- :mod:`distillctl.jobs.jobgraph`: the graph of jobs (embed, distill stages, eval, baselines, report);
+- :mod:`distillctl.jobs.submission`: the submission folder and ``submission.json`` (state on disk);
+- :mod:`distillctl.jobs.follow`: polling a submission until it is finished (``--wait``).
 
-How a submission looks on the terminal is the CLI's business (:mod:`distillctl.cli_render`). Which
+How a submission looks on the terminal is the CLI's business (:mod:`distillctl.jobs.cli_render`). Which
 scheduler runs the jobs comes from the recipe's ``scheduler`` section (or ``--scheduler``); the core
 names none.
 """
@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Sequence
 
 from distillctl.errors import RunCancelled, RunError, UserError  # noqa: F401  (re-exported)
-from distillctl.follow import DEFAULT_POLL_SECONDS, FollowView, follow, quiet_of  # noqa: F401
-from distillctl.jobgraph import Graph, baseline_key, build_graph, describe_graph, embed_key  # noqa: F401
+from distillctl.jobs.follow import DEFAULT_POLL_SECONDS, FollowView, follow, quiet_of  # noqa: F401
+from distillctl.jobs.jobgraph import Graph, baseline_key, build_graph, describe_graph, embed_key  # noqa: F401
 from distillctl.plugins import with_registry
 from distillctl.scheduling import Job, check_graph, downstream
-from distillctl.submission import (LOG_TAIL_LINES, SUBMISSION_FILE, Submission,  # noqa: F401
+from distillctl.jobs.submission import (LOG_TAIL_LINES, SUBMISSION_FILE, Submission,  # noqa: F401
                                    default_scheduler_section, find_submission, hand_over, make_scheduler,
                                    options_dict, status_text)
-from distillctl.sweeps import Point, expand_points, parse_sweep, split_values  # noqa: F401
+from distillctl.jobs.sweeps import Point, expand_points, parse_sweep, split_values  # noqa: F401
 
 
 @with_registry  # registry=: run with that plugin registry (default: get_registry())
@@ -42,7 +42,7 @@ def submit(recipe_path: str | Path, *, overrides: Sequence[str] = (), sweeps: Se
     ``scheduler`` overrides the recipe's ``scheduler.name`` (with that scheduler's default options).
     ``dry_run``: build everything, write nothing (``Submission.description`` holds the graph and, for
     SLURM, the batch scripts). ``wait``: follow the jobs to the end (progress shown by ``view``, see
-    :func:`~distillctl.follow.follow`) and raise :class:`RunError` when one failed. ``exe``: how a job
+    :func:`~distillctl.jobs.follow.follow`) and raise :class:`RunError` when one failed. ``exe``: how a job
     starts the CLI (default ``distillctl``, found on the job's PATH). Returns the :class:`Submission`
     (its folder in ``.path``).
     """

@@ -78,7 +78,7 @@ class Submission:
             h = self.handles.get(rid)
             if h is not None and h.state == "done":
                 out.append(Path(p["run_dir"]) / "report.md")
-        compare = self.handles.get("compare")  # a sweep's comparison of its points (distillctl.compare)
+        compare = self.handles.get("compare")  # a sweep's comparison of its points (distillctl.reporting.compare)
         if compare is not None and compare.state == "done":
             out.append(self.path / "comparison.md")
         return out

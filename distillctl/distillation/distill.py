@@ -69,7 +69,7 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
 
     ``resume`` is an existing run directory of the same recipe: finished stages are reused, the
     stage in progress continues from its newest checkpoint. ``embeddings`` (an
-    :class:`distillctl.embed.Embeddings`-like object) skips loading the cache, for library callers.
+    :class:`distillctl.data.embed.Embeddings`-like object) skips loading the cache, for library callers.
     ``stage`` (an ipc of the chain) runs that Boost-DD stage only: the stages before it must be finished
     in the run directory (``resume``), the ones after it are left for later calls. This is how
     ``submit`` runs a chain as one job per stage. ``registry=`` (see :func:`distillctl.plugins.with_registry`)
@@ -78,15 +78,15 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
     """
     import torch
 
-    from distillctl import checkpoints
+    from distillctl.distillation import checkpoints
     from distillctl.console import info, is_quiet, progress
     from distillctl.devices import resolve_device
     from distillctl.methods import MethodContext, PerStudent, student_labels
     from distillctl.plugins import get_registry
     from distillctl.runs import create_run_dir, open_run_dir, record_set, refuse_existing_run
     from distillctl.seeds import stage_seed, val_seeds as derive_val_seeds
-    from distillctl.synthetic import SyntheticSet
-    from distillctl.training import TrainBudget, student_builder, train_and_score
+    from distillctl.distillation.synthetic import SyntheticSet
+    from distillctl.evaluation.training import TrainBudget, student_builder, train_and_score
 
     quiet = is_quiet() if quiet is None else quiet
     say = (lambda message: None) if quiet else info  # status lines on stderr
@@ -112,10 +112,10 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
 
     # 2. Embeddings (embedded first when the cache is missing); train for batches, val for selection.
     if embeddings is None:
-        from distillctl.embed import load_embeddings
+        from distillctl.data.embed import load_embeddings
 
         embeddings = load_embeddings(recipe, quiet=quiet)
-    from distillctl.evaluate import check_ipc_fits, split_of
+    from distillctl.evaluation.evaluate import check_ipc_fits, split_of
 
     device = resolve_device(ds.device, field="distill.device")
     train, val = split_of(embeddings, "train"), split_of(embeddings, "val")
@@ -350,7 +350,7 @@ def _method_meta(section) -> dict:
 
 def _method_cache_dir() -> Path:
     """Where methods keep verified derived files (MTT experts), beside the embedding cache."""
-    from distillctl.cache import methods_dir
+    from distillctl.data.cache import methods_dir
 
     return methods_dir()
 

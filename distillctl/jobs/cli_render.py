@@ -1,6 +1,6 @@
 """How ``submit``, ``status`` and ``cancel`` look on a terminal: Rich tables and the live view of ``--wait``.
 
-The library (:mod:`distillctl.submit`) returns :class:`~distillctl.submission.Submission` objects
+The library (:mod:`distillctl.jobs.submit`) returns :class:`~distillctl.jobs.submission.Submission` objects
 and never draws a table; the CLI renders them with the functions here.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from distillctl.scheduling import FINAL, format_seconds
-from distillctl.submission import Submission
+from distillctl.jobs.submission import Submission
 
 _STATE_STYLE = {"pending": "dim", "running": "bold cyan", "done": "green", "failed": "bold red", "cancelled": "yellow"}
 #: ``status`` table colours
@@ -42,7 +42,7 @@ def progress_table(sub: Submission):
 
 
 class LiveView:
-    """A :class:`~distillctl.follow.FollowView` that redraws :func:`progress_table` on stderr."""
+    """A :class:`~distillctl.jobs.follow.FollowView` that redraws :func:`progress_table` on stderr."""
 
     def __init__(self):
         self.live = None

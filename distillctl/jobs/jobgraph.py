@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from distillctl.scheduling import Job, check_graph
-from distillctl.sweeps import Point
+from distillctl.jobs.sweeps import Point
 
 
 def _canonical(obj: Any) -> str:
@@ -38,7 +38,7 @@ def embed_key(recipe) -> str:
 
 def baseline_key(recipe, kind: str) -> str:
     """What a baseline arm's numbers depend on: one job per distinct key (points of a sweep share it)."""
-    from distillctl.baselines import PROTOCOL_SECTIONS, SUBSET_KINDS
+    from distillctl.evaluation.baselines import PROTOCOL_SECTIONS, SUBSET_KINDS
 
     d = recipe.to_dict()
     key = {k: d.get(k) for k in PROTOCOL_SECTIONS}
@@ -133,7 +133,7 @@ def build_graph(points: Sequence[Point], folder: Path, exe: Sequence[str] = ("di
         jobs.append(Job(id=rid, argv=[*exe, "report", str(run)], cwd=str(run), log=str(logs / "report.log"),
                         name=rid, kind="report", group="report", depends_on=eval_ids + base_ids))
         reports[p.name] = run / "report.md"
-    # 6. a sweep: one comparison report of every point, after all of them (distillctl.compare)
+    # 6. a sweep: one comparison report of every point, after all of them (distillctl.reporting.compare)
     if not single:
         point_reports = [j.id for j in jobs if j.kind == "report"]
         jobs.append(Job(id="compare", argv=[*exe, "report", str(folder)], cwd=str(folder),

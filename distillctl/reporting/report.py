@@ -26,7 +26,7 @@ from typing import Any
 from distillctl.errors import UserError
 from distillctl.plugins import with_registry
 from distillctl.runs import existing_run_of, holds_run_lock
-from distillctl.scores import (FULL_ARMS, best_reference, dd_scores, distilled_with, gap_in_std, labels_of, mean,
+from distillctl.reporting.scores import (FULL_ARMS, best_reference, dd_scores, distilled_with, gap_in_std, labels_of, mean,
                                newest, reference_label)
 
 #: per-ipc arms, in table order: (key in a row, header). `distilled-hard` is a soft-label set scored with
@@ -49,7 +49,7 @@ NOISE_STD = 2.0
 
 def collect_results(run_path: Path) -> list[dict]:
     """Every result record of a run: distilled sets, then each baseline file."""
-    from distillctl.protocol import read_results
+    from distillctl.evaluation.protocol import read_results
 
     records = list(read_results(run_path / "eval" / "results.json"))
     for f in sorted((run_path / "eval").glob("baseline-*.json")):
@@ -96,7 +96,7 @@ def primary_student(records: list[dict], default: str | None = None) -> str | No
 def build_tables(records: list[dict], student: str | None = None, run_path: Path | None = None) -> dict:
     """Rows by ipc for each metric (the run's student), its full-data references, the common protocol and any
     deviation from it. Arms that were not run get no column."""
-    from distillctl.training import TrainBudget
+    from distillctl.evaluation.training import TrainBudget
 
     records = newest(records)
     student = primary_student(records, student)
@@ -270,10 +270,10 @@ def transfer_matrix(records: list[dict], order: str | None = None) -> list[dict]
 def distillation(run: Any) -> list[dict]:
     """Per distilled set: which set was kept (best-on-val or final, from its sidecar), its validation curve
     from metrics.jsonl (outer step, val accuracy) and where and why its stage stopped, when recorded."""
-    from distillctl.compare import set_selection
-    from distillctl.protocol import set_files
+    from distillctl.reporting.compare import set_selection
+    from distillctl.evaluation.protocol import set_files
     from distillctl.runs import read_jsonl
-    from distillctl.synthetic import sidecar_path
+    from distillctl.distillation.synthetic import sidecar_path
 
     metrics = read_jsonl(run.metrics) if run.metrics.exists() else []
     out = []
@@ -303,8 +303,8 @@ def nearest_texts(run_path: Path, embeddings: Any, k: int = NEIGHBOURS, files: A
     cosine-similar real training texts."""
     import torch
 
-    from distillctl.protocol import set_files, split_of
-    from distillctl.synthetic import SyntheticSet
+    from distillctl.evaluation.protocol import set_files, split_of
+    from distillctl.distillation.synthetic import SyntheticSet
 
     train = split_of(embeddings, "train")
     if not callable(getattr(embeddings, "texts", None)):  # embeddings built in Python may carry no texts
@@ -336,9 +336,9 @@ def nearest_texts(run_path: Path, embeddings: Any, k: int = NEIGHBOURS, files: A
 
 def pca_picture(run: Any, embeddings: Any, title: str) -> tuple[Path | None, dict | None]:
     """plots/pca.png: every distilled set in the PCA plane of the real training vectors."""
-    from distillctl.protocol import set_files, split_of
-    from distillctl.report_plots import plot_pca
-    from distillctl.synthetic import SyntheticSet
+    from distillctl.evaluation.protocol import set_files, split_of
+    from distillctl.reporting.report_plots import plot_pca
+    from distillctl.distillation.synthetic import SyntheticSet
 
     train = split_of(embeddings, "train")
     sets = []
@@ -502,18 +502,18 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
     """Write report.md, report.json and plots/*.png for a run; returns report.md's path.
 
     On a submission folder with several sweep points, write its comparison report instead
-    (:mod:`distillctl.compare`: comparison.md / .json, plots/time_to_quality.png) and return that path.
+    (:mod:`distillctl.reporting.compare`: comparison.md / .json, plots/time_to_quality.png) and return that path.
     """
-    from distillctl.compare import submission_points, write_comparison
+    from distillctl.reporting.compare import submission_points, write_comparison
 
     points = submission_points(Path(run_dir))
     if points:
         return write_comparison(run_dir, points)
-    from distillctl.embed import load_embeddings
-    from distillctl.protocol import collapse_notes, set_files
-    from distillctl.report_plots import plot_accuracy, plot_transfer, plot_val_curve
+    from distillctl.data.embed import load_embeddings
+    from distillctl.evaluation.protocol import collapse_notes, set_files
+    from distillctl.reporting.report_plots import plot_accuracy, plot_transfer, plot_val_curve
     from distillctl.runs import atomic_write_json, atomic_write_text, open_run_dir
-    from distillctl.training import TrainBudget
+    from distillctl.evaluation.training import TrainBudget
 
     # 1. The results of the run.
     run = open_run_dir(run_dir)

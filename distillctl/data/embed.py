@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from distillctl import __version__
-from distillctl.cache import CACHE_ENV, cache_root, embeddings_dir  # noqa: F401  (cache_root: re-exported)
+from distillctl.data.cache import CACHE_ENV, cache_root, embeddings_dir  # noqa: F401  (cache_root: re-exported)
 from distillctl.errors import RunError, UserError
 from distillctl.plugins import with_registry
 from distillctl.seeds import carve_seed

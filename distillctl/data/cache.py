@@ -2,7 +2,7 @@
 
 Layout (every stage finds its folder here, so no stage imports another for a path)::
 
-    <root>/embeddings/<key[:24]>/   one embedding cache entry (distillctl.embed)
+    <root>/embeddings/<key[:24]>/   one embedding cache entry (distillctl.data.embed)
     <root>/file-hashes.json         sha256 of model files by (path, size, mtime) (distillctl.encoding)
     <root>/methods/                 what distillation methods cache (e.g. MTT expert trajectories)
 """

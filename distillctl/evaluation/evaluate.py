@@ -1,6 +1,6 @@
 """eval: score distilled sets on the test split with the recipe's eval protocol.
 
-One protocol for every arm (see :mod:`distillctl.baselines` for the others): K fresh students per
+One protocol for every arm (see :mod:`distillctl.evaluation.baselines` for the others): K fresh students per
 set, the same budget and seeds; the test split is scored once, at the end, and nothing is selected on
 it. Transfer: every student of ``--students`` / ``eval.students`` (default: the recipe's ``student``) is
 trained on every set. Each (set, student) gives one result record (:func:`result_record`), and a set
@@ -21,8 +21,8 @@ from typing import Any, Sequence
 from distillctl.errors import UserError
 from distillctl.plugins import with_registry
 from distillctl.runs import existing_run_of, holds_run_lock
-# the protocol every arm shares lives in distillctl.protocol; these names stay importable from here
-from distillctl.protocol import (SEED_STRIDE, TEST_SPLIT, check_ipc_fits, collapse_notes,  # noqa: F401
+# the protocol every arm shares lives in distillctl.evaluation.protocol; these names stay importable from here
+from distillctl.evaluation.protocol import (SEED_STRIDE, TEST_SPLIT, check_ipc_fits, collapse_notes,  # noqa: F401
                                  distilled_with, eval_seeds, majority_line, read_results, result_record,
                                  set_files, split_of, store_results, student_sections)
 
@@ -77,9 +77,9 @@ def evaluate(target: str | Path, recipe: Any = None, *, seeds: int | None = None
     ``eval/results.json`` and appends ``eval/history.jsonl``.
     """
     from distillctl.console import info, is_quiet
-    from distillctl.embed import load_embeddings
-    from distillctl.synthetic import SyntheticSet
-    from distillctl.training import TrainBudget, student_builder, train_and_score
+    from distillctl.data.embed import load_embeddings
+    from distillctl.distillation.synthetic import SyntheticSet
+    from distillctl.evaluation.training import TrainBudget, student_builder, train_and_score
 
     quiet = is_quiet() if quiet is None else quiet
     # 1. What to score, with which recipe; the sets must fit the embeddings they will be scored on.
@@ -148,7 +148,7 @@ def results_table(records: list[dict], title: str):
     """A rich table of result records plus the budget line(s) under it."""
     from rich.table import Table
 
-    from distillctl.protocol import record_labels
+    from distillctl.evaluation.protocol import record_labels
 
     two = any("positive_f1" in r for r in records)
     table = Table(title=title, title_justify="left")
@@ -186,7 +186,7 @@ def results_table(records: list[dict], title: str):
 
 def budget_line(rec: dict) -> str:
     """``student mlp, adam lr=0.001, 1000 steps, batch 256, K = 10 seeds``."""
-    from distillctl.training import TrainBudget
+    from distillctl.evaluation.training import TrainBudget
 
     b = TrainBudget(**rec["budget"])
     return f"student {rec['student']}, {b.describe()}, K = {len(rec['seeds'])} seeds"

@@ -26,7 +26,7 @@ from distillctl.errors import UserError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-FORMAT = "distillctl.synthetic-set/1"
+FORMAT = "distillctl.distillation.synthetic-set/1"
 #: sidecar keys written from the set's own fields, never from ``meta``
 _SIDECAR_OWN = ("format", "ipc", "num_classes", "dim", "soft_labels", "inner_lr", "sha256")
 

@@ -35,7 +35,7 @@ from distillctl.errors import UserError
 from distillctl.plugins import with_registry
 
 FORMATS = ("csv", "jsonl", "parquet", "hf")
-EXPORT_FORMAT = "distillctl.export/1"
+EXPORT_FORMAT = "distillctl.reporting.export/1"
 #: what each row's columns mean (also stored in the metadata)
 COLUMNS = {
     "row": "row of the set (class-major: rows c*ipc .. c*ipc+ipc-1 were initialised as class c)",
@@ -86,7 +86,7 @@ def export(target: str | Path, fmt: str, *, out: str | Path | None = None, ipc: 
     :func:`default_out`). ``target``: the run directory or one of its ``distilled/ipcN.safetensors``.
     ``embeddings`` skips loading the cache (library callers, tests)."""
     from distillctl.console import is_quiet
-    from distillctl.protocol import set_files
+    from distillctl.evaluation.protocol import set_files
     from distillctl.runs import existing_run_of, open_run_dir, run_lock
 
     quiet = is_quiet() if quiet is None else quiet
@@ -141,13 +141,13 @@ def export(target: str | Path, fmt: str, *, out: str | Path | None = None, ipc: 
 def export_table(run, set_file: Path, *, embeddings: Any = None, quiet: bool | None = None) -> tuple[list[dict], dict]:
     """(rows, metadata) of one set of a run: see the module docstring for the columns."""
     from distillctl import __version__
-    from distillctl.report import NEIGHBOURS, nearest_texts
-    from distillctl.synthetic import SyntheticSet
+    from distillctl.reporting.report import NEIGHBOURS, nearest_texts
+    from distillctl.distillation.synthetic import SyntheticSet
 
     s = SyntheticSet.load(set_file)  # verified: sha256 (sidecar and manifest), finite values
     recipe = run.load_recipe()
     if embeddings is None:
-        from distillctl.embed import load_embeddings
+        from distillctl.data.embed import load_embeddings
 
         embeddings = load_embeddings(recipe, quiet=quiet)
     fp, set_fp = getattr(embeddings, "fingerprint", None), s.meta.get("embedding_fingerprint")

@@ -71,7 +71,7 @@ def check_ipc_fits(embeddings: Any, ipc: int, field: str) -> None:
 
 def majority_line(embeddings: Any) -> dict:
     """Majority class of train (by counts) scored on test, and the chance level 1/C."""
-    from distillctl.training import majority_scores
+    from distillctl.evaluation.training import majority_scores
 
     train, test = split_of(embeddings, "train"), split_of(embeddings, TEST_SPLIT)
     C = int(embeddings.num_classes)

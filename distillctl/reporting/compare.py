@@ -24,9 +24,9 @@ from distillctl.errors import UserError
 def point_rows(run_dir: Path, name: str, values: dict) -> tuple[list[dict], dict[int, list[tuple[float, float, float]]]]:
     """The rows of one sweep point (one per distilled set) and its validation curves per ipc:
     (elapsed s, val accuracy, of which s validating) at each validation."""
-    from distillctl.protocol import read_results
+    from distillctl.evaluation.protocol import read_results
     from distillctl.runs import open_run_dir, read_jsonl
-    from distillctl.scores import labels_of
+    from distillctl.reporting.scores import labels_of
 
     run = open_run_dir(run_dir)
     recipe = run.load_recipe()
@@ -176,7 +176,7 @@ def pool_records(per_point: list[list[dict]]) -> list[dict]:
     come from the first point; chosen values that differ between points are listed (``250/1000/250``).
     The report's functions (strongest reference, transfer matrix, scores) then work on these as on one run's.
     """
-    from distillctl.scores import newest, record_key
+    from distillctl.reporting.scores import newest, record_key
 
     groups: dict[tuple, list[dict]] = {}
     for records in per_point:
@@ -206,10 +206,10 @@ def seed_sweep_report(folder: Path, config: str, points: list[dict], index: int)
     """comparison.md's part for one seed-swept configuration: the full-data references, the claims against
     the strongest, the transfer matrix (+ heatmap) and the standard scores, each over the distillation
     seeds (mean ± std over the points). Returns (markdown lines, its JSON)."""
-    from distillctl.report import _claims_md, _scores_md, _transfer_md, claims, collect_results, transfer_matrix
-    from distillctl.report_plots import plot_transfer
+    from distillctl.reporting.report import _claims_md, _scores_md, _transfer_md, claims, collect_results, transfer_matrix
+    from distillctl.reporting.report_plots import plot_transfer
     from distillctl.runs import open_run_dir
-    from distillctl.scores import FULL_ARMS, best_reference, dd_scores, labels_of
+    from distillctl.reporting.scores import FULL_ARMS, best_reference, dd_scores, labels_of
 
     per_point = [collect_results(Path(p["run_dir"])) for p in points if (Path(p["run_dir"]) / "eval").is_dir()]
     if len(per_point) < 2:
