@@ -19,7 +19,9 @@ hookimpl = pluggy.HookimplMarker("distillctl")
 
 def load_set(path, ipc=None):
     """A distilled set for your own training code, verified: ``path`` is a set file
-    (``RUN/distilled/ipcN.safetensors``) or a run directory (then ``ipc``, default the largest of the run).
+    (``RUN/distilled/ipcN.safetensors``), a run directory (then ``ipc``, default the largest of the run), or
+    what ``distillctl export`` wrote (``.csv`` / ``.jsonl`` with their ``.meta.json``, ``.parquet``, a Hugging
+    Face dataset folder), checked against the sha256 of the set it was exported from.
 
     Returns a :class:`distillctl.distillation.synthetic.SyntheticSet`: ``x`` (ipc*C, d) float32, ``labels`` (ipc*C,) int64 or
     (ipc*C, C) class probabilities, ``hard_labels()``, ``label_names``, ``inner_lr`` (when learned), ``sha256``
@@ -31,7 +33,13 @@ def load_set(path, ipc=None):
     from distillctl.evaluation.protocol import set_files
     from distillctl.distillation.synthetic import SyntheticSet
 
+    from distillctl.reporting.exported import export_format, load_export
+
     path = Path(path)
+    if export_format(path) is not None:
+        if ipc is not None:
+            raise UserError(f"{path}: ipc= selects a set of a run directory; this is one exported set")
+        return load_export(path)
     if path.is_dir():
         found = {int(f.stem[3:]): f for f in set_files(path)}
         if not found:

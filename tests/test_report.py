@@ -86,7 +86,7 @@ def test_cli_report_and_errors(run, cli, tmp_path):
     assert res.code == 0, res
     data = json.loads(res.out)
     assert {"tables", "full", "majority", "protocol", "nearest", "plot", "report"} <= set(data)
-    res = cli("report", run.path)
+    res = cli("report", run.path, "--full")
     assert res.code == 0 and "| IPC |" in res.out and "wrote" in res.out
     res = cli("report", tmp_path / "nowhere")
     assert res.code == 2 and "not a run directory" in res.err

@@ -75,6 +75,17 @@ class SyntheticSet:
             if bool((self.labels < 0).any()) or float((sums - 1).abs().max()) > 1e-3:
                 raise UserError("synthetic set: soft labels must be probabilities (>= 0, each row summing to 1)")
 
+    def __repr__(self) -> str:
+        """One line (the dataclass default prints every tensor value): shape, labels, classes, digest."""
+        names = self.label_names
+        shown = ", ".join(names[:6]) + (", …" if len(names) > 6 else "")
+        lr = f", inner_lr={self.inner_lr:.4g}" if self.inner_lr is not None else ""
+        digest = f", sha256={self.sha256[:12]}…" if self.sha256 else ""
+        return (f"SyntheticSet(ipc={self.ipc}, classes={self.num_classes} [{shown}], x={tuple(self.x.shape)} "
+                f"{str(self.x.dtype).replace('torch.', '')}, {'soft' if self.soft else 'hard'} labels{lr}{digest})")
+
+    __str__ = __repr__
+
     @property
     def soft(self) -> bool:
         """True when labels are (n, C) probabilities."""

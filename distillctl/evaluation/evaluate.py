@@ -47,7 +47,9 @@ def resolve_target(target: str | Path, recipe: Any = None, overrides: Sequence[s
         run = open_run_dir(target)
         files = set_files(run.path)
         if not files:
-            raise UserError(f"{target}: no distilled sets in {run.distilled} (run `distillctl distill` first)")
+            from distillctl.runs import not_ready
+
+            raise not_ready(target, f"no distilled sets in {run.distilled}", "run `distillctl distill` first")
         run_path = run.path
     else:
         if target.suffix != ".safetensors":

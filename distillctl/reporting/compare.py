@@ -270,8 +270,10 @@ def write_comparison(folder: str | Path, points: list[dict]) -> Path:
         rows += point_table
         for ipc, curve in point_curves.items():
             curves[(p["name"], ipc)] = curve
+    missing = missing_points(folder, points, rows)
     if not rows:
-        raise UserError(f"{folder}: no distilled sets in any sweep point yet (run or wait for the distill jobs)")
+        raise UserError(f"{folder}: no distilled sets in any sweep point yet (run or wait for the distill jobs)"
+                        + (f"; {'; '.join(m['line'] for m in missing)}" if missing else ""))
     rows.sort(key=lambda r: (r["ipc"], r["student"], r["point"]))
     plot = plot_time_to_quality(curves, sorted({r["ipc"] for r in rows}), folder / "plots" / "time_to_quality.png")
     md = ["# Sweep comparison", "",
@@ -289,6 +291,8 @@ def write_comparison(folder: str | Path, points: list[dict]) -> Path:
                   f"{_pct(r['val_accuracy'])} | {_secs(r['seconds_to_best'])} | {_secs(r['method_seconds_to_best'])} | "
                   f"{_secs(r['distill_seconds'])} | {r['selection']} |")
     md += ["", f"![validation accuracy against distill seconds]({plot.relative_to(folder)})", ""]
+    if missing:
+        md[2:2] = _missing_md(missing)
     groups = seed_groups(rows)
     md += _seed_groups_md(groups)
     sweeps = []
@@ -299,8 +303,58 @@ def write_comparison(folder: str | Path, points: list[dict]) -> Path:
             sweeps.append(blob)
     path = atomic_write_text(folder / "comparison.md", "\n".join(md))
     atomic_write_json(folder / "comparison.json", {"submission": str(folder), "rows": rows, "plot": str(plot),
-                                                   "seed_groups": groups, "seed_sweeps": sweeps})
+                                                   "seed_groups": groups, "seed_sweeps": sweeps,
+                                                   "complete": not missing, "missing": missing})
     return path
+
+
+#: the job states of a point that explain a missing result, worst first
+_WHY = ("failed", "cancelled", "running", "pending")
+
+
+def missing_points(folder: Path, points: list[dict], rows: list[dict]) -> list[dict]:
+    """Every (point, ipc) the sweep asked for that has no test score, with why: ``failed`` / ``cancelled`` (a job
+    of the point, as ``submission.json`` last recorded it), ``running`` / ``pending``, or ``missing`` (no result
+    and no job that explains it, e.g. a run folder removed). A winner must not be read off a table without them."""
+    from distillctl.runs import open_run_dir
+
+    states = _job_states(folder)
+    scored = {(r["point"], r["ipc"]) for r in rows if r.get("test_accuracy") is not None}
+    out = []
+    for p in points:
+        name, run_dir = p["name"], Path(p["run_dir"])
+        try:
+            recipe = open_run_dir(run_dir).load_recipe()
+            label, ipcs = name or recipe.name, list(recipe.distill.ipc)
+        except UserError:
+            label, ipcs = name, [None]
+        lacking = [i for i in ipcs if (label, i) not in scored]
+        if not lacking:
+            continue
+        jobs = {jid: st for jid, st in states.items() if jid.startswith(name + "/")}
+        state = next((w for w in _WHY if w in jobs.values()), "missing")
+        culprits = sorted(j.split("/", 1)[1] for j, st in jobs.items() if st == state) if state != "missing" else []
+        what = "ipc " + ", ".join(map(str, lacking)) if lacking != [None] else "every ipc"
+        why = f"{state} ({', '.join(culprits[:4])})" if culprits else ("no result" if state == "missing" else state)
+        out.append({"point": label, "ipcs": [i for i in lacking if i is not None], "state": state,
+                    "jobs": culprits, "run_dir": str(run_dir), "line": f"{label}: {what} {why}"})
+    return out
+
+
+def _job_states(folder: Path) -> dict[str, str]:
+    """``{job id: state}`` as ``submission.json`` last recorded it (``status`` / ``--wait`` refresh it)."""
+    try:
+        data = json.loads((Path(folder) / "submission.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {jid: h.get("state", "") for jid, h in (data.get("handles") or {}).items() if isinstance(h, dict)}
+
+
+def _missing_md(missing: list[dict]) -> list[str]:
+    return (["**Incomplete comparison: %d sweep point%s without a result** (compare nothing against them; "
+             "`distillctl status` shows their jobs, `distillctl submit --retry-failed` reruns failed ones):"
+             % (len(missing), "" if len(missing) == 1 else "s"), ""]
+            + [f"- {m['line']}" for m in missing] + [""])
 
 
 def plot_time_to_quality(curves: dict[tuple[str, int], list], ipcs: list[int], path: Path, title: str = "") -> Path:

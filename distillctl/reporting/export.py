@@ -14,12 +14,15 @@ that identify what was exported (embedding cache, recipe, the set file's sha256)
 Parquet: the schema metadata key ``distillctl`` (JSON); hf: ``Dataset.info.description`` (JSON) of a folder
 written by ``datasets.Dataset.save_to_disk``; CSV and JSONL: a sidecar ``<out>.meta.json``.
 
-Every output is written atomically (temp file or folder, then rename) and an existing one is replaced only
-with ``force``.
+Every output is all or nothing: a file or folder is written whole under a temp name, then renamed; a CSV /
+JSONL table appears only once its sidecar is in place (a full disk leaves neither). An existing output is
+replaced only with ``force``. :func:`distillctl.load_set` reads every format back (verified against
+``set_sha256``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -104,7 +107,9 @@ def export(target: str | Path, fmt: str, *, out: str | Path | None = None, ipc: 
             raise UserError(f"--ipc {ipc}: differs from the set file given ({target.name})")
         ipc = int(target.stem[3:]) if target.stem[3:].isdigit() else None
     if not files:
-        raise UserError(f"{target}: no distilled sets in {run.distilled} (run `distillctl distill` first)")
+        from distillctl.runs import not_ready
+
+        raise not_ready(target, f"no distilled sets in {run.distilled}", "run `distillctl distill` first")
     if ipc is None:
         ipc = max(files)
     if ipc not in files:
@@ -112,28 +117,34 @@ def export(target: str | Path, fmt: str, *, out: str | Path | None = None, ipc: 
                         f"{', '.join(f'ipc {k}' for k in sorted(files))})")
     out = Path(out) if out is not None else default_out(run.path, fmt, ipc)
     side = metadata_sidecar(out) if fmt in ("csv", "jsonl") else None
+    if side is not None and _orphan_sidecar(out, side):
+        side.unlink()  # the metadata of an export that never completed (its table is missing): not a result
     existing = [p for p in (out, side) if p is not None and (p.exists() or p.is_symlink())]
     if existing and not force:
-        raise UserError(f"{existing[0]}: already exists; pass --force to overwrite it, or choose another --out")
+        lone = side is not None and out.exists() and not side.exists()
+        raise UserError(f"{existing[0]}: already exists" + (f" without its metadata {side.name} (an incomplete "
+                        "export of an older distillctl)" if lone else "")
+                        + "; pass --force to overwrite it, or choose another --out")
     if out.exists() and (out.is_dir() != (fmt == "hf")):
         kind = "a folder" if out.is_dir() else "a file"
         raise UserError(f"--out {out}: is {kind}; --format {fmt} writes a {'folder' if fmt == 'hf' else 'file'}")
 
     # 2. Under the run's export lock: the verified set, its nearest texts, the table, the files.
     with run_lock(run.path, "export", argv=argv):
+        if fmt == "parquet":
+            _need("pyarrow", fmt)  # before the nearest texts are computed: a missing extra is bad input
+        elif fmt == "hf":
+            _need("datasets", fmt)
         table, meta = export_table(run, files[ipc], embeddings=embeddings, quiet=quiet)
         if fmt == "csv":
-            _write_file(out, _csv_bytes(table, meta))
+            _write_pair(out, _csv_bytes(table, meta), side, meta)
         elif fmt == "jsonl":
-            _write_file(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in table).encode("utf-8"))
+            _write_pair(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in table).encode("utf-8"),
+                        side, meta)
         elif fmt == "parquet":
             _write_file(out, _parquet_bytes(table, meta))
         else:
             _write_hf(out, table, meta)
-        if side is not None:
-            from distillctl.runs import atomic_write_json
-
-            atomic_write_json(side, meta)
     return ExportResult(path=out, format=fmt, ipc=ipc, rows=len(table), set_sha256=meta["set_sha256"],
                         metadata_path=side)
 
@@ -191,10 +202,56 @@ def export_table(run, set_file: Path, *, embeddings: Any = None, quiet: bool | N
 
 # -- writers ---------------------------------------------------------------------------------------
 
+#: the pip install that adds what a format needs
+EXTRAS = {"pyarrow": "pip install 'distillctl[parquet]'", "datasets": "pip install 'distillctl[hf]'"}
+
+
+def _need(module: str, fmt: str) -> None:
+    """A :class:`UserError` naming the ``pip install`` when ``module`` (an optional extra) is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UserError(f"--format {fmt} needs {module}, which is not installed: {EXTRAS[module]} "
+                        f"(or pip install {module})")
+
+
 def _write_file(out: Path, data: bytes) -> None:
     from distillctl.runs import atomic_write_bytes
 
     atomic_write_bytes(out, data)
+
+
+def _orphan_sidecar(out: Path, side: Path) -> bool:
+    """A ``.meta.json`` of ours whose table is missing: what an export interrupted between its two renames
+    leaves (see :func:`_write_pair`); it holds no result, so a new export may replace it."""
+    if out.exists() or out.is_symlink() or not side.is_file():
+        return False
+    try:
+        return json.loads(side.read_text(encoding="utf-8")).get("format") == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _write_pair(out: Path, data: bytes, side: Path, meta: dict) -> None:
+    """A table and its metadata sidecar, all or nothing: both are written in full to temp files (a full
+    disk fails here, before either name exists), then the sidecar is renamed into place and the table last.
+    The table's name appears only when its metadata is there; if the last rename fails, the sidecar is
+    removed again (and a sidecar alone is never taken for an export, see :func:`_orphan_sidecar`)."""
+    from distillctl.runs import atomic_write_bytes
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        atomic_write_bytes(tmp / side.name, (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
+        atomic_write_bytes(tmp / out.name, data)
+        os.replace(tmp / side.name, side)
+        try:
+            os.replace(tmp / out.name, out)
+        except BaseException:
+            side.unlink(missing_ok=True)
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _csv_bytes(table: list[dict], meta: dict) -> bytes:
@@ -222,10 +279,8 @@ def _csv_bytes(table: list[dict], meta: dict) -> bytes:
 
 def _arrow_table(table: list[dict], meta: dict):
     """A pyarrow Table: x and soft_labels as fixed-size float32 lists, the rest as plain columns."""
-    try:
-        import pyarrow as pa
-    except ImportError:
-        raise UserError("--format parquet needs pyarrow: pip install 'distillctl[parquet]'") from None
+    _need("pyarrow", "parquet")
+    import pyarrow as pa
     d, C = meta["dim"], meta["num_classes"]
     cols = {
         "row": pa.array([r["row"] for r in table], pa.int64()),
@@ -255,13 +310,25 @@ def _parquet_bytes(table: list[dict], meta: dict) -> bytes:
     return buf.getvalue()
 
 
+@contextlib.contextmanager
+def _no_datasets_progress(datasets):
+    """Turn off the progress bars of Hugging Face ``datasets`` for a block, then restore them."""
+    from datasets.utils import logging as ds_logging
+
+    was = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            ds_logging.enable_progress_bar()
+
+
 def _write_hf(out: Path, table: list[dict], meta: dict) -> None:
     """``datasets.Dataset.save_to_disk`` into a temp folder beside ``out``, then renamed into place (the old
     folder, with --force, is moved aside first and removed once the new one is there)."""
-    try:
-        import datasets
-    except ImportError:
-        raise UserError("--format hf needs Hugging Face datasets: pip install 'distillctl[hf]'") from None
+    _need("datasets", "hf")
+    import datasets
     d, C, names = meta["dim"], meta["num_classes"], meta["label_names"]
     features = {
         "row": datasets.Value("int64"),
@@ -283,7 +350,8 @@ def _write_hf(out: Path, table: list[dict], meta: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        ds.save_to_disk(str(tmp))
+        with _no_datasets_progress(datasets):  # our output is one line; theirs is a progress bar on stderr
+            ds.save_to_disk(str(tmp))
         old = None
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))

@@ -195,7 +195,9 @@ def claims(records: list[dict], summary: dict) -> dict:
         if best is not None:
             out["claims"].append({"ipc": ipc, "student": d.get("student"), "labels": labels_of(d),
                                   "accuracy": mean(d), "reference": reference_label(best),
-                                  "reference_accuracy": mean(best), "fraction": mean(d) / mean(best)})
+                                  "reference_accuracy": mean(best),
+                                  # a reference at 0 % (a test split of one row) has no share to state
+                                  "fraction": mean(d) / mean(best) if mean(best) else None})
         exceeded = [r for r in list(summary["reference_records"].values()) + ([best] if best else [])
                     if r is not None and mean(r) is not None and mean(d) > mean(r)]
         seen = set()
@@ -396,6 +398,10 @@ def _claims_md(c: dict) -> list[str]:
            f"{_pct(best['accuracy'])} %. All references (best first):", ""]
     md += [f"- {r['label']}: {_pct(r['accuracy'])} %" for r in c["references"]] + [""]
     for cl in c["claims"]:
+        if cl["fraction"] is None:
+            md.append(f"- ipc {cl['ipc']}: distilled ({cl['labels']} labels, evaluated on {cl['student']}) scores "
+                      f"{cl['accuracy'] * 100:.2f} %; the reference scores 0 %, so no share of it can be stated")
+            continue
         md.append(f"- ipc {cl['ipc']}: distilled ({cl['labels']} labels, evaluated on {cl['student']}) reaches "
                   f"**{cl['fraction'] * 100:.1f} %** of full data ({cl['accuracy'] * 100:.2f} % vs "
                   f"{cl['reference_accuracy'] * 100:.2f} %, {cl['reference']})")
@@ -514,14 +520,17 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
     from distillctl.reporting.report_plots import plot_accuracy, plot_transfer, plot_val_curve
     from distillctl.runs import atomic_write_json, atomic_write_text, open_run_dir
     from distillctl.evaluation.training import TrainBudget
+    from distillctl.reporting.summary import headline, headline_md
 
     # 1. The results of the run.
     run = open_run_dir(run_dir)
     recipe = run.load_recipe()
     records = newest(collect_results(run.path))
     if not records:
-        raise UserError(f"{run_dir}: no results in {run.eval} (run `distillctl eval {run_dir}` and "
-                        f"`distillctl baseline RECIPE --kind random --run-dir {run_dir}` first)")
+        from distillctl.runs import not_ready
+
+        raise not_ready(run_dir, f"no results in {run.eval}", f"run `distillctl eval {run_dir}` and "
+                        f"`distillctl baseline RECIPE --kind random --run-dir {run_dir}` first")
     summary = build_tables(records, recipe.student.name, run.path)
     stated = claims(records, summary)
     scores = dd_scores(records)
@@ -591,6 +600,11 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
     if collapsed:
         md += ["**Single-class students** (such a student scores the share of its one class in test):", ""]
         md += [f"- {n}" for n in collapsed] + [""]
+    heads = headline(records)
+    if heads["rows"]:
+        md += ["## Headline: distilled sets on every evaluating student", "",
+               "Test accuracy (%), mean ± std over the eval seeds, and the share of the strongest full-data "
+               "reference.", ""] + headline_md(heads) + [""]
     md += _claims_md(stated)
     for metric, title in METRICS:
         if metric not in summary["tables"]:

@@ -55,7 +55,8 @@ class HFSource(DatasetSource):
         try:
             import datasets
         except ImportError as exc:
-            raise UserError("dataset 'hf' needs the datasets package: pip install datasets") from exc
+            raise UserError("dataset 'hf' needs the datasets package: pip install 'distillctl[hf]' (or pip install "
+                            "datasets)") from exc
         local = Path(o.path).expanduser()
         if local.is_dir() and ((local / "dataset_dict.json").exists() or (local / "dataset_info.json").exists()):
             try:

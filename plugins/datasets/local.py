@@ -7,6 +7,7 @@ training files form the label set. A label outside the set is an error naming th
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -15,7 +16,7 @@ from pydantic import Field
 from distillctl.errors import UserError
 from distillctl.options import PluginOptions, RecipePath
 from distillctl.textdata import (PARSER_VERSION, DatasetSource, TextDataset, TextSplit, as_path_list, assemble,
-                                 check_file, files_identity, finish_rows, map_labels)
+                                 check_file, excerpt, files_identity, finish_rows, map_labels)
 from distillctl_plugins.datasets.readers import check_encoding, column, detect_format, read_table
 
 
@@ -29,13 +30,15 @@ class LocalOptions(PluginOptions):
         None, description="Test file(s), used only for final scores; none: `embed.test_size` of train is held out.")
     format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = Field(
         "auto", description="File format; `auto` = from the extension (.csv, .tsv/.txt, .jsonl/.ndjson, .json, "
-        ".parquet).")
+        ".parquet). Files compressed with gzip, bzip2, xz or zip (one file per archive) are read as their contents "
+        "(`train.csv.gz`, `train.zip` holding `train.csv`).")
     text: str = Field("text", description="Column with the text (the first sentence for pair data).")
     text_pair: Optional[str] = Field(None, description="Column with the second sentence of a pair, if any.")
     label: str = Field("label", description="Column with the label (integer index or class name).")
     label_names: Optional[list[str]] = Field(
         None, description="Class names in index order; absent: from the data (sorted names, or `0`..`C-1` "
-        "for integer labels).")
+        "for integer labels). Numeric labels that are not integers (`0.5`, `3.5`: a regression target?) are "
+        "refused unless listed here as text classes.")
     label_offset: int = Field(0, description="Subtracted from integer labels (1 for labels numbered 1..C).")
     header: bool = Field(
         True, description="CSV/TSV: the first row names the columns; false: columns are named 0, 1, 2, ...")
@@ -101,8 +104,38 @@ class LocalSource(DatasetSource):
         return assemble(parts, label_names, notes=notes, dedupe=o.dedupe)
 
 
+_NUMBER = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
+
+
+def _non_integer_number(v) -> bool:
+    """A label that is a number but no integer: ``0.5``, ``"3.5"``, ``"1e-3"`` (``2.0`` / ``"2"`` are integers)."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float)):
+        return not float(v).is_integer()
+    s = str(v).strip()
+    return bool(_NUMBER.fullmatch(s)) and not float(s).is_integer()
+
+
+def _refuse_non_integer_numbers(raw: dict[str, list]) -> None:
+    """Non-integer numeric labels are no classes (a score or a regression target): refused, naming the first,
+    unless ``label_names`` declares them as text classes (the caller checks that)."""
+    for split, files in raw.items():
+        for path, _, _, labels in files:
+            bad = [i for i, v in enumerate(labels) if v is not None and _non_integer_number(v)
+                   and not (isinstance(v, float) and v != v)]
+            if bad:
+                distinct = sorted({float(str(labels[i]).strip()) for i in bad})
+                shown = ", ".join(f"{x:g}" for x in distinct[:6]) + (", …" if len(distinct) > 6 else "")
+                raise UserError(f"dataset.label: {path}: row {bad[0] + 1} has the label {excerpt(str(labels[bad[0]]))}, "
+                                f"a number that is not an integer ({len(bad)} such rows; values {shown}); "
+                                "classification needs integer class indices or class names: round or bin the "
+                                "values, or list them in dataset.label_names to use them as text classes")
+
+
 def _label_set(raw: dict[str, list], offset: int) -> tuple[list[str], dict[str, int]]:
     """Label names from the data: integer labels -> ``0``..``max``; names -> sorted names of train."""
+    _refuse_non_integer_numbers(raw)
     ints: list[int] = []
     names: set[str] = set()
     for split, files in raw.items():

@@ -32,6 +32,9 @@ from distillctl.errors import UserError
 from distillctl.textdata import EXCERPT, check_file, excerpt  # noqa: F401  (excerpt: re-exported)
 
 FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
+#: compressions read transparently, by their magic bytes (the extension is only used to name the format inside)
+COMPRESSIONS = {"gzip": b"\x1f\x8b", "bzip2": b"BZh", "xz": b"\xfd7zXZ\x00", "zip": b"PK\x03\x04"}
+_COMPRESSED_EXT = (".gz", ".gzip", ".bz2", ".xz", ".zip")
 _EXT = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
         ".parquet": "parquet", ".pq": "parquet"}
 
@@ -42,12 +45,72 @@ LISTED_LINES = 10
 def detect_format(path: Path, fmt: str | None, where: str) -> str:
     if fmt and fmt != "auto":
         return fmt
-    suffixes = [s.lower() for s in path.suffixes if s.lower() not in (".gz", ".bz2", ".xz")]
+    suffixes = [s.lower() for s in path.suffixes if s.lower() not in _COMPRESSED_EXT]
+    if path.suffix.lower() == ".zip" and not suffixes and path.is_file():  # data.zip: the member's extension
+        suffixes = [s.lower() for s in Path(_zip_member(path, where)).suffixes]
     for s in reversed(suffixes):
         if s in _EXT:
             return _EXT[s]
     raise UserError(f"{where}: cannot tell the format of {path} from its extension; set format: "
                     f"{' | '.join(FORMATS)}")
+
+
+def compression_of(data: bytes) -> Optional[str]:
+    """``"gzip"``, ``"bzip2"``, ``"xz"``, ``"zip"`` from a file's first bytes; None for an uncompressed file."""
+    for name, magic in COMPRESSIONS.items():
+        if data.startswith(magic):
+            return name
+    return None
+
+
+def _zip_member(path: Path, where: str) -> str:
+    """The one data file of a zip archive (folders and macOS ``__MACOSX/`` entries ignored)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = [m.filename for m in zf.infolist()
+                       if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
+    except zipfile.BadZipFile as exc:
+        raise UserError(f"{where}: {path}: a damaged zip archive ({exc}); unpack it or compress it again") from None
+    if len(members) != 1:
+        shown = ", ".join(members[:5]) + (", …" if len(members) > 5 else "")
+        raise UserError(f"{where}: {path}: a zip archive holding {len(members)} files ({shown or 'none'}); "
+                        "give one file per split: unpack it, or zip each file on its own")
+    return members[0]
+
+
+def read_bytes(path: Path, where: str) -> bytes:
+    """The file's bytes, decompressed when it is gzip, bzip2, xz or a zip archive of one file (recognised
+    by their first bytes whatever the extension), so every format reads a compressed file as its contents."""
+    data = Path(path).read_bytes()
+    kind = compression_of(data)
+    if kind is None:
+        return data
+    try:
+        if kind == "gzip":
+            import gzip
+
+            return gzip.decompress(data)
+        if kind == "bzip2":
+            import bz2
+
+            return bz2.decompress(data)
+        if kind == "xz":
+            import lzma
+
+            return lzma.decompress(data)
+        import zipfile
+
+        member = _zip_member(path, where)
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            return zf.read(member)
+    except UserError:
+        raise
+    except Exception as exc:  # gzip.BadGzipFile, OSError, EOFError, lzma.LZMAError, zlib.error, ...
+        raise UserError(f"{where}: {path}: {kind} data that cannot be decompressed ({type(exc).__name__}: "
+                        f"{excerpt(str(exc))}); the file is damaged or truncated: decompress it yourself to "
+                        "check it, or copy it again") from None
 
 
 def raise_field_limit() -> None:
@@ -132,7 +195,7 @@ def decode_lines(path: Path, *, encoding: str = "utf-8", where: str, bad_rows: s
     :func:`undecodable`), not a physical line that may be half of a quoted field.
     """
     codec = check_encoding(encoding)
-    data = path.read_bytes()
+    data = read_bytes(path, where)  # gzip / bzip2 / xz / zip: their contents
     if codec in ("utf-8", "utf-8-sig") and data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
         codec = "utf-8"
@@ -310,9 +373,10 @@ def read_table(path: str | Path, *, fmt: str | None = None, header: bool = True,
             try:
                 import pyarrow.parquet as pq
             except ImportError as exc:
-                raise UserError(f"{where}: reading {path} needs pyarrow: pip install pyarrow") from exc
+                raise UserError(f"{where}: reading {path} needs pyarrow: pip install 'distillctl[parquet]' "
+                                "(or pip install pyarrow)") from exc
             try:
-                table = pq.read_table(path)
+                table = pq.read_table(io.BytesIO(read_bytes(path, where)))
             except Exception as exc:  # pyarrow raises ArrowInvalid etc.
                 raise UserError(f"{where}: {path}: not a readable Parquet file "
                                 f"({excerpt(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)})") from exc
