@@ -1,8 +1,10 @@
-"""Torch threads per job on a quiet and on a busy machine: what `distillctl.threads.DEFAULT_THREADS` rests on.
+"""Torch threads per job on a quiet and on a busy machine: what `distillctl.threads.machine_threads` rests on.
 
 Two fixed workloads, each in a FRESH subprocess (torch starts its OpenMP pool at import, so the thread
-count must be set before it), with ``OMP_NUM_THREADS`` = 1, 2, ... or unset ("default": torch's own
-choice, one thread per core):
+count must be set before it), with ``OMP_NUM_THREADS`` = 1, 2, ..., unset ("default": torch's own
+choice, one thread per core) or ``machine`` (distillctl's default: the worker calls
+``distillctl.threads.configure_threads`` before importing torch, so it measures the machine, burners
+included, as a distillctl command does):
 
 * ``distill``: ``distillctl.distillation.distill.distill`` of the recipe defaults (MLP 384 -> 256 -> 4, full BPTT through
   100 inner steps, real batch 2,048, ipc 10) for 20 outer steps, with its validations at step 0 and at
@@ -139,6 +141,10 @@ def _warm_imports() -> None:
 
 
 def worker(spec: dict) -> None:
+    if spec.get("threads") == "machine":  # what a distillctl command does at start-up, before torch is imported
+        from distillctl.threads import configure_threads
+
+        configure_threads(None)
     import torch
 
     _warm_imports()
@@ -154,15 +160,16 @@ def thread_env(threads: str) -> dict:
     env = dict(os.environ)
     for name in THREAD_VARS:
         env.pop(name, None)
-        if threads != "default":
+        if threads not in ("default", "machine"):
             env[name] = threads
+    env.pop("DISTILLCTL_MACHINE_THREADS", None)
     env.pop("OMP_WAIT_POLICY", None)  # the OpenMP default (spinning), as users get it
     return env
 
 
 def run_one(workload: str, threads: str, size: str, timeout: float) -> dict:
     """One workload in a fresh process; ``timeout`` caps the workload, counted from the worker's READY line."""
-    spec = json.dumps({"workload": workload, "size": size})
+    spec = json.dumps({"workload": workload, "size": size, "threads": threads})
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: a chatty stderr cannot block the worker
         proc = subprocess.Popen([sys.executable, __file__, "--worker", spec], env=thread_env(threads),
@@ -242,7 +249,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="tiny sizes, to check that the script works")
-    ap.add_argument("--threads", default="1,2,default", help="comma-separated thread counts; `default` = unset")
+    ap.add_argument("--threads", default="1,2,machine", help="comma-separated thread counts; `default` = unset "
+                    "(torch's own choice), `machine` = distillctl's default (distillctl.threads.machine_threads, "
+                    "measured in the worker when it starts: the busy cores of the loaded machine included)")
     ap.add_argument("--loads", default="quiet,python,torch", help="comma-separated: quiet, python, torch")
     ap.add_argument("--workloads", default="distill,eval", help="comma-separated: distill, eval")
     ap.add_argument("--burners", type=int, default=max(1, (os.cpu_count() or 2) - 1),
@@ -260,8 +269,8 @@ def main() -> None:
     loads, workloads = args.loads.split(","), args.workloads.split(",")
     settings = args.threads.split(",")
     for t in settings:
-        if t != "default" and not (t.isdigit() and int(t) >= 1):
-            raise SystemExit(f"--threads: {t!r} is not a positive integer or `default`")
+        if t not in ("default", "machine") and not (t.isdigit() and int(t) >= 1):
+            raise SystemExit(f"--threads: {t!r} is not a positive integer, `default` or `machine`")
     probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
                            env=thread_env("default"), capture_output=True, text=True, check=True)
     default_threads = int(probe.stdout.strip())

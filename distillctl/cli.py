@@ -57,16 +57,17 @@ def _main(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines."),
     threads: Optional[int] = typer.Option(
         None, "--threads", min=1, metavar="N",
-        help="Torch CPU threads of this command (default: OMP_NUM_THREADS when set, else 1: extra threads "
-        "spin and slow every job on a shared machine by up to 40x; see BENCHMARKS.md). Jobs of `submit` get "
-        "scheduler.threads (local) or scheduler.cpus (slurm) instead."),
+        help="Torch CPU threads of this command (default: OMP_NUM_THREADS when set, else from the machine: the "
+        "cores this process may use (affinity, cgroup quota, SLURM_CPUS_PER_TASK) less those other processes keep "
+        "busy; see distillctl/threads.py and BENCHMARKS.md). Jobs of `submit` get scheduler.threads (local; "
+        "default their share of the machine) or scheduler.cpus (slurm) instead."),
 ) -> None:
     from distillctl.console import set_quiet
     from distillctl.threads import configure_threads
 
     _STATE["debug"] = debug
     set_quiet(quiet)
-    # Before any command imports torch, so its OpenMP pool starts at this size (distillctl.threads says why 1).
+    # Before any command imports torch, so its OpenMP pool starts at this size (distillctl.threads says how).
     configure_threads(threads)
 
 

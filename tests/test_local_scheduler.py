@@ -63,19 +63,16 @@ def test_dependencies_run_in_order_and_workers_run_in_parallel(tmp_path):
     assert "1 env" in log and "# command:" in log and "# exit code 0" in log
 
 
-def test_jobs_get_one_thread_by_default_and_null_gives_them_the_cores(monkeypatch, tmp_path):
-    """threads defaults to 1 (distillctl.threads says why); null keeps the old cores // workers."""
+def test_jobs_take_their_share_of_the_machine_by_default(monkeypatch, tmp_path):
+    """threads defaults to null: each job measures its share (distillctl.threads); a number is exported as is."""
     from distillctl.recipe import validate_recipe
 
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    assert LocalScheduler().threads == 1
-    assert LocalScheduler(LocalOptions(workers=1)).threads == 1
-    assert LocalScheduler(LocalOptions(workers=2, threads=None)).threads == 4
+    assert LocalScheduler().threads is None
     assert LocalScheduler(LocalOptions(workers=2, threads=3)).threads == 3
     recipe = validate_recipe({"name": "r", "dataset": {"name": "agnews", "source": "sample"},
                               "scheduler": {"name": "local", "workers": 2}})
-    assert recipe.scheduler.options.threads == 1
-    assert "1 thread(s) each" in LocalScheduler(recipe.scheduler.options).describe([], tmp_path)
+    assert recipe.scheduler.options.threads is None
+    assert "threads from the machine (its cores / 2" in LocalScheduler(recipe.scheduler.options).describe([], tmp_path)
 
 
 def test_one_worker_runs_one_job_at_a_time(tmp_path):

@@ -1,4 +1,5 @@
-"""Torch threads of distillctl processes: one by default, an explicit OMP_NUM_THREADS or --threads wins."""
+"""Torch threads of distillctl processes: from the machine by default, an explicit OMP_NUM_THREADS or --threads
+wins (the machine-derived default itself: tests/test_hostile_threads.py)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,24 @@ from distillctl.threads import DEFAULT_THREADS, THREAD_VARIABLES, configure_thre
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_default_is_one_thread():
+def test_the_fewest_threads_is_one():
     assert DEFAULT_THREADS == 1
 
 
+@pytest.fixture
+def two_idle_cores(monkeypatch):
+    """A machine of 2 usable cores, no quota, nothing else running."""
+    import distillctl.threads as threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(threads, "cgroup_cpus", lambda root="": None)
+    monkeypatch.setattr(threads, "busy_cores", lambda *a, **k: 0)
+
+
+@pytest.mark.usefixtures("two_idle_cores")
 @pytest.mark.parametrize("explicit, environ, expected", [
-    (None, {}, (1, "default")),
-    (None, {"OMP_NUM_THREADS": ""}, (1, "default")),  # set but empty: as unset
+    (None, {}, (2, "machine")),
+    (None, {"OMP_NUM_THREADS": ""}, (2, "machine")),  # set but empty: as unset
     (None, {"OMP_NUM_THREADS": "3"}, (3, "OMP_NUM_THREADS")),
     (None, {"OMP_NUM_THREADS": "4,2"}, (None, "OMP_NUM_THREADS")),  # an OpenMP list: the user's to keep
     (None, {"OMP_NUM_THREADS": "0"}, (None, "OMP_NUM_THREADS")),
@@ -30,10 +42,10 @@ def test_precedence(explicit, environ, expected):
     assert resolve_threads(explicit, environ) == expected
 
 
-def test_configure_sets_the_variables_torch_reads_without_overwriting_the_users():
+def test_configure_sets_the_variables_torch_reads_without_overwriting_the_users(two_idle_cores):
     env = {}
-    assert configure_threads(None, env) == 1
-    assert env == {name: "1" for name in THREAD_VARIABLES}
+    assert configure_threads(None, env) == 2
+    assert env == {**{name: "2" for name in THREAD_VARIABLES}, "DISTILLCTL_MACHINE_THREADS": "2"}
     env = {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "5"}
     assert configure_threads(None, env) == 3
     assert env == {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "5", "OPENBLAS_NUM_THREADS": "3"}
@@ -72,10 +84,14 @@ def _threads_of_a_command(args: list[str], env_threads: str | None) -> tuple[int
     return int(threads), omp
 
 
-def test_cli_commands_run_with_one_thread_unless_told_otherwise():
+def test_cli_commands_run_with_the_machines_threads_unless_told_otherwise():
+    from distillctl.threads import machine_threads
+
     validate = ["recipe", "validate", "recipes/quickstart.yaml"]
-    # nothing set: one thread (torch alone would take one per core)
-    assert _threads_of_a_command(validate, None) == (1, "1")
+    # nothing set: what the machine gives (the same count the child measures, unless the load changed)
+    threads, omp = _threads_of_a_command(validate, None)
+    assert threads == int(omp) and 1 <= threads <= len(os.sched_getaffinity(0))
+    assert abs(threads - machine_threads()[0]) <= 1
     # an OMP_NUM_THREADS the user exported is honoured
     assert _threads_of_a_command(validate, "2") == (2, "2")
     # --threads wins over it

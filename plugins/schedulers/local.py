@@ -9,8 +9,9 @@ the runner stops everything).
 
 Each job is a subprocess in its own process group (so cancelling kills the whole job), its stdout and
 stderr appended to the job's log with a header (attempt, command line, working directory) and a
-footer (exit code, seconds). Jobs get ``OMP_NUM_THREADS`` = ``threads`` (default 1, see
-:mod:`distillctl.threads`) so ``workers`` jobs share the machine instead of each using every core. A failed job cancels everything downstream of it; the
+footer (exit code, seconds). Jobs get ``OMP_NUM_THREADS`` = ``threads`` when set; by default each job takes
+its share of the machine (cores / ``workers``, less busy ones: :mod:`distillctl.threads`), so ``workers`` jobs
+share the machine instead of each using every core. A failed job cancels everything downstream of it; the
 other branches of the graph keep running to the end.
 """
 
@@ -44,12 +45,12 @@ KILL_GRACE_SECONDS = 10.0
 class LocalOptions(PluginOptions):
     workers: int = Field(1, ge=1, description="Jobs run at the same time on this machine.")
     threads: Optional[int] = Field(
-        1, ge=1,
-        description="CPU threads per job (OMP_NUM_THREADS, MKL_NUM_THREADS); null = CPU cores // workers, at "
-        "least 1, for a machine these jobs have to themselves. 1 by default: torch's waiting threads spin, and "
-        "with 2 threads per job beside another torch job on a 2-core machine a distill ran ~40x slower (157 "
-        "vs 4 s), while on a quiet machine a second thread gained nothing in distill and ~1.7x in eval "
-        "(BENCHMARKS.md, \"Torch threads on a busy machine\"; benchmarks/threads.py).",
+        None, ge=1,
+        description="CPU threads per job (OMP_NUM_THREADS, MKL_NUM_THREADS); null = from the machine when each job "
+        "starts: the cores it may use (affinity, cgroup quota) divided by `workers`, less the cores other "
+        "processes keep busy, at least 1 (distillctl.threads). Set 1 where foreign jobs come and go after a job "
+        "started: torch's waiting threads spin, and with 2 threads per job beside another torch job on a 2-core "
+        "machine a distill ran ~40x slower (157 vs 4 s; BENCHMARKS.md, \"Torch threads on a busy machine\").",
     )
 
 
@@ -81,8 +82,9 @@ class LocalScheduler(Scheduler):
         self.options = options or LocalOptions()
 
     @property
-    def threads(self) -> int:
-        return self.options.threads or max(1, (os.cpu_count() or 1) // self.options.workers)
+    def threads(self) -> Optional[int]:
+        """Threads per job; None: each job takes its share of the machine (:func:`distillctl.threads.machine_threads`)."""
+        return self.options.threads
 
     # -- submit --------------------------------------------------------------------------------
     def submit(self, jobs: Sequence[Job], folder: Path) -> list[JobHandle]:
@@ -121,7 +123,8 @@ class LocalScheduler(Scheduler):
 
     def describe(self, jobs: Sequence[Job], folder: Path) -> str:
         return (f"local scheduler: {len(jobs)} jobs on this machine, {self.options.workers} at a time, "
-                f"{self.threads} thread(s) each; state in {Path(folder) / 'local'}/")
+                + (f"{self.threads} thread(s) each" if self.threads else "threads from the machine (its cores / "
+                   f"{self.options.workers}, less busy ones)") + f"; state in {Path(folder) / 'local'}/")
 
     # -- status / cancel / logs ----------------------------------------------------------------
     def status(self, handles: Sequence[JobHandle]) -> list[JobHandle]:
@@ -270,13 +273,24 @@ class _Runner:
         _write_state(self.path, self.state)
 
     def env(self) -> dict:
-        threads = str(self.state.get("threads") or 1)
+        from distillctl.threads import JOBS_VARIABLE, MACHINE_VARIABLE, THREAD_VARIABLES
+
+        threads = self.state.get("threads")
         env = dict(os.environ)
         env.pop("PYTHONUNBUFFERED", None)
         # `distillctl` resolves to the interpreter environment that submitted the graph.
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
-                   PYTHONUNBUFFERED="1")
+        env["PYTHONUNBUFFERED"] = "1"
+        if threads:
+            env.update({name: str(threads) for name in THREAD_VARIABLES})
+        else:
+            # each job measures its share when it starts: the submitting process's own machine-derived count
+            # is dropped (a count the user exported stays), and the job knows how many run at once
+            if env.get(MACHINE_VARIABLE) is not None and env.get(MACHINE_VARIABLE) == env.get("OMP_NUM_THREADS"):
+                for name in THREAD_VARIABLES:
+                    env.pop(name, None)
+            env.pop(MACHINE_VARIABLE, None)
+            env[JOBS_VARIABLE] = str(self.state.get("workers") or 1)
         return env
 
     def start(self, jid: str, base_env: dict) -> None:
