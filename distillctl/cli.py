@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok, 1 a run failed, 2 bad input (one line on stderr, no traceback unless ``--debug``),
 3 jobs followed by ``submit --wait`` were cancelled (none failed), 4 ``report`` of a sweep wrote an incomplete
-comparison (a point failed, was cancelled or has no result yet: listed), 130 interrupted (Ctrl-C / SIGTERM).
+comparison (a point failed, was cancelled or has no result yet: listed), 130 interrupted by Ctrl-C (SIGINT),
+143 stopped by SIGTERM (distill prints where it stopped and the command that continues it).
 Heavy imports (torch, transformers, pydantic models) happen inside the commands, so ``--help`` is instant.
 """
 
@@ -289,33 +290,71 @@ def embed_cmd(
 
 @app.command("distill")
 def distill_cmd(
-    recipe_file: str = RecipeArgument,
+    recipe_file: Optional[str] = typer.Argument(None, metavar="RECIPE", help="Recipe file (.yaml, .yml, .toml); "
+                                                "with --resume it may be left out (the run's own resolved recipe)."),
     overrides: Optional[List[str]] = SetOption,
     run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Write into this run directory "
                                           "(default: <runs_dir>/<recipe name>/<new id>)."),
     resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN_DIR",
-                                         help="Continue an interrupted run of the same recipe exactly."),
+                                         help="Continue an interrupted run exactly (RECIPE optional: the run's "
+                                         "recipe.resolved.yaml; a RECIPE given must be the same)."),
     stage: Optional[int] = typer.Option(None, "--stage", metavar="IPC",
                                         help="Run only the Boost-DD stage with this ipc (earlier stages must be "
                                         "finished in the --resume run directory)."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Learn synthetic sets (every Boost-DD stage of distill.ipc); embeds first when the cache is missing."""
+    """Learn synthetic sets (every Boost-DD stage of distill.ipc); embeds first when the cache is missing.
+    Ctrl-C or SIGTERM stops it saying where, and the command that continues it."""
     from distillctl.distillation.distill import distill
+    from distillctl.errors import UserError
     from distillctl.recipe import load_recipe
+    from distillctl.runs import open_run_dir
 
     if run_dir and resume:
-        from distillctl.errors import UserError
-
         raise UserError("--run-dir and --resume exclude each other (--resume continues RUN_DIR in place)")
-    recipe = load_recipe(recipe_file, overrides)
-    result = distill(recipe, run_dir=run_dir, resume=resume, stage=stage)
+    if recipe_file is None and resume is None:
+        raise UserError("missing RECIPE (or --resume RUN_DIR to continue a run with its own recipe)")
+    recipe = load_recipe(recipe_file, overrides) if recipe_file else open_run_dir(resume).load_recipe(overrides)
+    from distillctl.errors import Interrupted
+
+    try:
+        with _sigterm_interrupts():
+            result = distill(recipe, run_dir=run_dir, resume=resume, stage=stage)
+    except Interrupted as exc:  # said here: typer turns a KeyboardInterrupt into a silent exit 130
+        typer.echo(str(exc) or "interrupted", err=True)
+        raise typer.Exit(143 if exc.signal_name == "SIGTERM" else 130) from None
     if as_json:
         _print_json(result.to_json())
         return
     for s in result.sets:
         typer.echo(f"ipc {s['ipc']:>4}  val accuracy {s['val_accuracy']:.4f}  {s['path']}")
     typer.echo(f"run directory: {result.run_dir}")
+
+
+def _sigterm_interrupts():
+    """SIGTERM (a scheduler's cancel, `kill`) raises KeyboardInterrupt in the main thread, like Ctrl-C, so the
+    command stops the same way: locks released, where it stopped and how to continue printed."""
+    import contextlib
+    import signal
+
+    from distillctl.errors import Interrupted
+
+    def raise_interrupt(signum, frame):
+        raise Interrupted("", signal_name="SIGTERM")
+
+    @contextlib.contextmanager
+    def installed():
+        try:
+            before = signal.signal(signal.SIGTERM, raise_interrupt)
+        except ValueError:  # not the main thread (a library caller): leave the signal alone
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, before)
+
+    return installed()
 
 
 # --- eval / baseline / report ---
@@ -611,9 +650,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     except Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        typer.echo(str(exc) if str(exc) else "interrupted", err=True)
+        sys.exit(143 if getattr(exc, "signal_name", None) == "SIGTERM" else 130)
     except BrokenPipeError:
         # `distillctl ... | head`: the reader went away; that is not a failure. Point stdout at devnull so
         # the interpreter's final flush does not raise again.

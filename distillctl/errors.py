@@ -23,3 +23,12 @@ class RunCancelled(RunError):
     failed. Exit 3, so a script can tell "stopped on purpose" from "failed" (1) and from success (0)."""
 
     exit_code = 3
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a run; the message says where it stopped and the command that continues it.
+    The CLI prints it and exits 130 (SIGINT) or 143 (SIGTERM)."""
+
+    def __init__(self, message: str = "", signal_name: str | None = None):
+        super().__init__(message)
+        self.signal_name = signal_name

@@ -65,6 +65,8 @@ class Embeddings:
     cache_dir: Path
     notes: list[str] = field(default_factory=list)
     manifest: dict = field(default_factory=dict)
+    #: rows per class of each split (``{"test": [C counts]}``): sizes a stage may check without reading the split
+    class_counts: dict = field(default_factory=dict)
     _text_index: dict = field(default_factory=dict, repr=False)  # split -> (native split, row indices)
     _texts_json: dict = field(default_factory=dict, repr=False)  # native split -> verified texts.json bytes
 
@@ -522,7 +524,8 @@ def _open(recipe, entry: Path, manifest: dict, contents: dict) -> Embeddings:
     texts_json = {split: contents[f"{split}.texts.json"] for split in manifest["splits_stored"]}
     return Embeddings(splits=splits, label_names=label_names, num_classes=C, dim=int(manifest["encoder"]["dim"]),
                       fingerprint=fingerprint, cache_dir=entry, notes=notes, manifest=manifest, _text_index=index,
-                      _texts_json=texts_json)
+                      _texts_json=texts_json,
+                      class_counts={name: _bincount(s.y, C) for name, s in splits.items()})
 
 
 def _bincount(y, C: int) -> list[int]:

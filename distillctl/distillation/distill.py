@@ -28,8 +28,8 @@ from distillctl.console import info, is_quiet, progress
 from distillctl.devices import resolve_device
 from distillctl.distillation import checkpoints
 from distillctl.distillation.synthetic import SyntheticSet
-from distillctl.errors import RunError, UserError
-from distillctl.evaluation.protocol import check_ipc_fits, split_of
+from distillctl.errors import Interrupted, RunError, UserError
+from distillctl.evaluation.protocol import check_ipc_fits, check_split_sizes, split_of
 from distillctl.evaluation import training  # training.train_and_score: looked up per call (tests script it)
 from distillctl.evaluation.training import TrainBudget, student_builder
 from distillctl.methods import Learnables, Method, MethodContext, PerStudent, student_labels
@@ -76,30 +76,143 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
     if stage is not None and stage not in ds.ipc:
         raise UserError(f"--stage {stage}: not a stage of distill.ipc {list(ds.ipc)}")
 
+    # 0. Everything the run needs is checked before its folder exists (a refusal writes nothing): the folder
+    #    (a resumed run holds this recipe; a new one no other run), the data (ipc vs class sizes, val and
+    #    test sizes per class) and method x students x labels at every stage to run.
+    _check_folder(recipe, run_dir, resume)
+    if embeddings is None:
+        from distillctl.data import embed  # the module attribute: tests patch embed.load_embeddings
+
+        embeddings = embed.load_embeddings(recipe, quiet=quiet)
+    preflight(recipe, embeddings, stages=[i for i in ds.ipc if stage is None or i <= stage])
+
     # 1. The run folder, decided here only: the run resumed, the folder given, or a new one; locked for the
     #    whole call (one distill per run folder: a second is refused with the holder's PID).
     folder = _run_folder(recipe, run_dir, resume)
     with run_lock(folder, "distill", argv=argv):
         run = _open_run(recipe, folder, resume, argv)
-        # 2. Embeddings (embedded first when the cache is missing); train for batches, val for selection.
-        if embeddings is None:
-            from distillctl.data import embed  # the module attribute: tests patch embed.load_embeddings
-
-            embeddings = embed.load_embeddings(recipe, quiet=quiet)
-        # 3. Students and method: what every stage of the chain shares.
+        # 2.-3. Students and method: what every stage of the chain shares (train for batches, val for selection).
         chain = _Chain.build(recipe, run, embeddings, quiet=quiet)
         # 4. Each Boost-DD stage: reused when finished (resume / earlier `--stage` calls), else distilled,
-        #    warm-started from the stage before it.
-        result, previous = DistillResult(run_dir=run.path), None
-        for si, ipc in enumerate(ds.ipc):
-            if stage is not None and ipc > stage:
-                break  # later stages: left to later `--stage` calls
-            syn = _finished_stage(chain, ipc, stage=stage, resume=resume)
-            if syn is None:
-                syn = _distill_stage(chain, si, ipc, previous, resume=resume is not None)
-            result.sets.append({"ipc": ipc, "path": chain.set_path(ipc), "val_accuracy": syn.meta.get("val_accuracy")})
-            previous = syn
+        #    warm-started from the stage before it. An interrupt (Ctrl-C, SIGTERM) says where the run stopped
+        #    and the command that continues it.
+        result, previous, current = DistillResult(run_dir=run.path), None, {}
+        try:
+            for si, ipc in enumerate(ds.ipc):
+                if stage is not None and ipc > stage:
+                    break  # later stages: left to later `--stage` calls
+                current.update(ipc=ipc, stage=None)
+                syn = _finished_stage(chain, ipc, stage=stage, resume=resume)
+                if syn is None:
+                    syn = _distill_stage(chain, si, ipc, previous, resume=resume is not None, current=current)
+                result.sets.append({"ipc": ipc, "path": chain.set_path(ipc),
+                                    "val_accuracy": syn.meta.get("val_accuracy")})
+                previous = syn
+        except KeyboardInterrupt as exc:
+            sig = getattr(exc, "signal_name", None) or "SIGINT"
+            raise Interrupted(_where_stopped(chain, current, stage, sig), signal_name=sig) from None
         return result
+
+
+def _where_stopped(chain: "_Chain", current: dict, stage: int | None, signal_name: str | None) -> str:
+    """``interrupted (SIGINT) at stage ipc=5, outer step 37 of 400; ... resume: distillctl distill --resume RUN``."""
+    ipc, st = current.get("ipc"), current.get("stage")
+    if st is not None:
+        ckpt = checkpoints.newest(chain.run.checkpoints, ipc)
+        done = st.loop.step
+        where = (f"stage ipc={ipc}, after outer step {done} of {chain.recipe.distill.outer.iterations}; "
+                 + (f"the newest checkpoint is step {_ckpt_step(ckpt)} ({ckpt.name}), where the resume continues"
+                    if ckpt is not None else "no checkpoint yet, so the resume restarts this stage"))
+    elif ipc is not None:
+        where = f"stage ipc={ipc}, before its first outer step"
+    else:
+        where = "before the first stage"
+    saved = sorted(int(p.stem[3:]) for p in chain.run.distilled.glob("ipc*.safetensors")) if chain.run.distilled.is_dir() else []
+    kept = f"; finished sets kept: {', '.join(f'ipc {i}' for i in saved)}" if saved else ""
+    command = f"distillctl distill --resume {chain.run.path}" + (f" --stage {stage}" if stage is not None else "")
+    return f"interrupted{f' ({signal_name})' if signal_name else ''} at {where}{kept}; continue with: {command}"
+
+
+def _ckpt_step(path: Path) -> str:
+    """The outer step of a checkpoint file (``ipc5-step000030.pt`` -> ``30``), as its name says."""
+    import re
+
+    found = re.findall(r"(\d+)", path.stem)
+    return str(int(found[-1])) if found else "?"
+
+
+def preflight(recipe, embeddings, *, stages: list[int] | None = None) -> None:
+    """Every refusal a distill of ``recipe`` on ``embeddings`` can meet, raised before anything is written: ipc
+    vs the smallest class, val and test sizes per class (:func:`check_split_sizes`), and method x students x
+    labels (each stage's ``Method.setup`` on fresh instances, with nothing saved: a method that trains
+    experts keeps them in its verified cache, so the run itself reuses them)."""
+    import torch
+
+    ds, registry = recipe.distill, get_registry()
+    stages = list(ds.ipc if stages is None else stages)
+    if not stages:
+        return
+    check_ipc_fits(embeddings, max(stages), "distill.ipc")
+    check_split_sizes(embeddings, recorded_only=("test",))  # test: from the recorded counts (never read here)
+    device = resolve_device(ds.device, field="distill.device")
+    train = split_of(embeddings, "train")
+    X, y = train.X.to(device, torch.float32), train.y.to(device)  # (n, d), (n,)
+    C, d = int(embeddings.num_classes), int(X.shape[1])
+    sections = list(ds.students or [recipe.student])
+    students = [(sec.name, student_builder(recipe, d, C, sec), sec.model_dump(mode="json")) for sec in sections]
+    labels = student_labels([sec.name for sec in sections])
+    budget = TrainBudget.from_eval(recipe.eval)
+    for ipc in sorted(set(stages)):
+        for label, (name, build, options) in zip(labels, students):
+            method = registry.build("method", ds.method)
+            method.name = ds.method.name
+            method.setup(MethodContext(
+                build_student=build, student_name=name, student_options=options, students=list(labels),
+                num_classes=C, ipc=ipc, hard_labels=torch.arange(C, device=device).repeat_interleave(ipc),
+                x_train=X, y_train=y, inner=ds.inner, eval_budget=budget, device=device, seed=recipe.seed,
+                soft_labels=ds.soft_labels, embedding_fingerprint=getattr(embeddings, "fingerprint", None),
+                cache_dir=_method_cache_dir()))
+            method.learned_inner_lr(ds.inner)
+
+
+def _check_folder(recipe, run_dir: str | Path | None, resume: str | Path | None) -> None:
+    """The folder refusals, before anything is written: a resumed run must hold this recipe (each differing
+    field named with both values); a new run never goes into a folder that holds another one."""
+    if resume is not None:
+        stored = open_run_dir(resume).load_recipe()  # a UserError when it is no run directory
+        if stored.fingerprint() != recipe.fingerprint():
+            raise UserError(f"{resume}: cannot resume: the recipe differs from the run's recipe.resolved.yaml: "
+                            f"{recipe_differences(stored, recipe)}; resume with the same recipe and --set values "
+                            f"(or leave RECIPE out: `distillctl distill --resume {resume}` uses the run's own)")
+    elif run_dir is not None:
+        refuse_existing_run(run_dir)
+
+
+def recipe_differences(stored, given, limit: int = 8) -> str:
+    """``distill.outer.lr: 0.01 in the run, 0.02 given; seed: 0 in the run, 1 given`` (every differing leaf)."""
+    a, b = _leaves(stored.model_dump(mode="json")), _leaves(given.model_dump(mode="json"))
+    missing = object()
+    diffs = [f"{k}: {_show(a.get(k, missing))} in the run, {_show(b.get(k, missing))} given"
+             for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
+    if not diffs:
+        return "(no field differs in value; the run was written by another version)"
+    return "; ".join(diffs[:limit]) + (f"; and {len(diffs) - limit} more" if len(diffs) > limit else "")
+
+
+def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict flattened to dotted keys (lists are leaves: ``distill.ipc: [1, 5]``)."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _show(value: Any) -> str:
+    if value.__class__ is object:
+        return "(absent)"
+    return json.dumps(value, default=str)
 
 
 def _run_folder(recipe, run_dir: str | Path | None, resume: str | Path | None) -> Path:
@@ -115,16 +228,10 @@ def _run_folder(recipe, run_dir: str | Path | None, resume: str | Path | None) -
 
 
 def _open_run(recipe, folder: Path, resume: str | Path | None, argv: list[str] | None) -> RunDir:
-    """The run in ``folder`` with this recipe and a fresh manifest: a resumed run must hold the same recipe;
-    a new run never goes into a folder that holds another one (its old sets would mix with the new)."""
-    if resume is not None:
-        stored = open_run_dir(folder).load_recipe()
-        if stored.fingerprint() != recipe.fingerprint():
-            diff = sorted(k for k in stored.to_dict() if stored.to_dict()[k] != recipe.to_dict().get(k))
-            raise UserError(f"{resume}: cannot resume: the recipe differs from the run's recipe.resolved.yaml "
-                            f"(sections: {', '.join(diff) or '?'}); resume with the same recipe and --set values")
-    else:
-        refuse_existing_run(folder)
+    """The run in ``folder`` with this recipe and a fresh manifest, checked again under the run's lock: a
+    resumed run must hold the same recipe; a new run never goes into a folder that holds another one (its
+    old sets would mix with the new)."""
+    _check_folder(recipe, folder if resume is None else None, folder if resume is not None else None)
     return create_run_dir(recipe, stage="distill", run_dir=folder, argv=argv,
                           extra_manifest={"resumed": resume is not None})
 
@@ -237,7 +344,8 @@ class _Stage:
         chain.run.log(stage=self.index, ipc=self.ipc, **record)
 
 
-def _distill_stage(chain: _Chain, si: int, ipc: int, previous: SyntheticSet | None, *, resume: bool) -> SyntheticSet:
+def _distill_stage(chain: _Chain, si: int, ipc: int, previous: SyntheticSet | None, *, resume: bool,
+                   current: dict | None = None) -> SyntheticSet:
     """One Boost-DD stage: set up (or resume) its set, run the shared outer loop, save its best set on `val`.
 
     The outer loop (steps 7a-7g), for every method::
@@ -250,6 +358,8 @@ def _distill_stage(chain: _Chain, si: int, ipc: int, previous: SyntheticSet | No
 
     ds, method, run = chain.recipe.distill, chain.method, chain.run
     st = _start_stage(chain, si, ipc, previous, resume=resume)  # 5.-6. set, optimiser, checkpoint, first val
+    if current is not None:
+        current["stage"] = st  # where an interrupt stopped the run (distill's message)
     loop, learn, gen, iters = st.loop, st.learn, st.gen, ds.outer.iterations
     last_loss, stopped = float("nan"), None
     damp = bool(st.inherited.any()) and ds.boost.beta < 1

@@ -251,8 +251,8 @@ def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, 
     """
     from distillctl.console import info, is_quiet
     from distillctl.data.embed import load_embeddings
-    from distillctl.evaluation.protocol import (TEST_SPLIT, check_ipc_fits, eval_seeds, majority_line, result_record,
-                                     split_of, store_results, student_sections)
+    from distillctl.evaluation.protocol import (TEST_SPLIT, check_ipc_fits, check_split_sizes, eval_seeds,
+                                     majority_line, result_record, split_of, store_results, student_sections)
     from distillctl.recipe import Recipe, load_recipe
     from distillctl.evaluation.training import Scores, TrainBudget, student_builder, train_and_score
 
@@ -268,11 +268,13 @@ def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, 
                            else (list(recipe.distill.ipc), "distill.ipc"))
     seed_list = eval_seeds(recipe, seeds)
     sections = student_sections(recipe, students) if kind != "majority" else []
-    run = _baseline_run_dir(recipe, run_dir, argv) if run_dir is not None else None
-
-    # 2. Data: coresets come from train only; every score is on test.
+    # 2. Data: coresets come from train only; every score is on test. Checked before the run folder is written.
     if embeddings is None:
         embeddings = load_embeddings(recipe, quiet=quiet)
+    check_split_sizes(embeddings)
+    if kind in SUBSET_KINDS:
+        check_ipc_fits(embeddings, max(ipcs), ipc_field)
+    run = _baseline_run_dir(recipe, run_dir, argv) if run_dir is not None else None
     train, test = split_of(embeddings, "train"), split_of(embeddings, TEST_SPLIT)
     X, y = train.X.float(), train.y.long()  # (n, d), (n,)
     X_test, y_test = test.X.float(), test.y.long()  # (m, d), (m,)

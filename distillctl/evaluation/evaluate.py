@@ -22,7 +22,8 @@ from distillctl.errors import UserError
 from distillctl.plugins import with_registry
 from distillctl.runs import existing_run_of, holds_run_lock
 # the protocol every arm shares lives in distillctl.evaluation.protocol; these names stay importable from here
-from distillctl.evaluation.protocol import (SEED_STRIDE, TEST_SPLIT, check_ipc_fits, collapse_notes,  # noqa: F401
+from distillctl.evaluation.protocol import (SEED_STRIDE, TEST_SPLIT, check_ipc_fits, check_split_sizes,  # noqa: F401
+                                 collapse_notes,
                                  distilled_with, eval_seeds, majority_line, read_results, result_record,
                                  set_files, split_of, store_results, student_sections)
 
@@ -90,6 +91,7 @@ def evaluate(target: str | Path, recipe: Any = None, *, seeds: int | None = None
     sets = [(f, SyntheticSet.load(f)) for f in files]
     if embeddings is None:
         embeddings = load_embeddings(recipe, quiet=quiet)
+    check_split_sizes(embeddings)
     test = split_of(embeddings, TEST_SPLIT)
     X_test, y_test = test.X.float(), test.y.long()  # (m, d), (m,)
     C, d = int(embeddings.num_classes), int(X_test.shape[1])

@@ -69,6 +69,40 @@ def check_ipc_fits(embeddings: Any, ipc: int, field: str) -> None:
                         f"{int(counts[c])} rows); use at most {int(counts[c])}")
 
 
+#: the fewest rows of each class a `val` or `test` split may hold. With fewer, a class's score moves in steps of
+#: more than 20 points per row (a 1-row test split scored 0.0 and then crashed the report); `val` picks the
+#: distilled set and the steps of `full-earlystop`, `test` gives every final number.
+MIN_ROWS_PER_CLASS = 5
+#: where each split's size is set, for the message
+_SPLIT_SIZE_FIELDS = {"val": "embed.val_size (or a larger val file)", "test": "embed.test_size (or a larger test file)"}
+
+
+def check_split_sizes(embeddings: Any, splits: tuple[str, ...] = ("val", TEST_SPLIT),
+                      minimum: int = MIN_ROWS_PER_CLASS, *, recorded_only: tuple[str, ...] = ()) -> None:
+    """A :class:`UserError` naming the split, its smallest classes and the minimum when a class of ``splits``
+    has fewer than ``minimum`` rows. Every stage that scores (distill on val; eval, baseline on test and val)
+    checks this before it writes anything. Splits in ``recorded_only`` are checked from the counts the
+    embeddings record (``class_counts``), never by reading the split (distill never reads test)."""
+    import torch
+
+    C = int(embeddings.num_classes)
+    names = list(getattr(embeddings, "label_names", None) or [str(k) for k in range(C)])
+    recorded = getattr(embeddings, "class_counts", None) or {}
+    for name in splits:
+        if name in recorded:
+            counts = list(recorded[name])
+        elif name in recorded_only or name not in (getattr(embeddings, "splits", {}) or {}):
+            continue
+        else:
+            counts = torch.bincount(split_of(embeddings, name).y.long().cpu(), minlength=C).tolist()  # (C,)
+        short = [(names[c], n) for c, n in enumerate(counts) if n < minimum]
+        if short:
+            shown = ", ".join(f"{n} of {label!r}" for label, n in short[:5]) + (", …" if len(short) > 5 else "")
+            raise UserError(f"the {name} split is too small: {sum(counts)} rows ({shown}); every class needs at least "
+                            f"{minimum} rows in {name} for a score that means something; raise "
+                            f"{_SPLIT_SIZE_FIELDS.get(name, 'its size')}")
+
+
 def majority_line(embeddings: Any) -> dict:
     """Majority class of train (by counts) scored on test, and the chance level 1/C."""
     from distillctl.evaluation.training import majority_scores
