@@ -173,7 +173,7 @@ def test_saved_set_is_the_best_on_val_not_the_last(env):
     iterations = 8
     recipe = env.recipe(method={"name": "scripted", "script": "drift"}, init="random",
                         outer={"optimizer": "sgd", "momentum": 0.0, "lr": 0.5, "clip": 0, "iterations": iterations,
-                               "val_every": 1, "ckpt_every": 100})
+                               "val_every": 1, "ckpt_every": 100, "patience": None})  # every step validated
     res = distill(recipe, run_dir=env.tmp / "best", quiet=True)
     vals = [(r["step"], r["val_accuracy"]) for r in read_jsonl(env.tmp / "best/metrics.jsonl") if "val_accuracy" in r]
     assert [s for s, _ in vals] == list(range(0, iterations + 1))

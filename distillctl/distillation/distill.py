@@ -84,7 +84,7 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
         from distillctl.data import embed  # the module attribute: tests patch embed.load_embeddings
 
         embeddings = embed.load_embeddings(recipe, quiet=quiet)
-    preflight(recipe, embeddings, stages=[i for i in ds.ipc if stage is None or i <= stage])
+    preflight(recipe, embeddings, stages=[i for i in ds.ipc if stage is None or i <= stage], quiet=quiet)
 
     # 1. The run folder, decided here only: the run resumed, the folder given, or a new one; locked for the
     #    whole call (one distill per run folder: a second is refused with the holder's PID).
@@ -141,7 +141,7 @@ def _ckpt_step(path: Path) -> str:
     return str(int(found[-1])) if found else "?"
 
 
-def preflight(recipe, embeddings, *, stages: list[int] | None = None) -> None:
+def preflight(recipe, embeddings, *, stages: list[int] | None = None, quiet: bool = True) -> None:
     """Every refusal a distill of ``recipe`` on ``embeddings`` can meet, raised before anything is written: ipc
     vs the smallest class, val and test sizes per class (:func:`check_split_sizes`), and method x students x
     labels (each stage's ``Method.setup`` on fresh instances, with nothing saved: a method that trains
@@ -171,7 +171,7 @@ def preflight(recipe, embeddings, *, stages: list[int] | None = None) -> None:
                 num_classes=C, ipc=ipc, hard_labels=torch.arange(C, device=device).repeat_interleave(ipc),
                 x_train=X, y_train=y, inner=ds.inner, eval_budget=budget, device=device, seed=recipe.seed,
                 soft_labels=ds.soft_labels, embedding_fingerprint=getattr(embeddings, "fingerprint", None),
-                cache_dir=_method_cache_dir()))
+                cache_dir=_method_cache_dir(), say=(lambda message: None) if quiet else info))
             method.learned_inner_lr(ds.inner)
 
 
