@@ -439,7 +439,8 @@ def test_patience_off_runs_every_iteration(env, monkeypatch):
     from distillctl.distillation.distill import distill
 
     scripted_validation(monkeypatch, 0.5)
-    res = distill(env.recipe(ipc=[1], outer={"iterations": 6, "val_every": 1}), run_dir=env.tmp / "p", quiet=True)
+    res = distill(env.recipe(ipc=[1], outer={"iterations": 6, "val_every": 1, "patience": None}),  # on by default
+                  run_dir=env.tmp / "p", quiet=True)
     side = json.loads((res.run_dir / "distilled/ipc1.json").read_text())
     assert side["outer_steps_run"] == 6 and side["stopped"] is None
     assert not [r for r in read_jsonl(res.run_dir / "metrics.jsonl") if r.get("event") == "stopped"]

@@ -134,7 +134,8 @@ def test_sigterm_stops_a_distill_process_with_the_resume_command(tmp_path):
     data["distill"]["outer"].update(iterations=100_000, val_every=50_000, ckpt_every=2)
     recipe = write(tmp_path / "r.yaml", data)
     run = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(TESTS), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "fake_cli", "distill", str(recipe), "--run-dir", str(run)],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
