@@ -38,8 +38,6 @@ from distillctl.errors import UserError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from distillctl.plugins import PluginInfo
-
 
 @dataclass(frozen=True)
 class Contract:
@@ -134,8 +132,13 @@ def _overrides(obj: Any, base: type, name: str) -> bool:
     return mine is not inspect.getattr_static(base, name, None)
 
 
-def conform(info: "PluginInfo", obj: Any) -> Any:
-    """Check what ``info``'s factory returned against its kind's contract (see the module doc)."""
+def conform(info: Any, obj: Any) -> Any:
+    """Check what ``info``'s factory returned against its kind's contract (see the module doc).
+
+    ``info`` is the plugin's registry entry (a :class:`distillctl.plugins.PluginInfo`: its ``kind``, ``name``,
+    ``package``, ``version`` and ``module`` name it in messages); this module does not import the registry,
+    which imports it.
+    """
     contract = CONTRACTS.get(info.kind)
     if contract is None or not contract.checked:
         return obj
