@@ -452,8 +452,7 @@ def report_cmd(
         _print_json(data)
     elif full:
         typer.echo(report_tables(path))
-        plots = list((data.get("plots") or {}).values()) or [data["plot"]]
-        typer.echo(f"\nwrote {path}, {path.with_suffix('.json')}, " + ", ".join(map(str, plots)))
+        typer.echo(f"\nwrote {path}, {path.with_suffix('.json')}, " + ", ".join(map(str, data["plots"].values())))
     else:
         typer.echo(comparison_summary(data, path) if sweep else run_summary(data))
     if sweep and data.get("missing"):

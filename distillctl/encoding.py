@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from distillctl.errors import UserError
+from distillctl.verified import sha256_of
 
 Progress = Callable[[int], None]
 
@@ -261,9 +262,7 @@ def file_sha256_cached(path: Path, memo: dict) -> str:
     hit = memo.get(key)
     if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
         return hit["sha256"]
-    from distillctl.textdata import file_sha256
-
-    digest = file_sha256(real)
+    digest = sha256_of(real)
     memo[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
     memo["__dirty__"] = True
     return digest

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import socket
@@ -90,10 +89,6 @@ def atomic_save_tensors(path: str | Path, tensors: Mapping[str, Any], metadata: 
     blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
                 metadata=dict(metadata) if metadata else None)
     return atomic_write_bytes(path, blob)
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def append_jsonl(path: str | Path, obj: Mapping[str, Any]) -> None:

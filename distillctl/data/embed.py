@@ -34,10 +34,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from distillctl import __version__
-from distillctl.data.cache import CACHE_ENV, cache_root, embeddings_dir  # noqa: F401  (cache_root: re-exported)
+from distillctl.data.cache import CACHE_ENV, embeddings_dir
 from distillctl.errors import RunError, UserError
 from distillctl.plugins import with_registry
 from distillctl.seeds import carve_seed
+from distillctl.verified import NotVerified, read_verified, sha256_of
 
 CACHE_FORMAT = 1
 SPLIT_ORDER = ("train", "val", "test")
@@ -108,10 +109,6 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 # -- the two public functions -------------------------------------------------------------------------
 
 @with_registry  # registry=: run with that plugin registry (default: get_registry())
@@ -154,7 +151,7 @@ def _identities(recipe):
     # Which rows are embedded depends on embed.bad_rows: a `fail` run must not reuse what a `skip` run
     # stored (the rows it dropped are the ones `fail` must stop at).
     ident["bad_rows"] = recipe.embed.bad_rows
-    key = _sha256(_canonical(ident).encode())
+    key = sha256_of(_canonical(ident).encode())
     return source, encoder, ds_id, enc_id, key
 
 
@@ -240,15 +237,10 @@ def _read_verified(entry: Path, key: str) -> tuple[dict | None, dict, str | None
     files = manifest.get("files") or {}
     contents: dict[str, Any] = {}
     for name, meta in files.items():
-        f = entry / name
-        if not f.exists():
-            return None, {}, f"{name} is missing"
-        data = f.read_bytes()
-        if len(data) != meta.get("bytes"):
-            return None, {}, (f"{name} has {len(data)} bytes, the manifest says {meta.get('bytes')} "
-                              "(truncated or changed)")
-        if _sha256(data) != meta.get("sha256"):
-            return None, {}, f"{name} fails its sha256 check (corrupt)"
+        try:
+            data, _ = read_verified(entry / name, meta.get("sha256"), size=meta.get("bytes"))
+        except NotVerified as exc:
+            return None, {}, f"{name} {exc.problem}"
         if name.endswith(".safetensors"):
             try:
                 contents[name] = load(data)  # tensors copied out of the verified bytes
@@ -350,12 +342,13 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
     shard_X: dict[str, torch.Tensor] = {}  # shard file name -> (b-a, dim)
     todo = []
     for name, shard, a, b in work:
-        f = partial / shard
-        if shard in done and f.exists():
-            blob = f.read_bytes()
-            if _sha256(blob) == done[shard]:
+        if shard in done:
+            try:
+                blob, _ = read_verified(partial / shard, done[shard])
                 shard_X[shard] = load_tensors(blob)["X"]
                 continue
+            except NotVerified:  # missing or damaged: embedded again
+                pass
         todo.append((name, shard, a, b))
     resumed = len(work) - len(todo)
     total = sum(b - a for _, _, a, b in todo)
@@ -373,7 +366,7 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
                 raise RunError(f"encoder returned {'non-finite values' if X.shape == (b - a, dim) else X.shape} "
                                f"for {name} rows {a}..{b} (expected ({b - a}, {dim}))")
             shard_X[shard] = torch.from_numpy(X).to(dtype)
-            done[shard] = _sha256(write_tensors(partial / shard, {"X": shard_X[shard]}))
+            done[shard] = sha256_of(write_tensors(partial / shard, {"X": shard_X[shard]}))
             atomic_write_json(done_file, done)
 
     # 4. One safetensors file and one texts file per split, then the manifest (last: marks completion).
@@ -385,12 +378,12 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
         y = torch.from_numpy(np.asarray(s.labels, dtype=np.int64))  # (n,)
         fn = f"{name}.safetensors"
         blob = write_tensors(entry / fn, {"X": X, "y": y}, metadata={"split": name, "key": key})
-        files[fn] = {"sha256": _sha256(blob), "bytes": len(blob)}
+        files[fn] = {"sha256": sha256_of(blob), "bytes": len(blob)}
         contents[fn] = {"X": X, "y": y}
         tn = f"{name}.texts.json"
         blob = json.dumps({"texts": s.texts, "pairs": s.pairs}, ensure_ascii=False).encode("utf-8")
         atomic_write_bytes(entry / tn, blob)
-        files[tn] = {"sha256": _sha256(blob), "bytes": len(blob)}
+        files[tn] = {"sha256": sha256_of(blob), "bytes": len(blob)}
         contents[tn] = blob
         del blob
     manifest = {
@@ -520,7 +513,7 @@ def _open(recipe, entry: Path, manifest: dict, contents: dict) -> Embeddings:
         index["train"] = ("train", [origin[i] for i in tr.tolist()])
         notes.append(f"{held}: {ho.size} rows carved from train (stratified, {held}_size {size}, seed {recipe.seed})")
     splits = {name: EmbeddingSplit(*native[name]) for name in SPLIT_ORDER if name in native}
-    fingerprint = _sha256(_canonical({"key": manifest["key"], "carve": carve or None}).encode())
+    fingerprint = sha256_of(_canonical({"key": manifest["key"], "carve": carve or None}).encode())
     texts_json = {split: contents[f"{split}.texts.json"] for split in manifest["splits_stored"]}
     return Embeddings(splits=splits, label_names=label_names, num_classes=C, dim=int(manifest["encoder"]["dim"]),
                       fingerprint=fingerprint, cache_dir=entry, notes=notes, manifest=manifest, _text_index=index,

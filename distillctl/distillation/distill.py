@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distillctl.console import info, is_quiet, progress
+from distillctl.data.cache import methods_dir
 from distillctl.devices import resolve_device
 from distillctl.distillation import checkpoints
 from distillctl.distillation.synthetic import SyntheticSet
@@ -37,6 +38,7 @@ from distillctl.plugins import get_registry, with_registry
 from distillctl.runs import (RunDir, create_run_dir, new_run_path, open_run_dir, record_set, refuse_existing_run,
                              run_lock)
 from distillctl.seeds import stage_seed, val_seeds as derive_val_seeds
+from distillctl.verified import sha256_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -162,16 +164,16 @@ def preflight(recipe, embeddings, *, stages: list[int] | None = None, quiet: boo
     students = [(sec.name, student_builder(recipe, d, C, sec), sec.model_dump(mode="json")) for sec in sections]
     labels = student_labels([sec.name for sec in sections])
     budget = TrainBudget.from_eval(recipe.eval)
+    cache = _method_cache(embeddings, X, y, quiet=quiet)
     for ipc in sorted(set(stages)):
         for label, (name, build, options) in zip(labels, students):
             method = registry.build("method", ds.method)
             method.name = ds.method.name
             method.setup(MethodContext(
-                build_student=build, student_name=name, student_options=options, students=list(labels),
-                num_classes=C, ipc=ipc, hard_labels=torch.arange(C, device=device).repeat_interleave(ipc),
-                x_train=X, y_train=y, inner=ds.inner, eval_budget=budget, device=device, seed=recipe.seed,
-                soft_labels=ds.soft_labels, embedding_fingerprint=getattr(embeddings, "fingerprint", None),
-                cache_dir=_method_cache_dir(), say=(lambda message: None) if quiet else info))
+                build_student=build, student_name=name, students=list(labels), num_classes=C, ipc=ipc,
+                hard_labels=torch.arange(C, device=device).repeat_interleave(ipc), x_train=X, y_train=y,
+                inner=ds.inner, eval_budget=budget, device=device, seed=recipe.seed, soft_labels=ds.soft_labels,
+                cache=cache.keyed(student=options), say=(lambda message: None) if quiet else info))
             method.learned_inner_lr(ds.inner)
 
 
@@ -253,7 +255,7 @@ class _Chain:
     val_budget: Any  # TrainBudget of the eval protocol: each validation student's training
     val_seeds: list[int]
     meta_common: dict  # what every saved set of this run records
-    embedding_fingerprint: str | None
+    cache: Any  # VerifiedCache of the methods, keyed by the training data (each stage adds its student)
     device: Any
     quiet: bool
 
@@ -291,7 +293,7 @@ class _Chain:
                    num_classes=C, students=students, labels=student_labels([sec.name for sec in sections]),
                    method=method, val_budget=TrainBudget.from_eval(recipe.eval),
                    val_seeds=derive_val_seeds(recipe.seed, ds.outer.val_seeds), meta_common=meta_common,
-                   embedding_fingerprint=fingerprint, device=device, quiet=quiet)
+                   cache=_method_cache(embeddings, X_train, y_train, quiet=quiet), device=device, quiet=quiet)
 
     def say(self, message: str) -> None:
         """A status line on stderr (silent with quiet)."""
@@ -440,11 +442,10 @@ def _start_stage(chain: _Chain, si: int, ipc: int, previous: SyntheticSet | None
     hard = torch.arange(C, device=chain.device).repeat_interleave(ipc)  # (ipc*C,) class-major
     name, build, options = chain.students[0]
     method.setup(MethodContext(
-        build_student=build, student_name=name, student_options=options,
-        students=list(chain.labels), num_classes=C, ipc=ipc, hard_labels=hard,
-        x_train=chain.X_train, y_train=chain.y_train, inner=ds.inner, eval_budget=chain.val_budget,
-        device=chain.device, seed=recipe.seed, soft_labels=ds.soft_labels,
-        embedding_fingerprint=chain.embedding_fingerprint, cache_dir=_method_cache_dir(), say=chain.say))
+        build_student=build, student_name=name, students=list(chain.labels), num_classes=C, ipc=ipc,
+        hard_labels=hard, x_train=chain.X_train, y_train=chain.y_train, inner=ds.inner,
+        eval_budget=chain.val_budget, device=chain.device, seed=recipe.seed, soft_labels=ds.soft_labels,
+        cache=chain.cache.keyed(student=options), say=chain.say))
     learn, inherited = _initial_learnables(ds, chain.X_train, chain.y_train, C, ipc, previous, gen,
                                            lr0=method.learned_inner_lr(ds.inner))  # inherited: (ipc*C,)
     opt, base_lrs = _outer_optimizer(learn, ds.outer)
@@ -567,10 +568,18 @@ def _method_meta(section) -> dict:
     return out
 
 
+def _method_cache(embeddings, X_train: "torch.Tensor", y_train: "torch.Tensor", *, quiet: bool):
+    """The methods' VerifiedCache, keyed by what their cached files derive from: the embedding cache entry, or
+    a library caller's tensors (each stage adds its student)."""
+    from distillctl.toolbox import VerifiedCache  # imports torch
+
+    data = getattr(embeddings, "fingerprint", None) or "tensors:" + sha256_of(
+        X_train.detach().cpu().numpy().tobytes() + y_train.detach().cpu().numpy().tobytes())
+    return VerifiedCache(_method_cache_dir(), {"data": data}, say=(lambda m: None) if quiet else info)
+
+
 def _method_cache_dir() -> Path:
     """Where methods keep verified derived files (MTT experts), beside the embedding cache."""
-    from distillctl.data.cache import methods_dir
-
     return methods_dir()
 
 

@@ -120,7 +120,7 @@ def _as_set(path: Path, rows: list[dict], meta: dict):
     from safetensors.torch import save
 
     from distillctl.distillation.synthetic import FORMAT, SyntheticSet
-    from distillctl.runs import sha256_hex
+    from distillctl.verified import sha256_of
 
     soft = bool(meta.get("soft_labels"))
     try:
@@ -130,7 +130,7 @@ def _as_set(path: Path, rows: list[dict], meta: dict):
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise UserError(f"{path}: rows do not form a set of {meta.get('rows')} x {meta.get('dim')} ({exc})") from None
     blob = save({"x": x.contiguous(), "labels": labels.contiguous()}, metadata={"format": FORMAT})
-    digest = sha256_hex(blob)
+    digest = sha256_of(blob)
     if digest != meta.get("set_sha256"):
         raise UserError(f"{path}: its vectors or labels differ from the set it was exported from (sha256 "
                         f"{digest[:12]}…, the export recorded {str(meta.get('set_sha256'))[:12]}…); export it again")

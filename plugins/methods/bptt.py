@@ -19,7 +19,7 @@ class BPTT(Method):
         self.strategy = get_registry().build("unroll", options.unroll)
 
     def setup(self, context: MethodContext) -> None:
-        from distillctl.unrolling import InnerProblem
+        from distillctl.toolbox import InnerProblem
 
         super().setup(context)
         self.problem = InnerProblem.from_context(context)
