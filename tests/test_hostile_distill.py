@@ -49,12 +49,12 @@ def test_refusals_write_no_run_folder(env, cli, distill, needle):
 
 
 def test_a_too_small_val_split_is_refused_naming_split_and_minimum(env, cli):
-    small = distill_fakes.gaussian_embeddings(n_per_class=(60, 3, 20))
+    small = distill_fakes.gaussian_embeddings(n_per_class=(60, 1, 20))
     env.emb.splits["val"] = small.splits["val"]
     r = cli("distill", write(env.tmp / "r.yaml", recipe_data()))
     assert r.code == 2, r
-    assert "the val split is too small: 9 rows (3 of 'class0', 3 of 'class1', 3 of 'class2')" in r.err
-    assert "at least 5 rows in val" in r.err and "embed.val_size" in r.err
+    assert "the val split is too small: 3 rows (1 of 'class0', 1 of 'class1', 1 of 'class2')" in r.err
+    assert "at least 2 rows in val" in r.err and "embed.val_size" in r.err
     assert no_run_folders(env.tmp)
 
 
@@ -73,7 +73,7 @@ def test_eval_refuses_a_one_row_test_split_before_writing(monkeypatch, tmp_path,
     one = distill_fakes.gaussian_embeddings(n_per_class=(30, 10, 1), C=3, d=8)
     emb.splits["test"] = distill_fakes.FakeSplit(one.splits["test"].X[:1], one.splits["test"].y[:1])
     r = cli("eval", run.path)
-    assert r.code == 2 and "the test split is too small: 1 rows" in r.err and "at least 5 rows in test" in r.err, r
+    assert r.code == 2 and "the test split is too small: 1 rows" in r.err and "at least 2 rows in test" in r.err, r
     assert not (run.eval / "results.json").exists()
     r = cli("baseline", run.recipe, "--kind", "random", "--run-dir", tmp_path / "elsewhere")
     assert r.code == 2 and "the test split is too small" in r.err and not (tmp_path / "elsewhere").exists(), r
