@@ -34,18 +34,28 @@ def test_other_students_and_explicit_settings_keep_theirs(data, method, soft):
     assert r.distill.method.name == method and r.distill.soft_labels is soft
 
 
-def test_the_shipped_recipes_fingerprints_do_not_move():
-    """Recipes that name their method fingerprint as before (the default sections are left out as ever)."""
-    from distillctl.recipe import load_recipe
+def test_resolved_recipes_written_before_keep_their_meaning_and_fingerprint():
+    """A resolved recipe of an older run says `patience: null` and names bptt: reloaded, it still runs bptt with
+    every iteration and fingerprints as before (the measured defaults fill only what a recipe leaves out); the
+    shipped 400-step recipes say `patience: null` themselves, so their fingerprints do not move either."""
+    import yaml
 
-    r = load_recipe("recipes/quickstart.yaml")
-    again = validate_recipe(r.to_dict())
-    assert again.fingerprint() == r.fingerprint() and r.distill.method.name == "bptt"
+    from distillctl.recipe import Recipe, load_recipe
+
+    old = validate_recipe(dict(BASE, distill={"method": {"name": "bptt"}, "outer": {"patience": None}}))
+    again = validate_recipe(yaml.safe_load(old.to_yaml()))
+    assert again.distill.outer.patience is None and again.distill.method.name == "bptt"
+    assert again.fingerprint() == old.fingerprint()
+    shipped = load_recipe("recipes/agnews-mlp.yaml")
+    assert shipped.distill.outer.patience is None
+    # its fingerprint is what the schema alone gives (no measured default took part)
+    assert Recipe.model_validate(shipped.to_dict()).fingerprint() == shipped.fingerprint()
 
 
 def test_early_stopping_is_on_by_default():
     r = validate_recipe(dict(BASE))
-    assert PATIENCE is not None and r.distill.outer.patience == PATIENCE
+    assert PATIENCE == 4 and r.distill.outer.patience == PATIENCE and "patience: 4" in r.to_yaml()
+    assert validate_recipe(dict(BASE, student={"name": "transformer"})).distill.outer.patience == PATIENCE
     off = validate_recipe(dict(BASE, distill={"outer": {"patience": None}}))
     assert off.distill.outer.patience is None
     assert "BENCHMARKS.md" in type(r.distill.outer).model_fields["patience"].description

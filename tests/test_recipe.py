@@ -253,7 +253,8 @@ def test_a_minimal_recipe_resolves_to_the_settings_chosen_on_val(tmp_path):
     50 steps, a plain Boost-DD warm start; not the untuned RaT-BPTT 40/100 x 2,000 constant-lr steps.
     (A recipe naming no method gets krr for the mlp student since issue 22: tests/test_hostile_defaults.py;
     bptt is named here.)"""
-    d = load_recipe(write(tmp_path, MINIMAL), ["distill.method.name=bptt"]).to_dict()["distill"]
+    d = load_recipe(write(tmp_path, MINIMAL), ["distill.method.name=bptt", "distill.outer.patience=null"]
+                    ).to_dict()["distill"]
     assert d["method"] == {"name": "bptt", "unroll": {"name": "full", "total": 100}}
     assert {k: d["outer"][k] for k in ("optimizer", "lr", "schedule", "iterations", "real_batch", "val_every",
                                        "val_seeds")} == {
