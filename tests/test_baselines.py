@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import eval_fakes
+from fakes import evaluation as eval_fakes
 from distillctl.evaluation.baselines import coreset, herding_order, kcenter_order, parse_ipc, random_subsets
 from distillctl.errors import UserError
 

@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-import distill_fakes
+from fakes import distill as distill_fakes
 from distillctl.errors import RunError, UserError
 from distillctl.plugins import load_registry, set_registry
 from distillctl.recipe import validate_recipe

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-import embed_fakes
+from fakes import embed as embed_fakes
 
 LABELS = ["neg", "pos", "neu"]
 

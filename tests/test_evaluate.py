@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-import eval_fakes
+from fakes import evaluation as eval_fakes
 from distillctl.errors import UserError
 from distillctl.runs import read_jsonl
 

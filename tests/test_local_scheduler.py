@@ -15,7 +15,7 @@ import pytest
 from distillctl.jobs import submit as sm
 from distillctl.scheduling import Job, JobHandle, downstream, pid_alive, topological_order
 from distillctl_plugins.schedulers.local import LocalOptions, LocalScheduler
-from submit_fakes import env  # noqa: F401 - fixture
+from fakes.submit import env  # noqa: F401 - fixture
 
 PY = sys.executable
 
@@ -263,9 +263,9 @@ TESTS = Path(__file__).parent
 def test_recipe_pipeline_end_to_end_through_the_local_scheduler(env, monkeypatch, cli):
     from distillctl.runs import read_jsonl
 
-    monkeypatch.setenv("PYTHONPATH", str(TESTS))  # the jobs run `python -m fake_cli ...`
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))  # the jobs run `python -m fakes.cli ...`
     path = env.write(baseline={"kinds": ["random", "full", "majority"]})
-    sub = sm.submit(path, exe=[PY, "-m", "fake_cli"], wait=True, quiet=True)
+    sub = sm.submit(path, exe=[PY, "-m", "fakes.cli"], wait=True, quiet=True)
     run = sub.path
     assert sub.state == "done", sm.status_text(sub)
     assert run.parent == env.tmp / "runs" / "tiny"

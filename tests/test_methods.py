@@ -11,7 +11,7 @@ import pytest
 import torch
 from pydantic import Field
 
-import distill_fakes
+from fakes import distill as distill_fakes
 from distillctl import hookimpl
 from distillctl.errors import UserError
 from distillctl.methods import Learnables, Method, MethodContext, OuterStep, gradients

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-import embed_fakes
+from fakes import embed as embed_fakes
 from distillctl.errors import UserError
 
 

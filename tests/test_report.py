@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import eval_fakes
+from fakes import evaluation as eval_fakes
 from distillctl.errors import UserError
 
 PNG = b"\x89PNG\r\n\x1a\n"

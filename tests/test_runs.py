@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-import toyplugins  # noqa: E402
-
-from distillctl import plugins as plugins_mod  # noqa: E402
-from distillctl.errors import UserError  # noqa: E402
-from distillctl.recipe import validate_recipe  # noqa: E402
-from distillctl.runs import (atomic_save_tensors, atomic_write_json, atomic_write_text, append_jsonl,  # noqa: E402
+from distillctl import plugins as plugins_mod
+from distillctl.errors import UserError
+from distillctl.recipe import validate_recipe
+from distillctl.runs import (atomic_save_tensors, atomic_write_json, atomic_write_text, append_jsonl,
                              create_run_dir, open_run_dir, read_jsonl)
+from fakes import toyplugins
 
 
 @pytest.fixture
@@ -86,7 +83,7 @@ def test_create_run_dir_writes_recipe_and_manifest(tmp_path, recipe):
     assert manifest["versions"]["distillctl"] == distillctl.__version__
     assert manifest["versions"]["torch"] == torch.__version__
     assert {"kind": "dataset", "name": "toyset", "package": "toy-plugins", "version": "1.0",
-            "module": "toyplugins"} in manifest["plugins"]
+            "module": "fakes.toyplugins"} in manifest["plugins"]
     assert "git_sha" in manifest
     # the stored recipe loads back to the same recipe
     assert open_run_dir(run.path).load_recipe().to_dict() == recipe.to_dict()
@@ -159,7 +156,7 @@ def distill_env(monkeypatch, tmp_path):
     """The real registry with the fake dataset/encoder; load_embeddings returns tiny Gaussian embeddings."""
     import yaml
 
-    import distill_fakes
+    from fakes import distill as distill_fakes
     import distillctl.data.embed as embed_module
 
     registry = plugins_mod.load_registry(extra_plugins=[(distill_fakes, "tests", "0")])

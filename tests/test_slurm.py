@@ -20,7 +20,7 @@ from distillctl.jobs import submit as sm
 from distillctl.scheduling import Job
 from distillctl_plugins.schedulers.slurm import (SlurmOptions, dependency_arg, expand_array_id, map_state, plan,
                                                   render_script, sbatch_calls)
-from submit_fakes import env  # noqa: F401 - fixture
+from fakes.submit import env  # noqa: F401 - fixture
 
 GOLDEN = Path(__file__).parent / "golden" / "slurm"
 PY = sys.executable
@@ -231,9 +231,9 @@ TESTS = Path(__file__).parent
 @pytest.mark.slurm
 def test_recipe_sweep_runs_as_arrays_with_stage_chains(cluster, env, monkeypatch):
     """The real graph (every stage the real CLI, on the fake Gaussian data) of a 2-point sweep."""
-    monkeypatch.setenv("PYTHONPATH", str(TESTS))  # jobs run `python -m fake_cli ...`; sbatch exports the env
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))  # jobs run `python -m fakes.cli ...`; sbatch exports the env
     path = env.write(scheduler=SLURM, baseline={"kinds": ["random", "majority"]})
-    sub = sm.submit(path, sweeps=["distill.method.unroll.window=2,3"], exe=[PY, "-m", "fake_cli"], wait=True, quiet=True)
+    sub = sm.submit(path, sweeps=["distill.method.unroll.window=2,3"], exe=[PY, "-m", "fakes.cli"], wait=True, quiet=True)
     assert sub.state == "done", sm.status_text(sub)
     ids = {k: h.scheduler_id for k, h in sub.handles.items()}
     for stage in ("distill-ipc1", "distill-ipc2", "eval-ipc1", "eval-ipc2", "report"):
@@ -261,7 +261,7 @@ def test_timeout_requeues_distill_and_it_resumes_from_its_checkpoint(cluster, en
                                         "ckpt_every": 100, "val_seeds": 1, "max_seconds": 45}})
     recipe = sm.expand_points(path)[0].recipe
     run = create_run_dir(recipe, stage="test", run_dir=env.tmp / "run").path
-    job = Job(id="distill-ipc2", argv=[PY, "-m", "fake_cli", "distill", str(run / "recipe.resolved.yaml"),
+    job = Job(id="distill-ipc2", argv=[PY, "-m", "fakes.cli", "distill", str(run / "recipe.resolved.yaml"),
                                        "--resume", str(run)],
               cwd=str(run), log=str(run / "logs" / "distill-ipc2.log"), kind="distill", requeue=True,
               env={"DISTILLCTL_QUIET": "0"})
