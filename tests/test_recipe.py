@@ -221,8 +221,17 @@ def test_schema_covers_plugin_options(toy_registry, cli):
 
 
 def test_schema_function_matches_registry(toy_registry):
+    """One schema variant per registered plugin (named kind_name), the same schema the CLI prints; a plugin
+    name the registry does not know is invalid."""
+    import jsonschema
+
     schema = recipe_json_schema(toy_registry)
     assert schema["title"] == "distillctl recipe"
+    registered = {f"{p.kind}_{p.name}".replace("-", "_").replace(".", "_") for p in toy_registry.all()}
+    assert registered and registered <= set(schema["$defs"])
+    validator = jsonschema.Draft202012Validator(schema)
+    assert not list(validator.iter_errors({"name": "x", "dataset": {"name": "toyset", "train": "a.csv"}}))
+    assert list(validator.iter_errors({"name": "x", "dataset": {"name": "not-registered", "train": "a.csv"}}))
 
 
 SHIPPED = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))

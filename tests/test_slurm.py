@@ -162,6 +162,7 @@ SLURM = {"name": "slurm", "time": 5, "setup": [], "signal_seconds": 60}
 
 
 @pytest.mark.slurm
+@pytest.mark.slow
 def test_sweep_goes_out_as_arrays_and_chains_wait_for_their_stage(cluster, tmp_path, cli):
     jobs = [pyjob(tmp_path, "embed", "pass", group="embed")]
     for p in ("p0", "p1", "p2"):
@@ -187,6 +188,7 @@ def test_sweep_goes_out_as_arrays_and_chains_wait_for_their_stage(cluster, tmp_p
 
 
 @pytest.mark.slurm
+@pytest.mark.slow
 def test_failed_job_cancels_dependents_and_retry_failed_finishes(cluster, tmp_path, cli):
     flag = tmp_path / "flag"
     jobs = [pyjob(tmp_path, f"{p}/s1", (f"import sys, os\nif {p == 'p1'} and not os.path.exists({str(flag)!r}): "
@@ -208,6 +210,7 @@ def test_failed_job_cancels_dependents_and_retry_failed_finishes(cluster, tmp_pa
 
 
 @pytest.mark.slurm
+@pytest.mark.slow
 def test_cancel_stops_running_and_pending_jobs(cluster, tmp_path, cli):
     jobs = [pyjob(tmp_path, "sleeper", "time.sleep(300)"), pyjob(tmp_path, "after", "pass", ["sleeper"])]
     folder = tmp_path / "sub"
@@ -229,6 +232,7 @@ TESTS = Path(__file__).parent
 
 
 @pytest.mark.slurm
+@pytest.mark.slow
 def test_recipe_sweep_runs_as_arrays_with_stage_chains(cluster, env, monkeypatch):
     """The real graph (every stage the real CLI, on the fake Gaussian data) of a 2-point sweep."""
     monkeypatch.setenv("PYTHONPATH", str(TESTS))  # jobs run `python -m fakes.cli ...`; sbatch exports the env
@@ -248,6 +252,7 @@ def test_recipe_sweep_runs_as_arrays_with_stage_chains(cluster, env, monkeypatch
 
 
 @pytest.mark.slurm
+@pytest.mark.slow
 def test_timeout_requeues_distill_and_it_resumes_from_its_checkpoint(cluster, env, monkeypatch):
     """Time limit 1 min, USR1 50 s before it: `distillctl distill --resume` is stopped, requeued, and
     continues from its newest checkpoint (about 1 min; max_seconds ends the stage)."""
@@ -320,6 +325,7 @@ def test_every_path_in_a_script_is_quoted_and_survives_spaces(tmp_path, monkeypa
 
 
 @pytest.mark.slurm
+@pytest.mark.slow
 def test_paths_with_spaces_and_quotes_run_on_the_cluster(cluster, tmp_path):
     """sbatch itself honours the quoted #SBATCH --output (SLURM's own parser, not bash's)."""
     folder = tmp_path / "a run dir" / "it's"
