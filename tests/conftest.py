@@ -1,6 +1,6 @@
 """Shared fixtures: an isolated embedding cache and a CLI runner that returns (exit code, stdout, stderr).
 
-Two tiers: ``python -m pytest -m "not slow"`` is the fast lane (in-process, small shapes); tests marked
+Two tiers: ``python -m pytest -m "not slow"`` is the fast lane (in-process on fakes, small shapes); tests marked
 ``slow`` start new processes that import torch, pip-install, run real scheduler jobs or SLURM, load the real
 MiniLM or read the real data files. ``bash .ci/run`` runs both.
 """
