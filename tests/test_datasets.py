@@ -223,7 +223,9 @@ def test_mrpc_files_with_bom_and_unbalanced_quotes(tmp_path):
     assert len(s.splits["val"]) == 1 and len(s.splits["test"]) == 1
     assert s.splits["test"].texts[0] == 'PCCW\'s officer "will report.'
     assert s.label_names == ["not_equivalent", "equivalent"]
-    assert {train.name, dev.name, test.name}
+    val = s.splits["val"]  # the dev file: its unbalanced quote is text, not the start of a quoted field
+    assert (val.texts, val.pairs, val.labels.tolist()) == (['A "b.'], ["A b."], [1])
+    assert {train.name, dev.name, test.name} == {"train.tsv", "dev.tsv", "msr_paraphrase_test.txt"}
 
 
 def test_mrpc_dev_ids_rebuild_the_glue_split(tmp_path):

@@ -403,4 +403,6 @@ def test_real_minilm_end_to_end_equals_sentence_transformers(tmp_path, cli):
     for split in ("train", "val", "test"):
         ref = model.encode(emb.texts(split), batch_size=16, convert_to_numpy=True)
         np.testing.assert_allclose(emb.splits[split].X.numpy(), ref, atol=1e-5)
-    assert emb.manifest["encoder"]["identity"]["weights_sha256"]
+    from distillctl.encoding import folder_sha256
+
+    assert emb.manifest["encoder"]["identity"]["weights_sha256"] == folder_sha256(gt.get_model_path())
