@@ -31,7 +31,9 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 import pluggy
 
 from distillctl import hookspecs
+from distillctl.contracts import conform
 from distillctl.errors import UserError
+from distillctl.options import describe_options, PluginOptions
 
 ENTRY_POINT_GROUP = "distillctl"
 #: the distribution whose entry points are the built-in plugins (always loaded)
@@ -73,13 +75,11 @@ class PluginInfo:
         contract of its kind (:func:`distillctl.contracts.conform`): a component missing a required
         method is a :class:`UserError` naming the plugin; missing optional ones get the base-class
         defaults."""
-        from distillctl.contracts import conform
 
         return conform(self, self.factory(*args))
 
     def options_table(self) -> list[dict]:
         """One row per option: ``name``, ``type``, ``default``, ``required``, ``description``."""
-        from distillctl.options import describe_options
 
         return describe_options(self.options)
 
@@ -196,8 +196,6 @@ def clash_message(kind: str, name: str, infos: list[PluginInfo]) -> str:
 
 
 def _register_callback(registry: Registry, kind: str, package: str, version: str, module: str):
-    from distillctl.options import PluginOptions
-
     def register(name: str, factory: Callable[..., Any], *, options: type = PluginOptions,
                  description: str = "") -> None:
         if not isinstance(name, str) or not name:

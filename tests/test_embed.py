@@ -199,7 +199,6 @@ def test_each_cache_file_is_read_once_and_a_build_reads_back_nothing(tmp_path, r
     """A hit verifies and loads each file from the same bytes; a build hashes the bytes it writes."""
     import safetensors.torch
 
-    import distillctl.textdata
     from distillctl.data.embed import embed, entry_dir, load_embeddings
 
     recipe = load(write_recipe(tmp_path, make_data(tmp_path)))
@@ -216,7 +215,6 @@ def test_each_cache_file_is_read_once_and_a_build_reads_back_nothing(tmp_path, r
 
     monkeypatch.setattr(Path, "read_bytes", spy(Path.read_bytes))
     monkeypatch.setattr(Path, "read_text", spy(Path.read_text))
-    monkeypatch.setattr(distillctl.textdata, "file_sha256", spy(distillctl.textdata.file_sha256))
     monkeypatch.setattr(safetensors.torch, "load_file", spy(safetensors.torch.load_file))
     first = embed(recipe)
     assert not first.cache_hit and reads == []  # the split files and the manifest are never read back

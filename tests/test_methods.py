@@ -19,6 +19,7 @@ from distillctl.options import PluginOptions
 from distillctl.plugins import load_registry, set_registry
 from distillctl.recipe import InnerSettings, validate_recipe
 from distillctl.runs import read_jsonl
+from distillctl.toolbox import VerifiedCache
 from distillctl.distillation.synthetic import SyntheticSet
 from distillctl.evaluation.training import TrainBudget
 from distillctl_plugins.methods import BPTTOptions, DMOptions, KRROptions, MTTOptions
@@ -85,12 +86,17 @@ def recipe(env, method: dict, *, student=None, **distill):
     return validate_recipe(data, registry=env.registry)
 
 
-def context(problem_student, *, C=3, ipc=2, d=5, n=30, dtype=torch.float64, inner=None, soft=False, **kw):
+def context(problem_student, *, C=3, ipc=2, d=5, n=30, dtype=torch.float64, inner=None, soft=False, cache_dir=None,
+            **kw):
+    """A stage's MethodContext on random data; ``cache_dir``: a VerifiedCache there (saying into ``say``)."""
+    if cache_dir is not None:
+        kw["cache"] = VerifiedCache(cache_dir, {"data": "test", "student": {"name": "mlp"}},
+                                    say=kw.get("say", lambda m: None))
     torch.manual_seed(0)
     x_train = torch.randn(n, d, dtype=dtype)
     y_train = torch.arange(C).repeat_interleave(n // C)
     return MethodContext(
-        build_student=problem_student, student_name="mlp", student_options={"name": "mlp"}, num_classes=C,
+        build_student=problem_student, student_name="mlp", num_classes=C,
         ipc=ipc, hard_labels=torch.arange(C).repeat_interleave(ipc), x_train=x_train, y_train=y_train,
         inner=inner or InnerSettings(), eval_budget=TrainBudget(steps=40, lr=0.05, batch_size=8),
         device=torch.device("cpu"), seed=0, soft_labels=soft, **kw)
@@ -257,7 +263,7 @@ def test_mtt_expert_trajectories_are_cached_verified_and_rebuilt(tmp_path):
     # a truncated file too
     files[0].write_bytes(files[0].read_bytes()[:100])
     MTT(opts).setup(context(mlp(), cache_dir=tmp_path, say=messages.append))
-    assert messages[-2].endswith("training the experts again")
+    assert messages[-2].endswith("building it again")
 
 
 def test_mtt_rejects_segments_longer_than_the_experts_and_fits_its_default_start(tmp_path):
@@ -325,7 +331,7 @@ def test_a_two_architecture_step_is_the_mean_of_the_single_architecture_steps(tm
     assert all(m.context.students == ["mlp", "transformer"] for m in both.methods)
     singles = [make(), make()]
     for method, (student, build, options) in zip(singles, students):
-        method.setup(replace(ctx, build_student=build, student_name=student, student_options=options))
+        method.setup(replace(ctx, build_student=build, student_name=student, cache=ctx.cache.keyed(student=options)))
     gen_both, gen_single = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     for step in range(2):
         out = both.step(learn, real_x, real_y, gen_both)

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distillctl.console import info, is_quiet, progress
+from distillctl.data import embed  # embed.load_embeddings: looked up per call (tests stand in for it)
+from distillctl.data.cache import methods_dir
 from distillctl.devices import resolve_device
 from distillctl.distillation import checkpoints
 from distillctl.distillation.synthetic import SyntheticSet
@@ -34,9 +36,10 @@ from distillctl.evaluation import training  # training.train_and_score: looked u
 from distillctl.evaluation.training import TrainBudget, student_builder
 from distillctl.methods import Learnables, Method, MethodContext, PerStudent, student_labels
 from distillctl.plugins import get_registry, with_registry
-from distillctl.runs import (RunDir, create_run_dir, new_run_path, open_run_dir, record_set, refuse_existing_run,
-                             run_lock)
+from distillctl.runs import (RunDir, atomic_write_text, create_run_dir, new_run_path, open_run_dir, read_jsonl,
+                             record_set, refuse_existing_run, run_lock)
 from distillctl.seeds import stage_seed, val_seeds as derive_val_seeds
+from distillctl.verified import sha256_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -83,8 +86,6 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
         run = _open_run(recipe, folder, resume, argv)
         # 2. Embeddings (embedded first when the cache is missing); train for batches, val for selection.
         if embeddings is None:
-            from distillctl.data import embed  # the module attribute: tests patch embed.load_embeddings
-
             embeddings = embed.load_embeddings(recipe, quiet=quiet)
         # 3. Students and method: what every stage of the chain shares.
         chain = _Chain.build(recipe, run, embeddings, quiet=quiet)
@@ -146,7 +147,7 @@ class _Chain:
     val_budget: Any  # TrainBudget of the eval protocol: each validation student's training
     val_seeds: list[int]
     meta_common: dict  # what every saved set of this run records
-    embedding_fingerprint: str | None
+    cache: Any  # VerifiedCache of the methods, keyed by the training data (each stage adds its student)
     device: Any
     quiet: bool
 
@@ -156,6 +157,8 @@ class _Chain:
         when there are several: PerStudent averages their outer steps), the validation budget (the eval
         protocol, scored on val)."""
         import torch
+
+        from distillctl.toolbox import VerifiedCache  # imports torch
 
         ds, registry = recipe.distill, get_registry()
         device = resolve_device(ds.device, field="distill.device")
@@ -172,6 +175,9 @@ class _Chain:
             method = PerStudent([method] + [registry.build("method", ds.method) for _ in students[1:]], students)
         method.name = ds.method.name
         fingerprint = getattr(embeddings, "fingerprint", None)
+        # what the methods' cached files derive from: the embedding cache entry, or a library caller's tensors
+        data = fingerprint or "tensors:" + sha256_of(X_train.detach().cpu().numpy().tobytes()
+                                                     + y_train.detach().cpu().numpy().tobytes())
         meta_common = {
             "recipe_name": recipe.name, "recipe_fingerprint": recipe.fingerprint(),
             "embedding_fingerprint": fingerprint,
@@ -184,7 +190,8 @@ class _Chain:
                    num_classes=C, students=students, labels=student_labels([sec.name for sec in sections]),
                    method=method, val_budget=TrainBudget.from_eval(recipe.eval),
                    val_seeds=derive_val_seeds(recipe.seed, ds.outer.val_seeds), meta_common=meta_common,
-                   embedding_fingerprint=fingerprint, device=device, quiet=quiet)
+                   cache=VerifiedCache(_method_cache_dir(), {"data": data}, say=(lambda m: None) if quiet else info),
+                   device=device, quiet=quiet)
 
     def say(self, message: str) -> None:
         """A status line on stderr (silent with quiet)."""
@@ -330,11 +337,10 @@ def _start_stage(chain: _Chain, si: int, ipc: int, previous: SyntheticSet | None
     hard = torch.arange(C, device=chain.device).repeat_interleave(ipc)  # (ipc*C,) class-major
     name, build, options = chain.students[0]
     method.setup(MethodContext(
-        build_student=build, student_name=name, student_options=options,
-        students=list(chain.labels), num_classes=C, ipc=ipc, hard_labels=hard,
-        x_train=chain.X_train, y_train=chain.y_train, inner=ds.inner, eval_budget=chain.val_budget,
-        device=chain.device, seed=recipe.seed, soft_labels=ds.soft_labels,
-        embedding_fingerprint=chain.embedding_fingerprint, cache_dir=_method_cache_dir(), say=chain.say))
+        build_student=build, student_name=name, students=list(chain.labels), num_classes=C, ipc=ipc,
+        hard_labels=hard, x_train=chain.X_train, y_train=chain.y_train, inner=ds.inner,
+        eval_budget=chain.val_budget, device=chain.device, seed=recipe.seed, soft_labels=ds.soft_labels,
+        cache=chain.cache.keyed(student=options), say=chain.say))
     learn, inherited = _initial_learnables(ds, chain.X_train, chain.y_train, C, ipc, previous, gen,
                                            lr0=method.learned_inner_lr(ds.inner))  # inherited: (ipc*C,)
     opt, base_lrs = _outer_optimizer(learn, ds.outer)
@@ -449,18 +455,13 @@ def _schedule_factor(schedule: str, step: int, iterations: int) -> float:
 
 
 def _method_meta(section) -> dict:
-    """The method's options as recorded with each saved set (``unroll`` kept for older readers)."""
+    """The method's options as recorded with each saved set (bptt's unroll among them)."""
     options = section.model_dump(mode="json")
-    out = {"method_options": {k: v for k, v in options.items() if k != "name"}}
-    if isinstance(options.get("unroll"), dict):
-        out["unroll"] = options["unroll"].get("name")
-    return out
+    return {"method_options": {k: v for k, v in options.items() if k != "name"}}
 
 
 def _method_cache_dir() -> Path:
     """Where methods keep verified derived files (MTT experts), beside the embedding cache."""
-    from distillctl.data.cache import methods_dir
-
     return methods_dir()
 
 
@@ -542,8 +543,6 @@ def _truncate_metrics(run, stage: int, keep_through_step: int) -> None:
     validation of a stopped stage: they carry no ``loss``) are dropped too: the resumed stage logs them
     again.
     """
-    from distillctl.runs import atomic_write_text, read_jsonl
-
     if not run.metrics.exists():
         return
     records = read_jsonl(run.metrics)
