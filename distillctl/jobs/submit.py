@@ -15,6 +15,7 @@ names none.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -178,8 +179,6 @@ def check_inputs(points: Sequence[Point]) -> None:
 
 
 def _canonical_section(section) -> str:
-    import json
-
     return json.dumps(section.model_dump(mode="json"), sort_keys=True, default=str)
 
 
