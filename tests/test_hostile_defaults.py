@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-import distill_fakes
+from fakes import distill as distill_fakes
 from distillctl.recipe import PATIENCE, validate_recipe
 from test_distill import env  # noqa: F401  (env: fixture)
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-import distill_fakes
+from fakes import distill as distill_fakes
 from distillctl.distillation.synthetic import SyntheticSet
 from test_distill import env, recipe_data  # noqa: F401  (env: fixture)
 
@@ -67,7 +67,7 @@ def test_a_one_row_test_split_is_refused_by_distill_when_recorded_and_by_eval(en
 
 
 def test_eval_refuses_a_one_row_test_split_before_writing(monkeypatch, tmp_path, cli):
-    import eval_fakes
+    from fakes import evaluation as eval_fakes
 
     recipe, run, emb = eval_fakes.run_in(monkeypatch, tmp_path)
     one = distill_fakes.gaussian_embeddings(n_per_class=(30, 10, 1), C=3, d=8)
@@ -136,7 +136,7 @@ def test_sigterm_stops_a_distill_process_with_the_resume_command(tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
                OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "fake_cli", "distill", str(recipe), "--run-dir", str(run)],
+    proc = subprocess.Popen([sys.executable, "-m", "fakes.cli", "distill", str(recipe), "--run-dir", str(run)],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120

@@ -12,7 +12,7 @@ import textwrap
 
 import numpy as np
 
-import eval_fakes
+from fakes import evaluation as eval_fakes
 from test_compare import _point
 from test_report import hand_run, rec  # noqa: F401  (hand_run: fixture)
 

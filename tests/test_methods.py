@@ -11,7 +11,7 @@ import pytest
 import torch
 from pydantic import Field
 
-import distill_fakes
+from fakes import distill as distill_fakes
 from distillctl import hookimpl
 from distillctl.errors import UserError
 from distillctl.methods import Learnables, Method, MethodContext, OuterStep, gradients
@@ -212,12 +212,16 @@ def test_dm_refuses_soft_labels_and_a_learned_inner_lr():
 
 
 def test_dm_works_with_the_transformer_student():
-    build = lambda: build_transformer(8, 3, TransformerOptions(n_tokens=2, d_model=8, layers=1, heads=2, ff=8))  # noqa: E731
+    """The transformer's features (its pooled last layer) through dm: the gradient against finite differences."""
+    build = lambda: build_transformer(8, 3, TransformerOptions(n_tokens=2, d_model=8, layers=1, heads=2, ff=8)).double()  # noqa: E731
     method = DM(DMOptions(students=2))
-    method.setup(context(build, d=8, dtype=torch.float32))
-    learn = Learnables(x=torch.randn(6, 8)).as_leaves()
-    out = method.step(learn, torch.randn(9, 8), torch.arange(3).repeat(3), torch.Generator().manual_seed(0))
-    assert out.grads["x"].shape == (6, 8) and float(out.grads["x"].abs().sum()) > 0
+    method.setup(context(build, d=8))
+    g = torch.Generator().manual_seed(4)
+    learn = Learnables(x=torch.randn(6, 8, generator=g, dtype=torch.float64)).as_leaves()
+    real_x, real_y = torch.randn(9, 8, generator=g, dtype=torch.float64), torch.arange(3).repeat(3)
+    out = method.step(learn, real_x, real_y, torch.Generator().manual_seed(7))
+    assert out.grads["x"].shape == (6, 8) and out.loss > 0
+    finite_difference_check(method, learn, real_x, real_y)
 
 
 # -- MTT ---------------------------------------------------------------------------------------------

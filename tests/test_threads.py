@@ -84,6 +84,7 @@ def _threads_of_a_command(args: list[str], env_threads: str | None) -> tuple[int
     return int(threads), omp
 
 
+@pytest.mark.slow
 def test_cli_commands_run_with_the_machines_threads_unless_told_otherwise():
     from distillctl.threads import machine_threads
 

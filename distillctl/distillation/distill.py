@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distillctl.console import info, is_quiet, progress
+from distillctl.data import embed  # embed.load_embeddings: looked up per call (tests stand in for it)
 from distillctl.data.cache import methods_dir
 from distillctl.devices import resolve_device
 from distillctl.distillation import checkpoints
@@ -35,8 +36,8 @@ from distillctl.evaluation import training  # training.train_and_score: looked u
 from distillctl.evaluation.training import TrainBudget, student_builder
 from distillctl.methods import Learnables, Method, MethodContext, PerStudent, student_labels
 from distillctl.plugins import get_registry, with_registry
-from distillctl.runs import (RunDir, create_run_dir, new_run_path, open_run_dir, record_set, refuse_existing_run,
-                             run_lock)
+from distillctl.runs import (RunDir, atomic_write_text, create_run_dir, new_run_path, open_run_dir, read_jsonl,
+                             record_set, refuse_existing_run, run_lock)
 from distillctl.seeds import stage_seed, val_seeds as derive_val_seeds
 from distillctl.verified import sha256_of
 
@@ -83,8 +84,6 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
     #    test sizes per class) and method x students x labels at every stage to run.
     _check_folder(recipe, run_dir, resume)
     if embeddings is None:
-        from distillctl.data import embed  # the module attribute: tests patch embed.load_embeddings
-
         embeddings = embed.load_embeddings(recipe, quiet=quiet)
     preflight(recipe, embeddings, stages=[i for i in ds.ipc if stage is None or i <= stage], quiet=quiet)
 
@@ -560,12 +559,9 @@ def _schedule_factor(schedule: str, step: int, iterations: int) -> float:
 
 
 def _method_meta(section) -> dict:
-    """The method's options as recorded with each saved set (``unroll`` kept for older readers)."""
+    """The method's options as recorded with each saved set (bptt's unroll among them)."""
     options = section.model_dump(mode="json")
-    out = {"method_options": {k: v for k, v in options.items() if k != "name"}}
-    if isinstance(options.get("unroll"), dict):
-        out["unroll"] = options["unroll"].get("name")
-    return out
+    return {"method_options": {k: v for k, v in options.items() if k != "name"}}
 
 
 def _method_cache(embeddings, X_train: "torch.Tensor", y_train: "torch.Tensor", *, quiet: bool):
@@ -661,8 +657,6 @@ def _truncate_metrics(run, stage: int, keep_through_step: int) -> None:
     validation of a stopped stage: they carry no ``loss``) are dropped too: the resumed stage logs them
     again.
     """
-    from distillctl.runs import atomic_write_text, read_jsonl
-
     if not run.metrics.exists():
         return
     records = read_jsonl(run.metrics)

@@ -20,14 +20,20 @@ were trained; a soft-label set gives one record of each). A results file keeps t
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from distillctl import seeds as seeding
 from distillctl.errors import UserError
+from distillctl.evaluation.training import majority_scores
+from distillctl.recipe import PluginSection, validate_plugin_section
+from distillctl.runs import append_jsonl, atomic_write_json
 from distillctl.seeds import EVAL_SEED_STRIDE
 
 #: the split every final score is computed on
@@ -106,7 +112,6 @@ def check_split_sizes(embeddings: Any, splits: tuple[str, ...] = ("val", TEST_SP
 
 def majority_line(embeddings: Any) -> dict:
     """Majority class of train (by counts) scored on test, and the chance level 1/C."""
-    from distillctl.evaluation.training import majority_scores
 
     train, test = split_of(embeddings, "train"), split_of(embeddings, TEST_SPLIT)
     C = int(embeddings.num_classes)
@@ -201,8 +206,6 @@ def parse_students(text: str) -> list:
     -> ["mlp", {"name": "transformer", "layers": 1}]. Each item is a name (default options) or a
     section as in a recipe. Validate them with :func:`student_sections`.
     """
-    import yaml
-
     hint = ("expected comma-separated student names or recipe sections, e.g. "
             "'mlp,linear,{name: transformer, layers: 1}'")
     try:
@@ -223,7 +226,6 @@ def student_sections(recipe: Any, students: Any = None) -> list:
     sections; default ``eval.students`` of the recipe, else its ``student``. An unknown student or a bad
     option is one :class:`UserError` naming it and what would be valid. Duplicates are dropped.
     """
-    from distillctl.recipe import PluginSection, validate_plugin_section
 
     if students is None:
         students, field = (recipe.eval.students or [recipe.student]), "eval.students"
@@ -251,8 +253,6 @@ def student_sections(recipe: Any, students: Any = None) -> list:
 
 def read_results(path: str | Path) -> list[dict]:
     """Records of a results file (``results.json`` or ``baseline-<kind>.json``); [] when absent."""
-    import json
-
     path = Path(path)
     if not path.exists():
         return []
@@ -269,7 +269,6 @@ def read_results(path: str | Path) -> list[dict]:
 def store_results(path: str | Path, records: list[dict], *, history: str | Path | None = None) -> Path:
     """Merge ``records`` into ``path`` (a newer record replaces one with the same :func:`record_key`),
     atomically."""
-    from distillctl.runs import append_jsonl, atomic_write_json
 
     merged = {record_key(r): r for r in read_results(path)}
     for r in records:

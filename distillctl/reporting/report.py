@@ -32,6 +32,7 @@ from distillctl.plugins import with_registry
 from distillctl.reporting.compare import submission_points, write_comparison
 from distillctl.reporting.report_plots import plot_accuracy, plot_pca, plot_transfer, plot_val_curve
 from distillctl.reporting.scores import dd_scores, labels_of, newest
+from distillctl.reporting.summary import headline, headline_md
 from distillctl.reporting.sections import (claims, claims_md, collect_results, pct, scores_md, set_selection,
                                            transfer_matrix, transfer_md)
 from distillctl.runs import atomic_write_json, atomic_write_text, existing_run_of, holds_run_lock, open_run_dir, read_jsonl
@@ -191,7 +192,6 @@ def nearest_texts(run_path: Path, embeddings: Any, k: int = NEIGHBOURS, files: A
     cosine-similar real training texts."""
     import torch
 
-
     train = split_of(embeddings, "train")
     if not callable(getattr(embeddings, "texts", None)):  # embeddings built in Python may carry no texts
         raise UserError("the embeddings carry no texts (no `texts(split)` method)")
@@ -298,9 +298,8 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
     (:mod:`distillctl.reporting.compare`: comparison.md / .json, plots/time_to_quality.png) and return that path.
     """
     points = submission_points(Path(run_dir))
-    if points:
+    if points:  # a sweep: decided here, once
         return write_comparison(run_dir, points)
-    from distillctl.reporting.summary import headline, headline_md
 
     # 1. The results of the run.
     run = open_run_dir(run_dir)
@@ -312,47 +311,98 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
         raise not_ready(run_dir, f"no results in {run.eval}", f"run `distillctl eval {run_dir}` and "
                         f"`distillctl baseline RECIPE --kind random --run-dir {run_dir}` first")
     summary = build_tables(records, recipe.student.name, run.path)
-    stated = claims(records, summary)
-    scores = dd_scores(records)
-    transfer = transfer_matrix(records, summary["student"])
-    stages = distillation(run)
+    parts = {"claims": claims(records, summary), "scores": dd_scores(records),
+             "transfer": transfer_matrix(records, summary["student"]), "distillation": distillation(run),
+             "single_class": collapse_notes(records), "headline": headline(records)}
 
     # 2. The plots.
     plots = {"accuracy_vs_ipc": plot_accuracy(summary, run.plots / "accuracy_vs_ipc.png",
                                               f"{recipe.name}: test accuracy vs IPC")}
-    if transfer:
-        plots["transfer"] = plot_transfer(transfer, run.plots / "transfer.png",
+    if parts["transfer"]:
+        plots["transfer"] = plot_transfer(parts["transfer"], run.plots / "transfer.png",
                                           f"{recipe.name}: test accuracy, distilled with × evaluated on")
-    if any(s["points"] for s in stages):
-        plots["val_curve"] = plot_val_curve([s for s in stages if s["points"]], run.plots / "val_curve.png",
+    curves = [s for s in parts["distillation"] if s["points"]]
+    if curves:
+        plots["val_curve"] = plot_val_curve(curves, run.plots / "val_curve.png",
                                             f"{recipe.name}: validation accuracy while distilling")
 
     # 3. The sets among the real rows, and their nearest real texts (both need the embedding cache).
-    nearest, nearest_note, pca, pca_note = [], None, None, None
-    if set_files(run.path):
-        try:
-            if embeddings is None:
-                embeddings = embed.load_embeddings(recipe, quiet=quiet)
-        except (UserError, NotImplementedError) as exc:
-            nearest_note = pca_note = f"embeddings unavailable: {exc}"
-        if embeddings is not None:
-            try:
-                path, pca = pca_picture(run, embeddings, f"{recipe.name}: distilled rows in the PCA plane of train")
-                if path is not None:
-                    plots["pca"] = path
-            except (UserError, NotImplementedError) as exc:
-                pca_note = f"PCA picture unavailable: {exc}"
-            try:
-                nearest = nearest_texts(run.path, embeddings)
-            except (UserError, NotImplementedError) as exc:
-                nearest_note = f"nearest texts unavailable: {exc}"
+    parts.update(_sets_among_real_rows(run, recipe, embeddings, plots, quiet=quiet))
 
     # 4. report.md
-    p = summary["protocol"]
+    md_path = atomic_write_text(run.path / "report.md", "\n".join(_report_md(run, recipe, summary, parts, plots)))
+
+    # 5. report.json
+    out = {k: v for k, v in summary.items() if k not in ("deviating", "cells", "reference_records")}
+    out.update({"run_dir": str(run.path), "recipe": recipe.name, "report": str(md_path),
+                "plot": str(plots["accuracy_vs_ipc"]), "plots": {k: str(v) for k, v in plots.items()},
+                **{k: parts[k] for k in ("claims", "scores", "transfer", "distillation", "pca", "nearest",
+                                         "nearest_note", "pca_note", "single_class")},
+                "results": records})
+    atomic_write_json(run.path / "report.json", out)
+    return md_path
+
+
+def _sets_among_real_rows(run: Any, recipe: Any, embeddings: Any, plots: dict, *, quiet: bool | None) -> dict:
+    """The PCA picture of the sets among the real training rows (added to ``plots``) and each synthetic
+    vector's nearest real texts; a note instead of either when the embedding cache cannot give it."""
+    out = {"nearest": [], "nearest_note": None, "pca": None, "pca_note": None}
+    if not set_files(run.path):
+        return out
+    try:
+        if embeddings is None:
+            embeddings = embed.load_embeddings(recipe, quiet=quiet)
+    except (UserError, NotImplementedError) as exc:
+        out["nearest_note"] = out["pca_note"] = f"embeddings unavailable: {exc}"
+    if embeddings is None:
+        return out
+    try:
+        path, out["pca"] = pca_picture(run, embeddings, f"{recipe.name}: distilled rows in the PCA plane of train")
+        if path is not None:
+            plots["pca"] = path
+    except (UserError, NotImplementedError) as exc:
+        out["pca_note"] = f"PCA picture unavailable: {exc}"
+    try:
+        out["nearest"] = nearest_texts(run.path, embeddings)
+    except (UserError, NotImplementedError) as exc:
+        out["nearest_note"] = f"nearest texts unavailable: {exc}"
+    return out
+
+
+def _report_md(run: Any, recipe: Any, summary: dict, parts: dict, plots: dict) -> list[str]:
+    """report.md's lines, top to bottom: title, protocol, claims, tables by ipc, scores, transfer,
+    distillation, the sets among the real rows, their nearest texts."""
     md = [f"# {recipe.name}: distilled sets against baselines", ""]
     if recipe.description:
         md += [recipe.description, ""]
     md += [f"Run directory: `{run.path}`", ""]
+    md += _protocol_md(summary, parts["single_class"])
+    if parts["headline"]["rows"]:  # every student that scored the sets (eval --students mlp,linear: both)
+        md += ["## Headline: distilled sets on every evaluating student", "",
+               "Test accuracy (%), mean ± std over the eval seeds, and the share of the strongest full-data "
+               "reference.", ""] + headline_md(parts["headline"]) + [""]
+    md += claims_md(parts["claims"])
+    for metric, title in METRICS:
+        if metric not in summary["tables"]:
+            continue
+        md += [f"## {title} (%) by instances per class", ""]
+        rows = summary["tables"][metric]
+        if rows:
+            md += _markdown_table(rows, summary) + [""]
+        else:
+            refs = [f"{summary['reference_headers'][a]} {pct(r.get(metric))}"
+                    for a, r in (summary["references"] or {}).items() if r and r.get(metric)]
+            md += [("Full training data: " + "; ".join(refs)) if refs else "No per-ipc results yet.", ""]
+    md += ["![accuracy vs ipc](plots/accuracy_vs_ipc.png)", ""]
+    md += scores_md(parts["scores"])
+    md += transfer_md(parts["transfer"], "plots/transfer.png" if "transfer" in plots else None)
+    md += _distillation_md(parts["distillation"], plots.get("val_curve"))
+    return md + _pca_md(parts["pca"], parts["pca_note"]) + _nearest_md(parts["nearest"], parts["nearest_note"])
+
+
+def _protocol_md(summary: dict, single_class: list[str]) -> list[str]:
+    """The protocol every same-protocol arm shares, the majority class, deviations, single-class students."""
+    md, p = [], summary["protocol"]
     if p:
         seeds = p["seeds"] or []
         run_arms = [h for _, h in summary["columns"]]
@@ -376,63 +426,39 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
     if summary["deviations"]:
         md += ["**† Different protocol** (not comparable with the other cells):", ""]
         md += [f"- {d}" for d in summary["deviations"]] + [""]
-    collapsed = collapse_notes(records)
-    if collapsed:
+    if single_class:
         md += ["**Single-class students** (such a student scores the share of its one class in test):", ""]
-        md += [f"- {n}" for n in collapsed] + [""]
-    heads = headline(records)
-    if heads["rows"]:
-        md += ["## Headline: distilled sets on every evaluating student", "",
-               "Test accuracy (%), mean ± std over the eval seeds, and the share of the strongest full-data "
-               "reference.", ""] + headline_md(heads) + [""]
-    md += claims_md(stated)
-    for metric, title in METRICS:
-        if metric not in summary["tables"]:
-            continue
-        md += [f"## {title} (%) by instances per class", ""]
-        rows = summary["tables"][metric]
-        if rows:
-            md += _markdown_table(rows, summary) + [""]
-        else:
-            refs = [f"{summary['reference_headers'][a]} {pct(r.get(metric))}"
-                    for a, r in (summary["references"] or {}).items() if r and r.get(metric)]
-            md += [("Full training data: " + "; ".join(refs)) if refs else "No per-ipc results yet.", ""]
-    md += ["![accuracy vs ipc](plots/accuracy_vs_ipc.png)", ""]
-    md += scores_md(scores)
-    md += transfer_md(transfer, "plots/transfer.png" if "transfer" in plots else None)
-    md += _distillation_md(stages, plots.get("val_curve"))
-    if pca or pca_note:
-        md += ["## The sets among the real rows", ""]
-        if pca:
-            md += [f"Real training rows (faint dots, {pca['real_rows_drawn']} drawn) and the synthetic rows (stars, "
-                   "numbered by their row in the set, as in the nearest-texts table), projected on the first two "
-                   "principal components of the real training vectors "
-                   f"({sum(pca['explained_variance_ratio']) * 100:.1f} % of their variance).", "",
-                   "![PCA of the sets](plots/pca.png)", ""]
-        else:
-            md += [f"_{pca_note}_", ""]
-    if nearest or nearest_note:
-        md += [NEAREST_HEADING, "",
-               f"For each synthetic vector, the {NEIGHBOURS} real training texts nearest by cosine similarity "
-               "(similarity, the text's true label).", ""]
-        if nearest_note:
-            md += [f"_{nearest_note}_", ""]
-        for s in nearest:
-            md += [f"<details><summary>ipc {s['ipc']} ({len(s['vectors'])} vectors)</summary>", "",
-                   "| vector | class | # | cos | label | text |", "|---:|---|---:|---:|---|---|"]
-            for v in s["vectors"]:
-                for rank, nb in enumerate(v["neighbours"], 1):
-                    md.append(f"| {v['row'] if rank == 1 else ''} | {v['class'] if rank == 1 else ''} | {rank} | "
-                              f"{nb['similarity']:.3f} | {nb['label']} | {_short(nb['text'])} |")
-            md += ["", "</details>", ""]
-    md_path = atomic_write_text(run.path / "report.md", "\n".join(md))
+        md += [f"- {n}" for n in single_class] + [""]
+    return md
 
-    # 5. report.json
-    out = {k: v for k, v in summary.items() if k not in ("deviating", "cells", "reference_records")}
-    out.update({"run_dir": str(run.path), "recipe": recipe.name, "report": str(md_path),
-                "plot": str(plots["accuracy_vs_ipc"]), "plots": {k: str(v) for k, v in plots.items()},
-                "claims": stated, "scores": scores, "transfer": transfer, "distillation": stages, "pca": pca,
-                "nearest": nearest, "nearest_note": nearest_note, "pca_note": pca_note, "single_class": collapsed,
-                "results": records})
-    atomic_write_json(run.path / "report.json", out)
-    return md_path
+
+def _pca_md(pca: dict | None, note: str | None) -> list[str]:
+    if not (pca or note):
+        return []
+    md = ["## The sets among the real rows", ""]
+    if not pca:
+        return md + [f"_{note}_", ""]
+    return md + [f"Real training rows (faint dots, {pca['real_rows_drawn']} drawn) and the synthetic rows (stars, "
+                 "numbered by their row in the set, as in the nearest-texts table), projected on the first two "
+                 "principal components of the real training vectors "
+                 f"({sum(pca['explained_variance_ratio']) * 100:.1f} % of their variance).", "",
+                 "![PCA of the sets](plots/pca.png)", ""]
+
+
+def _nearest_md(nearest: list[dict], note: str | None) -> list[str]:
+    if not (nearest or note):
+        return []
+    md = [NEAREST_HEADING, "",
+          f"For each synthetic vector, the {NEIGHBOURS} real training texts nearest by cosine similarity "
+          "(similarity, the text's true label).", ""]
+    if note:
+        md += [f"_{note}_", ""]
+    for s in nearest:
+        md += [f"<details><summary>ipc {s['ipc']} ({len(s['vectors'])} vectors)</summary>", "",
+               "| vector | class | # | cos | label | text |", "|---:|---|---:|---:|---|---|"]
+        for v in s["vectors"]:
+            for rank, nb in enumerate(v["neighbours"], 1):
+                md.append(f"| {v['row'] if rank == 1 else ''} | {v['class'] if rank == 1 else ''} | {rank} | "
+                          f"{nb['similarity']:.3f} | {nb['label']} | {_short(nb['text'])} |")
+        md += ["", "</details>", ""]
+    return md

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
@@ -42,7 +43,8 @@ from pydantic import Field, field_validator, model_validator
 
 from distillctl.errors import RunError, UserError
 from distillctl.options import PluginOptions
-from distillctl.scheduling import Job, JobHandle, Scheduler, read_log, safe_name, topological_order
+from distillctl.runs import atomic_write_text, new_run_id
+from distillctl.scheduling import Job, JobHandle, read_log, safe_name, Scheduler, topological_order
 
 STAGE_KINDS = ("embed", "distill", "eval", "baseline", "report")
 #: seconds any slurm command may take before we give up on it
@@ -313,6 +315,7 @@ def default_setup() -> list[str]:
     return [f"export PATH={quote_path(os.path.dirname(sys.executable))}:\"$PATH\""]
 
 
+# ~90 lines on purpose: the script reads top to bottom as the text it writes (header, job table, run, requeue)
 def render_script(group: Group, options: SlurmOptions, folder: Path, setup: list[str] | None = None) -> str:
     """The sbatch script of one group (deterministic text: golden-tested)."""
     folder = Path(folder)
@@ -466,8 +469,6 @@ def _read_marker(path: Path) -> tuple[int, float] | None:
 
 
 def _parse_time(text: str) -> float | None:
-    from datetime import datetime
-
     try:
         return datetime.fromisoformat(text.strip()).timestamp()
     except (ValueError, TypeError):
@@ -500,8 +501,6 @@ class SlurmScheduler(Scheduler):
         return head + sbatch_calls(groups, folder) + "\n" + "\n".join(scripts)
 
     def submit(self, jobs: Sequence[Job], folder: Path) -> list[JobHandle]:
-        from distillctl.runs import atomic_write_text, new_run_id
-
         sub = Path(folder).resolve() / "slurm" / new_run_id()
         (sub / "state").mkdir(parents=True, exist_ok=True)
         groups = plan(jobs, self.options)
