@@ -26,6 +26,7 @@ from distillctl.errors import RunError, UserError
 from distillctl.methods import Learnables
 from distillctl.plugins import with_registry
 from distillctl.runs import holds_run_lock
+from distillctl.tracking import track_distill
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -62,6 +63,7 @@ def _distill_run_dir(args: tuple, kwargs: dict) -> Path:
 
 @with_registry  # registry=: run with that plugin registry (default: get_registry())
 @holds_run_lock("distill", _distill_run_dir)  # one distill per run directory; refused with the holder's PID
+@track_distill  # the recipe's `tracking` list: metrics by step, the sets as artifacts (distillctl.tracking)
 def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | None = None,
             quiet: bool | None = None, argv: list[str] | None = None, embeddings=None,
             stage: int | None = None) -> DistillResult:

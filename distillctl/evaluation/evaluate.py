@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from distillctl.errors import UserError
 from distillctl.plugins import with_registry
 from distillctl.runs import existing_run_of, holds_run_lock
+from distillctl.tracking import track_eval
 # the protocol every arm shares lives in distillctl.evaluation.protocol; these names stay importable from here
 from distillctl.evaluation.protocol import (SEED_STRIDE, TEST_SPLIT, check_ipc_fits, collapse_notes,  # noqa: F401
                                  distilled_with, eval_seeds, majority_line, read_results, result_record,
@@ -64,6 +65,7 @@ def resolve_target(target: str | Path, recipe: Any = None, overrides: Sequence[s
 
 @with_registry  # registry=: run with that plugin registry (default: get_registry())
 @holds_run_lock("eval", lambda args, kw: existing_run_of(args[0] if args else kw.get("target")))  # one eval per run
+@track_eval  # the recipe's `tracking` list: result means as metrics, results.json as an artifact
 def evaluate(target: str | Path, recipe: Any = None, *, seeds: int | None = None, quiet: bool | None = None,
              overrides: Sequence[str] | None = None, embeddings: Any = None, students: Any = None) -> list[dict]:
     """Score every distilled set of a run directory (each Boost-DD stage), or one set file, on test.

@@ -70,9 +70,11 @@ def submit(recipe_path: str | Path, *, overrides: Sequence[str] = (), sweeps: Se
                            + sched.describe(graph.jobs, folder))
         return sub
 
-    # 4. Write the run directories (every job reads its recipe from there), then start the jobs.
+    # 4. Write the run directories (every job reads its recipe from there), open the trackers' runs (MLflow:
+    #    a parent and a child per point; the jobs of a point log into its run), then start the jobs.
     sched.preflight()  # the scheduler can run anything (e.g. its client commands exist): before writing
     _write_run_dirs(points, graph, folder, argv=data["command"])
+    _tracking_env(points, graph, folder)
     sub.save()  # the graph is on disk before anything runs: `status` works at once
     hand_over(sub, graph.jobs, attempt=1)
 
@@ -195,6 +197,20 @@ def _submission_data(folder: Path, name: str, scheduler: dict, argv: list[str] |
         "command": list(argv if argv is not None else sys.argv), "cwd": os.getcwd(),
         "scheduler": scheduler, "points": list(points or []), "attempts": [],
     }
+
+
+def _tracking_env(points: Sequence[Point], graph: Graph, folder: Path) -> None:
+    """Give every job of a point the environment its trackers asked for (:func:`distillctl.tracking.submission_env`):
+    jobs of a point run in its run directory; the sweep's comparison job (in ``folder``) gets the parent's."""
+    from distillctl.tracking import submission_env
+
+    env = submission_env(points, graph.run_dirs, points[0].recipe.name, f"submit {folder.name}")
+    if not env:
+        return
+    by_dir = {str(graph.run_dirs[p.name]): env.get(p.name, {}) for p in points}
+    by_dir.setdefault(str(folder), env.get("__parent__", {}))
+    for job in graph.jobs:
+        job.env.update(by_dir.get(job.cwd, {}))
 
 
 def _write_run_dirs(points: Sequence[Point], graph: Graph, folder: Path, argv: list[str]) -> None:

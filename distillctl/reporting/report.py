@@ -26,6 +26,7 @@ from typing import Any
 from distillctl.errors import UserError
 from distillctl.plugins import with_registry
 from distillctl.runs import existing_run_of, holds_run_lock
+from distillctl.tracking import track_report
 from distillctl.reporting.scores import (FULL_ARMS, best_reference, dd_scores, distilled_with, gap_in_std, labels_of, mean,
                                newest, reference_label)
 
@@ -498,6 +499,7 @@ def _distillation_md(stages: list[dict], plot: Path | None) -> list[str]:
 
 @with_registry  # registry=: run with that plugin registry (default: get_registry())
 @holds_run_lock("report", lambda args, kw: existing_run_of(args[0] if args else kw.get("run_dir")))
+@track_report  # the recipe's `tracking` list: report, report.json and plots as artifacts
 def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = None) -> Path:
     """Write report.md, report.json and plots/*.png for a run; returns report.md's path.
 
