@@ -256,3 +256,22 @@ def test_a_sweep_submission_is_a_parent_run_with_a_child_per_point(env, monkeypa
     # the jobs carried the run ids; status/retry keep them
     stored = json.loads((Path(sub.path) / "submission.json").read_text())
     assert all("DISTILLCTL_MLFLOW_RUN_ID" in j["env"] for j in stored["jobs"] if j["kind"] != "embed")
+
+
+def test_the_docs_example_tracker_receives_every_stage_event(tmp_path):
+    """The `jsonlog` tracker of docs/plugins.md, driven by a TrackingSession as a stage drives it."""
+    import re
+
+    guide = (TESTS.parent / "docs" / "plugins.md").read_text(encoding="utf-8")
+    section = guide[guide.index("## Tracker: `jsonlog`"):]
+    code = re.search(r"```python\n(.*?)\n```", section, re.S).group(1)
+    ns: dict = {}
+    exec(compile(code, "docs/plugins.md", "exec"), ns)
+    t = ns["JsonLogTracker"]()
+    session = tracking.TrackingSession([t], tracking.TrackedRun("distill", "tiny", "run", {"seed": "0"}, {},
+                                                                tmp_path))
+    session.metrics({"time": 0.0, "stage": 0, "ipc": 1, "step": 3, "loss": 0.5})
+    session.close()
+    events = [json.loads(line) for line in (tmp_path / "tracking.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["start", "metrics", "finish"]
+    assert events[1]["metrics"] == {"ipc1/loss": 0.5} and events[1]["step"] == 3 and events[2]["status"] == "FINISHED"
