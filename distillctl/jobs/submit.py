@@ -59,6 +59,9 @@ def submit(recipe_path: str | Path, *, overrides: Sequence[str] = (), sweeps: Se
     sched_section = first.scheduler.model_dump(mode="json")
     sched = make_scheduler(sched_section)
 
+    # 2b. Resources the scheduler takes and the recipe leaves open (SLURM --time / --mem) from a plan.
+    planned = _planned_resources(points, graph, sched, quiet)
+
     # 3. The submission as it will be stored.
     data = _submission_data(folder, first.name, sched_section, argv,
                             recipe=str(Path(recipe_path).resolve()), overrides=overrides, sweeps=sweeps,
@@ -67,6 +70,7 @@ def submit(recipe_path: str | Path, *, overrides: Sequence[str] = (), sweeps: Se
     sub = Submission(folder, data, graph.jobs, {}, scheduler=sched, dry_run=dry_run)
     if dry_run:
         sub.description = (describe_graph(graph, folder, sched_section["name"], points) + "\n"
+                           + "".join(line + "\n" for line in planned) + ("\n" if planned else "")
                            + sched.describe(graph.jobs, folder))
         return sub
 
@@ -197,6 +201,18 @@ def _submission_data(folder: Path, name: str, scheduler: dict, argv: list[str] |
         "command": list(argv if argv is not None else sys.argv), "cwd": os.getcwd(),
         "scheduler": scheduler, "points": list(points or []), "attempts": [],
     }
+
+
+def _planned_resources(points: Sequence[Point], graph: Graph, sched, quiet: bool | None) -> list[str]:
+    """SLURM's --time / --mem from :func:`distillctl.planning.apply_plan` where the recipe does not set them (any
+    scheduler whose options have ``time`` and ``mem``); the lines the dry run prints about it."""
+    from distillctl.planning import apply_plan
+
+    # the recipe's options (not the scheduler's, rebuilt from a full dump): they know which fields it sets
+    options = points[0].recipe.scheduler.options
+    if type(options) is not type(getattr(sched, "options", None)):
+        return []
+    return apply_plan(points, graph.jobs, options, quiet=quiet)
 
 
 def _tracking_env(points: Sequence[Point], graph: Graph, folder: Path) -> None:
