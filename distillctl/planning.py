@@ -110,7 +110,8 @@ def _status_kib(field_name: str) -> int | None:
 
 class PeakMemory:
     """The peak resident set over a block: ``VmHWM`` reset at the start (Linux ``clear_refs``); elsewhere
-    the process's peak so far (``ru_maxrss``, an upper bound)."""
+    the process's peak so far (``ru_maxrss``, an upper bound). ``extra`` is the peak above the resident set
+    at the start: what the block itself needed on top of what the process already held."""
 
     def __enter__(self) -> "PeakMemory":
         _trim()
@@ -118,7 +119,9 @@ class PeakMemory:
             Path("/proc/self/clear_refs").write_text("5")
         except OSError:
             pass
+        self.start = (_status_kib("VmRSS") or 0) * 1024
         self.peak = 0
+        self.extra = 0
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -128,6 +131,7 @@ class PeakMemory:
 
             kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux (bytes on macOS: upper bound)
         self.peak = int(kib) * 1024
+        self.extra = max(0, self.peak - self.start)
 
 
 def _trim() -> None:
@@ -209,7 +213,7 @@ class _StageMeasure:
     overhead_seconds: float
     val_seconds_short: float  # one validation at SHORT_STEPS[1]
     steps_measured: int
-    peak_bytes: int
+    peak_bytes: int  # above a fresh process with the vectors loaded
 
 
 def _stage_times(records: list[dict], ipc: int) -> tuple[float, float, float, float, int]:
@@ -241,9 +245,9 @@ class Measurement:
     startup: _Startup
     cached: bool
     embed_seconds: float  # the embed job's work (load + verify on a hit; encode everything on a miss)
-    embed_peak: int
+    embed_peak: int  # bytes above a fresh process (startup) the embed job needs
     load_seconds: float  # loading the vectors in a later job
-    base_bytes: int  # resident memory with torch and the vectors loaded
+    base_bytes: int  # bytes above a fresh process that loading the vectors needs
     stages: dict[int, _StageMeasure] = field(default_factory=dict)
     eval_fit: dict[int, tuple[float, float, int]] = field(default_factory=dict)  # ipc -> (fixed, per step, peak)
     baseline_fit: dict[str, tuple[float, float, int]] = field(default_factory=dict)
@@ -270,21 +274,22 @@ def _embeddings(recipe: Any) -> tuple[Any, bool, float, int, float, int]:
             t0 = time.perf_counter()
             emb = embed_mod.load_embeddings(recipe, quiet=True)
             load = time.perf_counter() - t0
-        return emb, True, load, mem.peak, load, mem.peak
+        return emb, True, load, mem.extra, load, mem.extra
     t0 = time.perf_counter()
     data = _load_dataset(source, recipe.embed.bad_rows)
     t_data = time.perf_counter() - t0
     n_rows = sum(len(sp) for sp in data.splits.values())
-    seconds, peak, dim = _sample_embed(recipe, encoder, data, t_data, n_rows)
+    seconds, extra, dim = _sample_embed(recipe, encoder, data, t_data, n_rows)
     del encoder, source
-    with PeakMemory() as mem:
-        emb = _stand_in(data, dim, recipe)
-    load = n_rows * dim * 4 / 200e6  # reading and checksumming the cached vectors: ~200 MB/s
-    return emb, False, seconds, peak, load, mem.peak
+    emb = _stand_in(data, dim, recipe)
+    vectors = n_rows * dim * 4
+    load = vectors / 200e6  # reading and checksumming the cached vectors: ~200 MB/s
+    return emb, False, seconds, extra, load, vectors
 
 
 def _sample_embed(recipe: Any, encoder: Any, data: Any, t_data: float, n_rows: int) -> tuple[float, int, int]:
-    """(embed job seconds, embed job peak bytes, output width) from EMBED_SAMPLE texts encoded."""
+    """(embed job seconds, bytes the embed job needs above a fresh process, output width) from EMBED_SAMPLE
+    texts encoded (the encoder's weights and libraries, the texts, and every vector, held twice while saved)."""
     from distillctl.devices import resolve_device
     from distillctl.encoding import output_dim
 
@@ -301,7 +306,7 @@ def _sample_embed(recipe: Any, encoder: Any, data: Any, t_data: float, n_rows: i
         encoder.encode(texts, pairs, batch_size=recipe.embed.batch_size)
         per_text = (time.perf_counter() - t0) / max(1, k)
     dim = output_dim(encoder, pairs is not None)
-    return t_data + t_load + per_text * n_rows, mem.peak + n_rows * dim * 4, dim
+    return t_data + t_load + per_text * n_rows, mem.extra + 2 * n_rows * dim * 4, dim
 
 
 class _Split:
@@ -378,7 +383,7 @@ def measure(recipe: Any, *, device: str | None = None, quiet: bool = True) -> Me
                         stage=ipc if len(chain) > 1 else None, embeddings=emb, quiet=True)
                 wall = time.perf_counter() - t0
             step, warm, val_one, elapsed, n = _stage_times(read_jsonl(run / "metrics.jsonl"), ipc)
-            m.stages[ipc] = _StageMeasure(ipc, step, warm, max(0.0, wall - elapsed), val_one, n, mem.peak)
+            m.stages[ipc] = _StageMeasure(ipc, step, warm, max(0.0, wall - elapsed), val_one, n, mem.extra)
         phases["distill"] = time.perf_counter() - t_distill
         # 2. eval of each stage's set at the second short budget; the largest stage's set also at the first,
         #    which splits a student's time into fixed and per-step parts (the same split for every stage).
@@ -390,7 +395,7 @@ def measure(recipe: Any, *, device: str | None = None, quiet: bool = True) -> Me
                 evaluate(run / "distilled" / f"ipc{ipc}.safetensors", _small(recipe, SHORT_STEPS[1]), embeddings=emb,
                          quiet=True)
                 short[ipc] = time.perf_counter() - t1
-            m.eval_fit[ipc] = (0.0, 0.0, mem.peak)
+            m.eval_fit[ipc] = (0.0, 0.0, mem.extra)
         t1 = time.perf_counter()
         evaluate(run / "distilled" / f"ipc{chain[-1]}.safetensors", _small(recipe, SHORT_STEPS[0]), embeddings=emb,
                  quiet=True)
@@ -410,7 +415,7 @@ def measure(recipe: Any, *, device: str | None = None, quiet: bool = True) -> Me
                     t0 = time.perf_counter()
                     baseline(r, kind, embeddings=emb, quiet=True, run_dir=run if steps == SHORT_STEPS[1] else None)
                     times.append(time.perf_counter() - t0)
-                peak = max(peak, mem.peak)
+                peak = max(peak, mem.extra)
             m.baseline_fit[kind] = (*_fit(tuple(times)), peak)
         phases["baseline"] = time.perf_counter() - t_base
         with PeakMemory() as mem:
@@ -423,7 +428,7 @@ def measure(recipe: Any, *, device: str | None = None, quiet: bool = True) -> Me
                 report(run, quiet=True)
             finally:
                 embed_mod.load_embeddings = real_load
-            m.report = (time.perf_counter() - t0, mem.peak)
+            m.report = (time.perf_counter() - t0, mem.extra)
         phases["report"] = m.report[0]
     m.startup = probe.result()
     m.phases = phases
@@ -449,9 +454,10 @@ def forecast_job(job: Any, recipe: Any, m: Measurement) -> JobForecast:
     start = {"startup": m.startup.seconds}
     eval_steps = recipe.eval.steps
     notes: list[str] = []
+    loaded = m.startup.peak_bytes + m.base_bytes  # a fresh process with the vectors loaded
     if job.kind == "embed":
         parts = {**start, ("load + verify cached vectors" if m.cached else "encode every text"): m.embed_seconds}
-        peak = max(m.embed_peak, m.startup.peak_bytes)
+        peak = m.startup.peak_bytes + m.embed_peak
     elif job.kind == "distill":
         ipc = _stage_of(job)
         s = m.stages[ipc]
@@ -471,22 +477,24 @@ def forecast_job(job: Any, recipe: Any, m: Measurement) -> JobForecast:
         parts = {**start, "load vectors": m.load_seconds, "set-up": s.overhead_seconds,
                  f"{iters} outer steps x {s.step_seconds:.3f} s": steps_s,
                  f"{n_val} validations x {val_one:.2f} s": n_val * val_one}
-        peak = s.peak_bytes
+        peak = loaded + s.peak_bytes
     elif job.kind == "eval":
         ipc = _stage_of(job)
-        fixed, per_step, peak = m.eval_fit[ipc]
+        fixed, per_step, extra = m.eval_fit[ipc]
         parts = {**start, "load vectors": m.load_seconds,
                  f"students x {eval_steps} steps": fixed + per_step * eval_steps}
+        peak = loaded + extra
     elif job.kind == "baseline":
         kind = job.argv[job.argv.index("--kind") + 1]
-        fixed, per_step, peak = m.baseline_fit[kind]
+        fixed, per_step, extra = m.baseline_fit[kind]
         parts = {**start, "load vectors": m.load_seconds, f"{kind} students x {eval_steps} steps": fixed + per_step * eval_steps}
         if kind == "full":
             notes.append("full-earlystop's patience may stop it earlier (forecast: its whole step budget)")
-    else:  # report (and a sweep's comparison)
-        seconds, peak = m.report
-        parts = {**start, "tables and plots": seconds}
-    peak = max(peak, m.startup.peak_bytes)
+        peak = loaded + extra
+    else:  # report (and a sweep's comparison): its PCA plot loads the vectors
+        seconds, extra = m.report
+        parts = {**start, "load vectors": m.load_seconds, "tables and plots": seconds}
+        peak = loaded + extra
     return JobForecast(job.id, job.kind, round(sum(parts.values()), 2), int(peak),
                        {k: round(v, 3) for k, v in parts.items()}, _dominant(parts), notes)
 
