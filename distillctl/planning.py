@@ -42,8 +42,8 @@ MEASURE_STEPS = 4
 MEASURE_STAGE_SECONDS = 6.0
 #: the two short eval budgets (optimiser steps) that separate a student's fixed cost from its per-step cost
 SHORT_STEPS = (8, 24)
-#: texts encoded to time the encoder when the embedding cache is missing
-EMBED_SAMPLE = 32
+#: texts encoded to time the encoder when the embedding cache is missing, in batches of SAMPLE_BATCH
+EMBED_SAMPLE, SAMPLE_BATCH = 64, 16
 #: the margins ``submit`` adds to a forecast for SLURM's --time and --mem (a killed job costs more than a
 #: bigger allocation): time x TIME_FACTOR + TIME_EXTRA_MIN minutes, memory x MEM_FACTOR + MEM_EXTRA_MIB
 TIME_FACTOR, TIME_EXTRA_MIN = 1.5, 5
@@ -279,7 +279,12 @@ def _embeddings(recipe: Any) -> tuple[Any, bool, float, int, float, int]:
     data = _load_dataset(source, recipe.embed.bad_rows)
     t_data = time.perf_counter() - t0
     n_rows = sum(len(sp) for sp in data.splits.values())
-    seconds, extra, dim = _sample_embed(recipe, encoder, data, t_data, n_rows)
+    child = _sample_embed_child(recipe)
+    if child is not None:  # a fresh process, as the embed job: its own peak, no libraries left in this one
+        seconds, peak, dim = child
+        extra = max(0, peak - measure_startup().peak_bytes) + 2 * n_rows * dim * 4
+    else:  # plugins this process has but a child would not (tests, embedding applications)
+        seconds, extra, dim = _sample_embed(recipe, encoder, data, t_data, n_rows)
     del encoder, source
     emb = _stand_in(data, dim, recipe)
     vectors = n_rows * dim * 4
@@ -287,9 +292,65 @@ def _embeddings(recipe: Any) -> tuple[Any, bool, float, int, float, int]:
     return emb, False, seconds, extra, load, vectors
 
 
+def _sample_embed_child(recipe: Any) -> tuple[float, int, int] | None:
+    """:func:`_sample_embed` in a fresh interpreter (the recipe as a resolved YAML file): (seconds, its peak
+    resident bytes, output width); None when the child cannot (a plugin only this process has)."""
+    import json
+
+    with tempfile.TemporaryDirectory(prefix="distillctl-plan-") as tmp:
+        path = Path(tmp) / "recipe.yaml"
+        path.write_text(recipe.to_yaml(), encoding="utf-8")
+        code = "import sys; from distillctl.planning import _embed_child; _embed_child(sys.argv[1])"
+        try:
+            out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=900)
+            data = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            data = None
+    return (data["seconds"], data["peak"], data["dim"]) if data else None
+
+
+def _embed_child(recipe_file: str) -> None:
+    """The child of :func:`_sample_embed_child`: prints one JSON line."""
+    import json
+    import resource
+
+    from distillctl.data import embed as embed_mod
+    from distillctl.data.embed import _load_dataset
+    from distillctl.recipe import load_recipe
+    from distillctl.threads import configure_threads
+
+    configure_threads(None)
+    recipe = load_recipe(recipe_file)
+    source, encoder, _, _, _ = embed_mod._identities(recipe)
+    t0 = time.perf_counter()
+    data = _load_dataset(source, recipe.embed.bad_rows)
+    t_data = time.perf_counter() - t0
+    n_rows = sum(len(sp) for sp in data.splits.values())
+    seconds, _, dim = _sample_embed(recipe, encoder, data, t_data, n_rows)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"seconds": seconds, "peak": peak, "dim": dim}))
+
+
+def _tokens(text: str, cap: int | None) -> float:
+    """A text's tokens, estimated from its characters (~4 per token for English) and capped where the encoder
+    stops reading; what a batch costs is its size x its longest text (padding)."""
+    n = len(text) / 4 + 2
+    return min(n, cap) if cap else n
+
+
+def batch_cost(lengths: Sequence[float], batch_size: int) -> float:
+    """Sum over batches of (rows x longest row) when texts are encoded sorted by length, as the embed stage does."""
+    ls = sorted(lengths)
+    return sum(len(ls[i:i + batch_size]) * ls[i:i + batch_size][-1] for i in range(0, len(ls), batch_size))
+
+
 def _sample_embed(recipe: Any, encoder: Any, data: Any, t_data: float, n_rows: int) -> tuple[float, int, int]:
     """(embed job seconds, bytes the embed job needs above a fresh process, output width) from EMBED_SAMPLE
-    texts encoded (the encoder's weights and libraries, the texts, and every vector, held twice while saved)."""
+    texts encoded (the encoder's weights and libraries, the texts, and every vector, held twice while saved).
+
+    The sample is spread over the length distribution (evenly spaced in the sorted texts) and encoded in sorted
+    batches of SAMPLE_BATCH; seconds per unit of :func:`batch_cost` then scale to every text of every split in
+    batches of ``embed.batch_size`` (second sentences of pairs are texts too)."""
     from distillctl.devices import resolve_device
     from distillctl.encoding import output_dim
 
@@ -297,16 +358,23 @@ def _sample_embed(recipe: Any, encoder: Any, data: Any, t_data: float, n_rows: i
         t0 = time.perf_counter()
         encoder.load(str(resolve_device(recipe.embed.device, field="embed.device")))
         t_load = time.perf_counter() - t0
+        cap = getattr(encoder, "max_tokens", None)
         train = data.splits["train"]
-        k = min(EMBED_SAMPLE, len(train.texts))
-        texts = list(train.texts[:k])
-        pairs = None if train.pairs is None else list(train.pairs[:k])
-        encoder.encode(texts[:8], None if pairs is None else pairs[:8], batch_size=recipe.embed.batch_size)  # warm-up
+        order = sorted(range(len(train.texts)), key=lambda i: len(train.texts[i]))
+        k = min(EMBED_SAMPLE, len(order))
+        pick = [order[round(j * (len(order) - 1) / max(1, k - 1))] for j in range(k)]
+        texts = [train.texts[i] for i in pick]
+        pairs = None if train.pairs is None else [train.pairs[i] for i in pick]
+        encoder.encode(texts[:4], None if pairs is None else pairs[:4], batch_size=SAMPLE_BATCH)  # warm-up
         t0 = time.perf_counter()
-        encoder.encode(texts, pairs, batch_size=recipe.embed.batch_size)
-        per_text = (time.perf_counter() - t0) / max(1, k)
+        encoder.encode(texts, pairs, batch_size=SAMPLE_BATCH)
+        seconds = time.perf_counter() - t0
+    sample_lengths = [_tokens(t, cap) for t in texts + (pairs or [])]
+    all_lengths = [_tokens(t, cap) for sp in data.splits.values() for t in list(sp.texts) + list(sp.pairs or [])]
+    per_unit = seconds / max(1e-9, batch_cost(sample_lengths, SAMPLE_BATCH))
+    encode = per_unit * batch_cost(all_lengths, recipe.embed.batch_size)
     dim = output_dim(encoder, pairs is not None)
-    return t_data + t_load + per_text * n_rows, mem.extra + 2 * n_rows * dim * 4, dim
+    return t_data + t_load + encode, mem.extra + 2 * n_rows * dim * 4, dim
 
 
 class _Split:
@@ -359,12 +427,11 @@ def measure(recipe: Any, *, device: str | None = None, quiet: bool = True) -> Me
 
         recipe = validate_recipe(apply_overrides(recipe.to_dict(), [f"distill.device={device}",
                                                                     f"embed.device={device}"]), source="plan")
-    probe = StartupProbe().start()
     phases: dict[str, float] = {}
     t0 = time.perf_counter()
     emb, cached, embed_s, embed_peak, load_s, base = _embeddings(recipe)
     phases["embeddings"] = time.perf_counter() - t0
-    m = Measurement(probe.result() if _STARTUP else _Startup(0.0, 0), cached, embed_s, embed_peak, load_s, base)
+    m = Measurement(_Startup(0.0, 0), cached, embed_s, embed_peak, load_s, base)
     if not cached:
         m.notes.append(f"embedding cache missing: the embed job is forecast from {EMBED_SAMPLE} texts encoded, the "
                        "other jobs on random vectors of the same shape")
@@ -440,7 +507,9 @@ def measure(recipe: Any, *, device: str | None = None, quiet: bool = True) -> Me
                 embed_mod.load_embeddings = real_load
             m.report = (time.perf_counter() - t0, mem.extra)
         phases["report"] = m.report[0]
-    m.startup = probe.result()
+    t0 = time.perf_counter()
+    m.startup = measure_startup()  # alone: a probe beside the measurement would slow both
+    phases["startup"] = time.perf_counter() - t0
     m.phases = phases
     m.seconds = time.perf_counter() - t_start
     return m

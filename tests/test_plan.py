@@ -186,3 +186,15 @@ def test_plan_text_names_each_job_its_forecast_and_what_dominates():
     text = planning.plan_text(p)
     assert "distill-ipc1" in text and "1m00s" in text and "300 MiB" in text and "100 outer steps x 0.5 s (95 %)" in text
     assert "all jobs one after another: 3m00s" in text
+
+
+def test_a_plan_that_fails_leaves_the_scheduler_defaults(env, cli, monkeypatch):
+    from distillctl.errors import UserError
+
+    def plan(*a, **k):
+        raise UserError("dataset.train: file not found")
+
+    monkeypatch.setattr(planning, "plan", plan)
+    r = cli("submit", str(env.write(scheduler={"name": "slurm", "setup": []})), "--dry-run")
+    assert r.code == 0 and "--time and --mem: the scheduler's defaults (no plan: UserError: dataset.train" in r.out
+    assert "#SBATCH --time=60" in r.out and "#SBATCH --mem" not in r.out

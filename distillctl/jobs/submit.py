@@ -59,15 +59,16 @@ def submit(recipe_path: str | Path, *, overrides: Sequence[str] = (), sweeps: Se
     sched_section = first.scheduler.model_dump(mode="json")
     sched = make_scheduler(sched_section)
 
-    # 2b. Resources the scheduler takes and the recipe leaves open (SLURM --time / --mem) from a plan.
-    planned = _planned_resources(points, graph, sched, quiet)
-
     # 3. The submission as it will be stored.
     data = _submission_data(folder, first.name, sched_section, argv,
                             recipe=str(Path(recipe_path).resolve()), overrides=overrides, sweeps=sweeps,
                             points=[{"name": p.name, "values": p.values, "run_dir": str(graph.run_dirs[p.name])}
                                     for p in points])
     sub = Submission(folder, data, graph.jobs, {}, scheduler=sched, dry_run=dry_run)
+    if not dry_run:
+        sched.preflight()  # the scheduler can run anything (e.g. its client commands exist): before writing
+    # 3b. Resources the scheduler takes and the recipe leaves open (SLURM --time / --mem) from a plan.
+    planned = _planned_resources(points, graph, sched, quiet)
     if dry_run:
         sub.description = (describe_graph(graph, folder, sched_section["name"], points) + "\n"
                            + "".join(line + "\n" for line in planned) + ("\n" if planned else "")
@@ -76,7 +77,6 @@ def submit(recipe_path: str | Path, *, overrides: Sequence[str] = (), sweeps: Se
 
     # 4. Write the run directories (every job reads its recipe from there), open the trackers' runs (MLflow:
     #    a parent and a child per point; the jobs of a point log into its run), then start the jobs.
-    sched.preflight()  # the scheduler can run anything (e.g. its client commands exist): before writing
     _write_run_dirs(points, graph, folder, argv=data["command"])
     _tracking_env(points, graph, folder)
     sub.save()  # the graph is on disk before anything runs: `status` works at once
@@ -212,7 +212,15 @@ def _planned_resources(points: Sequence[Point], graph: Graph, sched, quiet: bool
     options = points[0].recipe.scheduler.options
     if type(options) is not type(getattr(sched, "options", None)):
         return []
-    return apply_plan(points, graph.jobs, options, quiet=quiet)
+    try:
+        return apply_plan(points, graph.jobs, options, quiet=quiet)
+    except Exception as exc:  # a plan is a convenience: the scheduler's own defaults still work
+        from distillctl.console import info
+
+        line = (f"--time and --mem: the scheduler's defaults (no plan: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''})")
+        info(f"warning: {line}")
+        return [line]
 
 
 def _tracking_env(points: Sequence[Point], graph: Graph, folder: Path) -> None:
