@@ -41,7 +41,7 @@ MEASURE_STEPS = 4
 #: each stage's measured steps stop after this many seconds (a slow Transformer population: fewer steps)
 MEASURE_STAGE_SECONDS = 6.0
 #: the two short eval budgets (optimiser steps) that separate a student's fixed cost from its per-step cost
-SHORT_STEPS = (8, 24)
+SHORT_STEPS = (10, 40)
 #: texts encoded to time the encoder when the embedding cache is missing, in batches of SAMPLE_BATCH
 EMBED_SAMPLE, SAMPLE_BATCH = 64, 16
 #: the margins ``submit`` adds to a forecast for SLURM's --time and --mem (a killed job costs more than a
@@ -108,6 +108,17 @@ def _status_kib(field_name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def own_peak_bytes() -> int:
+    """This process's peak resident set since its ``exec``: ``VmHWM`` (``ru_maxrss`` where there is no /proc,
+    which also counts a forked parent's pages)."""
+    kib = _status_kib("VmHWM")
+    if kib is None:
+        import resource
+
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(kib) * 1024
+
+
 class PeakMemory:
     """The peak resident set over a block: ``VmHWM`` reset at the start (Linux ``clear_refs``); elsewhere
     the process's peak so far (``ru_maxrss``, an upper bound). ``extra`` is the peak above the resident set
@@ -154,10 +165,12 @@ class _Startup:
 
 
 _STARTUP: list[_Startup] = []
-#: the child prints its peak resident set (KiB) and the seconds since the parent started it (argv[1])
-_STARTUP_CODE = ("import sys, time, resource, torch, distillctl.cli, distillctl.distillation.distill, "
+#: the child prints its peak resident set (KiB, VmHWM: its own, unlike ru_maxrss, which counts the pages of the
+#: parent it was forked from) and the seconds since the parent started it (argv[1])
+_STARTUP_CODE = ("import sys, time, torch, distillctl.cli, distillctl.distillation.distill, "
                  "distillctl.evaluation.evaluate; from distillctl.plugins import get_registry; get_registry();"
-                 "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.time() - float(sys.argv[1]))")
+                 "from distillctl.planning import own_peak_bytes;"
+                 "print(own_peak_bytes() // 1024, time.time() - float(sys.argv[1]))")
 
 
 class StartupProbe:
@@ -312,7 +325,6 @@ def _sample_embed_child(recipe: Any) -> tuple[float, int, int] | None:
 def _embed_child(recipe_file: str) -> None:
     """The child of :func:`_sample_embed_child`: prints one JSON line."""
     import json
-    import resource
 
     from distillctl.data import embed as embed_mod
     from distillctl.data.embed import _load_dataset
@@ -327,8 +339,7 @@ def _embed_child(recipe_file: str) -> None:
     t_data = time.perf_counter() - t0
     n_rows = sum(len(sp) for sp in data.splits.values())
     seconds, _, dim = _sample_embed(recipe, encoder, data, t_data, n_rows)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": seconds, "peak": peak, "dim": dim}))
+    print(json.dumps({"seconds": seconds, "peak": own_peak_bytes(), "dim": dim}))
 
 
 def _tokens(text: str, cap: int | None) -> float:
@@ -718,6 +729,10 @@ def apply_plan(points: Sequence[Any], jobs: Sequence[Any], options: Any, *, quie
              f"override them:"]
     from distillctl.scheduling import format_seconds
 
+    gpus = [k for k, st in (getattr(options, "stages", None) or {}).items() if getattr(st, "gpus", None)]
+    if (getattr(options, "gpus", 0) or gpus) and p.device == "cpu":
+        lines.append(f"  note: the jobs ask for GPUs ({', '.join(gpus) or 'every stage'}) but this plan measured on "
+                     f"the CPU: their --time is generous; set scheduler.time per stage to tighten it")
     for j in jobs:
         minutes, mem = by_group[j.group or j.id]
         f = p.job(j.id)
