@@ -86,7 +86,9 @@ def worker(cfg: dict) -> dict:
     import torch
 
     from distillctl.plugins import get_registry
-    from distillctl.unrolling import (FullUnroll, InnerProblem, RandomTruncatedUnroll, draw_seed)
+    from distillctl.seeds import draw_seed
+    from distillctl.toolbox import InnerProblem
+    from distillctl.unrolling import FullUnroll, RandomTruncatedUnroll
 
     torch.set_num_threads(cfg["threads"])
     spec = STUDENTS[cfg["student"]]

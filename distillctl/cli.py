@@ -404,8 +404,7 @@ def report_cmd(
         _print_json(data)
     else:
         typer.echo(report_tables(path))
-        plots = list((data.get("plots") or {}).values()) or [data["plot"]]
-        typer.echo(f"\nwrote {path}, {path.with_suffix('.json')}, " + ", ".join(map(str, plots)))
+        typer.echo(f"\nwrote {path}, {path.with_suffix('.json')}, " + ", ".join(map(str, data["plots"].values())))
 
 
 @app.command("export")

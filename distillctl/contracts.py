@@ -3,7 +3,7 @@ which are optional (with a working default in the base class).
 
 - dataset (``register_datasets``): :class:`distillctl.textdata.DatasetSource`; required ``identity``, ``load``
 - encoder (``register_encoders``): :class:`distillctl.encoding.Encoder`; required ``identity``, ``dim``, ``encode``
-- student (``register_students``): a ``torch.nn.Module`` (:class:`Student` below); required ``forward``
+- student (``register_students``): a ``torch.nn.Module`` (:class:`distillctl.students.Student`); required ``forward``
 - method (``register_methods``): :class:`distillctl.methods.Method`; required ``step``
 - unroll (``register_unroll_strategies``): :class:`distillctl.unrolling.UnrollStrategy`; required ``plan``
 - scheduler (``register_schedulers``): :class:`distillctl.scheduling.Scheduler`; required ``submit``, ``status``,
@@ -32,14 +32,9 @@ import importlib
 import inspect
 import types
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from distillctl.errors import UserError
-
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-    from distillctl.plugins import PluginInfo
 
 
 @dataclass(frozen=True)
@@ -62,21 +57,6 @@ class Contract:
         return getattr(importlib.import_module(module), name)
 
 
-class Student(Protocol):
-    """What a student factory returns: a ``torch.nn.Module`` (``factory(input_dim, num_classes, options)``).
-
-    The core trains it with ``torch.func.functional_call`` (populations with ``torch.func.vmap``), so it
-    must keep no state outside its parameters and buffers: no batch norm, no in-place buffer updates.
-    """
-
-    def forward(self, x: "torch.Tensor") -> "torch.Tensor":
-        """``(batch, input_dim)`` float vectors -> ``(batch, num_classes)`` logits."""
-
-    def features(self, x: "torch.Tensor") -> "torch.Tensor":
-        """Optional: the penultimate representation ``(batch, h)``; the student's final layer applied to
-        it gives the logits. Methods with ``features: student`` (krr, dm) need it."""
-
-
 CONTRACTS: dict[str, Contract] = {
     c.kind: c
     for c in (
@@ -85,7 +65,7 @@ CONTRACTS: dict[str, Contract] = {
         Contract("encoder", "register_encoders", "distillctl.encoding.Encoder", "factory(options)",
                  required=("identity", "dim", "encode"),
                  optional=("load", "describe", "pair_mode", "name", "max_tokens", "count_tokens")),
-        Contract("student", "register_students", "distillctl.contracts.Student",
+        Contract("student", "register_students", "distillctl.students.Student",
                  "factory(input_dim, num_classes, options)", required=("forward",), optional=("features",),
                  checked=False),
         Contract("method", "register_methods", "distillctl.methods.Method", "factory(options)",
@@ -137,8 +117,13 @@ def _overrides(obj: Any, base: type, name: str) -> bool:
     return mine is not inspect.getattr_static(base, name, None)
 
 
-def conform(info: "PluginInfo", obj: Any) -> Any:
-    """Check what ``info``'s factory returned against its kind's contract (see the module doc)."""
+def conform(info: Any, obj: Any) -> Any:
+    """Check what ``info``'s factory returned against its kind's contract (see the module doc).
+
+    ``info`` is the plugin's registry entry (a :class:`distillctl.plugins.PluginInfo`: its ``kind``, ``name``,
+    ``package``, ``version`` and ``module`` name it in messages); this module does not import the registry,
+    which imports it.
+    """
     contract = CONTRACTS.get(info.kind)
     if contract is None or not contract.checked:
         return obj

@@ -22,7 +22,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from distillctl.data.cache import file_hashes_path
+from distillctl.data.hub import go_offline, hub_reachable
+from distillctl.devices import resolve_device as resolve
 from distillctl.errors import UserError
+from distillctl.runs import atomic_write_json
+from distillctl.verified import sha256_of
 
 Progress = Callable[[int], None]
 
@@ -248,8 +253,6 @@ IGNORED_FILES = {"README.md", ".gitattributes", "LICENSE", "LICENSE.txt", "NOTIC
 
 
 def _hash_cache_path() -> Path:
-    from distillctl.data.cache import file_hashes_path
-
     return file_hashes_path()
 
 
@@ -261,9 +264,7 @@ def file_sha256_cached(path: Path, memo: dict) -> str:
     hit = memo.get(key)
     if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
         return hit["sha256"]
-    from distillctl.textdata import file_sha256
-
-    digest = file_sha256(real)
+    digest = sha256_of(real)
     memo[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
     memo["__dirty__"] = True
     return digest
@@ -288,7 +289,6 @@ def folder_sha256(folder: str | Path) -> str:
         h.update(b"\0" + file_sha256_cached(p, memo).encode() + b"\n")
     if memo.pop("__dirty__", False):
         try:
-            from distillctl.runs import atomic_write_json
 
             atomic_write_json(cache, memo)
         except OSError:  # a read-only cache still works, only slower
@@ -336,7 +336,6 @@ def model_folder(model: str, revision: str | None, *, plugin: str, hint: str = "
 def hub_snapshot(model: str, revision: str | None, *, plugin: str) -> Path:
     """A hub model as a local folder (downloaded, or from the local hub cache when offline)."""
     hub = require("huggingface_hub", "huggingface_hub", plugin)
-    from distillctl.data.hub import go_offline, hub_reachable
 
     online = hub_reachable()
     if not online:
@@ -364,7 +363,6 @@ def revision_of(path: Path) -> str | None:
 def resolve_device(device: str) -> str:
     """``device`` (``embed.device``; ``auto``: CUDA when torch sees it, else CPU) checked against what torch
     has, as a string for ``model.to``; a missing GPU is a one-line error (see :mod:`distillctl.devices`)."""
-    from distillctl.devices import resolve_device as resolve
 
     return str(resolve(device, field="embed.device"))
 

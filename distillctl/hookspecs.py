@@ -59,7 +59,7 @@ def register_students(register):
     """Register student networks trained on distilled sets.
 
     ``factory(input_dim, num_classes, options) -> torch.nn.Module`` (see
-    ``distillctl.contracts.Student``). Required: ``forward(x)`` mapping ``(batch, input_dim)`` float
+    ``distillctl.students.Student``). Required: ``forward(x)`` mapping ``(batch, input_dim)`` float
     vectors to ``(batch, num_classes)`` logits. Optional: ``features(x)`` -> ``(batch, h)``, the
     penultimate representation, such that the student's final layer applied to it gives the logits
     (the ``krr`` and ``dm`` methods with ``features: student`` need it). Modules are used functionally

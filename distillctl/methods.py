@@ -23,8 +23,8 @@ method that cannot serve several architectures refuses in ``setup`` (``len(conte
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+import math
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from distillctl.errors import UserError
@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from distillctl.evaluation.training import TrainBudget
+    from distillctl.toolbox import VerifiedCache
 
 
 @dataclass
@@ -120,8 +121,7 @@ class MethodContext:
     """What a method knows about the stage it is asked to distil (given to :meth:`Method.setup`)."""
 
     build_student: Callable[[], Any]  # a fresh, randomly initialised student nn.Module per call
-    student_name: str  # the recipe's student plugin name (for messages and cache keys)
-    student_options: dict  # its options as JSON (for cache keys)
+    student_name: str  # the recipe's student plugin name (for messages)
     num_classes: int
     ipc: int
     hard_labels: "torch.Tensor"  # (ipc*C,) int64, class-major
@@ -132,8 +132,8 @@ class MethodContext:
     device: Any  # torch.device
     seed: int  # the recipe's seed
     soft_labels: bool = False  # the set learns soft labels (`distill.soft_labels`)
-    embedding_fingerprint: str | None = None  # keys caches derived from the training vectors
-    cache_dir: Path | None = None  # where a method may keep verified derived files (MTT experts); None = the user cache
+    cache: "VerifiedCache | None" = None  # derived tensors reused across runs, already keyed by the training
+    #                                        data and this student (distillctl.toolbox); None: nothing is cached
     say: Callable[[str], None] = lambda message: None  # one status line on stderr (silent with --quiet)
     students: list[str] = field(default_factory=list)  # labels of every student of `distill.students`, this one
     #                                                     among them (`mlp#2` for a repeated name); [] = this one only
@@ -198,11 +198,10 @@ class PerStudent(Method):
         self.name = methods[0].name
 
     def setup(self, context: MethodContext) -> None:
-        from dataclasses import replace
-
         self.context = context
         for method, (name, build, options) in zip(self.methods, self.students):
-            method.setup(replace(context, build_student=build, student_name=name, student_options=options,
+            cache = context.cache.keyed(student=options) if context.cache is not None else None
+            method.setup(replace(context, build_student=build, student_name=name, cache=cache,
                                  students=list(self.labels)))
 
     def learned_inner_lr(self, inner: Any) -> float | None:
@@ -210,8 +209,6 @@ class PerStudent(Method):
 
     def step(self, learn: Learnables, real_x: "torch.Tensor", real_y: "torch.Tensor",
              generator: "torch.Generator") -> OuterStep:
-        import math
-
         outs = [method.step(learn, real_x, real_y, generator) for method in self.methods]  # one per student
         for out, label in zip(outs, self.labels):
             out.check(learn, f"{self.name} ({label})")

@@ -10,6 +10,11 @@ The registry the stages use is :func:`get_registry`: the installed plugins, load
 unless a registry was switched in with :func:`using_registry` (a context manager) or :func:`set_registry`
 (tests, embedding applications). Stage functions decorated with :func:`with_registry` also take an
 explicit ``registry=`` argument.
+
+``DISTILLCTL_LOAD_PLUGINS`` narrows discovery (as ``LLM_LOAD_PLUGINS`` does for llm): when it is set, only
+distillctl's own entry points (the built-ins) plus those of the distributions it names (comma-separated)
+are loaded; ``""`` loads the built-ins only. ``tests/conftest.py`` sets it to ``""`` so plugins installed on
+the machine never leak into the test suite.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.metadata as md
+import os
+import re
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TypeVar
@@ -24,9 +31,15 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 import pluggy
 
 from distillctl import hookspecs
+from distillctl.contracts import conform
 from distillctl.errors import UserError
+from distillctl.options import describe_options, PluginOptions
 
 ENTRY_POINT_GROUP = "distillctl"
+#: the distribution whose entry points are the built-in plugins (always loaded)
+BUILTIN_DISTRIBUTION = "distillctl"
+#: unset: every installed plugin package; set: the built-ins plus the distributions it lists (comma-separated)
+LOAD_PLUGINS_ENV = "DISTILLCTL_LOAD_PLUGINS"
 
 #: recipe-facing kind name -> hook that registers it
 KIND_HOOKS = {
@@ -63,13 +76,11 @@ class PluginInfo:
         contract of its kind (:func:`distillctl.contracts.conform`): a component missing a required
         method is a :class:`UserError` naming the plugin; missing optional ones get the base-class
         defaults."""
-        from distillctl.contracts import conform
 
         return conform(self, self.factory(*args))
 
     def options_table(self) -> list[dict]:
         """One row per option: ``name``, ``type``, ``default``, ``required``, ``description``."""
-        from distillctl.options import describe_options
 
         return describe_options(self.options)
 
@@ -117,6 +128,8 @@ class Registry:
     failures: list[PluginFailure] = field(default_factory=list)
     #: (kind, name) -> every registration of a name registered more than once (none of them is usable)
     clashes: dict[tuple[str, str], list[PluginInfo]] = field(default_factory=dict)
+    #: installed plugin packages left out because DISTILLCTL_LOAD_PLUGINS does not name them
+    skipped: list[str] = field(default_factory=list)
 
     # -- lookup -------------------------------------------------------------------------------
     def get(self, kind: str, name: str) -> PluginInfo:
@@ -134,6 +147,8 @@ class Registry:
         broken = [f.entry_point for f in self.failures]
         if broken:
             hint = f"; failed to load: {', '.join(broken)} (see `distillctl plugins`)"
+        if self.skipped:
+            hint += f"; not loaded because {LOAD_PLUGINS_ENV} does not name them: {', '.join(self.skipped)}"
         raise UserError(f"unknown {kind} plugin {name!r}; known: {listing}{hint}")
 
     def names(self, kind: str) -> list[str]:
@@ -182,8 +197,6 @@ def clash_message(kind: str, name: str, infos: list[PluginInfo]) -> str:
 
 
 def _register_callback(registry: Registry, kind: str, package: str, version: str, module: str):
-    from distillctl.options import PluginOptions
-
     def register(name: str, factory: Callable[..., Any], *, options: type = PluginOptions,
                  description: str = "") -> None:
         if not isinstance(name, str) or not name:
@@ -193,6 +206,25 @@ def _register_callback(registry: Registry, kind: str, package: str, version: str
         registry.add(PluginInfo(kind, name, factory, options, package, version, module, description))
 
     return register
+
+
+def _dist_key(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503): ``Distillctl_Linear`` == ``distillctl-linear``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_entry_points() -> tuple[list[md.EntryPoint], list[str]]:
+    """The entry points of group ``distillctl`` that :func:`load_registry` loads by default, and the
+    distributions left out: every installed package is loaded, or, when ``DISTILLCTL_LOAD_PLUGINS`` is
+    set, only distillctl's own entry points plus those of the distributions it names."""
+    eps = list(md.entry_points(group=ENTRY_POINT_GROUP))
+    wanted = os.environ.get(LOAD_PLUGINS_ENV)
+    if wanted is None:
+        return eps, []
+    allowed = {_dist_key(BUILTIN_DISTRIBUTION)} | {_dist_key(n.strip()) for n in wanted.split(",") if n.strip()}
+    keep = [ep for ep in eps if ep.dist is not None and _dist_key(ep.dist.name) in allowed]
+    skipped = sorted({ep.dist.name if ep.dist else ep.value for ep in eps if ep not in keep})
+    return keep, skipped
 
 
 def _one_line(exc: BaseException) -> str:
@@ -205,14 +237,15 @@ def load_registry(
 ) -> Registry:
     """Discover plugins and collect what each registers.
 
-    ``entry_points`` defaults to the installed ones in group ``distillctl``; ``extra_plugins`` are
-    ``(module_or_object, package, version)`` triples registered directly (used by tests).
+    ``entry_points`` defaults to :func:`installed_entry_points` (the installed ones in group ``distillctl``,
+    narrowed by ``DISTILLCTL_LOAD_PLUGINS``); ``extra_plugins`` are ``(module_or_object, package, version)``
+    triples registered directly (used by tests).
     """
+    registry = Registry()
     if entry_points is None:
-        entry_points = md.entry_points(group=ENTRY_POINT_GROUP)
+        entry_points, registry.skipped = installed_entry_points()
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
-    registry = Registry()
     origin: dict[str, tuple[str, str, str]] = {}  # pluggy plugin name -> (package, version, module)
 
     def _add(obj: object, plugin_name: str, package: str, version: str, label: str) -> None:

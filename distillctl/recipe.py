@@ -26,7 +26,9 @@ from pydantic import (
     model_validator,
 )
 
+from distillctl import yaml12
 from distillctl.errors import UserError
+from distillctl.plugins import get_registry
 
 
 class RecipeError(UserError):
@@ -327,8 +329,6 @@ class Recipe(Section):
         return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
-        from distillctl import yaml12
-
         # quoted where a YAML 1.1 or 1.2 reader would misread a string (`off`, `1e3`): reads back the same
         return yaml12.dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
@@ -417,8 +417,6 @@ def read_recipe_file(path: str | Path) -> dict:
     if suffix in (".yaml", ".yml"):
         import yaml
 
-        from distillctl import yaml12
-
         try:
             data = yaml12.load(text)  # YAML 1.2 core schema: `off` stays a string, 0123 is 123
         except yaml.YAMLError as exc:
@@ -458,8 +456,6 @@ def _override_value(item: str, raw: str, source: str) -> Any:
     typo such as ``{name: full, total`` into a plugin name that fails later with a misleading message.
     """
     import yaml
-
-    from distillctl import yaml12
 
     if not raw.strip():
         return ""
@@ -511,7 +507,6 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> 
 def validate_recipe(data: dict, *, source: str = "<recipe>", base_dir: str | Path | None = None,
                     registry=None) -> Recipe:
     """Validate a recipe dict (both passes). Raises :class:`RecipeError` listing every problem."""
-    from distillctl.plugins import get_registry
 
     problems: list[str] = []
     recipe = None
@@ -567,7 +562,6 @@ def validate_plugin_section(kind: str, raw: Any, where: str, *, registry=None) -
     """One plugin section given outside a recipe file (``--students mlp,{name: transformer, layers: 1}``):
     a name or ``{name: ..., <options>}``, validated like a recipe section. A :class:`UserError` (one line per
     problem, naming ``where``) when it is not valid."""
-    from distillctl.plugins import get_registry
 
     raw = {"name": raw} if isinstance(raw, str) else raw
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
@@ -647,8 +641,6 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, *, registr
 def recipe_json_schema(registry=None) -> dict:
     """One JSON Schema for recipes, with each plugin section a ``oneOf`` over installed plugins."""
     from pydantic import create_model
-
-    from distillctl.plugins import get_registry
 
     registry = registry or get_registry()
 

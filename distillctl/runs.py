@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import socket
@@ -32,7 +31,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from distillctl import __version__
+from distillctl.devices import describe_device
 from distillctl.errors import UserError
+from distillctl.plugins import get_registry
+from distillctl.recipe import load_recipe
 
 
 # -- atomic writes -------------------------------------------------------------------------------
@@ -90,10 +92,6 @@ def atomic_save_tensors(path: str | Path, tensors: Mapping[str, Any], metadata: 
     blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
                 metadata=dict(metadata) if metadata else None)
     return atomic_write_bytes(path, blob)
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def append_jsonl(path: str | Path, obj: Mapping[str, Any]) -> None:
@@ -171,7 +169,6 @@ DEVICE_STAGES = {"embed": "embed", "distill": "distill"}
 def stage_devices(recipe, stage: str) -> dict:
     """``{section: describe_device(...)}`` for the device a stage runs on (``auto``: CUDA when torch sees it,
     else CPU), resolved on this machine; ``{}`` for a stage that uses none (submit, eval, baseline, report)."""
-    from distillctl.devices import describe_device
 
     section = DEVICE_STAGES.get(stage)
     name = getattr(getattr(recipe, section, None), "device", None) if section else None
@@ -179,8 +176,6 @@ def stage_devices(recipe, stage: str) -> dict:
 
 
 def build_manifest(recipe, *, stage: str, argv: list[str] | None = None, extra: Mapping[str, Any] | None = None) -> dict:
-    from distillctl.plugins import get_registry
-
     registry = get_registry()
     manifest = {
         "stage": stage,
@@ -250,7 +245,6 @@ class RunDir:
 
     def load_recipe(self, overrides: list[str] | None = None):
         """The resolved recipe stored in this run directory."""
-        from distillctl.recipe import load_recipe
 
         if not self.recipe.exists():
             raise UserError(f"{self.path}: not a run directory (no recipe.resolved.yaml)")

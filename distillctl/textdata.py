@@ -6,7 +6,8 @@ checksums and the parsing options, or a Hugging Face fingerprint; it keys the em
 
 Shared helpers (used by the built-in plugins, usable by third-party ones):
 
-- :func:`check_file`, :func:`file_sha256`: missing files are one-line :class:`UserError` s.
+- :func:`check_file`: a missing file is a one-line :class:`UserError`; :func:`files_identity`: the
+  sha256 of each file of each split (:func:`distillctl.verified.sha256_of`), for ``identity()``.
 - :func:`finish_rows`: empty or non-text rows are counted and skipped (or fail, ``bad_rows="fail"``);
   labels are checked against the label set.
 - :func:`merge_parts`: several files form one split; exact duplicates are removed and counted.
@@ -18,7 +19,6 @@ Only numpy is imported at module level (the CLI imports nothing from here at sta
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import unicodedata
@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from distillctl.errors import UserError
+from distillctl.verified import sha256_of
 
 #: The split names every stage uses. ``val`` may be absent from a dataset (then it is carved from train).
 SPLITS = ("train", "val", "test")
@@ -128,17 +129,6 @@ def check_file(path: str | Path, what: str) -> Path:
     return p
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
-
-
 def as_path_list(value: str | Sequence[str] | None) -> list[str]:
     if value is None:
         return []
@@ -149,7 +139,7 @@ def as_path_list(value: str | Sequence[str] | None) -> list[str]:
 
 def files_identity(files: dict[str, list[str]]) -> dict[str, list[str]]:
     """``{split: [sha256 of each file]}``: the data, not where it lives (moving files keeps the cache)."""
-    return {split: [file_sha256(check_file(p, f"dataset.{split}")) for p in paths]
+    return {split: [sha256_of(check_file(p, f"dataset.{split}")) for p in paths]
             for split, paths in files.items() if paths}
 
 
@@ -238,7 +228,7 @@ def dedupe_key(text: str, pair: str | None = None) -> str:
         head = _NON_ALNUM.sub("", unicodedata.normalize("NFKC", s[:DEDUPE_PREFIX]).casefold())
         if len(s) <= DEDUPE_PREFIX:
             return head
-        return head + "\x01" + hashlib.sha256(s[DEDUPE_PREFIX:].encode("utf-8", "surrogatepass")).hexdigest()
+        return head + "\x01" + sha256_of(s[DEDUPE_PREFIX:].encode("utf-8", "surrogatepass"))
 
     return norm(text) if pair is None else norm(text) + "\x00" + norm(pair)
 

@@ -277,29 +277,48 @@ class TrackingSession:
     def __init__(self, trackers: Sequence[Tracker], run: TrackedRun, warn: Callable[[str], None] = _warn):
         self.run = run
         self.workers = [_Worker(t, warn) for t in trackers]
-        for w in self.workers:
-            w.put("start", run)
+        self.started = False
+        if run.run_dir is not None:
+            self.start()
 
-    def metrics(self, record: dict) -> None:
+    def start(self, run_dir: Path | None = None) -> None:
+        """Queue ``start`` for every tracker, once; a stage that decides its run directory itself (a new
+        distill run) binds it here, from its first metrics record."""
+        if self.started:
+            return
+        if self.run.run_dir is None and run_dir is not None:
+            self.run.run_dir = Path(run_dir).resolve()
+            self.run.tags["distillctl.run_dir"] = str(self.run.run_dir)
+            self.run.name = _stage_run_name(self.run.stage, str(self.run.run_dir))
+        self.started = True
+        for w in self.workers:
+            w.put("start", self.run)
+
+    def metrics(self, record: dict, run_dir: Path | None = None) -> None:
         """One ``metrics.jsonl`` record (called by :meth:`distillctl.runs.RunDir.log`)."""
+        self.start(run_dir)
         values, step = metrics_of_record(record)
         if values:
             for w in self.workers:
                 w.put("log_metrics", values, step)
 
-    def results(self, records: Iterable[dict]) -> None:
+    def results(self, records: Iterable[dict], run_dir: Path | None = None) -> None:
+        self.start(run_dir)
         values = metrics_of_results(records)
         if values:
             for w in self.workers:
                 w.put("log_metrics", values, 0)
 
     def artifacts(self, paths: Iterable[Path], run_dir: Path | None) -> None:
+        self.start(run_dir)
+        run_dir = self.run.run_dir or run_dir
         files = [Path(p) for p in paths if Path(p).is_file()]
         if files:
             for w in self.workers:
                 w.put("log_artifacts", files, run_dir)
 
     def close(self, status: str = "FINISHED") -> None:
+        self.start()
         deadline = time.monotonic() + CLOSE_SECONDS
         for w in self.workers:
             w.put("finish", status)
@@ -310,8 +329,8 @@ class TrackingSession:
 def publish(run_path: Path, record: dict) -> None:
     """Send one ``metrics.jsonl`` record of ``run_path`` to the open sessions of that run (cheap when none)."""
     for session in _ACTIVE:
-        if session.run.run_dir is None or Path(session.run.run_dir) == Path(run_path):
-            session.metrics(record)
+        if session.run.run_dir is None or Path(session.run.run_dir) == Path(run_path).resolve():
+            session.metrics(record, run_path)
 
 
 def build_trackers(recipe: Any) -> list[Tracker]:
@@ -374,8 +393,9 @@ def tracked(stage: str, locate: Callable[[tuple, dict], tuple[Any, Path | None]]
                 close_session(session, "FAILED")
                 raise
             try:
+                run_dir = run_dir or session.run.run_dir or _resolved(getattr(result, "run_dir", None))
                 records, files = outputs(result, run_dir, args, kwargs)
-                session.results(records)
+                session.results(records, run_dir)
                 session.artifacts(files, run_dir)
             finally:
                 close_session(session, "FINISHED")
@@ -420,7 +440,7 @@ def _resolved(path: Any) -> Path | None:
 
 
 def _distill_locate(args: tuple, kwargs: dict) -> tuple[Any, Path | None]:
-    # under holds_run_lock: kwargs["run_dir"] is set (a new run) unless it resumes one
+    # a new run without run_dir: distill decides its folder; the session binds it from the first record
     return (args[0] if args else kwargs.get("recipe")), _resolved(kwargs.get("resume") or kwargs.get("run_dir"))
 
 

@@ -13,6 +13,9 @@ outer loss on the real batch right after the last step. An :class:`UnrollStrateg
 two numbers: ``full`` (0, total), ``truncated`` (total - window, window) and ``ratbptt`` (a start drawn
 uniformly from [min_start, total - window], window).
 
+The students, inner batches and the differentiable optimiser step come from the method author's
+toolbox (:mod:`distillctl.toolbox`: ``InnerProblem``, ``sample_rows``, ``optimizer_step``).
+
 Why the code looks the way it does:
 
 * Students are plain ``nn.Module``s called with ``torch.func.functional_call``. The K students'
@@ -32,136 +35,15 @@ Why the code looks the way it does:
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass
+from typing import Mapping
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from distillctl.methods import Learnables
 from distillctl.seeds import draw_seed
-
-
-# -- the problem ---------------------------------------------------------------------------------
-
-@dataclass
-class InnerProblem:
-    """Everything the inner loop needs apart from the learnable tensors.
-
-    ``labels`` are the hard classes of the synthetic rows, shape (n,), n = ipc * C, stored class-major
-    (rows ``c*ipc .. c*ipc+ipc-1`` are class c), which is what per-class batches rely on.
-    """
-
-    build_student: Callable[[], nn.Module]  # a fresh, randomly initialised student per call
-    num_classes: int
-    labels: torch.Tensor  # (n,) int64, class-major blocks of ipc rows
-    optimizer: str = "adam"  # "sgd" | "adam"
-    lr: float = 1e-3  # used when the learnables carry no "log_lr"
-    momentum: float = 0.9
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    batch_per_class: int | None = None  # synthetic rows per class per inner step; None = all
-    population: int = 1  # K students trained at once
-    dtype: torch.dtype = torch.float32
-    device: str | torch.device = "cpu"
-    _template: Any = field(default=None, repr=False)
-    _feature_view: Any = field(default=None, repr=False)
-
-    @classmethod
-    def from_context(cls, context: Any, population: int | None = None) -> "InnerProblem":
-        """A method's problem for its stage (:class:`distillctl.methods.MethodContext`): the recipe's student,
-        classes and ``distill.inner`` settings, in the training vectors' dtype and device; ``population``
-        overrides ``distill.inner.population``."""
-        inner = context.inner
-        return cls(context.build_student, context.num_classes, context.hard_labels, optimizer=inner.optimizer,
-                   lr=inner.lr, momentum=inner.momentum, betas=tuple(inner.betas),
-                   batch_per_class=inner.batch_per_class,
-                   population=inner.population if population is None else population,
-                   device=context.device, dtype=context.x_train.dtype)
-
-    @property
-    def ipc(self) -> int:
-        return self.labels.numel() // self.num_classes
-
-    def template(self) -> tuple[nn.Module, list[tuple[str, torch.Size]], dict[str, torch.Tensor]]:
-        """A student used only for its structure: parameter names/shapes and buffers."""
-        if self._template is None:
-            module = self.build_student().to(device=self.device, dtype=self.dtype)
-            shapes = [(name, p.shape) for name, p in module.named_parameters()]
-            buffers = {name: b.detach() for name, b in module.named_buffers()}
-            self._template = (module, shapes, buffers)
-        return self._template
-
-    def init_population(self, seed: int, count: int | None = None) -> torch.Tensor:
-        """(K, P) fresh student parameters: K students built by the plugin's factory under ``seed``.
-
-        ``count`` builds that many instead of the population's K (e.g. krr replacing some of its pool).
-        """
-        _, shapes, _ = self.template()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            rows = []
-            for _ in range(self.population if count is None else count):  # the training itself is vmapped
-                student = self.build_student()
-                rows.append(torch.cat([p.detach().reshape(-1) for _, p in student.named_parameters()]))
-        return torch.stack(rows).to(device=self.device, dtype=self.dtype)  # (K, P)
-
-    def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One student's flat (P,) parameters as named views with the student's shapes."""
-        _, shapes, _ = self.template()
-        # one split (its backward is one cat), not P slices (each slice's backward fills a zero (P,) tensor)
-        pieces = theta.split([math.prod(shape) for _, shape in shapes])
-        return {name: piece.view(shape) for (name, shape), piece in zip(shapes, pieces)}
-
-    def logits(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """One student (theta: (P,)) on a batch x: (B, d) -> (B, C)."""
-        module, _, buffers = self.template()
-        return torch.func.functional_call(module, (self.unflatten(theta), buffers), (x,))
-
-    def features(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """One student's penultimate representation (its ``features(x)``): (B, d) -> (B, h)."""
-        module, _, buffers = self.template()
-        if self._feature_view is None:  # shares module's parameters; functional_call swaps them in
-            self._feature_view = _FeatureView(module)
-        view = self._feature_view
-        params = {f"student.{k}": v for k, v in self.unflatten(theta).items()}
-        bufs = {f"student.{k}": v for k, v in buffers.items()}
-        return torch.func.functional_call(view, (params, bufs), (x,))
-
-    def population_features(self, theta: torch.Tensor, x: torch.Tensor, *, vectorized: bool = True) -> torch.Tensor:
-        """K students (theta: (K, P)) on the same batch: (B, d) -> (K, B, h); see population_logits."""
-        if theta.shape[0] == 1:
-            return self.features(theta[0], x).unsqueeze(0)
-        if not vectorized:
-            return torch.stack([self.features(theta_k, x) for theta_k in theta.unbind(0)])
-        return torch.func.vmap(self.features, in_dims=(0, None), randomness="different")(theta, x)
-
-    def population_logits(self, theta: torch.Tensor, x: torch.Tensor, *, vectorized: bool = True) -> torch.Tensor:
-        """K students (theta: (K, P)) on the same batch x: (B, d) -> (K, B, C).
-
-        ``vectorized``: one vmapped call, which is what pays off on the small synthetic batches of the
-        inner steps. ``False`` calls the students one after another; on a CPU that is faster for the
-        large real batch (Transformer, K = 12, 4,096 rows: 8.8 s per outer step instead of 19.6 s;
-        BENCHMARKS.md, "Populations"). Both give the same logits.
-        """
-        if theta.shape[0] == 1:  # one student: the plain call is ~10% faster than a vmap of one
-            return self.logits(theta[0], x).unsqueeze(0)
-        if not vectorized:
-            return torch.stack([self.logits(theta_k, x) for theta_k in theta.unbind(0)])
-        return torch.func.vmap(self.logits, in_dims=(0, None), randomness="different")(theta, x)
-
-
-class _FeatureView(nn.Module):
-    """Calls a student's ``features(x)`` as its forward, so functional_call can run it."""
-
-    def __init__(self, student: nn.Module):
-        super().__init__()
-        self.student = student
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.student.features(x)
+from distillctl.toolbox import InnerProblem, optimizer_step, sample_rows
 
 
 @dataclass
@@ -185,36 +67,6 @@ def inner_lr(problem: InnerProblem, learnables: Mapping[str, torch.Tensor]) -> t
 def synthetic_targets(problem: InnerProblem, learnables: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """(n, C) target probabilities: softmax of learnable label logits, or one-hot hard labels."""
     return Learnables(**learnables).targets(problem.labels, problem.num_classes)
-
-
-def sample_rows(problem: InnerProblem, generator: torch.Generator) -> torch.Tensor | None:
-    """Indices of one inner batch: ``batch_per_class`` random rows from each class block; None = all."""
-    b, ipc, C = problem.batch_per_class, problem.ipc, problem.num_classes
-    if b is None or b >= ipc:
-        return None
-    order = torch.rand(C, ipc, generator=generator).argsort(dim=1)[:, :b]  # (C, b) rows within each class
-    rows = (order + torch.arange(C).unsqueeze(1) * ipc).reshape(-1)  # (C*b,) rows of the class-major set
-    return rows.to(problem.device)
-
-
-def optimizer_step(theta: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], g: torch.Tensor, t: int,
-                   lr: torch.Tensor | float, *, optimizer: str, momentum: float, betas: tuple[float, float],
-                   eps: float) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """One differentiable SGD-momentum or Adam step t (1-based) of (K, P) parameters with plain tensor ops.
-
-    ``state`` is (buf, unused) for sgd (torch.optim.SGD semantics: buf = momentum * buf + g) and (m, v)
-    for Adam, where sqrt(v_hat + eps^2) instead of sqrt(v_hat) + eps keeps d/dv finite at v = 0.
-    Returns the new parameters and state; autograd differentiates through it (w.r.t. g and lr).
-    """
-    a, b = state
-    if optimizer == "sgd":
-        a = momentum * a + g
-        return theta - lr * a, (a, b)
-    b1, b2 = betas
-    a = b1 * a + (1 - b1) * g
-    b = b2 * b + (1 - b2) * g * g
-    m_hat, v_hat = a / (1 - b1 ** t), b / (1 - b2 ** t)
-    return theta - lr * m_hat / (v_hat + eps ** 2).sqrt(), (a, b)
 
 
 def unroll(problem: InnerProblem, learnables: Mapping[str, torch.Tensor], real_x: torch.Tensor,

@@ -1,4 +1,9 @@
-"""Shared fixtures: an isolated embedding cache and a CLI runner that returns (exit code, stdout, stderr)."""
+"""Shared fixtures: an isolated embedding cache and a CLI runner that returns (exit code, stdout, stderr).
+
+Two tiers: ``python -m pytest -m "not slow"`` is the fast lane (in-process on fakes, small shapes); tests marked
+``slow`` start new processes that import torch, pip-install, run real scheduler jobs or SLURM, load the real
+MiniLM or read the real data files. ``bash .ci/run`` runs both.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,12 @@ import pytest
 
 # Small shapes, reproducible timings: tests never need more than one thread per process.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Only distillctl's own entry points (the built-in plugins): a plugin package installed on this machine must
+# not change what the tests see. Set before anything loads the registry, and inherited by every subprocess
+# (CLI runs, scheduler jobs). A test that exercises third-party packages opts back in by naming them:
+# ``monkeypatch.setenv("DISTILLCTL_LOAD_PLUGINS", "distillctl-linear")`` or ``load_registry(entry_points=...)``.
+os.environ["DISTILLCTL_LOAD_PLUGINS"] = ""
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import eval_fakes
+from fakes import evaluation as eval_fakes
 from distillctl.evaluation.baselines import coreset, herding_order, kcenter_order, parse_ipc, random_subsets
 from distillctl.errors import UserError
 
@@ -144,7 +144,7 @@ def test_majority_baseline(env, monkeypatch):
 
 def test_subset_and_full_arms_share_the_protocol(env):
     from distillctl.evaluation.baselines import baseline
-    from distillctl.evaluation.evaluate import eval_seeds
+    from distillctl.evaluation.protocol import eval_seeds
     from distillctl.evaluation.training import TrainBudget, student_builder, train_and_score
 
     registry, emb, recipe, _, tmp = env
@@ -171,14 +171,16 @@ def test_subset_and_full_arms_share_the_protocol(env):
 
 def test_baselines_stored_in_a_run_dir(env):
     from distillctl.evaluation.baselines import baseline
-    from distillctl.evaluation.evaluate import read_results
+    from distillctl.evaluation.protocol import read_results
 
     registry, emb, recipe, _, tmp = env
     baseline(recipe, "random", ipc=[1], quiet=True, run_dir=tmp / "run")
     baseline(recipe, "random", ipc=[2], quiet=True, run_dir=tmp / "run")
     stored = read_results(tmp / "run" / "eval" / "baseline-random.json")
     assert [r["ipc"] for r in stored] == [1, 2]
-    assert (tmp / "run" / "recipe.resolved.yaml").exists()
+    from distillctl.recipe import load_recipe
+
+    assert load_recipe(tmp / "run" / "recipe.resolved.yaml").fingerprint() == recipe.fingerprint()
     other = recipe.model_copy(deep=True)
     other.eval.steps = 5
     with pytest.raises(UserError, match="eval"):
@@ -228,7 +230,7 @@ def _hard_env(env):
 def test_full_earlystop_chooses_steps_on_val_and_scores_test_once(env):
     from distillctl.evaluation.baselines import (EARLYSTOP_CHECKS, EARLYSTOP_MAX_FACTOR, EARLYSTOP_PATIENCE, baseline,
                                       earlystop_every)
-    from distillctl.evaluation.evaluate import eval_seeds
+    from distillctl.evaluation.protocol import eval_seeds
     from distillctl.evaluation.training import TrainBudget, student_builder, train_and_score
 
     registry, emb, recipe, _, tmp = _hard_env(env)
@@ -321,7 +323,7 @@ def test_logreg_fit_is_the_minimiser_of_the_regularised_cross_entropy():
 
 def test_baselines_for_several_students_and_stored_per_student(env, cli):
     from distillctl.evaluation.baselines import baseline
-    from distillctl.evaluation.evaluate import eval_seeds, read_results
+    from distillctl.evaluation.protocol import eval_seeds, read_results
     from distillctl.evaluation.training import TrainBudget, student_builder, train_and_score
 
     registry, emb, recipe, recipe_file, tmp = env

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-import eval_fakes
+from fakes import evaluation as eval_fakes
 
 
 def _point(folder, registry, name, values, accs, *, step, steps_run, val):
@@ -150,11 +150,11 @@ def test_a_seed_sweep_pools_references_transfer_and_scores(monkeypatch, tmp_path
 def test_a_pooled_reference_with_steps_per_seed_explains_a_set_above_full():
     """Pooled over seeds, full-earlystop's chosen steps are a string ("250/500/250"): the note on a set above
     the same-budget arm still names them (it raised a TypeError comparing them with the budget)."""
-    from distillctl.reporting.report import _why_below
+    from distillctl.reporting.sections import why_below
 
     full = {"arm": "full", "student": "mlp", "accuracy": _summary([0.80]), "budget": {"steps": 1000, "batch_size": 256},
             "n_train": 12000}
     es = {"arm": "full-earlystop", "student": "mlp", "accuracy": _summary([0.82]), "chosen_steps": "250/500/250"}
-    why = _why_below(full, [full, es])
+    why = why_below(full, [full, es])
     assert "with its steps chosen on val (250/500/250 steps) the same student reaches 82.00 %" in why
     assert why.endswith("so the same-budget arm is below what this student can do")

@@ -30,6 +30,14 @@ def test_every_kind_has_a_contract_and_a_hook():
         assert hasattr(hookspecs, contract.hook)
 
 
+def test_the_student_contract_sits_in_the_module_named_for_it():
+    from distillctl.students import Student
+
+    assert CONTRACTS["student"].base == "distillctl.students.Student"
+    assert CONTRACTS["student"].base_class() is Student and Student.__module__ == "distillctl.students"
+    assert not hasattr(__import__("distillctl.contracts").contracts, "Student")  # one home, no alias
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_contract_lists_every_public_member_of_the_base_class(kind):
     """A member added to a base class must be classified as required or optional (and documented)."""

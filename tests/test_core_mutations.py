@@ -21,7 +21,7 @@ import pytest
 import torch
 from pydantic import Field
 
-import distill_fakes
+from fakes import distill as distill_fakes
 from distillctl import hookimpl
 from distillctl.methods import Method, OuterStep
 from distillctl.options import PluginOptions

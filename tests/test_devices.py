@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -54,8 +52,7 @@ def test_manifest_records_the_resolved_devices(tmp_path):
     from distillctl.plugins import load_registry, set_registry
     from distillctl.recipe import validate_recipe
     from distillctl.runs import create_run_dir
-    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-    import toyplugins
+    from fakes import toyplugins
 
     registry = load_registry(entry_points=[], extra_plugins=[(toyplugins, "toy-plugins", "1.0")])
     set_registry(registry)  # reset after each test by conftest
@@ -80,7 +77,7 @@ def test_manifest_records_the_resolved_devices(tmp_path):
 
 @pytest.mark.skipif(not NO_CUDA, reason="this machine has a CUDA device")
 def test_cli_embed_with_cuda_on_a_cpu_machine_exits_2(tmp_path, cli):
-    import embed_fakes
+    from fakes import embed as embed_fakes
     from distillctl.plugins import load_registry, set_registry
 
     set_registry(load_registry(extra_plugins=[(embed_fakes, "tests", "0")]))  # reset after each test by conftest

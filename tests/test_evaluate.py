@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-import eval_fakes
+from fakes import evaluation as eval_fakes
 from distillctl.errors import UserError
 from distillctl.runs import read_jsonl
 
@@ -23,7 +23,8 @@ def env(monkeypatch, tmp_path):
 
 
 def test_evaluate_run_dir_writes_results_and_matches_the_protocol(env):
-    from distillctl.evaluation.evaluate import eval_seeds, evaluate
+    from distillctl.evaluation.evaluate import evaluate
+    from distillctl.evaluation.protocol import eval_seeds
     from distillctl.distillation.synthetic import SyntheticSet
     from distillctl.evaluation.training import TrainBudget, student_builder, train_and_score
 

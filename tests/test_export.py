@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-import eval_fakes
+from fakes import evaluation as eval_fakes
 from distillctl.distillation.synthetic import SyntheticSet
 
 

@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from distillctl.jobs import submit as sm
 from distillctl.scheduling import Job, JobHandle, downstream, pid_alive, topological_order
 from distillctl_plugins.schedulers.local import LocalOptions, LocalScheduler
-from submit_fakes import env  # noqa: F401 - fixture
+from fakes.submit import env  # noqa: F401 - fixture
 
 PY = sys.executable
 
@@ -47,6 +48,7 @@ def wait_final(sched, handles, timeout=60.0):
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_dependencies_run_in_order_and_workers_run_in_parallel(tmp_path):
     jobs = [pyjob(tmp_path, "a", "time.sleep(0.6)"), pyjob(tmp_path, "b", "time.sleep(0.6)"),
             pyjob(tmp_path, "c", "pass", deps=["a", "b"])]
@@ -78,6 +80,7 @@ def test_jobs_get_one_thread_by_default_and_null_gives_them_the_cores(monkeypatc
     assert "1 thread(s) each" in LocalScheduler(recipe.scheduler.options).describe([], tmp_path)
 
 
+@pytest.mark.slow
 def test_one_worker_runs_one_job_at_a_time(tmp_path):
     jobs = [pyjob(tmp_path, x, "time.sleep(0.3)") for x in "abc"]
     sched = LocalScheduler(LocalOptions(workers=1))
@@ -86,6 +89,7 @@ def test_one_worker_runs_one_job_at_a_time(tmp_path):
     assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:]))
 
 
+@pytest.mark.slow
 def test_failure_cancels_dependents_only_and_keeps_other_results(tmp_path):
     jobs = [pyjob(tmp_path, "a", "pass"),
             pyjob(tmp_path, "bad", "import sys; print('boom on stderr', file=sys.stderr); sys.exit(3)", deps=["a"]),
@@ -103,6 +107,7 @@ def test_failure_cancels_dependents_only_and_keeps_other_results(tmp_path):
     assert "boom on stderr" in sched.logs(hs["bad"])
 
 
+@pytest.mark.slow
 def test_submit_returns_while_jobs_run_and_status_works_from_a_new_process(tmp_path):
     # "slow" cannot end before this test creates `go`: submit returning at all shows that it is detached
     go = tmp_path / "go"
@@ -127,6 +132,7 @@ def test_submit_returns_while_jobs_run_and_status_works_from_a_new_process(tmp_p
     assert json.loads(out.stdout) == {"slow": ["done", 0], "next": ["done", 0]}
 
 
+@pytest.mark.slow
 def test_cancel_kills_the_running_job_and_skips_the_rest(tmp_path):
     jobs = [pyjob(tmp_path, "sleeper",  # pid written then renamed: the test never reads a half-written file
                   "import os; open('pid.tmp', 'w').write(str(os.getpid())); os.replace('pid.tmp', 'pid');"
@@ -148,6 +154,7 @@ def test_cancel_kills_the_running_job_and_skips_the_rest(tmp_path):
     assert not (tmp_path / "trace").exists()
 
 
+@pytest.mark.slow
 def test_cancelling_one_job_leaves_the_other_branches_running(tmp_path):
     jobs = [pyjob(tmp_path, "slow", "time.sleep(60)"), pyjob(tmp_path, "after_slow", "pass", deps=["slow"]),
             pyjob(tmp_path, "other", "time.sleep(1.0)")]
@@ -164,6 +171,7 @@ def test_cancelling_one_job_leaves_the_other_branches_running(tmp_path):
     assert final["other"].state == "done" and set(trace(tmp_path)) == {"other"}
 
 
+@pytest.mark.slow
 def test_a_dead_runner_is_reported_not_hidden(tmp_path):
     jobs = [pyjob(tmp_path, "long", "time.sleep(60)"), pyjob(tmp_path, "after", "pass", deps=["long"])]
     sched = LocalScheduler(LocalOptions())
@@ -181,6 +189,7 @@ def test_a_dead_runner_is_reported_not_hidden(tmp_path):
     assert now["after"].state == "cancelled"
 
 
+@pytest.mark.slow
 def test_command_not_found_fails_the_job(tmp_path):
     job = Job(id="nope", argv=["distillctl-no-such-command-xyz"], cwd=str(tmp_path), log=str(tmp_path / "nope.log"))
     sched = LocalScheduler()
@@ -190,6 +199,7 @@ def test_command_not_found_fails_the_job(tmp_path):
 
 # -- submissions: retry, status and cancel through the library and the CLI --------------------------------
 
+@pytest.mark.slow
 def test_retry_failed_reruns_failed_jobs_and_dependents_only(tmp_path, cli):
     flag = tmp_path / "flag"
     jobs = [pyjob(tmp_path, "first", "pass"),
@@ -225,6 +235,7 @@ def test_retry_failed_reruns_failed_jobs_and_dependents_only(tmp_path, cli):
     assert r.code == 2 and "nothing to retry" in r.err
 
 
+@pytest.mark.slow
 def test_cli_cancel_and_retry_refused_while_running(tmp_path, cli):
     jobs = [pyjob(tmp_path, "sleeper", "time.sleep(60)"), pyjob(tmp_path, "after", "pass", deps=["sleeper"])]
     folder = tmp_path / "sub"
@@ -260,12 +271,13 @@ def test_graph_helpers():
 TESTS = Path(__file__).parent
 
 
+@pytest.mark.slow
 def test_recipe_pipeline_end_to_end_through_the_local_scheduler(env, monkeypatch, cli):
     from distillctl.runs import read_jsonl
 
-    monkeypatch.setenv("PYTHONPATH", str(TESTS))  # the jobs run `python -m fake_cli ...`
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))  # the jobs run `python -m fakes.cli ...`
     path = env.write(baseline={"kinds": ["random", "full", "majority"]})
-    sub = sm.submit(path, exe=[PY, "-m", "fake_cli"], wait=True, quiet=True)
+    sub = sm.submit(path, exe=[PY, "-m", "fakes.cli"], wait=True, quiet=True)
     run = sub.path
     assert sub.state == "done", sm.status_text(sub)
     assert run.parent == env.tmp / "runs" / "tiny"
@@ -274,6 +286,18 @@ def test_recipe_pipeline_end_to_end_through_the_local_scheduler(env, monkeypatch
               "eval/results.json", "eval/baseline-random.json", "eval/baseline-full.json",
               "eval/baseline-majority.json", "report.md", "report.json", "plots/accuracy_vs_ipc.png"):
         assert (run / f).exists(), f
+    # ... and each reads back as what it claims to be
+    from distillctl.distillation.synthetic import SyntheticSet
+    from distillctl.evaluation.evaluate import read_results
+
+    assert yaml.safe_load((run / "recipe.resolved.yaml").read_text())["name"] == "tiny"
+    for ipc in (1, 2):
+        syn = SyntheticSet.load(run / "distilled" / f"ipc{ipc}.safetensors")
+        assert syn.x.shape == (3 * ipc, 8) and syn.ipc == ipc
+    for kind in ("random", "full", "majority"):
+        assert {r["arm"].split("-")[0] for r in read_results(run / "eval" / f"baseline-{kind}.json")} == {kind}
+    assert (run / "plots" / "accuracy_vs_ipc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| ipc" in (run / "report.md").read_text().lower()
     results = json.loads((run / "eval" / "results.json").read_text())["results"]
     assert sorted((r["arm"], r["ipc"]) for r in results) == [("distilled", 1), ("distilled", 2)]
     table = json.loads((run / "report.json").read_text())["tables"]["accuracy"]
@@ -297,6 +321,7 @@ def test_recipe_pipeline_end_to_end_through_the_local_scheduler(env, monkeypatch
 
 # -- following a submission: a cancelled --wait is not a success; long jobs show signs of life ---------------
 
+@pytest.mark.slow
 def test_wait_that_ends_cancelled_raises_and_the_cli_exits_3(tmp_path, cli):
     flag, folder = tmp_path / "flag", tmp_path / "sub"
     # first attempt fails; the retry cancels its own submission (as `distillctl cancel` from another shell would)

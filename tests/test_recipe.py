@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-import toyplugins  # noqa: E402
-
-from distillctl import plugins as plugins_mod  # noqa: E402
-from distillctl.errors import UserError  # noqa: E402
-from distillctl.recipe import RecipeError, apply_overrides, load_recipe, recipe_json_schema  # noqa: E402
+from distillctl import plugins as plugins_mod
+from distillctl.errors import UserError
+from distillctl.recipe import RecipeError, apply_overrides, load_recipe, recipe_json_schema
+from fakes import toyplugins
 
 
 @pytest.fixture
@@ -224,8 +221,17 @@ def test_schema_covers_plugin_options(toy_registry, cli):
 
 
 def test_schema_function_matches_registry(toy_registry):
+    """One schema variant per registered plugin (named kind_name), the same schema the CLI prints; a plugin
+    name the registry does not know is invalid."""
+    import jsonschema
+
     schema = recipe_json_schema(toy_registry)
     assert schema["title"] == "distillctl recipe"
+    registered = {f"{p.kind}_{p.name}".replace("-", "_").replace(".", "_") for p in toy_registry.all()}
+    assert registered and registered <= set(schema["$defs"])
+    validator = jsonschema.Draft202012Validator(schema)
+    assert not list(validator.iter_errors({"name": "x", "dataset": {"name": "toyset", "train": "a.csv"}}))
+    assert list(validator.iter_errors({"name": "x", "dataset": {"name": "not-registered", "train": "a.csv"}}))
 
 
 SHIPPED = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
@@ -335,18 +341,57 @@ def test_a_directory_given_as_the_recipe_says_so(tmp_path, toy_registry, cli):
 
 
 def test_readme_set_examples_apply_to_the_shipped_recipes():
-    """Every `distillctl ... RECIPE --set ...` line of the README validates (e.g. --set student.name=...)."""
+    """Every `distillctl ... RECIPE --set ...` line of the README validates (e.g. --set student.name=...),
+    and the validated recipe holds each value it sets. The README installs examples/distillctl-linear before
+    its `--set student.name=softmax` line: that package is registered here explicitly (installed packages
+    are kept out of the tests)."""
     import shlex
+    import sys
+
+    import yaml
 
     from distillctl.jobs import submit as sm
 
     root = Path(__file__).parent.parent
+    sys.path.insert(0, str(root / "examples" / "distillctl-linear"))
+    import distillctl_linear
+
+    registry = plugins_mod.load_registry(extra_plugins=[(distillctl_linear, "distillctl-linear", "0.1.0")])
     lines = [x.split("#")[0].strip() for x in (root / "README.md").read_text().splitlines()
              if x.startswith("distillctl ") and "--set" in x]
-    assert lines, "the README shows --set"
+    assert len(lines) >= 4, "the README shows --set"
     for line in lines:
         args = shlex.split(line)
         recipe = next(a for a in args if a.endswith((".yaml", ".toml")))
         sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
         scheduler = args[args.index("--scheduler") + 1] if "--scheduler" in args else None
-        sm.expand_points(root / recipe, sets, scheduler=scheduler)  # raises with the failing field
+        [point] = sm.expand_points(root / recipe, sets, scheduler=scheduler, registry=registry)  # raises on a bad field
+        resolved = point.recipe.to_dict()
+        for item in sets:
+            key, value = item.split("=", 1)
+            if scheduler and key.startswith("scheduler."):
+                continue  # --scheduler drops these today: test_scheduler_flag_keeps_the_scheduler_set_values
+            node = resolved
+            for part in key.split("."):
+                node = node[part]
+            expected = yaml.safe_load(value)
+            if isinstance(node, list) and not isinstance(expected, list):  # distill.ipc=10 means [10]
+                expected = [expected]
+            if isinstance(expected, dict):  # a section given whole: its keys, the rest are defaults
+                assert {k: node[k] for k in expected} == expected, line
+            else:
+                assert node == expected, line
+
+
+@pytest.mark.xfail(strict=True, reason="bug: expand_points applies --set before --scheduler, which then replaces "
+                   "the whole scheduler section; remove this marker when fixed")
+def test_scheduler_flag_keeps_the_scheduler_set_values():
+    """The README's `submit RECIPE --scheduler slurm --set scheduler.partition=gpu --dry-run`: the partition
+    must reach the slurm options (today it is silently dropped; `--set 'scheduler={name: slurm, partition: gpu}'`
+    keeps it)."""
+    from distillctl.jobs import submit as sm
+
+    root = Path(__file__).parent.parent
+    [point] = sm.expand_points(root / "recipes" / "agnews-mlp-ratbptt.yaml", ["scheduler.partition=gpu"],
+                               scheduler="slurm")
+    assert point.recipe.to_dict()["scheduler"]["partition"] == "gpu"

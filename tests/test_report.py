@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import eval_fakes
+from fakes import evaluation as eval_fakes
 from distillctl.errors import UserError
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -26,7 +26,7 @@ def run(monkeypatch, tmp_path):
 
 
 def test_report_files(run):
-    from distillctl.evaluation.evaluate import read_results
+    from distillctl.evaluation.protocol import read_results
     from distillctl.reporting.report import report
 
     run, emb = run
@@ -107,7 +107,8 @@ def test_report_without_texts_still_writes(run):
 
 
 def test_single_class_students_are_named_in_report_and_eval_table(run):
-    from distillctl.evaluation.evaluate import read_results, results_table, store_results
+    from distillctl.evaluation.evaluate import results_table
+    from distillctl.evaluation.protocol import read_results, store_results
     from distillctl.reporting.report import report
 
     run, _ = run

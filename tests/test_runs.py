@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-import toyplugins  # noqa: E402
-
-from distillctl import plugins as plugins_mod  # noqa: E402
-from distillctl.errors import UserError  # noqa: E402
-from distillctl.recipe import validate_recipe  # noqa: E402
-from distillctl.runs import (atomic_save_tensors, atomic_write_json, atomic_write_text, append_jsonl,  # noqa: E402
+from distillctl import plugins as plugins_mod
+from distillctl.errors import UserError
+from distillctl.recipe import validate_recipe
+from distillctl.runs import (atomic_save_tensors, atomic_write_json, atomic_write_text, append_jsonl,
                              create_run_dir, open_run_dir, read_jsonl)
+from fakes import toyplugins
 
 
 @pytest.fixture
@@ -86,8 +84,8 @@ def test_create_run_dir_writes_recipe_and_manifest(tmp_path, recipe):
     assert manifest["versions"]["distillctl"] == distillctl.__version__
     assert manifest["versions"]["torch"] == torch.__version__
     assert {"kind": "dataset", "name": "toyset", "package": "toy-plugins", "version": "1.0",
-            "module": "toyplugins"} in manifest["plugins"]
-    assert "git_sha" in manifest
+            "module": "fakes.toyplugins"} in manifest["plugins"]
+    assert "git_sha" in manifest  # its value: test_manifest_records_the_git_commit_of_the_working_directory
     # the stored recipe loads back to the same recipe
     assert open_run_dir(run.path).load_recipe().to_dict() == recipe.to_dict()
     run.log(step=1, loss=0.5)
@@ -159,7 +157,7 @@ def distill_env(monkeypatch, tmp_path):
     """The real registry with the fake dataset/encoder; load_embeddings returns tiny Gaussian embeddings."""
     import yaml
 
-    import distill_fakes
+    from fakes import distill as distill_fakes
     import distillctl.data.embed as embed_module
 
     registry = plugins_mod.load_registry(extra_plugins=[(distill_fakes, "tests", "0")])
@@ -244,3 +242,31 @@ def test_metrics_are_not_repeated_when_a_stopped_stage_is_resumed(distill_env, m
     a, b = plain("a"), plain("b")
     assert [r for r in a if r.get("event") == "stopped"]  # the stage did stop early
     assert b == a
+
+
+def test_manifest_records_the_git_commit_of_the_working_directory(tmp_path, recipe, monkeypatch):
+    """A run started in a git checkout records its HEAD, with ``+dirty`` when tracked files changed; none
+    outside a repository."""
+    import shutil
+
+    if shutil.which("git") is None:
+        pytest.skip("git not on PATH")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    monkeypatch.chdir(outside)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # no repository above tmp_path counts
+    assert json.loads(create_run_dir(recipe, stage="x", root=tmp_path / "runs").manifest.read_text())["git_sha"] is None
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    (repo / "f.txt").write_text("one")
+    for args in (["init", "-q"], ["add", "f.txt"], ["commit", "-q", "-m", "one"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    head = subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    monkeypatch.chdir(repo)
+    manifest = json.loads(create_run_dir(recipe, stage="x", root=tmp_path / "runs").manifest.read_text())
+    assert manifest["git_sha"] == head and len(head) == 40
+    (repo / "f.txt").write_text("two")
+    manifest = json.loads(create_run_dir(recipe, stage="x", root=tmp_path / "runs").manifest.read_text())
+    assert manifest["git_sha"] == head + "+dirty"

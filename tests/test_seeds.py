@@ -24,4 +24,8 @@ def test_derive_seed_is_63_bit_and_streams_differ():
 
 def test_draw_seed_follows_the_generator():
     a, b = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
-    assert [seeds.draw_seed(a) for _ in range(3)] == [seeds.draw_seed(b) for _ in range(3)]
+    drawn = [seeds.draw_seed(a) for _ in range(3)]
+    assert drawn == [seeds.draw_seed(b) for _ in range(3)]
+    # pinned like the derived seeds: torch's CPU generator, torch.randint(0, 2**62)
+    assert drawn == [3325388913236545215, 359254775711865947, 3933187637257539511]
+    assert seeds.draw_seed(torch.Generator().manual_seed(12)) not in drawn

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-import eval_fakes
+from fakes import evaluation as eval_fakes
 from distillctl.errors import UserError
 from distillctl.distillation.synthetic import SyntheticSet
 
@@ -87,7 +87,7 @@ def test_a_set_the_run_did_not_save_is_refused(env):
 
 
 def test_distill_records_set_digests_in_the_manifest_and_keeps_them_on_resume(monkeypatch, tmp_path):
-    import distill_fakes
+    from fakes import distill as distill_fakes
     import distillctl.data.embed as embed_module
     from distillctl.distillation.distill import distill
     from distillctl.plugins import load_registry, set_registry

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import embed_fakes
+from fakes import embed as embed_fakes
 from test_embed import load, make_data, write_recipe
 
 

@@ -20,7 +20,7 @@ from distillctl.jobs import submit as sm
 from distillctl.scheduling import Job
 from distillctl_plugins.schedulers.slurm import (SlurmOptions, dependency_arg, expand_array_id, map_state, plan,
                                                   render_script, sbatch_calls)
-from submit_fakes import env  # noqa: F401 - fixture
+from fakes.submit import env  # noqa: F401 - fixture
 
 GOLDEN = Path(__file__).parent / "golden" / "slurm"
 PY = sys.executable
@@ -162,6 +162,7 @@ SLURM = {"name": "slurm", "time": 5, "setup": [], "signal_seconds": 60}
 
 
 @pytest.mark.slurm
+@pytest.mark.slow
 def test_sweep_goes_out_as_arrays_and_chains_wait_for_their_stage(cluster, tmp_path, cli):
     jobs = [pyjob(tmp_path, "embed", "pass", group="embed")]
     for p in ("p0", "p1", "p2"):
@@ -187,6 +188,7 @@ def test_sweep_goes_out_as_arrays_and_chains_wait_for_their_stage(cluster, tmp_p
 
 
 @pytest.mark.slurm
+@pytest.mark.slow
 def test_failed_job_cancels_dependents_and_retry_failed_finishes(cluster, tmp_path, cli):
     flag = tmp_path / "flag"
     jobs = [pyjob(tmp_path, f"{p}/s1", (f"import sys, os\nif {p == 'p1'} and not os.path.exists({str(flag)!r}): "
@@ -208,6 +210,7 @@ def test_failed_job_cancels_dependents_and_retry_failed_finishes(cluster, tmp_pa
 
 
 @pytest.mark.slurm
+@pytest.mark.slow
 def test_cancel_stops_running_and_pending_jobs(cluster, tmp_path, cli):
     jobs = [pyjob(tmp_path, "sleeper", "time.sleep(300)"), pyjob(tmp_path, "after", "pass", ["sleeper"])]
     folder = tmp_path / "sub"
@@ -229,11 +232,12 @@ TESTS = Path(__file__).parent
 
 
 @pytest.mark.slurm
+@pytest.mark.slow
 def test_recipe_sweep_runs_as_arrays_with_stage_chains(cluster, env, monkeypatch):
     """The real graph (every stage the real CLI, on the fake Gaussian data) of a 2-point sweep."""
-    monkeypatch.setenv("PYTHONPATH", str(TESTS))  # jobs run `python -m fake_cli ...`; sbatch exports the env
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))  # jobs run `python -m fakes.cli ...`; sbatch exports the env
     path = env.write(scheduler=SLURM, baseline={"kinds": ["random", "majority"]})
-    sub = sm.submit(path, sweeps=["distill.method.unroll.window=2,3"], exe=[PY, "-m", "fake_cli"], wait=True, quiet=True)
+    sub = sm.submit(path, sweeps=["distill.method.unroll.window=2,3"], exe=[PY, "-m", "fakes.cli"], wait=True, quiet=True)
     assert sub.state == "done", sm.status_text(sub)
     ids = {k: h.scheduler_id for k, h in sub.handles.items()}
     for stage in ("distill-ipc1", "distill-ipc2", "eval-ipc1", "eval-ipc2", "report"):
@@ -248,6 +252,7 @@ def test_recipe_sweep_runs_as_arrays_with_stage_chains(cluster, env, monkeypatch
 
 
 @pytest.mark.slurm
+@pytest.mark.slow
 def test_timeout_requeues_distill_and_it_resumes_from_its_checkpoint(cluster, env, monkeypatch):
     """Time limit 1 min, USR1 50 s before it: `distillctl distill --resume` is stopped, requeued, and
     continues from its newest checkpoint (about 1 min; max_seconds ends the stage)."""
@@ -261,7 +266,7 @@ def test_timeout_requeues_distill_and_it_resumes_from_its_checkpoint(cluster, en
                                         "ckpt_every": 100, "val_seeds": 1, "max_seconds": 45}})
     recipe = sm.expand_points(path)[0].recipe
     run = create_run_dir(recipe, stage="test", run_dir=env.tmp / "run").path
-    job = Job(id="distill-ipc2", argv=[PY, "-m", "fake_cli", "distill", str(run / "recipe.resolved.yaml"),
+    job = Job(id="distill-ipc2", argv=[PY, "-m", "fakes.cli", "distill", str(run / "recipe.resolved.yaml"),
                                        "--resume", str(run)],
               cwd=str(run), log=str(run / "logs" / "distill-ipc2.log"), kind="distill", requeue=True,
               env={"DISTILLCTL_QUIET": "0"})
@@ -320,6 +325,7 @@ def test_every_path_in_a_script_is_quoted_and_survives_spaces(tmp_path, monkeypa
 
 
 @pytest.mark.slurm
+@pytest.mark.slow
 def test_paths_with_spaces_and_quotes_run_on_the_cluster(cluster, tmp_path):
     """sbatch itself honours the quoted #SBATCH --output (SLURM's own parser, not bash's)."""
     folder = tmp_path / "a run dir" / "it's"

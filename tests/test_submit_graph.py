@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-import distill_fakes
+from fakes import distill as distill_fakes
 from distillctl.jobs import submission, submit as sm
 from distillctl.jobs.cli_render import progress_table
 from distillctl.errors import UserError
 from distillctl.recipe import RecipeError
-from submit_fakes import env, recipe_data  # noqa: F401 - env is a fixture
+from fakes.submit import env, recipe_data  # noqa: F401 - env is a fixture
 
 
 def by_id(jobs):

@@ -72,6 +72,7 @@ def _threads_of_a_command(args: list[str], env_threads: str | None) -> tuple[int
     return int(threads), omp
 
 
+@pytest.mark.slow
 def test_cli_commands_run_with_one_thread_unless_told_otherwise():
     validate = ["recipe", "validate", "recipes/quickstart.yaml"]
     # nothing set: one thread (torch alone would take one per core)

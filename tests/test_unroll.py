@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from distillctl.unrolling import (FullUnroll, InnerProblem, RandomTruncatedUnroll, TruncatedUnroll,
-                                  inner_lr, synthetic_targets)
+from distillctl.toolbox import InnerProblem
+from distillctl.unrolling import FullUnroll, RandomTruncatedUnroll, TruncatedUnroll, inner_lr, synthetic_targets
 from distillctl_plugins.students import TransformerOptions
 from distillctl_plugins.students.models import build_mlp, build_transformer
 
@@ -205,7 +205,7 @@ def test_population_students_differ_and_dropout_runs_under_vmap():
 
 
 def test_per_class_batches_are_class_blocks():
-    from distillctl.unrolling import sample_rows
+    from distillctl.toolbox import sample_rows
 
     problem = InnerProblem(lambda: None, 3, torch.arange(3).repeat_interleave(5), batch_per_class=2)
     rows = sample_rows(problem, torch.Generator().manual_seed(0))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import math
 import shutil
@@ -33,11 +34,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from distillctl import __version__
-from distillctl.data.cache import CACHE_ENV, cache_root, embeddings_dir  # noqa: F401  (cache_root: re-exported)
+from distillctl.console import err_console, is_quiet, progress
+from distillctl.data.cache import CACHE_ENV, embeddings_dir
+from distillctl.devices import resolve_device
+from distillctl.encoding import char_budget, cut_to_budget, output_dim, quiet_loading
 from distillctl.errors import RunError, UserError
-from distillctl.plugins import with_registry
+from distillctl.plugins import get_registry, with_registry
+from distillctl.runs import atomic_write_bytes, atomic_write_json
 from distillctl.seeds import carve_seed
+from distillctl.textdata import PAIR_SEPARATOR, TextDataset, carve_val, check_classes, finish_rows
+from distillctl.verified import NotVerified, read_verified, sha256_of
 
 CACHE_FORMAT = 1
 SPLIT_ORDER = ("train", "val", "test")
@@ -70,8 +79,6 @@ class Embeddings:
 
     def texts(self, split: str) -> list[str]:
         """The texts of ``split`` in row order (pairs joined as ``"a ||| b"``), verified against the manifest."""
-        from distillctl.textdata import PAIR_SEPARATOR
-
         if split not in self._text_index:
             raise UserError(f"the embeddings have no {split!r} split (splits: {', '.join(self.splits)})")
         native, index = self._text_index[split]
@@ -106,10 +113,6 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 # -- the two public functions -------------------------------------------------------------------------
 
 @with_registry  # registry=: run with that plugin registry (default: get_registry())
@@ -140,8 +143,6 @@ def load_embeddings(recipe, *, quiet: bool | None = None) -> Embeddings:
 # -- cache entry ------------------------------------------------------------------------------------
 
 def _identities(recipe):
-    from distillctl.plugins import get_registry
-
     registry = get_registry()
     source = registry.build("dataset", recipe.dataset)
     encoder = registry.build("encoder", recipe.encoder)
@@ -152,7 +153,7 @@ def _identities(recipe):
     # Which rows are embedded depends on embed.bad_rows: a `fail` run must not reuse what a `skip` run
     # stored (the rows it dropped are the ones `fail` must stop at).
     ident["bad_rows"] = recipe.embed.bad_rows
-    key = _sha256(_canonical(ident).encode())
+    key = sha256_of(_canonical(ident).encode())
     return source, encoder, ds_id, enc_id, key
 
 
@@ -238,15 +239,10 @@ def _read_verified(entry: Path, key: str) -> tuple[dict | None, dict, str | None
     files = manifest.get("files") or {}
     contents: dict[str, Any] = {}
     for name, meta in files.items():
-        f = entry / name
-        if not f.exists():
-            return None, {}, f"{name} is missing"
-        data = f.read_bytes()
-        if len(data) != meta.get("bytes"):
-            return None, {}, (f"{name} has {len(data)} bytes, the manifest says {meta.get('bytes')} "
-                              "(truncated or changed)")
-        if _sha256(data) != meta.get("sha256"):
-            return None, {}, f"{name} fails its sha256 check (corrupt)"
+        try:
+            data, _ = read_verified(entry / name, meta.get("sha256"), size=meta.get("bytes"))
+        except NotVerified as exc:
+            return None, {}, f"{name} {exc.problem}"
         if name.endswith(".safetensors"):
             try:
                 contents[name] = load(data)  # tensors copied out of the verified bytes
@@ -262,8 +258,6 @@ def _read_verified(entry: Path, key: str) -> tuple[dict | None, dict, str | None
 
 
 def _say(message: str, quiet: bool | None) -> None:
-    from distillctl.console import err_console, is_quiet
-
     if not (is_quiet() if quiet is None else quiet):
         err_console().print(message, markup=False, highlight=False)
 
@@ -276,42 +270,16 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
 
     Returns ``(manifest, contents)``, ``contents`` as :func:`_read_verified` gives them (what was written).
     """
-    import numpy as np
     import torch
-    from safetensors.torch import save
-
-    from distillctl.console import progress
-    from distillctl.runs import atomic_write_bytes, atomic_write_json
-
-    def write_tensors(path: Path, tensors: dict, metadata: dict | None = None) -> bytes:
-        """Save tensors as safetensors atomically; the bytes written (hashed in hand, never read back)."""
-        blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
-        atomic_write_bytes(path, blob)
-        return blob
-
-    from distillctl.devices import resolve_device
 
     t0 = time.perf_counter()
     settings = recipe.embed
     device = str(resolve_device(settings.device, field="embed.device"))  # auto: CUDA when there, else CPU
     # 1. Read the text data (bad rows skipped or failing per embed.bad_rows).
-    data = _load_dataset(source, settings.bad_rows)
-    splits = {name: s for name, s in data.splits.items() if name in SPLIT_ORDER and len(s) > 0}
-    if "train" not in splits:
-        raise UserError(f"dataset {recipe.dataset.name!r}: no 'train' split with rows")
-    C = data.num_classes
-    for name, s in splits.items():
-        if s.labels.size and (s.labels.min() < 0 or s.labels.max() >= C):
-            raise UserError(f"dataset {recipe.dataset.name!r}: split {name} has labels outside 0..{C - 1}")
-    from distillctl.textdata import check_classes
-
-    # Built-in plugins check this per file already; here for third-party datasets too.
-    check_classes({n: [s] for n, s in splits.items()}, data.label_names)
+    data, splits = _read_splits(recipe, source)
     is_pairs = any(s.pairs is not None for s in splits.values())
 
     # 2. Load the encoder (after the data, so bad data fails before the slow part).
-    from distillctl.encoding import output_dim, quiet_loading
-
     quiet_loading()
     encoder.load(device)
     dim = output_dim(encoder, is_pairs)
@@ -320,77 +288,11 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
 
     # 3. Embed in shards under partial/: a finished shard is never recomputed (resume after interruption).
     partial = entry / "partial"
-    plan = {"key": key, "shard_size": settings.shard_size, "dim": dim,
-            "splits": {n: {"n": len(s), "texts_sha256": _texts_digest(s)} for n, s in splits.items()}}
-    plan_file = partial / "plan.json"
-    if partial.exists():
-        try:
-            same = json.loads(plan_file.read_text(encoding="utf-8")) == plan
-        except (OSError, json.JSONDecodeError):
-            same = False
-        if not same:
-            shutil.rmtree(partial)
-    partial.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(plan_file, plan)
-    done_file = partial / "shards.json"
-    try:
-        done = json.loads(done_file.read_text(encoding="utf-8")) if done_file.exists() else {}
-    except (OSError, json.JSONDecodeError):
-        done = {}
-    S = settings.shard_size
-    work = []  # (split, shard file name, start row, stop row)
-    for name, s in splits.items():
-        for k in range(math.ceil(len(s) / S)):
-            work.append((name, f"{name}-{k:05d}.safetensors", k * S, min(len(s), (k + 1) * S)))
-    from safetensors.torch import load as load_tensors
-
-    # A finished shard's bytes are read once: hashed against shards.json, then kept as the tensor itself.
-    shard_X: dict[str, torch.Tensor] = {}  # shard file name -> (b-a, dim)
-    todo = []
-    for name, shard, a, b in work:
-        f = partial / shard
-        if shard in done and f.exists():
-            blob = f.read_bytes()
-            if _sha256(blob) == done[shard]:
-                shard_X[shard] = load_tensors(blob)["X"]
-                continue
-        todo.append((name, shard, a, b))
-    resumed = len(work) - len(todo)
-    total = sum(b - a for _, _, a, b in todo)
-    unit = "pairs" if is_pairs else "sentences"
-    if resumed:
-        _say(f"resuming: {resumed} of {len(work)} shards already embedded in {partial}", quiet)
-    _say(f"embedding {total:,} {unit} with {_describe(encoder, recipe.encoder.name)} on {device} -> {entry}",
-         quiet)
-    with progress("embed", total, unit=unit, quiet=quiet) as bar:
-        for name, shard, a, b in todo:
-            s = splits[name]
-            X = encoder.encode(s.texts[a:b], None if s.pairs is None else s.pairs[a:b],
-                               batch_size=settings.batch_size, progress=bar.advance)  # (b-a, dim)
-            if X.shape != (b - a, dim) or not np.isfinite(X).all():
-                raise RunError(f"encoder returned {'non-finite values' if X.shape == (b - a, dim) else X.shape} "
-                               f"for {name} rows {a}..{b} (expected ({b - a}, {dim}))")
-            shard_X[shard] = torch.from_numpy(X).to(dtype)
-            done[shard] = _sha256(write_tensors(partial / shard, {"X": shard_X[shard]}))
-            atomic_write_json(done_file, done)
+    shards = _embed_shards(partial, key, splits, encoder, settings, dim, dtype, quiet=quiet,
+                           says=f"with {_describe(encoder, recipe.encoder.name)} on {device} -> {entry}")
 
     # 4. One safetensors file and one texts file per split, then the manifest (last: marks completion).
-    files: dict[str, dict] = {}
-    contents: dict[str, Any] = {}
-    for name, s in splits.items():
-        shards = [shard_X[shard] for n, shard, _, _ in work if n == name]
-        X = torch.cat(shards, 0)  # (n, dim)
-        y = torch.from_numpy(np.asarray(s.labels, dtype=np.int64))  # (n,)
-        fn = f"{name}.safetensors"
-        blob = write_tensors(entry / fn, {"X": X, "y": y}, metadata={"split": name, "key": key})
-        files[fn] = {"sha256": _sha256(blob), "bytes": len(blob)}
-        contents[fn] = {"X": X, "y": y}
-        tn = f"{name}.texts.json"
-        blob = json.dumps({"texts": s.texts, "pairs": s.pairs}, ensure_ascii=False).encode("utf-8")
-        atomic_write_bytes(entry / tn, blob)
-        files[tn] = {"sha256": _sha256(blob), "bytes": len(blob)}
-        contents[tn] = blob
-        del blob
+    files, contents = _write_splits(entry, key, splits, shards)
     manifest = {
         "format": CACHE_FORMAT,
         "key": key,
@@ -399,7 +301,8 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
         "seconds": round(time.perf_counter() - t0, 2),
         "dataset": {"plugin": recipe.dataset.name, "identity": ds_id, "description": _describe(source, recipe.dataset.name),
                     "label_names": list(data.label_names), "notes": list(data.notes), "pairs": is_pairs,
-                    "splits": {n: {"n": len(s), "class_counts": s.class_counts(C)} for n, s in splits.items()}},
+                    "splits": {n: {"n": len(s), "class_counts": s.class_counts(data.num_classes)}
+                               for n, s in splits.items()}},
         "encoder": {"plugin": recipe.encoder.name, "identity": enc_id, "description": _describe(encoder, recipe.encoder.name),
                     "dim": dim, "pair_mode": getattr(encoder, "pair_mode", None) if is_pairs else None,
                     "device": device, "batch_size": settings.batch_size},
@@ -413,13 +316,118 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
     return manifest, contents
 
 
+def _read_splits(recipe, source) -> tuple[Any, dict]:
+    """The dataset and its non-empty native splits (train, val, test order), labels checked."""
+    data = _load_dataset(source, recipe.embed.bad_rows)
+    splits = {name: s for name, s in data.splits.items() if name in SPLIT_ORDER and len(s) > 0}
+    if "train" not in splits:
+        raise UserError(f"dataset {recipe.dataset.name!r}: no 'train' split with rows")
+    C = data.num_classes
+    for name, s in splits.items():
+        if s.labels.size and (s.labels.min() < 0 or s.labels.max() >= C):
+            raise UserError(f"dataset {recipe.dataset.name!r}: split {name} has labels outside 0..{C - 1}")
+    # Built-in plugins check this per file already; here for third-party datasets too.
+    check_classes({n: [s] for n, s in splits.items()}, data.label_names)
+    return data, splits
+
+
+def _embed_shards(partial: Path, key: str, splits: dict, encoder, settings, dim: int, dtype, *, quiet,
+                  says: str) -> dict[str, list]:
+    """Every split's vectors, as ``{split: [(rows, dim) tensor per shard]}``; each shard of ``shard_size`` rows
+    is embedded once and kept in ``partial/`` (with its sha256 in ``shards.json``), so an interrupted build
+    resumes at the last whole shard. ``partial/`` is started afresh when its plan (key, shard size, dim,
+    the texts) differs from this build's."""
+    import torch
+    from safetensors.torch import load as load_tensors
+
+    plan = {"key": key, "shard_size": settings.shard_size, "dim": dim,
+            "splits": {n: {"n": len(s), "texts_sha256": _texts_digest(s)} for n, s in splits.items()}}
+    plan_file, done_file = partial / "plan.json", partial / "shards.json"
+    if partial.exists():
+        try:
+            same = json.loads(plan_file.read_text(encoding="utf-8")) == plan
+        except (OSError, json.JSONDecodeError):
+            same = False
+        if not same:
+            shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(plan_file, plan)
+    try:
+        done = json.loads(done_file.read_text(encoding="utf-8")) if done_file.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        done = {}
+    S = settings.shard_size
+    work = []  # (split, shard file name, start row, stop row)
+    for name, s in splits.items():
+        for k in range(math.ceil(len(s) / S)):
+            work.append((name, f"{name}-{k:05d}.safetensors", k * S, min(len(s), (k + 1) * S)))
+
+    # A finished shard's bytes are read once: hashed against shards.json, then kept as the tensor itself.
+    shard_X: dict[str, torch.Tensor] = {}  # shard file name -> (b-a, dim)
+    todo = []
+    for name, shard, a, b in work:
+        if shard in done:
+            try:
+                blob, _ = read_verified(partial / shard, done[shard])
+                shard_X[shard] = load_tensors(blob)["X"]
+                continue
+            except NotVerified:  # missing or damaged: embedded again
+                pass
+        todo.append((name, shard, a, b))
+    total = sum(b - a for _, _, a, b in todo)
+    unit = "pairs" if any(s.pairs is not None for s in splits.values()) else "sentences"
+    if len(work) > len(todo):
+        _say(f"resuming: {len(work) - len(todo)} of {len(work)} shards already embedded in {partial}", quiet)
+    _say(f"embedding {total:,} {unit} {says}", quiet)
+    with progress("embed", total, unit=unit, quiet=quiet) as bar:
+        for name, shard, a, b in todo:
+            s = splits[name]
+            X = encoder.encode(s.texts[a:b], None if s.pairs is None else s.pairs[a:b],
+                               batch_size=settings.batch_size, progress=bar.advance)  # (b-a, dim)
+            if X.shape != (b - a, dim) or not np.isfinite(X).all():
+                raise RunError(f"encoder returned {'non-finite values' if X.shape == (b - a, dim) else X.shape} "
+                               f"for {name} rows {a}..{b} (expected ({b - a}, {dim}))")
+            shard_X[shard] = torch.from_numpy(X).to(dtype)
+            done[shard] = sha256_of(_write_tensors(partial / shard, {"X": shard_X[shard]}))
+            atomic_write_json(done_file, done)
+    return {name: [shard_X[shard] for n, shard, _, _ in work if n == name] for name in splits}
+
+
+def _write_splits(entry: Path, key: str, splits: dict, shards: dict[str, list]) -> tuple[dict, dict]:
+    """``<split>.safetensors`` (X, y) and ``<split>.texts.json`` of every split; returns the manifest's
+    ``files`` (sha256 and size of each, hashed from the bytes written) and ``contents`` (what they hold)."""
+    import torch
+
+    files: dict[str, dict] = {}
+    contents: dict[str, Any] = {}
+    for name, s in splits.items():
+        X = torch.cat(shards[name], 0)  # (n, dim)
+        y = torch.from_numpy(np.asarray(s.labels, dtype=np.int64))  # (n,)
+        fn = f"{name}.safetensors"
+        blob = _write_tensors(entry / fn, {"X": X, "y": y}, metadata={"split": name, "key": key})
+        files[fn] = {"sha256": sha256_of(blob), "bytes": len(blob)}
+        contents[fn] = {"X": X, "y": y}
+        tn = f"{name}.texts.json"
+        blob = json.dumps({"texts": s.texts, "pairs": s.pairs}, ensure_ascii=False).encode("utf-8")
+        atomic_write_bytes(entry / tn, blob)
+        files[tn] = {"sha256": sha256_of(blob), "bytes": len(blob)}
+        contents[tn] = blob
+        del blob
+    return files, contents
+
+
+def _write_tensors(path: Path, tensors: dict, metadata: dict | None = None) -> bytes:
+    """Save tensors as safetensors atomically; the bytes written (hashed in hand, never read back)."""
+    from safetensors.torch import save
+
+    blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, blob)
+    return blob
+
+
 def _load_dataset(source, bad_rows: str):
     """``source.load(bad_rows=...)``; a third-party source whose ``load()`` takes no ``bad_rows`` gets its rows
     checked here instead (empty or non-text rows skipped or failing the same way)."""
-    import inspect
-
-    from distillctl.textdata import TextDataset, finish_rows
-
     params = inspect.signature(source.load).parameters
     if "bad_rows" in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
         return source.load(bad_rows=bad_rows)
@@ -437,8 +445,6 @@ def _cut_long_texts(encoder, splits: dict, notes: list[str]) -> None:
     """Cut every text (and second sentence) longer than the encoder reads to its character budget, in
     place, before tokenising: the cost of a row is then bounded by ``max_tokens`` whatever the file holds,
     and the cached texts are what was embedded. The count goes to ``notes``."""
-    from distillctl.encoding import char_budget, cut_to_budget
-
     total = 0
     for s in splits.values():
         s.texts, n = cut_to_budget(encoder, s.texts)
@@ -486,8 +492,6 @@ def _open(recipe, entry: Path, manifest: dict, contents: dict) -> Embeddings:
     again); carve ``test`` and then ``val`` from train when the dataset lacks them."""
     import torch
 
-    from distillctl.textdata import carve_val
-
     label_names = list(manifest["dataset"]["label_names"])
     C = len(label_names)
     native = {}
@@ -518,7 +522,7 @@ def _open(recipe, entry: Path, manifest: dict, contents: dict) -> Embeddings:
         index["train"] = ("train", [origin[i] for i in tr.tolist()])
         notes.append(f"{held}: {ho.size} rows carved from train (stratified, {held}_size {size}, seed {recipe.seed})")
     splits = {name: EmbeddingSplit(*native[name]) for name in SPLIT_ORDER if name in native}
-    fingerprint = _sha256(_canonical({"key": manifest["key"], "carve": carve or None}).encode())
+    fingerprint = sha256_of(_canonical({"key": manifest["key"], "carve": carve or None}).encode())
     texts_json = {split: contents[f"{split}.texts.json"] for split in manifest["splits_stored"]}
     return Embeddings(splits=splits, label_names=label_names, num_classes=C, dim=int(manifest["encoder"]["dim"]),
                       fingerprint=fingerprint, cache_dir=entry, notes=notes, manifest=manifest, _text_index=index,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from distillctl.errors import RunError
 from distillctl.methods import Learnables
+from distillctl.runs import atomic_save_tensors
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -83,7 +84,6 @@ def _split(values: dict[str, Any], prefix: str, tensors: dict) -> dict:
 def save(folder: Path, *, ipc: int, stage: int, loop: LoopState, learn: Learnables, optimizer,
          generator, method_state: dict, fingerprint: str, keep: int) -> Path:
     """Write one checkpoint atomically; keep the newest ``keep`` of this stage. Returns its path."""
-    from distillctl.runs import atomic_save_tensors
 
     tensors: dict[str, Any] = {f"learn.{k}": v.detach() for k, v in learn.items()}
     tensors.update({f"best.{k}": v for k, v in loop.best.items()})

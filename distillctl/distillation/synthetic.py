@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distillctl.console import err_console
 from distillctl.errors import UserError
+from distillctl.runs import atomic_write_bytes, atomic_write_json, manifest_set_digest
+from distillctl.verified import NotVerified, read_verified, sha256_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -105,13 +108,11 @@ class SyntheticSet:
         import torch
         from safetensors.torch import save
 
-        from distillctl.runs import atomic_write_bytes, atomic_write_json, sha256_hex
-
         path = Path(path)
         labels = self.labels.to(torch.float32) if self.soft else self.labels.to(torch.int64)
         blob = save({"x": self.x.detach().to(torch.float32).contiguous().cpu(),
                      "labels": labels.detach().contiguous().cpu()}, metadata={"format": FORMAT})
-        digest = sha256_hex(blob)
+        digest = sha256_of(blob)
         atomic_write_bytes(path, blob)
         sidecar = {
             "format": FORMAT,
@@ -134,8 +135,6 @@ class SyntheticSet:
         from safetensors import SafetensorError
         from safetensors.torch import load as load_bytes
 
-        from distillctl.runs import manifest_set_digest, sha256_hex
-
         path = Path(path)
         side = sidecar_path(path)
         if not path.is_file():
@@ -149,16 +148,15 @@ class SyntheticSet:
         if not isinstance(meta, dict):
             raise UserError(f"{side}: expected a JSON object")
         # The digest is of the bytes read here, and the tensors come from the same bytes (read once).
-        blob = path.read_bytes()
-        actual, recorded = sha256_hex(blob), meta.get("sha256")
+        recorded = meta.get("sha256")
+        try:
+            blob, actual = read_verified(path, recorded)
+        except NotVerified as exc:
+            raise UserError(f"{path}: contents changed since it was saved: sha256 {exc.actual[:12]}… on disk, "
+                            f"{str(recorded)[:12]}… in {side.name}; restore the file or distill it again") from None
         if recorded is None:
-            from distillctl.console import err_console
-
             err_console().print(f"warning: {path}: no sha256 in {side.name} (saved by an older distillctl); its "
                                 "contents cannot be verified", soft_wrap=True)
-        elif recorded != actual:
-            raise UserError(f"{path}: contents changed since it was saved: sha256 {actual[:12]}… on disk, "
-                            f"{str(recorded)[:12]}… in {side.name}; restore the file or distill it again")
         in_manifest = manifest_set_digest(path)
         if in_manifest is not None and in_manifest[1] != actual:
             raise UserError(f"{path}: not the set this run saved: sha256 {actual[:12]}… on disk, "

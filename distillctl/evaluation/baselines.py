@@ -30,12 +30,21 @@ therefore get the same budget), and is scored on the test split. Nothing is sele
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from distillctl.console import info, is_quiet
+from distillctl.data import embed  # embed.load_embeddings: looked up per call (tests stand in for it)
 from distillctl.errors import UserError
+from distillctl.evaluation import training  # training.train_and_score: looked up per call (tests script it)
+from distillctl.evaluation.protocol import (TEST_SPLIT, check_ipc_fits, eval_seeds, majority_line, result_record,
+                                            split_of, store_results, student_sections)
+from distillctl.evaluation.training import Scores, TrainBudget, classification_scores, student_builder
 from distillctl.plugins import with_registry
-from distillctl.runs import holds_run_lock
+from distillctl.recipe import Recipe, load_recipe
+from distillctl.runs import create_run_dir, holds_run_lock, open_run_dir
+from distillctl.seeds import RANDOM_SUBSET_STREAM, derive_seed
 from distillctl.tracking import track_baseline
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -132,8 +141,6 @@ def random_subsets(y: "torch.Tensor", num_classes: int, ipc: int, seeds: Sequenc
     """
     import torch
 
-    from distillctl.seeds import RANDOM_SUBSET_STREAM, derive_seed
-
     out = []
     for s in seeds:
         gen = torch.Generator().manual_seed(derive_seed(int(s), RANDOM_SUBSET_STREAM))
@@ -170,8 +177,6 @@ def logreg_reference(X: "torch.Tensor", y: "torch.Tensor", X_val: "torch.Tensor"
     import torch
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-
-    from distillctl.evaluation.training import Scores, classification_scores
 
     t0 = time.perf_counter()
     # 1. the data as float64 numpy: train (n, d), val (n_val, d), test (m, d)
@@ -218,8 +223,6 @@ def parse_ipc(text: str | Sequence[int] | None) -> list[int] | None:
 
 def _baseline_run_dir(recipe: Any, run_dir: str | Path, argv: list[str] | None):
     """The run directory to store baselines in: an existing run of a compatible recipe, or a new one."""
-    from distillctl.runs import create_run_dir, open_run_dir
-
     path = Path(run_dir)
     if (path / "recipe.resolved.yaml").exists():
         run = open_run_dir(path)
@@ -251,13 +254,6 @@ def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, 
     ``eval.students``, else ``student``). With ``run_dir`` the records are merged into
     ``RUN_DIR/eval/baseline-<kind>.json``.
     """
-    from distillctl.console import info, is_quiet
-    from distillctl.data.embed import load_embeddings
-    from distillctl.evaluation.protocol import (TEST_SPLIT, check_ipc_fits, eval_seeds, majority_line, result_record,
-                                     split_of, store_results, student_sections)
-    from distillctl.recipe import Recipe, load_recipe
-    from distillctl.evaluation.training import Scores, TrainBudget, student_builder, train_and_score
-
     quiet = is_quiet() if quiet is None else quiet
     # 1. What to run.
     if kind not in KINDS:
@@ -268,82 +264,117 @@ def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, 
     if not ipcs:
         ipcs, ipc_field = ((list(recipe.baseline.ipc), "baseline.ipc") if recipe.baseline.ipc
                            else (list(recipe.distill.ipc), "distill.ipc"))
-    seed_list = eval_seeds(recipe, seeds)
     sections = student_sections(recipe, students) if kind != "majority" else []
     run = _baseline_run_dir(recipe, run_dir, argv) if run_dir is not None else None
 
     # 2. Data: coresets come from train only; every score is on test.
     if embeddings is None:
-        embeddings = load_embeddings(recipe, quiet=quiet)
-    train, test = split_of(embeddings, "train"), split_of(embeddings, TEST_SPLIT)
-    X, y = train.X.float(), train.y.long()  # (n, d), (n,)
-    X_test, y_test = test.X.float(), test.y.long()  # (m, d), (m,)
-    C, d = int(embeddings.num_classes), int(X.shape[1])
+        embeddings = embed.load_embeddings(recipe, quiet=quiet)
     if kind in SUBSET_KINDS:
         check_ipc_fits(embeddings, max(ipcs), ipc_field)
-    majority = majority_line(embeddings)
-    budget = TrainBudget.from_eval(recipe.eval)
-
-    def score(section, arm, arm_ipc, x, labels, arm_budget=budget, select_on=None, select_every=None,
-              select_patience=None, **extra):
-        build = student_builder(recipe, d, C, section)
-        where = "all rows" if arm_ipc is None else f"ipc {arm_ipc}"
-        scores = train_and_score(build, x, labels, X_test, y_test, seeds=seed_list, budget=arm_budget, num_classes=C,
-                                 description=f"{arm} {where}, {section.name}", quiet=quiet,
-                                 select_on=select_on, select_every=select_every, select_patience=select_patience)
-        if scores.chosen_steps is not None:  # full-earlystop: the students scored are those of the chosen step
-            arm_budget = TrainBudget(**{**arm_budget.as_dict(), "steps": scores.chosen_steps})
-            extra.update(chosen_steps=scores.chosen_steps, val_curve=scores.val_curve, steps_run=scores.steps_run)
-        rec = result_record(arm, arm_ipc, recipe, arm_budget, scores, majority=majority, n_test=len(y_test),
-                            student=section, **extra)
-        if not quiet:
-            info(f"{arm} {where}, {section.name}: accuracy {scores.mean():.4f} ± {scores.std():.4f} "
-                 f"({len(seed_list)} seeds, {scores.seconds:.1f} s)")
-        return rec
+    arms = _Arms.of(recipe, embeddings, eval_seeds(recipe, seeds), quiet=quiet)
 
     # 3. The arm, for every student.
-    records = []
     if kind == "majority":  # no student, no seeds: one deterministic value per metric
-        fixed = Scores(seeds=[], accuracy=[majority["accuracy"]], macro_f1=[majority["macro_f1"]],
-                       positive_f1=[majority["positive_f1"]] if "positive_f1" in majority else None)
-        records.append(result_record("majority", None, recipe, None, fixed, majority=majority, n_test=len(y_test),
-                                     **{"class": majority["class"]}))
+        records = [arms.majority_record()]
     elif kind == "full":
-        val = split_of(embeddings, "val")
-        X_val, y_val = val.X.float(), val.y.long()  # (n_val, d), (n_val,)
-        long_budget = TrainBudget(**{**budget.as_dict(), "steps": EARLYSTOP_MAX_FACTOR * budget.steps})
-        every = earlystop_every(budget.steps)
-        for section in sections:
-            # (a) the same budget as every other arm
-            records.append(score(section, "full", None, X, y, n_train=int(X.shape[0]), reference="same-budget"))
-            # (b) the same student with its number of steps chosen on val
-            records.append(score(section, "full-earlystop", None, X, y, long_budget, n_train=int(X.shape[0]),
-                                 reference="val-steps", select_on=(X_val, y_val), select_every=every,
-                                 select_patience=EARLYSTOP_PATIENCE, patience_checks=EARLYSTOP_PATIENCE,
-                                 max_steps=long_budget.steps, select_every_steps=every, select_split="val"))
-        # (c) a logistic regression with its L2 strength chosen on val (no student, one deterministic fit)
-        fit = logreg_reference(X, y, X_val, y_val, X_test, y_test, C)
-        options = {"name": "logreg", "C": fit["chosen_C"], "penalty": "l2", "solver": "lbfgs",
-                   "max_iter": LOGREG_MAX_ITER}
-        records.append(result_record("full-logreg", None, recipe, None, fit["scores"], majority=majority,
-                                     n_test=len(y_test), student=options, n_train=int(X.shape[0]),
-                                     reference="val-logreg", chosen_C=fit["chosen_C"], val_by_C=fit["val_by_C"],
-                                     C_grid=list(LOGREG_C_GRID), select_split="val"))
-        if not quiet:
-            info(f"full-logreg all rows (C = {fit['chosen_C']:g} chosen on val): accuracy "
-                 f"{fit['scores'].mean():.4f} ({fit['scores'].seconds:.1f} s)")
+        records = _full_references(arms, embeddings, sections)
     elif kind == "random":
+        records = []
         for section in sections:
             for k in ipcs:
-                idx = random_subsets(y, C, k, seed_list)  # (K, k*C), a new draw per seed
-                records.append(score(section, kind, k, X[idx], y[idx], n_train=k * C))
+                idx = random_subsets(arms.y, arms.C, k, arms.seeds)  # (K, k*C), a new draw per seed
+                records.append(arms.score(section, kind, k, arms.X[idx], arms.y[idx], n_train=k * arms.C))
     else:
+        records = []
         for k in ipcs:
-            idx = coreset(X, y, C, k, kind)  # (k*C,), the same rows for every seed
+            idx = coreset(arms.X, arms.y, arms.C, k, kind)  # (k*C,), the same rows for every seed
             for section in sections:
-                records.append(score(section, kind, k, X[idx], y[idx], n_train=k * C, rows=idx.tolist()))
+                records.append(arms.score(section, kind, k, arms.X[idx], arms.y[idx], n_train=k * arms.C,
+                                          rows=idx.tolist()))
 
     # 4. Store them next to the run's eval results.
     if run is not None:
         store_results(run.eval / f"baseline-{kind}.json", records, history=run.eval / "history.jsonl")
+    return records
+
+
+@dataclass
+class _Arms:
+    """What every arm of one baseline call shares: the recipe's protocol, the train and test data."""
+
+    recipe: Any
+    X: "torch.Tensor"  # (n, d) training vectors
+    y: "torch.Tensor"  # (n,)
+    X_test: "torch.Tensor"  # (m, d)
+    y_test: "torch.Tensor"  # (m,)
+    C: int
+    seeds: list[int]  # the K eval seeds
+    budget: TrainBudget  # the eval budget
+    majority: dict  # the majority-class line every record carries
+    quiet: bool
+
+    @classmethod
+    def of(cls, recipe: Any, embeddings: Any, seeds: list[int], *, quiet: bool) -> "_Arms":
+        train, test = split_of(embeddings, "train"), split_of(embeddings, TEST_SPLIT)
+        return cls(recipe=recipe, X=train.X.float(), y=train.y.long(), X_test=test.X.float(), y_test=test.y.long(),
+                   C=int(embeddings.num_classes), seeds=seeds, budget=TrainBudget.from_eval(recipe.eval),
+                   majority=majority_line(embeddings), quiet=quiet)
+
+    def score(self, section, arm: str, arm_ipc: int | None, x, labels, arm_budget: TrainBudget | None = None,
+              select_on=None, select_every=None, select_patience=None, **extra) -> dict:
+        """K students of ``section`` trained on (x, labels), scored on test: the arm's result record."""
+        arm_budget = arm_budget or self.budget
+        build = student_builder(self.recipe, int(self.X.shape[1]), self.C, section)
+        where = "all rows" if arm_ipc is None else f"ipc {arm_ipc}"
+        scores = training.train_and_score(
+            build, x, labels, self.X_test, self.y_test, seeds=self.seeds, budget=arm_budget, num_classes=self.C,
+            description=f"{arm} {where}, {section.name}", quiet=self.quiet, select_on=select_on,
+            select_every=select_every, select_patience=select_patience)
+        if scores.chosen_steps is not None:  # full-earlystop: the students scored are those of the chosen step
+            arm_budget = TrainBudget(**{**arm_budget.as_dict(), "steps": scores.chosen_steps})
+            extra.update(chosen_steps=scores.chosen_steps, val_curve=scores.val_curve, steps_run=scores.steps_run)
+        rec = result_record(arm, arm_ipc, self.recipe, arm_budget, scores, majority=self.majority,
+                            n_test=len(self.y_test), student=section, **extra)
+        if not self.quiet:
+            info(f"{arm} {where}, {section.name}: accuracy {scores.mean():.4f} ± {scores.std():.4f} "
+                 f"({len(self.seeds)} seeds, {scores.seconds:.1f} s)")
+        return rec
+
+    def majority_record(self) -> dict:
+        m = self.majority
+        fixed = Scores(seeds=[], accuracy=[m["accuracy"]], macro_f1=[m["macro_f1"]],
+                       positive_f1=[m["positive_f1"]] if "positive_f1" in m else None)
+        return result_record("majority", None, self.recipe, None, fixed, majority=m, n_test=len(self.y_test),
+                             **{"class": m["class"]})
+
+
+def _full_references(arms: _Arms, embeddings: Any, sections: list) -> list[dict]:
+    """The three full-data references: per student (a) the eval budget and (b) its steps chosen on val;
+    then (c) one logistic regression with its L2 strength chosen on val (no student, one deterministic fit)."""
+    val = split_of(embeddings, "val")
+    X_val, y_val = val.X.float(), val.y.long()  # (n_val, d), (n_val,)
+    X, y, n, budget = arms.X, arms.y, int(arms.X.shape[0]), arms.budget
+    long_budget = TrainBudget(**{**budget.as_dict(), "steps": EARLYSTOP_MAX_FACTOR * budget.steps})
+    every = earlystop_every(budget.steps)
+    records = []
+    for section in sections:
+        # (a) the same budget as every other arm
+        records.append(arms.score(section, "full", None, X, y, n_train=n, reference="same-budget"))
+        # (b) the same student with its number of steps chosen on val
+        records.append(arms.score(section, "full-earlystop", None, X, y, long_budget, n_train=n,
+                                  reference="val-steps", select_on=(X_val, y_val), select_every=every,
+                                  select_patience=EARLYSTOP_PATIENCE, patience_checks=EARLYSTOP_PATIENCE,
+                                  max_steps=long_budget.steps, select_every_steps=every, select_split="val"))
+    # (c) the logistic regression
+    fit = logreg_reference(X, y, X_val, y_val, arms.X_test, arms.y_test, arms.C)
+    options = {"name": "logreg", "C": fit["chosen_C"], "penalty": "l2", "solver": "lbfgs",
+               "max_iter": LOGREG_MAX_ITER}
+    records.append(result_record("full-logreg", None, arms.recipe, None, fit["scores"], majority=arms.majority,
+                                 n_test=len(arms.y_test), student=options, n_train=n,
+                                 reference="val-logreg", chosen_C=fit["chosen_C"], val_by_C=fit["val_by_C"],
+                                 C_grid=list(LOGREG_C_GRID), select_split="val"))
+    if not arms.quiet:
+        info(f"full-logreg all rows (C = {fit['chosen_C']:g} chosen on val): accuracy "
+             f"{fit['scores'].mean():.4f} ({fit['scores'].seconds:.1f} s)")
     return records

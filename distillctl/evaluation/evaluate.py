@@ -18,14 +18,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from distillctl.console import info, is_quiet
+from distillctl.data import embed  # embed.load_embeddings: looked up per call (tests stand in for it)
+from distillctl.distillation.synthetic import SyntheticSet
 from distillctl.errors import UserError
+from distillctl.evaluation import training  # training.train_and_score: looked up per call (tests script it)
+from distillctl.evaluation.protocol import (TEST_SPLIT, collapse_notes, distilled_with, eval_seeds, majority_line,
+                                            record_labels, result_record, set_files, split_of, store_results,
+                                            student_sections)
+from distillctl.evaluation.training import TrainBudget, student_builder
 from distillctl.plugins import with_registry
-from distillctl.runs import existing_run_of, holds_run_lock
+from distillctl.recipe import Recipe, load_recipe
+from distillctl.runs import existing_run_of, holds_run_lock, open_run_dir
 from distillctl.tracking import track_eval
-# the protocol every arm shares lives in distillctl.evaluation.protocol; these names stay importable from here
-from distillctl.evaluation.protocol import (SEED_STRIDE, TEST_SPLIT, check_ipc_fits, collapse_notes,  # noqa: F401
-                                 distilled_with, eval_seeds, majority_line, read_results, result_record,
-                                 set_files, split_of, store_results, student_sections)
 
 
 def _run_dir_of(set_file: Path) -> Path | None:
@@ -38,9 +43,6 @@ def _run_dir_of(set_file: Path) -> Path | None:
 
 def resolve_target(target: str | Path, recipe: Any = None, overrides: Sequence[str] | None = None):
     """(recipe, set files, run dir or None) of an eval target: a run directory or one set file."""
-    from distillctl.recipe import Recipe, load_recipe
-    from distillctl.runs import open_run_dir
-
     target = Path(target)
     if not target.exists():
         raise UserError(f"{target}: no such run directory or set file")
@@ -78,18 +80,13 @@ def evaluate(target: str | Path, recipe: Any = None, *, seeds: int | None = None
     (two for a soft-label set: ``labels`` soft and hard) and, for a run directory, writes
     ``eval/results.json`` and appends ``eval/history.jsonl``.
     """
-    from distillctl.console import info, is_quiet
-    from distillctl.data.embed import load_embeddings
-    from distillctl.distillation.synthetic import SyntheticSet
-    from distillctl.evaluation.training import TrainBudget, student_builder, train_and_score
-
     quiet = is_quiet() if quiet is None else quiet
     # 1. What to score, with which recipe; the sets must fit the embeddings they will be scored on.
     recipe, files, run_path = resolve_target(target, recipe, overrides)
     sections = student_sections(recipe, students)  # validated before any data is loaded
     sets = [(f, SyntheticSet.load(f)) for f in files]
     if embeddings is None:
-        embeddings = load_embeddings(recipe, quiet=quiet)
+        embeddings = embed.load_embeddings(recipe, quiet=quiet)
     test = split_of(embeddings, TEST_SPLIT)
     X_test, y_test = test.X.float(), test.y.long()  # (m, d), (m,)
     C, d = int(embeddings.num_classes), int(X_test.shape[1])
@@ -118,7 +115,7 @@ def evaluate(target: str | Path, recipe: Any = None, *, seeds: int | None = None
             variants = [("soft", s.labels.float()), ("hard", s.labels.float().argmax(-1))] if s.soft \
                 else [("hard", s.labels.long())]  # (n, C) probabilities and their argmax (n,), or (n,)
             for kind, labels in variants:
-                scores = train_and_score(build, s.x.float(), labels, X_test, y_test, seeds=seed_list, budget=budget,
+                scores = training.train_and_score(build, s.x.float(), labels, X_test, y_test, seeds=seed_list, budget=budget,
                                          num_classes=C, description=f"eval ipc {s.ipc} {section.name} {kind}",
                                          quiet=quiet)
                 records.append(result_record(
@@ -149,8 +146,6 @@ def _pm(summary: dict | None, pct: bool = True) -> str:
 def results_table(records: list[dict], title: str):
     """A rich table of result records plus the budget line(s) under it."""
     from rich.table import Table
-
-    from distillctl.evaluation.protocol import record_labels
 
     two = any("positive_f1" in r for r in records)
     table = Table(title=title, title_justify="left")
@@ -188,7 +183,5 @@ def results_table(records: list[dict], title: str):
 
 def budget_line(rec: dict) -> str:
     """``student mlp, adam lr=0.001, 1000 steps, batch 256, K = 10 seeds``."""
-    from distillctl.evaluation.training import TrainBudget
-
     b = TrainBudget(**rec["budget"])
     return f"student {rec['student']}, {b.describe()}, K = {len(rec['seeds'])} seeds"

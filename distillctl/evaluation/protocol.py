@@ -28,6 +28,9 @@ from typing import Any
 
 from distillctl import seeds as seeding
 from distillctl.errors import UserError
+from distillctl.evaluation.training import majority_scores
+from distillctl.recipe import PluginSection, validate_plugin_section
+from distillctl.runs import append_jsonl, atomic_write_json
 from distillctl.seeds import EVAL_SEED_STRIDE
 
 #: the split every final score is computed on
@@ -71,7 +74,6 @@ def check_ipc_fits(embeddings: Any, ipc: int, field: str) -> None:
 
 def majority_line(embeddings: Any) -> dict:
     """Majority class of train (by counts) scored on test, and the chance level 1/C."""
-    from distillctl.evaluation.training import majority_scores
 
     train, test = split_of(embeddings, "train"), split_of(embeddings, TEST_SPLIT)
     C = int(embeddings.num_classes)
@@ -188,7 +190,6 @@ def student_sections(recipe: Any, students: Any = None) -> list:
     sections; default ``eval.students`` of the recipe, else its ``student``. An unknown student or a bad
     option is one :class:`UserError` naming it and what would be valid. Duplicates are dropped.
     """
-    from distillctl.recipe import PluginSection, validate_plugin_section
 
     if students is None:
         students, field = (recipe.eval.students or [recipe.student]), "eval.students"
@@ -234,7 +235,6 @@ def read_results(path: str | Path) -> list[dict]:
 def store_results(path: str | Path, records: list[dict], *, history: str | Path | None = None) -> Path:
     """Merge ``records`` into ``path`` (a newer record replaces one with the same :func:`record_key`),
     atomically."""
-    from distillctl.runs import append_jsonl, atomic_write_json
 
     merged = {record_key(r): r for r in read_results(path)}
     for r in records:

@@ -21,8 +21,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from distillctl.console import progress
 from distillctl.errors import UserError
-from distillctl.seeds import BATCH_STREAM, DROPOUT_STREAM, derive_seed
+from distillctl.plugins import get_registry
+from distillctl.seeds import BATCH_STREAM, derive_seed, DROPOUT_STREAM
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -153,7 +155,6 @@ def classification_scores(pred: "torch.Tensor", y: "torch.Tensor", num_classes: 
 def student_builder(recipe: Any, input_dim: int, num_classes: int, section: Any = None) -> Callable[[], Any]:
     """``build_student()`` for the recipe's student plugin (a fresh nn.Module per call); ``section``: another
     validated student section instead of ``recipe.student`` (e.g. one of ``distill.students``)."""
-    from distillctl.plugins import get_registry
 
     section = recipe.student if section is None else section
     info = get_registry().get("student", section.name)
@@ -293,131 +294,33 @@ def train_and_score(
     then only the cap); ``scores.steps_run`` is the number of steps trained.
     """
     import torch
-    from torch.func import functional_call, stack_module_state, vmap
-
-    from distillctl.console import progress
 
     t0 = time.perf_counter()
     # 1. check the inputs (a malformed set file ends here with one clear line)
-    seeds = [int(s) for s in seeds]
-    K, C = len(seeds), int(num_classes)
-    if not seeds:
-        raise UserError("train_and_score: needs at least one seed")
-    if len(set(seeds)) != K:
-        raise UserError(f"train_and_score: seeds must be distinct, got {seeds}")
-    x_train, y_train = x_train.detach(), y_train.detach()
-    x_eval, y_eval = x_eval.detach().to(x_train.device, x_train.dtype), y_eval.detach().to(x_train.device)
-    per_seed = x_train.ndim == 3  # (K, n, d): one training set per seed
-    lead = (K,) if per_seed else ()
-    if x_train.ndim not in (2, 3) or (per_seed and x_train.shape[0] != K) or x_train.shape[-2] == 0:
-        raise UserError(f"train_and_score: x_train must be (n, d) or (K={K}, n, d) with n >= 1, "
-                        f"got {tuple(x_train.shape)}")
-    if not x_train.is_floating_point():
-        raise UserError(f"train_and_score: x_train must be floating point, got {x_train.dtype}")
-    n = x_train.shape[-2]
-    soft = y_train.is_floating_point()
-    if soft:
-        if tuple(y_train.shape) != (*lead, n, C):
-            raise UserError(f"train_and_score: soft labels must be {(*lead, n, C)}, got {tuple(y_train.shape)}")
-        targets = y_train.to(x_train.device, x_train.dtype)  # ([K,] n, C) probabilities
-    else:
-        if tuple(y_train.shape) != (*lead, n):
-            raise UserError(f"train_and_score: hard labels must be {(*lead, n)}, got {tuple(y_train.shape)}")
-        targets = y_train.to(x_train.device).long()  # ([K,] n)
-        if int(targets.min()) < 0 or int(targets.max()) >= C:
-            raise UserError(f"train_and_score: labels must be in [0, {C}), got range "
-                            f"[{int(targets.min())}, {int(targets.max())}]")
-    if x_eval.shape[1:] != x_train.shape[-1:]:
-        raise UserError(f"train_and_score: x_eval rows {tuple(x_eval.shape[1:])} differ from x_train rows "
-                        f"{tuple(x_train.shape[-1:])}")
-    if x_eval.shape[0] == 0:
-        raise UserError("train_and_score: the evaluation split is empty")
-    if select_on is not None:
-        x_sel, y_sel = select_on[0].detach().to(x_train.device, x_train.dtype), select_on[1].detach().to(x_train.device)
-        if x_sel.shape[0] == 0 or x_sel.shape[1:] != x_train.shape[-1:]:
-            raise UserError(f"train_and_score: the selection split must be (m >= 1, {x_train.shape[-1]}), got "
-                            f"{tuple(x_sel.shape)}")
-        if select_every is None or select_every < 1:
-            raise UserError(f"train_and_score: select_every must be >= 1, got {select_every}")
-
+    data = _TrainData.check(x_train, y_train, x_eval, y_eval, seeds, num_classes, select_on, select_every)
+    K, C, seeds = data.K, data.C, data.seeds
     # 2. K students, each initialised under its own seed, stacked into (K, *shape) parameters
-    models = [build_seeded(build_student, s).to(device=x_train.device, dtype=x_train.dtype) for s in seeds]
-    params, buffers = stack_module_state(models)  # {name: (K, *shape)}; params are leaves with grad
-    base = copy.deepcopy(models[0]).to("meta")  # structure only, for functional_call
-    del models
-    names, plist = list(params), list(params.values())
-    opt = None  # made after the first backward, once the parameters have the gradients' layout
-
-    def forward(p, b, x):  # one student: (B, d) -> (B, C)
-        return functional_call(base, (p, b), (x,))
-
-    def predict(stacked: list, x: "torch.Tensor") -> "torch.Tensor":  # (m, d) -> (K, m) classes, eval mode
-        # one student after the other, in row chunks: on these large batches K plain calls beat one vmapped
-        # call on a CPU (vmap turns each Linear into a batched matmul plus a separate bias add): scoring 7,600
-        # rows with K = 10 on one thread took 2.2 vs 5.5 s for the Transformer and 0.17 vs 0.22 s for the MLP.
-        # Training stays vmapped: its batches are small, and one call instead of K is what counts there.
-        was_training = base.training
-        base.eval()
-        out = torch.empty(K, x.shape[0], dtype=torch.long, device=x.device)  # (K, m)
-        with torch.no_grad():
-            for k in range(K):
-                params_k = {name: v[k].detach() for name, v in zip(names, stacked)}
-                buffers_k = {name: b[k] for name, b in buffers.items()}
-                for start in range(0, x.shape[0], EVAL_STUDENT_ROWS):
-                    xe = x[start:start + EVAL_STUDENT_ROWS]  # (m', d)
-                    out[k, start:start + xe.shape[0]] = forward(params_k, buffers_k, xe).argmax(-1)
-        base.train(was_training)
-        return out
-
+    students = _Stacked(build_student, seeds, data.x_train)
     # 3. minibatches: the whole set each step when it is smaller than a batch, else per-seed streams
-    whole = n <= budget.batch_size
-    streams = None if whole else [BatchStream(n, budget.batch_size, s) for s in seeds]
-    B = n if whole else budget.batch_size
-
+    batches = _Batches(data, budget.batch_size)
     # 4. the loop: forward K students, one backward of the summed losses, one optimiser step; with
     #    select_on, score the selection split every select_every steps and keep the best students' weights
     losses, done = torch.full((K,), float("nan")), 0
     curve, best, best_step, best_params = [], -1.0, None, None
     stale = 0  # checks in a row without a better mean on the selection split
-    base.train()
+    students.base.train()
     with torch.random.fork_rng(devices=[]), progress(description or "training students", budget.steps,
                                                      unit="step", quiet=quiet) as bar:
         torch.manual_seed(derive_seed(seeds[0], DROPOUT_STREAM))  # only random layers (dropout) draw from it
         for step in range(budget.steps):
-            if whole:  # (n, d) shared by every student, or (K, n, d)
-                xb, yb, x_dim = x_train, targets, (0 if per_seed else None)
-            else:
-                idx = torch.stack([s.next() for s in streams]).to(x_train.device)  # (K, B)
-                if per_seed:
-                    rows = torch.arange(K, device=idx.device)[:, None]  # (K, 1)
-                    xb, yb = x_train[rows, idx], targets[rows, idx]  # (K, B, d), (K, B[, C])
-                else:
-                    xb, yb = x_train[idx], targets[idx]  # (K, B, d), (K, B[, C])
-                x_dim = 0
-            logits = vmap(forward, in_dims=(0, 0, x_dim), randomness="different")(
-                dict(zip(names, plist)), buffers, xb)  # (K, B, C)
-            logp = logits.log_softmax(-1)
-            if soft:
-                per_row = -(yb * logp).sum(-1)  # (K, B)
-            else:
-                yk = yb.expand(K, B)  # (K, B) (a no-op unless the set is shared and whole)
-                per_row = -logp.gather(-1, yk.unsqueeze(-1)).squeeze(-1)
-            loss_k = per_row.mean(-1)  # (K,) each student's mean loss
-            # students are independent: d(sum_k loss_k)/d(params_k) = d(loss_k)/d(params_k)
-            grads = torch.autograd.grad(loss_k.sum(), plist)
-            if opt is None:  # first step: lay the parameters out like their gradients
-                plist, views, orders = _optimizer_views(plist, grads)
-                opt = stacked_optimizer(views, budget)
-            for v, g, order in zip(views, grads, orders):
-                g = g.permute(order) if order is not None else g
-                v.grad = g if g.is_contiguous() else g.contiguous()
-            opt.step()  # updates the views in place, i.e. the parameters
+            xb, yb, x_dim = batches.next()  # ([K,] B, d), ([K,] B[, C])
+            loss_k = students.step(xb, yb, x_dim, data.soft, batches.B, budget)  # (K,) each student's mean loss
             if select_on is not None and ((step + 1) % select_every == 0 or step + 1 == budget.steps):
-                acc = classification_scores(predict(plist, x_sel), y_sel, C)["accuracy"]  # K values
-                curve.append({"step": step + 1, "mean": sum(acc) / K, "values": acc})
+                acc = classification_scores(students.predict(students.plist, data.x_sel), data.y_sel, C)["accuracy"]
+                curve.append({"step": step + 1, "mean": sum(acc) / K, "values": acc})  # K values
                 if curve[-1]["mean"] > best:  # strictly better: ties keep the earlier (cheaper) step
                     best, best_step = curve[-1]["mean"], step + 1
-                    best_params = [v.detach().clone() for v in plist]
+                    best_params = [v.detach().clone() for v in students.plist]
                     stale = 0
                 else:
                     stale += 1
@@ -433,16 +336,176 @@ def train_and_score(
 
     # 5. score every student on the evaluation split, once (eval mode: no dropout); with select_on, the
     #    students of the chosen step
-    final = plist if select_on is None else best_params
-    metrics = classification_scores(predict(final, x_eval), y_eval, C)
+    final = students.plist if select_on is None else best_params
+    metrics = classification_scores(students.predict(final, data.x_eval), data.y_eval, C)
     scores = Scores(seeds=seeds, accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],
                     positive_f1=metrics.get("positive_f1"), train_loss=[float(v) for v in losses],
                     seconds=time.perf_counter() - t0, classes_predicted=metrics["classes_predicted"],
                     chosen_steps=best_step, val_curve=curve if select_on is not None else None,
                     steps_run=done)
     if return_params:
-        scores.params = {k: v.detach() for k, v in zip(names, final)}  # {name: (K, *shape)}
+        scores.params = {k: v.detach() for k, v in zip(students.names, final)}  # {name: (K, *shape)}
     return scores
+
+
+@dataclass
+class _TrainData:
+    """train_and_score's inputs, checked and moved to x_train's device and dtype."""
+
+    seeds: list[int]
+    K: int
+    C: int
+    x_train: "torch.Tensor"  # (n, d), or (K, n, d) with per_seed
+    targets: "torch.Tensor"  # ([K,] n) classes, or ([K,] n, C) probabilities with soft
+    x_eval: "torch.Tensor"  # (m, d)
+    y_eval: "torch.Tensor"  # (m,)
+    per_seed: bool  # one training set per seed
+    soft: bool  # soft labels: soft cross-entropy
+    x_sel: Any = None  # (m', d) the selection split (select_on), or None
+    y_sel: Any = None  # (m',)
+
+    @property
+    def n(self) -> int:
+        return self.x_train.shape[-2]
+
+    @classmethod
+    def check(cls, x_train, y_train, x_eval, y_eval, seeds, num_classes, select_on, select_every) -> "_TrainData":
+        """A :class:`UserError` naming the first thing that is wrong; else the inputs ready to train on."""
+        seeds = [int(s) for s in seeds]
+        K, C = len(seeds), int(num_classes)
+        if not seeds:
+            raise UserError("train_and_score: needs at least one seed")
+        if len(set(seeds)) != K:
+            raise UserError(f"train_and_score: seeds must be distinct, got {seeds}")
+        x_train, y_train = x_train.detach(), y_train.detach()
+        x_eval, y_eval = x_eval.detach().to(x_train.device, x_train.dtype), y_eval.detach().to(x_train.device)
+        per_seed = x_train.ndim == 3  # (K, n, d): one training set per seed
+        lead = (K,) if per_seed else ()
+        if x_train.ndim not in (2, 3) or (per_seed and x_train.shape[0] != K) or x_train.shape[-2] == 0:
+            raise UserError(f"train_and_score: x_train must be (n, d) or (K={K}, n, d) with n >= 1, "
+                            f"got {tuple(x_train.shape)}")
+        if not x_train.is_floating_point():
+            raise UserError(f"train_and_score: x_train must be floating point, got {x_train.dtype}")
+        n = x_train.shape[-2]
+        soft = y_train.is_floating_point()
+        if soft:
+            if tuple(y_train.shape) != (*lead, n, C):
+                raise UserError(f"train_and_score: soft labels must be {(*lead, n, C)}, got {tuple(y_train.shape)}")
+            targets = y_train.to(x_train.device, x_train.dtype)  # ([K,] n, C) probabilities
+        else:
+            if tuple(y_train.shape) != (*lead, n):
+                raise UserError(f"train_and_score: hard labels must be {(*lead, n)}, got {tuple(y_train.shape)}")
+            targets = y_train.to(x_train.device).long()  # ([K,] n)
+            if int(targets.min()) < 0 or int(targets.max()) >= C:
+                raise UserError(f"train_and_score: labels must be in [0, {C}), got range "
+                                f"[{int(targets.min())}, {int(targets.max())}]")
+        if x_eval.shape[1:] != x_train.shape[-1:]:
+            raise UserError(f"train_and_score: x_eval rows {tuple(x_eval.shape[1:])} differ from x_train rows "
+                            f"{tuple(x_train.shape[-1:])}")
+        if x_eval.shape[0] == 0:
+            raise UserError("train_and_score: the evaluation split is empty")
+        data = cls(seeds, K, C, x_train, targets, x_eval, y_eval, per_seed, soft)
+        if select_on is not None:
+            data.x_sel = select_on[0].detach().to(x_train.device, x_train.dtype)
+            data.y_sel = select_on[1].detach().to(x_train.device)
+            if data.x_sel.shape[0] == 0 or data.x_sel.shape[1:] != x_train.shape[-1:]:
+                raise UserError(f"train_and_score: the selection split must be (m >= 1, {x_train.shape[-1]}), "
+                                f"got {tuple(data.x_sel.shape)}")
+            if select_every is None or select_every < 1:
+                raise UserError(f"train_and_score: select_every must be >= 1, got {select_every}")
+        return data
+
+
+class _Batches:
+    """The minibatches of train_and_score: the whole set at every step when it is no larger than a batch,
+    else the next ``batch`` rows of each seed's own stream (:class:`BatchStream`)."""
+
+    def __init__(self, data: _TrainData, batch_size: int):
+        self.data, self.whole = data, data.n <= batch_size
+        self.streams = None if self.whole else [BatchStream(data.n, batch_size, s) for s in data.seeds]
+        self.B = data.n if self.whole else batch_size
+
+    def next(self) -> tuple["torch.Tensor", "torch.Tensor", int | None]:
+        """``(xb, yb, x_dim)``: the rows, their targets and vmap's in_dim for the rows (None: shared)."""
+        import torch
+
+        d = self.data
+        if self.whole:  # (n, d) shared by every student, or (K, n, d)
+            return d.x_train, d.targets, (0 if d.per_seed else None)
+        idx = torch.stack([s.next() for s in self.streams]).to(d.x_train.device)  # (K, B)
+        if d.per_seed:
+            rows = torch.arange(d.K, device=idx.device)[:, None]  # (K, 1)
+            return d.x_train[rows, idx], d.targets[rows, idx], 0  # (K, B, d), (K, B[, C])
+        return d.x_train[idx], d.targets[idx], 0  # (K, B, d), (K, B[, C])
+
+
+class _Stacked:
+    """K students as stacked (K, *shape) parameters: a vmapped training step and a per-student predict."""
+
+    def __init__(self, build_student: Callable[[], Any], seeds: list[int], x: "torch.Tensor"):
+        from torch.func import functional_call, stack_module_state
+
+        self._call = functional_call
+        models = [build_seeded(build_student, s).to(device=x.device, dtype=x.dtype) for s in seeds]
+        params, self.buffers = stack_module_state(models)  # {name: (K, *shape)}; params are leaves with grad
+        self.base = copy.deepcopy(models[0]).to("meta")  # structure only, for functional_call
+        self.K = len(models)
+        self.names, self.plist = list(params), list(params.values())
+        self.opt = self.views = self.orders = None  # made after the first backward, in the gradients' layout
+
+    def forward(self, p: dict, b: dict, x: "torch.Tensor") -> "torch.Tensor":
+        """One student: (B, d) -> (B, C)."""
+        return self._call(self.base, (p, b), (x,))
+
+    def step(self, xb: "torch.Tensor", yb: "torch.Tensor", x_dim: int | None, soft: bool, B: int,
+             budget: TrainBudget) -> "torch.Tensor":
+        """One training step of all K students; returns (K,) each one's mean loss on its batch."""
+        import torch
+        from torch.func import vmap
+
+        K = self.K
+        logits = vmap(self.forward, in_dims=(0, 0, x_dim), randomness="different")(
+            dict(zip(self.names, self.plist)), self.buffers, xb)  # (K, B, C)
+        logp = logits.log_softmax(-1)
+        if soft:
+            per_row = -(yb * logp).sum(-1)  # (K, B)
+        else:
+            yk = yb.expand(K, B)  # (K, B) (a no-op unless the set is shared and whole)
+            per_row = -logp.gather(-1, yk.unsqueeze(-1)).squeeze(-1)
+        loss_k = per_row.mean(-1)  # (K,) each student's mean loss
+        # students are independent: d(sum_k loss_k)/d(params_k) = d(loss_k)/d(params_k)
+        grads = torch.autograd.grad(loss_k.sum(), self.plist)
+        if self.opt is None:  # first step: lay the parameters out like their gradients
+            self.plist, self.views, self.orders = _optimizer_views(self.plist, grads)
+            self.opt = stacked_optimizer(self.views, budget)
+        for v, g, order in zip(self.views, grads, self.orders):
+            g = g.permute(order) if order is not None else g
+            v.grad = g if g.is_contiguous() else g.contiguous()
+        self.opt.step()  # updates the views in place, i.e. the parameters
+        return loss_k
+
+    def predict(self, stacked: list, x: "torch.Tensor") -> "torch.Tensor":
+        """(m, d) -> (K, m) classes, in eval mode.
+
+        One student after the other, in row chunks: on these large batches K plain calls beat one vmapped
+        call on a CPU (vmap turns each Linear into a batched matmul plus a separate bias add): scoring 7,600
+        rows with K = 10 on one thread took 2.2 vs 5.5 s for the Transformer and 0.17 vs 0.22 s for the MLP.
+        Training stays vmapped: its batches are small, and one call instead of K is what counts there.
+        """
+        import torch
+
+        was_training = self.base.training
+        self.base.eval()
+        out = torch.empty(self.K, x.shape[0], dtype=torch.long, device=x.device)  # (K, m)
+        with torch.no_grad():
+            for k in range(self.K):
+                params_k = {name: v[k].detach() for name, v in zip(self.names, stacked)}
+                buffers_k = {name: b[k] for name, b in self.buffers.items()}
+                for start in range(0, x.shape[0], EVAL_STUDENT_ROWS):
+                    xe = x[start:start + EVAL_STUDENT_ROWS]  # (m', d)
+                    out[k, start:start + xe.shape[0]] = self.forward(params_k, buffers_k, xe).argmax(-1)
+        self.base.train(was_training)
+        return out
 
 
 def majority_scores(y_train: "torch.Tensor", y_eval: "torch.Tensor", num_classes: int) -> tuple[int, dict]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import sys
 
-from distillctl.scheduling import FINAL, format_seconds
+from distillctl.console import err_console, is_quiet
 from distillctl.jobs.submission import Submission
+from distillctl.scheduling import FINAL, format_seconds
 
 _STATE_STYLE = {"pending": "dim", "running": "bold cyan", "done": "green", "failed": "bold red", "cancelled": "yellow"}
 #: ``status`` table colours
@@ -50,8 +51,6 @@ class LiveView:
     def start(self, sub: Submission) -> None:
         from rich.live import Live
 
-        from distillctl.console import err_console
-
         self.live = Live(progress_table(sub), console=err_console(), refresh_per_second=4, transient=False)
         self.live.start()
 
@@ -67,7 +66,6 @@ class LiveView:
 
 def follow_view():
     """The view for ``--wait``: a live table on a terminal, else None (the library's line per state change)."""
-    from distillctl.console import is_quiet
 
     return LiveView() if not is_quiet() and sys.stderr.isatty() else None
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
+from distillctl.console import err_console, is_quiet
 from distillctl.errors import RunCancelled, RunError
-from distillctl.scheduling import FINAL, format_seconds
 from distillctl.jobs.submission import Submission
+from distillctl.scheduling import FINAL, format_seconds
 
 #: seconds between two status polls when a scheduler's ``poll_seconds`` is unset (0 or None)
 DEFAULT_POLL_SECONDS = 5.0
@@ -86,14 +87,12 @@ class NoView:
 
 def quiet_of(quiet: bool | None) -> bool:
     """``quiet``, or the process-wide setting (``--quiet``, ``DISTILLCTL_QUIET``) when it is None."""
-    from distillctl.console import is_quiet
 
     return is_quiet() if quiet is None else quiet
 
 
 def say(msg: str) -> None:
     """A plain line on stderr (no markup)."""
-    from distillctl.console import err_console
 
     err_console().print(msg, highlight=False, markup=False)
 

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from distillctl.scheduling import Job, check_graph
+from distillctl.evaluation.baselines import PROTOCOL_SECTIONS, SUBSET_KINDS
 from distillctl.jobs.sweeps import Point
+from distillctl.scheduling import check_graph, Job
 
 
 def _canonical(obj: Any) -> str:
@@ -38,7 +39,6 @@ def embed_key(recipe) -> str:
 
 def baseline_key(recipe, kind: str) -> str:
     """What a baseline arm's numbers depend on: one job per distinct key (points of a sweep share it)."""
-    from distillctl.evaluation.baselines import PROTOCOL_SECTIONS, SUBSET_KINDS
 
     d = recipe.to_dict()
     key = {k: d.get(k) for k in PROTOCOL_SECTIONS}
@@ -56,6 +56,7 @@ class Graph:
     reports: dict[str, Path] = field(default_factory=dict)  # point name -> report.md
 
 
+# ~85 lines on purpose: steps 1-6 are the graph in the order its jobs run; split, a reader would jump between them
 def build_graph(points: Sequence[Point], folder: Path, exe: Sequence[str] = ("distillctl",)) -> Graph:
     """The job graph of a submission in ``folder`` (absolute paths; nothing is written).
 

@@ -14,8 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from distillctl import yaml12
 from distillctl.errors import UserError
-from distillctl.scheduling import Job, JobHandle, format_seconds, overall_state, tail
+from distillctl.plugins import get_registry
+from distillctl.recipe import Recipe
+from distillctl.runs import atomic_write_json
+from distillctl.scheduling import format_seconds, Job, JobHandle, overall_state, tail
 
 SUBMISSION_FILE = "submission.json"
 #: log lines shown for a failed job by `status`
@@ -40,8 +44,6 @@ class Submission:
         return self.path / SUBMISSION_FILE
 
     def save(self) -> None:
-        from distillctl.runs import atomic_write_json
-
         self.data["jobs"] = [j.to_dict() for j in self.jobs]
         self.data["handles"] = {k: h.to_dict() for k, h in self.handles.items()}
         self.data["updated"] = time.time()
@@ -200,8 +202,6 @@ def describe_run(run: str | Path) -> dict | None:
     ipc: list[int] = []
     import yaml
 
-    from distillctl import yaml12
-
     try:
         recipe = yaml12.load((p / "recipe.resolved.yaml").read_text(encoding="utf-8")) or {}
         ipc = [int(x) for x in ((recipe.get("distill") or {}).get("ipc") or [])]
@@ -260,7 +260,6 @@ def run_text(info: dict) -> str:
 
 def make_scheduler(section: dict, registry=None):
     """The scheduler plugin named by a stored ``{name: ..., <options>}`` section."""
-    from distillctl.plugins import get_registry
 
     registry = registry or get_registry()
     section = dict(section)
@@ -270,7 +269,6 @@ def make_scheduler(section: dict, registry=None):
 
 def default_scheduler_section() -> dict:
     """The ``scheduler`` section a recipe gets when it has none (the recipe schema's default)."""
-    from distillctl.recipe import Recipe
 
     return Recipe.model_fields["scheduler"].default_factory().model_dump(mode="json")
 

@@ -24,7 +24,8 @@ from typing import Sequence
 from distillctl.errors import RunCancelled, RunError, UserError  # noqa: F401  (re-exported)
 from distillctl.jobs.follow import DEFAULT_POLL_SECONDS, FollowView, follow, quiet_of  # noqa: F401
 from distillctl.jobs.jobgraph import Graph, baseline_key, build_graph, describe_graph, embed_key  # noqa: F401
-from distillctl.plugins import with_registry
+from distillctl.plugins import get_registry, with_registry
+from distillctl.runs import create_run_dir, new_run_id
 from distillctl.scheduling import Job, check_graph, downstream
 from distillctl.jobs.submission import (LOG_TAIL_LINES, SUBMISSION_FILE, Submission,  # noqa: F401
                                    default_scheduler_section, find_submission, hand_over, make_scheduler,
@@ -46,8 +47,6 @@ def submit(recipe_path: str | Path, *, overrides: Sequence[str] = (), sweeps: Se
     starts the CLI (default ``distillctl``, found on the job's PATH). Returns the :class:`Submission`
     (its folder in ``.path``).
     """
-    from distillctl.runs import new_run_id
-
     # 1. Every point of the sweep as a validated recipe; the first one names the submission.
     points = expand_points(recipe_path, overrides, sweeps, scheduler)
     check_inputs(points)  # a missing data file fails here, not minutes later in the embed job
@@ -165,8 +164,6 @@ def check_inputs(points: Sequence[Point]) -> None:
     of the sweep is built and asked for its ``identity()`` (data files found and hashed, model found),
     which is the embed job's own first step. Recipe validity of every point was checked by
     :func:`expand_points`. Raises one :class:`UserError` listing every problem, each with its point."""
-    from distillctl.plugins import get_registry
-
     registry = get_registry()
     problems: list[str] = []
     seen: set[str] = set()
@@ -239,8 +236,6 @@ def _tracking_env(points: Sequence[Point], graph: Graph, folder: Path) -> None:
 
 def _write_run_dirs(points: Sequence[Point], graph: Graph, folder: Path, argv: list[str]) -> None:
     """The submission folder, one run directory per point (resolved recipe + manifest), shared-baseline links."""
-    from distillctl.runs import create_run_dir
-
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "logs").mkdir(exist_ok=True)
     for p in points:

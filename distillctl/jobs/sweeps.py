@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from distillctl.errors import UserError
+from distillctl.recipe import apply_overrides, read_recipe_file, RecipeError, validate_recipe
 
 
 def split_values(text: str) -> list[str]:
@@ -70,7 +71,6 @@ class Point:
 def expand_points(recipe_path: str | Path, overrides: Sequence[str] = (), sweeps: Sequence[str] = (),
                   scheduler: str | None = None, registry=None) -> list[Point]:
     """Validate the recipe with ``--set`` values and every point of the cartesian product of ``--sweep``s."""
-    from distillctl.recipe import RecipeError, apply_overrides, read_recipe_file, validate_recipe
 
     path = Path(recipe_path)
     base = apply_overrides(read_recipe_file(path), list(overrides), "--set")

@@ -19,15 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from distillctl.errors import UserError
+from distillctl.evaluation.protocol import read_results
+from distillctl.reporting.report_plots import plot_transfer
+from distillctl.reporting.scores import FULL_ARMS, best_reference, dd_scores, labels_of, newest, record_key
+from distillctl.reporting.sections import (claims, claims_md, collect_results, scores_md, set_selection, transfer_matrix,
+                                           transfer_md)
+from distillctl.runs import atomic_write_json, atomic_write_text, open_run_dir, read_jsonl
 
 
 def point_rows(run_dir: Path, name: str, values: dict) -> tuple[list[dict], dict[int, list[tuple[float, float, float]]]]:
     """The rows of one sweep point (one per distilled set) and its validation curves per ipc:
     (elapsed s, val accuracy, of which s validating) at each validation."""
-    from distillctl.evaluation.protocol import read_results
-    from distillctl.runs import open_run_dir, read_jsonl
-    from distillctl.reporting.scores import labels_of
-
     run = open_run_dir(run_dir)
     recipe = run.load_recipe()
     results: dict[int, dict] = {}
@@ -65,16 +67,6 @@ def point_rows(run_dir: Path, name: str, values: dict) -> tuple[list[dict], dict
                        test_values=list(acc.get("values") or []), eval_seeds=len(rec["seeds"]), labels=labels_of(rec))
         rows.append(row)
     return rows, curves
-
-
-def set_selection(meta: dict) -> str:
-    """Which set of a stage was kept, from its sidecar: distill saves the best-on-val set (a sidecar may say
-    otherwise in ``selection``); ``best-on-val (= final)`` when the best was the last step run."""
-    selection = meta.get("selection") or "best-on-val"
-    step, run_steps = meta.get("outer_step"), meta.get("outer_steps_run")
-    if selection == "best-on-val" and step is not None and step == run_steps:
-        selection = "best-on-val (= final)"
-    return selection
 
 
 def is_seed_key(key: str) -> bool:
@@ -176,8 +168,6 @@ def pool_records(per_point: list[list[dict]]) -> list[dict]:
     come from the first point; chosen values that differ between points are listed (``250/1000/250``).
     The report's functions (strongest reference, transfer matrix, scores) then work on these as on one run's.
     """
-    from distillctl.reporting.scores import newest, record_key
-
     groups: dict[tuple, list[dict]] = {}
     for records in per_point:
         for r in newest(records):
@@ -206,11 +196,6 @@ def seed_sweep_report(folder: Path, config: str, points: list[dict], index: int)
     """comparison.md's part for one seed-swept configuration: the full-data references, the claims against
     the strongest, the transfer matrix (+ heatmap) and the standard scores, each over the distillation
     seeds (mean ± std over the points). Returns (markdown lines, its JSON)."""
-    from distillctl.reporting.report import _claims_md, _scores_md, _transfer_md, claims, collect_results, transfer_matrix
-    from distillctl.reporting.report_plots import plot_transfer
-    from distillctl.runs import open_run_dir
-    from distillctl.reporting.scores import FULL_ARMS, best_reference, dd_scores, labels_of
-
     per_point = [collect_results(Path(p["run_dir"])) for p in points if (Path(p["run_dir"]) / "eval").is_dir()]
     if len(per_point) < 2:
         return [], {}
@@ -235,9 +220,7 @@ def seed_sweep_report(folder: Path, config: str, points: list[dict], index: int)
           f"{len(per_point)} distillation seeds ({', '.join(p['name'] for p in points)}). Every number below is the "
           "mean over the seeds of each seed's mean over its eval seeds, ± the std over the distillation seeds; "
           "the scores are computed from those means. Each seed's own report has its eval-seed spreads.", ""]
-    md += [line.replace("## Against full data", "### Against full data") for line in _claims_md(stated)]
-    md += [line.replace("## Transfer", "### Transfer") for line in _transfer_md(transfer, plot and rel)]
-    md += [line.replace("## Standard scores", "### Standard scores") for line in _scores_md(scores)]
+    md += claims_md(stated, level=3) + transfer_md(transfer, plot and rel, level=3) + scores_md(scores, level=3)
     differ = [f"{r.get('student')}: {r['chosen_steps']}" for r in records
               if r["arm"] == "full-earlystop" and isinstance(r.get("chosen_steps"), str)]
     if differ:
@@ -258,8 +241,6 @@ def _secs(v: float | None) -> str:
 
 def write_comparison(folder: str | Path, points: list[dict]) -> Path:
     """Write comparison.md / .json and plots/time_to_quality.png for a sweep's points; returns the .md path."""
-    from distillctl.runs import atomic_write_json, atomic_write_text
-
     folder = Path(folder)
     rows, curves = [], {}
     for p in points:
@@ -298,8 +279,10 @@ def write_comparison(folder: str | Path, points: list[dict]) -> Path:
         if blob:
             sweeps.append(blob)
     path = atomic_write_text(folder / "comparison.md", "\n".join(md))
+    plots = {"time_to_quality": str(plot), **{Path(b["transfer_plot"]).stem: b["transfer_plot"]
+                                              for b in sweeps if b.get("transfer_plot")}}
     atomic_write_json(folder / "comparison.json", {"submission": str(folder), "rows": rows, "plot": str(plot),
-                                                   "seed_groups": groups, "seed_sweeps": sweeps})
+                                                   "plots": plots, "seed_groups": groups, "seed_sweeps": sweeps})
     return path
 
 

@@ -31,8 +31,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from distillctl import __version__
+from distillctl.console import is_quiet
+from distillctl.data.embed import load_embeddings
+from distillctl.distillation.synthetic import SyntheticSet
 from distillctl.errors import UserError
+from distillctl.evaluation.protocol import set_files
 from distillctl.plugins import with_registry
+from distillctl.reporting.report import nearest_texts, NEIGHBOURS
+from distillctl.runs import atomic_write_bytes, atomic_write_json, existing_run_of, open_run_dir, run_lock
 
 FORMATS = ("csv", "jsonl", "parquet", "hf")
 EXPORT_FORMAT = "distillctl.reporting.export/1"
@@ -85,9 +92,6 @@ def export(target: str | Path, fmt: str, *, out: str | Path | None = None, ipc: 
     """Write one distilled set of a run (``ipc``; default the largest) as ``fmt`` to ``out`` (default
     :func:`default_out`). ``target``: the run directory or one of its ``distilled/ipcN.safetensors``.
     ``embeddings`` skips loading the cache (library callers, tests)."""
-    from distillctl.console import is_quiet
-    from distillctl.evaluation.protocol import set_files
-    from distillctl.runs import existing_run_of, open_run_dir, run_lock
 
     quiet = is_quiet() if quiet is None else quiet
     # 1. What to export: the run, its set, where to.
@@ -131,7 +135,6 @@ def export(target: str | Path, fmt: str, *, out: str | Path | None = None, ipc: 
         else:
             _write_hf(out, table, meta)
         if side is not None:
-            from distillctl.runs import atomic_write_json
 
             atomic_write_json(side, meta)
     return ExportResult(path=out, format=fmt, ipc=ipc, rows=len(table), set_sha256=meta["set_sha256"],
@@ -140,14 +143,10 @@ def export(target: str | Path, fmt: str, *, out: str | Path | None = None, ipc: 
 
 def export_table(run, set_file: Path, *, embeddings: Any = None, quiet: bool | None = None) -> tuple[list[dict], dict]:
     """(rows, metadata) of one set of a run: see the module docstring for the columns."""
-    from distillctl import __version__
-    from distillctl.reporting.report import NEIGHBOURS, nearest_texts
-    from distillctl.distillation.synthetic import SyntheticSet
 
     s = SyntheticSet.load(set_file)  # verified: sha256 (sidecar and manifest), finite values
     recipe = run.load_recipe()
     if embeddings is None:
-        from distillctl.data.embed import load_embeddings
 
         embeddings = load_embeddings(recipe, quiet=quiet)
     fp, set_fp = getattr(embeddings, "fingerprint", None), s.meta.get("embedding_fingerprint")
@@ -192,8 +191,6 @@ def export_table(run, set_file: Path, *, embeddings: Any = None, quiet: bool | N
 # -- writers ---------------------------------------------------------------------------------------
 
 def _write_file(out: Path, data: bytes) -> None:
-    from distillctl.runs import atomic_write_bytes
-
     atomic_write_bytes(out, data)
 
 

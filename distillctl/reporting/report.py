@@ -23,12 +23,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+from distillctl.data import embed  # embed.load_embeddings: looked up per call (tests stand in for it)
+from distillctl.distillation.synthetic import SyntheticSet, sidecar_path
 from distillctl.errors import UserError
+from distillctl.evaluation.protocol import collapse_notes, set_files, split_of
+from distillctl.evaluation.training import TrainBudget
 from distillctl.plugins import with_registry
-from distillctl.runs import existing_run_of, holds_run_lock
+from distillctl.reporting.compare import submission_points, write_comparison
+from distillctl.reporting.report_plots import plot_accuracy, plot_pca, plot_transfer, plot_val_curve
+from distillctl.reporting.scores import dd_scores, labels_of, newest
+from distillctl.reporting.sections import (claims, claims_md, collect_results, pct, scores_md, set_selection,
+                                           transfer_matrix, transfer_md)
+from distillctl.runs import atomic_write_json, atomic_write_text, existing_run_of, holds_run_lock, open_run_dir, read_jsonl
 from distillctl.tracking import track_report
-from distillctl.reporting.scores import (FULL_ARMS, best_reference, dd_scores, distilled_with, gap_in_std, labels_of, mean,
-                               newest, reference_label)
 
 #: per-ipc arms, in table order: (key in a row, header). `distilled-hard` is a soft-label set scored with
 #: its labels' argmax instead.
@@ -44,31 +51,11 @@ NEIGHBOURS = 3
 TEXT_CHARS = 200
 #: heading of report.md's nearest-texts part; what comes before it is what the CLI prints
 NEAREST_HEADING = "## What the synthetic vectors stand for"
-#: a gap under this many std (of the two cells together) is called seed noise in the report
-NOISE_STD = 2.0
-
-
-def collect_results(run_path: Path) -> list[dict]:
-    """Every result record of a run: distilled sets, then each baseline file."""
-    from distillctl.evaluation.protocol import read_results
-
-    records = list(read_results(run_path / "eval" / "results.json"))
-    for f in sorted((run_path / "eval").glob("baseline-*.json")):
-        records += read_results(f)
-    return records
 
 
 def _protocol(rec: dict) -> tuple:
     return (rec.get("student"), json.dumps(rec.get("student_options"), sort_keys=True),
             json.dumps(rec.get("budget"), sort_keys=True), tuple(rec.get("seeds") or ()))
-
-
-def _pct(summary: dict | None) -> str:
-    if not summary:
-        return "–"
-    if len(summary.get("values") or []) == 1 and not summary["std"]:  # deterministic (majority)
-        return f"{summary['mean'] * 100:.2f}"
-    return f"{summary['mean'] * 100:.2f} ± {summary['std'] * 100:.2f}"
 
 
 def _options(opts: dict | None) -> str:
@@ -97,8 +84,6 @@ def primary_student(records: list[dict], default: str | None = None) -> str | No
 def build_tables(records: list[dict], student: str | None = None, run_path: Path | None = None) -> dict:
     """Rows by ipc for each metric (the run's student), its full-data references, the common protocol and any
     deviation from it. Arms that were not run get no column."""
-    from distillctl.evaluation.training import TrainBudget
-
     records = newest(records)
     student = primary_student(records, student)
     mine = [r for r in records if r.get("student") == student]
@@ -176,106 +161,9 @@ def build_tables(records: list[dict], student: str | None = None, run_path: Path
     }
 
 
-def claims(records: list[dict], summary: dict) -> dict:
-    """Each distilled cell of the run's table as a share of the strongest full-data reference (every
-    reference of every student), and a note wherever a set scores above a reference."""
-    records = newest(records)
-    best = best_reference(records)
-    out: dict[str, Any] = {"best_reference": None, "references": [], "claims": [], "above": []}
-    out["references"] = [{"arm": r["arm"], "student": r.get("student"), "label": reference_label(r),
-                          "accuracy": r.get("accuracy")}
-                         for r in sorted((r for r in records if r["arm"] in FULL_ARMS),
-                                         key=lambda r: -(mean(r) or 0.0))]
-    if best is not None:
-        out["best_reference"] = {"arm": best["arm"], "student": best.get("student"), "label": reference_label(best),
-                                 "accuracy": best["accuracy"]}
-    for ipc in summary["ipcs"]:
-        d = summary["cells"][ipc].get("distilled")
-        if not d:
-            continue
-        if best is not None:
-            out["claims"].append({"ipc": ipc, "student": d.get("student"), "labels": labels_of(d),
-                                  "accuracy": mean(d), "reference": reference_label(best),
-                                  "reference_accuracy": mean(best), "fraction": mean(d) / mean(best)})
-        exceeded = [r for r in list(summary["reference_records"].values()) + ([best] if best else [])
-                    if r is not None and mean(r) is not None and mean(d) > mean(r)]
-        seen = set()
-        for r in exceeded:
-            if id(r) in seen:
-                continue
-            seen.add(id(r))
-            z = gap_in_std(d, r)
-            out["above"].append({"ipc": ipc, "reference": reference_label(r), "arm": r["arm"],
-                                 "accuracy": mean(d), "reference_accuracy": mean(r),
-                                 "gap": mean(d) - mean(r), "gap_std": z, "why": _why_below(r, records),
-                                 "is_best": r is best})
-    return out
-
-
-def _why_below(ref: dict, records: list[dict]) -> str:
-    """Why a full-data reference can sit below a distilled set (said next to every such cell)."""
-    if ref["arm"] == "full":
-        b, n = ref.get("budget") or {}, ref.get("n_train")
-        text = "the same-budget arm gets the step budget sized for sets of a few rows"
-        if b and n:
-            text = (f"the same-budget arm trains on all {n} training rows for the eval budget of {b['steps']} steps "
-                    f"of batch {b['batch_size']} ({b['steps'] * b['batch_size'] / n:.2g} epochs), a budget sized for "
-                    f"sets of a few rows")
-        longer = best_reference(records, student=ref.get("student"), arms=("full-earlystop",))
-        if longer is not None and mean(longer) > mean(ref):
-            chosen, steps = longer.get("chosen_steps"), b.get("steps")
-            # pooled over distillation seeds, chosen is one count per seed ("250/1000/1250"): no single verdict
-            known = isinstance(chosen, int) and bool(steps)
-            verdict = ("undertrained" if known and chosen > steps else
-                       "trained past its best (it overfits)" if known and chosen < steps else
-                       "below what this student can do")
-            return (f"{text}; with its steps chosen on val ({chosen} steps) the same student reaches "
-                    f"{mean(longer) * 100:.2f} %, so the same-budget arm is {verdict}")
-        return text + ": it may be under- or overtrained (the `full-earlystop` reference would tell)"
-    if ref["arm"] == "full-earlystop":
-        return "its step count was chosen on val from a fixed grid, so it may still stop short of its best"
-    if ref["arm"] == "full-logreg":
-        return "a linear model: a nonlinear student trained on a few well-placed rows can beat it"
-    return ""
-
-
-def transfer_matrix(records: list[dict], order: str | None = None) -> list[dict]:
-    """Per ipc: the distilled sets' test accuracy by (student(s) distilled with, evaluating student), each cell
-    also as a share of that evaluating student's full-data accuracy (its better of `full` and
-    `full-earlystop`: the strongest honest reference of the same architecture)."""
-    records = newest(records)
-    dist = [r for r in records if r["arm"] == "distilled"]
-    students = sorted({r.get("student") for r in dist}, key=lambda s: (s != order, str(s)))
-    makers = sorted({distilled_with(r) for r in dist}, key=lambda s: (s != order, str(s)))
-    refs = {s: best_reference(records, student=s, arms=("full", "full-earlystop")) for s in students}
-    out = []
-    for ipc in sorted({r["ipc"] for r in dist}):
-        cells = []
-        for m in makers:
-            row = []
-            for s in students:
-                cands = [r for r in dist if r["ipc"] == ipc and r.get("student") == s and distilled_with(r) == m]
-                rec = next((r for r in cands if labels_of(r) == "soft"), None) or (cands or [None])[0]
-                if rec is None:
-                    row.append(None)
-                    continue
-                ref = refs.get(s)
-                row.append({"accuracy": rec["accuracy"], "labels": labels_of(rec),
-                            "of_full": mean(rec) / mean(ref) if ref and mean(ref) else None,
-                            "reference": reference_label(ref) if ref else None})
-            cells.append(row)
-        out.append({"ipc": ipc, "distilled_with": makers, "students": students, "cells": cells})
-    return out
-
-
 def distillation(run: Any) -> list[dict]:
     """Per distilled set: which set was kept (best-on-val or final, from its sidecar), its validation curve
     from metrics.jsonl (outer step, val accuracy) and where and why its stage stopped, when recorded."""
-    from distillctl.reporting.compare import set_selection
-    from distillctl.evaluation.protocol import set_files
-    from distillctl.runs import read_jsonl
-    from distillctl.distillation.synthetic import sidecar_path
-
     metrics = read_jsonl(run.metrics) if run.metrics.exists() else []
     out = []
     for f in set_files(run.path):
@@ -303,9 +191,6 @@ def nearest_texts(run_path: Path, embeddings: Any, k: int = NEIGHBOURS, files: A
     """For each synthetic vector of each distilled set (``files``: these sets only): the k most
     cosine-similar real training texts."""
     import torch
-
-    from distillctl.evaluation.protocol import set_files, split_of
-    from distillctl.distillation.synthetic import SyntheticSet
 
     train = split_of(embeddings, "train")
     if not callable(getattr(embeddings, "texts", None)):  # embeddings built in Python may carry no texts
@@ -337,10 +222,6 @@ def nearest_texts(run_path: Path, embeddings: Any, k: int = NEIGHBOURS, files: A
 
 def pca_picture(run: Any, embeddings: Any, title: str) -> tuple[Path | None, dict | None]:
     """plots/pca.png: every distilled set in the PCA plane of the real training vectors."""
-    from distillctl.evaluation.protocol import set_files, split_of
-    from distillctl.reporting.report_plots import plot_pca
-    from distillctl.distillation.synthetic import SyntheticSet
-
     train = split_of(embeddings, "train")
     sets = []
     for f in set_files(run.path):
@@ -373,108 +254,19 @@ def _markdown_table(rows: list[dict], summary: dict) -> list[str]:
     for row in rows:
         cells = [str(row["ipc"])]
         for arm, _ in arms:
-            cell = _pct(row[arm])
+            cell = pct(row[arm])
             if row[arm] and (arm, row["ipc"]) in summary["deviating"]:
                 cell += " †"
             cells.append(cell)
         for arm, _ in refs:
-            cells.append(_pct(row[arm]) + (" †" if row[arm] and (arm, None) in summary["deviating"] else ""))
+            cells.append(pct(row[arm]) + (" †" if row[arm] and (arm, None) in summary["deviating"] else ""))
         if summary["majority_column"]:
-            cells.append(_pct(row["majority"]))
+            cells.append(pct(row["majority"]))
         if any(a == "random" for a, _ in arms):
             g = row["gain_over_random"]
             cells.append("–" if g is None else f"{g * 100:+.2f} pp")
         out.append("| " + " | ".join(cells) + " |")
     return out
-
-
-def _claims_md(c: dict) -> list[str]:
-    if not c["references"]:
-        return []
-    md = ["## Against full data", ""]
-    best = c["best_reference"]
-    md += [f"Claims are made against the strongest full-data reference run, **{best['label']}**: "
-           f"{_pct(best['accuracy'])} %. All references (best first):", ""]
-    md += [f"- {r['label']}: {_pct(r['accuracy'])} %" for r in c["references"]] + [""]
-    for cl in c["claims"]:
-        md.append(f"- ipc {cl['ipc']}: distilled ({cl['labels']} labels, evaluated on {cl['student']}) reaches "
-                  f"**{cl['fraction'] * 100:.1f} %** of full data ({cl['accuracy'] * 100:.2f} % vs "
-                  f"{cl['reference_accuracy'] * 100:.2f} %, {cl['reference']})")
-    if c["claims"]:
-        md.append("")
-    if c["above"]:
-        md += ["**Above a full-data reference.** A few distilled rows scoring above students trained on every real "
-               "row needs a word:", ""]
-        for a in c["above"]:
-            z = a["gap_std"]
-            size = ("no spread over seeds" if z is None else
-                    f"{z:.1f} std of the two cells together (√(std₁² + std₂²))"
-                    + (": within seed noise" if abs(z) < NOISE_STD else ": more than seed noise"))
-            md.append(f"- ipc {a['ipc']}: distilled {a['accuracy'] * 100:.2f} % is above {a['reference']} "
-                      f"{a['reference_accuracy'] * 100:.2f} % by {a['gap'] * 100:+.2f} pp, {size}. {a['why'][:1].upper()}{a['why'][1:]}."
-                      + (" It is the strongest reference run: check the full-data students (more steps, the "
-                         "chosen-steps and logistic-regression references) before claiming the set beats full "
-                         "data." if a["is_best"] else ""))
-        md.append("")
-    return md
-
-
-SCORE_DEFINITIONS = [
-    "Standard scores of a distilled set (DD-Ranking, Li et al. 2025), accuracies as fractions in [0, 1], "
-    "shown in percentage points (pp):",
-    "",
-    "- **HLR**, hard-label recovery = full-data accuracy − the set's accuracy, both with hard labels; lower is "
-    "better. The full-data accuracy is the evaluating student's **same-budget** `full` arm (DD-Ranking's "
-    "convention: the same model trained the same way on all real rows), so HLR says what the rows themselves "
-    "lose under one protocol; the stronger references are in *Against full data*.",
-    "- **IOR**, improvement over random = the set's accuracy − the accuracy of random real subsets of the same "
-    "size, same evaluating student; higher is better.",
-    "- **LRS**, label-robust score: α = w·IOR − (1 − w)·HLR with w = 0.5, LRS = (e^α − e^−1) / (e − e^−1) ∈ [0, 1]; "
-    "higher is better.",
-    "",
-    "A soft-label set is scored with its soft labels and without them (its labels' argmax): HLR is the same in "
-    "both rows (hard labels by definition), IOR and LRS change.",
-]
-
-
-def _scores_md(rows: list[dict]) -> list[str]:
-    if not rows:
-        return []
-    pp = lambda v: "–" if v is None else f"{v * 100:+.2f}"  # noqa: E731
-    acc = lambda v: "–" if v is None else f"{v * 100:.2f}"  # noqa: E731
-    md = ["## Standard scores", "", *SCORE_DEFINITIONS, "",
-          "| IPC | distilled with | evaluated on | labels | accuracy (%) | random (%) | full, same budget (%) | "
-          "set, hard labels (%) | IOR (pp) | HLR (pp) | LRS |",
-          "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        md.append(f"| {r['ipc']} | {r['distilled_with']} | {r['student']} | {r['labels']} | {acc(r['accuracy'])} | "
-                  f"{acc(r['random'])} | {acc(r['full_hard'])} | {acc(r['set_hard'])} | {pp(r['ior'])} | "
-                  f"{pp(r['hlr'])} | {'–' if r['lrs'] is None else format(r['lrs'], '.4f')} |")
-    missing = sorted({(r["ipc"], r["student"]) for r in rows if r["hlr"] is None})
-    if missing:
-        md += ["", "– : a record the score needs was not run (HLR: the same-budget `full` arm and the set scored "
-               "with hard labels; IOR: the `random` arm at that ipc)."]
-    return md + [""]
-
-
-def _transfer_md(transfer: list[dict], plot: str | None) -> list[str]:
-    """The transfer section; ``plot``: the heatmap's path relative to the Markdown file (None: no plot)."""
-    if not transfer:
-        return []
-    md = ["## Transfer: distilled with × evaluated on", "",
-          "Test accuracy (%) of each set scored by each student (the set's own labels), and as a share of that "
-          "student's full-data accuracy (its better of `full` and `full-earlystop`).", ""]
-    for t in transfer:
-        md += [f"ipc {t['ipc']}:", "", "| distilled with \\ evaluated on | " + " | ".join(map(str, t["students"])) + " |",
-               "|---|" + "---:|" * len(t["students"])]
-        for maker, row in zip(t["distilled_with"], t["cells"]):
-            cells = ["–" if c is None else _pct(c["accuracy"])
-                     + ("" if c["of_full"] is None else f" ({c['of_full'] * 100:.0f} % of full)") for c in row]
-            md.append(f"| {maker} | " + " | ".join(cells) + " |")
-        md.append("")
-    if plot is not None:
-        md += [f"![transfer matrix]({plot})", ""]
-    return md
 
 
 def _distillation_md(stages: list[dict], plot: Path | None) -> list[str]:
@@ -506,17 +298,9 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
     On a submission folder with several sweep points, write its comparison report instead
     (:mod:`distillctl.reporting.compare`: comparison.md / .json, plots/time_to_quality.png) and return that path.
     """
-    from distillctl.reporting.compare import submission_points, write_comparison
-
     points = submission_points(Path(run_dir))
-    if points:
+    if points:  # a sweep: decided here, once
         return write_comparison(run_dir, points)
-    from distillctl.data.embed import load_embeddings
-    from distillctl.evaluation.protocol import collapse_notes, set_files
-    from distillctl.reporting.report_plots import plot_accuracy, plot_transfer, plot_val_curve
-    from distillctl.runs import atomic_write_json, atomic_write_text, open_run_dir
-    from distillctl.evaluation.training import TrainBudget
-
     # 1. The results of the run.
     run = open_run_dir(run_dir)
     recipe = run.load_recipe()
@@ -525,47 +309,94 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
         raise UserError(f"{run_dir}: no results in {run.eval} (run `distillctl eval {run_dir}` and "
                         f"`distillctl baseline RECIPE --kind random --run-dir {run_dir}` first)")
     summary = build_tables(records, recipe.student.name, run.path)
-    stated = claims(records, summary)
-    scores = dd_scores(records)
-    transfer = transfer_matrix(records, summary["student"])
-    stages = distillation(run)
+    parts = {"claims": claims(records, summary), "scores": dd_scores(records),
+             "transfer": transfer_matrix(records, summary["student"]), "distillation": distillation(run),
+             "single_class": collapse_notes(records)}
 
     # 2. The plots.
     plots = {"accuracy_vs_ipc": plot_accuracy(summary, run.plots / "accuracy_vs_ipc.png",
                                               f"{recipe.name}: test accuracy vs IPC")}
-    if transfer:
-        plots["transfer"] = plot_transfer(transfer, run.plots / "transfer.png",
+    if parts["transfer"]:
+        plots["transfer"] = plot_transfer(parts["transfer"], run.plots / "transfer.png",
                                           f"{recipe.name}: test accuracy, distilled with × evaluated on")
-    if any(s["points"] for s in stages):
-        plots["val_curve"] = plot_val_curve([s for s in stages if s["points"]], run.plots / "val_curve.png",
+    curves = [s for s in parts["distillation"] if s["points"]]
+    if curves:
+        plots["val_curve"] = plot_val_curve(curves, run.plots / "val_curve.png",
                                             f"{recipe.name}: validation accuracy while distilling")
 
     # 3. The sets among the real rows, and their nearest real texts (both need the embedding cache).
-    nearest, nearest_note, pca, pca_note = [], None, None, None
-    if set_files(run.path):
-        try:
-            if embeddings is None:
-                embeddings = load_embeddings(recipe, quiet=quiet)
-        except (UserError, NotImplementedError) as exc:
-            nearest_note = pca_note = f"embeddings unavailable: {exc}"
-        if embeddings is not None:
-            try:
-                path, pca = pca_picture(run, embeddings, f"{recipe.name}: distilled rows in the PCA plane of train")
-                if path is not None:
-                    plots["pca"] = path
-            except (UserError, NotImplementedError) as exc:
-                pca_note = f"PCA picture unavailable: {exc}"
-            try:
-                nearest = nearest_texts(run.path, embeddings)
-            except (UserError, NotImplementedError) as exc:
-                nearest_note = f"nearest texts unavailable: {exc}"
+    parts.update(_sets_among_real_rows(run, recipe, embeddings, plots, quiet=quiet))
 
     # 4. report.md
-    p = summary["protocol"]
+    md_path = atomic_write_text(run.path / "report.md", "\n".join(_report_md(run, recipe, summary, parts, plots)))
+
+    # 5. report.json
+    out = {k: v for k, v in summary.items() if k not in ("deviating", "cells", "reference_records")}
+    out.update({"run_dir": str(run.path), "recipe": recipe.name, "report": str(md_path),
+                "plot": str(plots["accuracy_vs_ipc"]), "plots": {k: str(v) for k, v in plots.items()},
+                **{k: parts[k] for k in ("claims", "scores", "transfer", "distillation", "pca", "nearest",
+                                         "nearest_note", "pca_note", "single_class")},
+                "results": records})
+    atomic_write_json(run.path / "report.json", out)
+    return md_path
+
+
+def _sets_among_real_rows(run: Any, recipe: Any, embeddings: Any, plots: dict, *, quiet: bool | None) -> dict:
+    """The PCA picture of the sets among the real training rows (added to ``plots``) and each synthetic
+    vector's nearest real texts; a note instead of either when the embedding cache cannot give it."""
+    out = {"nearest": [], "nearest_note": None, "pca": None, "pca_note": None}
+    if not set_files(run.path):
+        return out
+    try:
+        if embeddings is None:
+            embeddings = embed.load_embeddings(recipe, quiet=quiet)
+    except (UserError, NotImplementedError) as exc:
+        out["nearest_note"] = out["pca_note"] = f"embeddings unavailable: {exc}"
+    if embeddings is None:
+        return out
+    try:
+        path, out["pca"] = pca_picture(run, embeddings, f"{recipe.name}: distilled rows in the PCA plane of train")
+        if path is not None:
+            plots["pca"] = path
+    except (UserError, NotImplementedError) as exc:
+        out["pca_note"] = f"PCA picture unavailable: {exc}"
+    try:
+        out["nearest"] = nearest_texts(run.path, embeddings)
+    except (UserError, NotImplementedError) as exc:
+        out["nearest_note"] = f"nearest texts unavailable: {exc}"
+    return out
+
+
+def _report_md(run: Any, recipe: Any, summary: dict, parts: dict, plots: dict) -> list[str]:
+    """report.md's lines, top to bottom: title, protocol, claims, tables by ipc, scores, transfer,
+    distillation, the sets among the real rows, their nearest texts."""
     md = [f"# {recipe.name}: distilled sets against baselines", ""]
     if recipe.description:
         md += [recipe.description, ""]
     md += [f"Run directory: `{run.path}`", ""]
+    md += _protocol_md(summary, parts["single_class"])
+    md += claims_md(parts["claims"])
+    for metric, title in METRICS:
+        if metric not in summary["tables"]:
+            continue
+        md += [f"## {title} (%) by instances per class", ""]
+        rows = summary["tables"][metric]
+        if rows:
+            md += _markdown_table(rows, summary) + [""]
+        else:
+            refs = [f"{summary['reference_headers'][a]} {pct(r.get(metric))}"
+                    for a, r in (summary["references"] or {}).items() if r and r.get(metric)]
+            md += [("Full training data: " + "; ".join(refs)) if refs else "No per-ipc results yet.", ""]
+    md += ["![accuracy vs ipc](plots/accuracy_vs_ipc.png)", ""]
+    md += scores_md(parts["scores"])
+    md += transfer_md(parts["transfer"], "plots/transfer.png" if "transfer" in plots else None)
+    md += _distillation_md(parts["distillation"], plots.get("val_curve"))
+    return md + _pca_md(parts["pca"], parts["pca_note"]) + _nearest_md(parts["nearest"], parts["nearest_note"])
+
+
+def _protocol_md(summary: dict, single_class: list[str]) -> list[str]:
+    """The protocol every same-protocol arm shares, the majority class, deviations, single-class students."""
+    md, p = [], summary["protocol"]
     if p:
         seeds = p["seeds"] or []
         run_arms = [h for _, h in summary["columns"]]
@@ -589,58 +420,39 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
     if summary["deviations"]:
         md += ["**† Different protocol** (not comparable with the other cells):", ""]
         md += [f"- {d}" for d in summary["deviations"]] + [""]
-    collapsed = collapse_notes(records)
-    if collapsed:
+    if single_class:
         md += ["**Single-class students** (such a student scores the share of its one class in test):", ""]
-        md += [f"- {n}" for n in collapsed] + [""]
-    md += _claims_md(stated)
-    for metric, title in METRICS:
-        if metric not in summary["tables"]:
-            continue
-        md += [f"## {title} (%) by instances per class", ""]
-        rows = summary["tables"][metric]
-        if rows:
-            md += _markdown_table(rows, summary) + [""]
-        else:
-            refs = [f"{summary['reference_headers'][a]} {_pct(r.get(metric))}"
-                    for a, r in (summary["references"] or {}).items() if r and r.get(metric)]
-            md += [("Full training data: " + "; ".join(refs)) if refs else "No per-ipc results yet.", ""]
-    md += ["![accuracy vs ipc](plots/accuracy_vs_ipc.png)", ""]
-    md += _scores_md(scores)
-    md += _transfer_md(transfer, "plots/transfer.png" if "transfer" in plots else None)
-    md += _distillation_md(stages, plots.get("val_curve"))
-    if pca or pca_note:
-        md += ["## The sets among the real rows", ""]
-        if pca:
-            md += [f"Real training rows (faint dots, {pca['real_rows_drawn']} drawn) and the synthetic rows (stars, "
-                   "numbered by their row in the set, as in the nearest-texts table), projected on the first two "
-                   "principal components of the real training vectors "
-                   f"({sum(pca['explained_variance_ratio']) * 100:.1f} % of their variance).", "",
-                   "![PCA of the sets](plots/pca.png)", ""]
-        else:
-            md += [f"_{pca_note}_", ""]
-    if nearest or nearest_note:
-        md += [NEAREST_HEADING, "",
-               f"For each synthetic vector, the {NEIGHBOURS} real training texts nearest by cosine similarity "
-               "(similarity, the text's true label).", ""]
-        if nearest_note:
-            md += [f"_{nearest_note}_", ""]
-        for s in nearest:
-            md += [f"<details><summary>ipc {s['ipc']} ({len(s['vectors'])} vectors)</summary>", "",
-                   "| vector | class | # | cos | label | text |", "|---:|---|---:|---:|---|---|"]
-            for v in s["vectors"]:
-                for rank, nb in enumerate(v["neighbours"], 1):
-                    md.append(f"| {v['row'] if rank == 1 else ''} | {v['class'] if rank == 1 else ''} | {rank} | "
-                              f"{nb['similarity']:.3f} | {nb['label']} | {_short(nb['text'])} |")
-            md += ["", "</details>", ""]
-    md_path = atomic_write_text(run.path / "report.md", "\n".join(md))
+        md += [f"- {n}" for n in single_class] + [""]
+    return md
 
-    # 5. report.json
-    out = {k: v for k, v in summary.items() if k not in ("deviating", "cells", "reference_records")}
-    out.update({"run_dir": str(run.path), "recipe": recipe.name, "report": str(md_path),
-                "plot": str(plots["accuracy_vs_ipc"]), "plots": {k: str(v) for k, v in plots.items()},
-                "claims": stated, "scores": scores, "transfer": transfer, "distillation": stages, "pca": pca,
-                "nearest": nearest, "nearest_note": nearest_note, "pca_note": pca_note, "single_class": collapsed,
-                "results": records})
-    atomic_write_json(run.path / "report.json", out)
-    return md_path
+
+def _pca_md(pca: dict | None, note: str | None) -> list[str]:
+    if not (pca or note):
+        return []
+    md = ["## The sets among the real rows", ""]
+    if not pca:
+        return md + [f"_{note}_", ""]
+    return md + [f"Real training rows (faint dots, {pca['real_rows_drawn']} drawn) and the synthetic rows (stars, "
+                 "numbered by their row in the set, as in the nearest-texts table), projected on the first two "
+                 "principal components of the real training vectors "
+                 f"({sum(pca['explained_variance_ratio']) * 100:.1f} % of their variance).", "",
+                 "![PCA of the sets](plots/pca.png)", ""]
+
+
+def _nearest_md(nearest: list[dict], note: str | None) -> list[str]:
+    if not (nearest or note):
+        return []
+    md = [NEAREST_HEADING, "",
+          f"For each synthetic vector, the {NEIGHBOURS} real training texts nearest by cosine similarity "
+          "(similarity, the text's true label).", ""]
+    if note:
+        md += [f"_{note}_", ""]
+    for s in nearest:
+        md += [f"<details><summary>ipc {s['ipc']} ({len(s['vectors'])} vectors)</summary>", "",
+               "| vector | class | # | cos | label | text |", "|---:|---|---:|---:|---|---|"]
+        for v in s["vectors"]:
+            for rank, nb in enumerate(v["neighbours"], 1):
+                md.append(f"| {v['row'] if rank == 1 else ''} | {v['class'] if rank == 1 else ''} | {rank} | "
+                          f"{nb['similarity']:.3f} | {nb['label']} | {_short(nb['text'])} |")
+        md += ["", "</details>", ""]
+    return md

@@ -14,6 +14,8 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distillctl.runs import atomic_write_bytes
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -34,8 +36,6 @@ def _pyplot():
 
 
 def _save(fig: Any, path: Path) -> Path:
-    from distillctl.runs import atomic_write_bytes
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     _pyplot().close(fig)

@@ -21,7 +21,8 @@ from pydantic import Field, model_validator
 from distillctl.errors import UserError
 from distillctl.options import PluginOptions, RecipePath
 from distillctl.textdata import (PARSER_VERSION, DatasetSource, TextDataset, TextSplit, assemble, check_file,
-                                 file_sha256, files_identity, finish_rows)
+                                 files_identity, finish_rows)
+from distillctl.verified import sha256_of
 from distillctl_plugins.datasets.readers import (BadRows, check_encoding, check_width, decode_lines, excerpt,
                                                  parse_delimited)
 
@@ -156,7 +157,7 @@ class MRPCSource(DatasetSource):
         ident = {"plugin": "mrpc", "parser": PARSER_VERSION, "dedupe": o.dedupe, "encoding": o.encoding,
                  "files": files_identity({k: [v] for k, v in files.items() if v and k != "dev_ids"})}
         if files["dev_ids"]:
-            ident["dev_ids"] = file_sha256(check_file(files["dev_ids"], "dataset.dev_ids"))
+            ident["dev_ids"] = sha256_of(check_file(files["dev_ids"], "dataset.dev_ids"))
         if o.source == "hub":
             ident["hub"] = self._hub.identity()
         return ident

@@ -7,20 +7,18 @@ how many are differentiated; :func:`distillctl.unrolling.unroll` does the work.
 from __future__ import annotations
 
 from distillctl.methods import Learnables, Method, MethodContext, OuterStep
+from distillctl.plugins import get_registry
+from distillctl.toolbox import InnerProblem
 
 
 class BPTT(Method):
     name = "bptt"
 
     def __init__(self, options):
-        from distillctl.plugins import get_registry
-
         self.options = options
         self.strategy = get_registry().build("unroll", options.unroll)
 
     def setup(self, context: MethodContext) -> None:
-        from distillctl.unrolling import InnerProblem
-
         super().setup(context)
         self.problem = InnerProblem.from_context(context)
 

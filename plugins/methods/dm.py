@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from distillctl.methods import Learnables, Method, MethodContext, OuterStep, gradients, refuse, require_features
 from distillctl.seeds import draw_seed
-from distillctl.unrolling import InnerProblem
+from distillctl.toolbox import InnerProblem
 
 
 def class_means(phi: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

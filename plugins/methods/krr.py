@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from distillctl.methods import Learnables, Method, MethodContext, OuterStep, gradients, refuse, require_features
 from distillctl.seeds import draw_seed
-from distillctl.unrolling import InnerProblem, sample_rows
+from distillctl.toolbox import InnerProblem, sample_rows
 
 
 def krr_predict(phi_s: torch.Tensor, phi_t: torch.Tensor, y_s: torch.Tensor, ridge: float) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Once per data, student and eval settings, ``experts`` students are trained on the real training split
 with the eval protocol's optimiser; their parameters every ``spacing`` steps form the trajectories
-(E, T+1, P), cached as safetensors beside the embedding cache and verified by sha256 before reuse.
+(E, T+1, P), kept in the stage's verified cache (:class:`distillctl.toolbox.VerifiedCache`: safetensors
+beside the embedding cache, checked by sha256 before reuse).
 
 Per outer step, for each of ``trajectories`` segments: an expert e and a start epoch s <= max_start_epoch
 are drawn; a student starts at theta_e[s] and takes ``syn_steps`` SGD steps on the synthetic set at the
@@ -15,18 +16,14 @@ is differentiated through those steps w.r.t. the set, its labels and the lr.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
-
 import torch
 from torch.nn import functional as F
 
 from distillctl.errors import UserError
 from distillctl.methods import Learnables, Method, MethodContext, OuterStep, gradients
-from distillctl.seeds import draw_seed
-from distillctl.evaluation.training import ADAM_EPS
-from distillctl.unrolling import InnerProblem, optimizer_step, sample_rows
+from distillctl.evaluation.training import ADAM_EPS, BatchStream, build_seeded, stacked_optimizer
+from distillctl.seeds import DROPOUT_STREAM, derive_seed, draw_seed, expert_seeds
+from distillctl.toolbox import InnerProblem, optimizer_step, sample_rows
 
 FORMAT = "distillctl.mtt-experts/1"
 
@@ -94,65 +91,35 @@ class MTT(Method):
 
 # -- experts -----------------------------------------------------------------------------------
 
-def expert_key(problem: InnerProblem, context: MethodContext, experts: int, total: int, spacing: int) -> dict:
-    """Everything the trajectories depend on; its sha256 names the cache file."""
-    data = context.embedding_fingerprint
-    if data is None:  # a library caller's own tensors: hash them
-        h = hashlib.sha256(context.x_train.detach().cpu().numpy().tobytes())
-        h.update(context.y_train.detach().cpu().numpy().tobytes())
-        data = "tensors:" + h.hexdigest()
+def expert_key(context: MethodContext, experts: int, total: int, spacing: int) -> dict:
+    """What the trajectories depend on besides the training data and the student (which key
+    ``context.cache`` already)."""
     budget = {**context.eval_budget.as_dict(), "steps": total}
-    return {"format": FORMAT, "data": data, "student": context.student_options, "budget": budget,
-            "experts": experts, "spacing": spacing, "seed": context.seed,
+    return {"format": FORMAT, "budget": budget, "experts": experts, "spacing": spacing, "seed": context.seed,
             "shape": [int(context.x_train.shape[0]), int(context.x_train.shape[1]), context.num_classes]}
 
 
 def expert_trajectories(problem: InnerProblem, context: MethodContext, experts: int, total: int,
                         spacing: int) -> torch.Tensor:
-    """(E, T+1, P) expert parameters every ``spacing`` steps: from the cache when it verifies, else trained."""
-    from safetensors.torch import load as load_bytes
-
-    from distillctl.runs import atomic_save_tensors, atomic_write_json
-
-    key = expert_key(problem, context, experts, total, spacing)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-    if context.cache_dir is None:  # a library caller's context: the user's distillctl cache
-        from distillctl.data.cache import methods_dir
-
-        folder = methods_dir() / "mtt"
-    else:
-        folder = Path(context.cache_dir) / "mtt"
-    path, sidecar = folder / f"{digest}.safetensors", folder / f"{digest}.json"
-    if path.exists() and sidecar.exists():
-        blob = path.read_bytes()
-        try:
-            recorded = json.loads(sidecar.read_text(encoding="utf-8")).get("sha256")
-        except json.JSONDecodeError:
-            recorded = None
-        if recorded == hashlib.sha256(blob).hexdigest():
-            context.say(f"mtt: reusing {experts} cached expert trajectories ({path})")
-            return load_bytes(blob)["trajectories"].to(context.device)
-        context.say(f"mtt: {path} does not match its recorded sha256 (truncated or altered); training the "
-                    f"experts again")
-    context.say(f"mtt: training {experts} experts for {total} steps on {context.x_train.shape[0]} real rows "
-                f"(cached in {folder})")
+    """(E, T+1, P) expert parameters every ``spacing`` steps: from the stage's verified cache when it holds
+    them, else trained (and cached)."""
+    key = expert_key(context, experts, total, spacing)
+    cache = context.cache
+    found = cache.load("mtt", key) if cache is not None else None
+    if found is not None:
+        context.say(f"mtt: reusing {experts} cached expert trajectories ({cache.entry('mtt', key)[0]})")
+        return found["trajectories"].to(context.device)
+    where = f" (cached in {cache.folder / 'mtt'})" if cache is not None else ""
+    context.say(f"mtt: training {experts} experts for {total} steps on {context.x_train.shape[0]} real rows{where}")
     traj = train_experts(problem, context, experts, total, spacing)
-    try:
-        atomic_save_tensors(path, {"trajectories": traj.cpu().contiguous()}, metadata={"format": FORMAT})
-        atomic_write_json(sidecar, {"format": FORMAT, "key": key,
-                                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
-    except OSError as exc:  # a read-only (shared) cache: the run goes on with the experts in memory
-        context.say(f"mtt: cannot cache the expert trajectories in {folder} ({exc.strerror or exc}); "
-                    "they are used from memory")
+    if cache is not None:
+        cache.save("mtt", key, {"trajectories": traj.cpu().contiguous()}, metadata={"format": FORMAT})
     return traj
 
 
 def train_experts(problem: InnerProblem, context: MethodContext, experts: int, total: int,
                   spacing: int) -> torch.Tensor:
     """Train ``experts`` students at once (vmapped) on the real training split with the eval budget."""
-    from distillctl.seeds import DROPOUT_STREAM, derive_seed, expert_seeds
-    from distillctl.evaluation.training import BatchStream, build_seeded, stacked_optimizer
-
     budget = context.eval_budget
     X, y = context.x_train, context.y_train  # (n, d), (n,)
     n = X.shape[0]

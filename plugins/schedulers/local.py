@@ -32,6 +32,7 @@ from pydantic import Field
 
 from distillctl.errors import RunError
 from distillctl.options import PluginOptions
+from distillctl.runs import atomic_write_json, new_run_id
 from distillctl.scheduling import (FINAL, Job, JobHandle, Scheduler, format_seconds, pid_alive, read_log,
                                    topological_order)
 
@@ -58,8 +59,6 @@ def _now_iso() -> str:
 
 
 def _write_state(path: Path, state: dict) -> None:
-    from distillctl.runs import atomic_write_json
-
     atomic_write_json(path, state)
 
 
@@ -86,8 +85,6 @@ class LocalScheduler(Scheduler):
 
     # -- submit --------------------------------------------------------------------------------
     def submit(self, jobs: Sequence[Job], folder: Path) -> list[JobHandle]:
-        from distillctl.runs import new_run_id
-
         given = list(jobs)
         jobs = topological_order(given)
         state_dir = Path(folder) / "local"

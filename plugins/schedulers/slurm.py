@@ -42,7 +42,8 @@ from pydantic import Field, field_validator, model_validator
 
 from distillctl.errors import RunError, UserError
 from distillctl.options import PluginOptions
-from distillctl.scheduling import Job, JobHandle, Scheduler, read_log, safe_name, topological_order
+from distillctl.runs import atomic_write_text, new_run_id
+from distillctl.scheduling import Job, JobHandle, read_log, safe_name, Scheduler, topological_order
 
 STAGE_KINDS = ("embed", "distill", "eval", "baseline", "report")
 #: seconds any slurm command may take before we give up on it
@@ -313,6 +314,7 @@ def default_setup() -> list[str]:
     return [f"export PATH={quote_path(os.path.dirname(sys.executable))}:\"$PATH\""]
 
 
+# ~90 lines on purpose: the script reads top to bottom as the text it writes (header, job table, run, requeue)
 def render_script(group: Group, options: SlurmOptions, folder: Path, setup: list[str] | None = None) -> str:
     """The sbatch script of one group (deterministic text: golden-tested)."""
     folder = Path(folder)
@@ -500,8 +502,6 @@ class SlurmScheduler(Scheduler):
         return head + sbatch_calls(groups, folder) + "\n" + "\n".join(scripts)
 
     def submit(self, jobs: Sequence[Job], folder: Path) -> list[JobHandle]:
-        from distillctl.runs import atomic_write_text, new_run_id
-
         sub = Path(folder).resolve() / "slurm" / new_run_id()
         (sub / "state").mkdir(parents=True, exist_ok=True)
         groups = plan(jobs, self.options)

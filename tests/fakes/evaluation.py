@@ -9,7 +9,7 @@ from __future__ import annotations
 import types
 from dataclasses import dataclass, field
 
-import distill_fakes
+from fakes import distill as distill_fakes
 from distillctl.plugins import load_registry, set_registry
 from distillctl.recipe import validate_recipe
 

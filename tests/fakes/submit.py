@@ -7,7 +7,7 @@ import types
 import pytest
 import yaml
 
-import distill_fakes
+from fakes import distill as distill_fakes
 from distillctl.plugins import load_registry, set_registry
 
 

@@ -1,7 +1,7 @@
-"""``python -m fake_cli ARGS``: the real distillctl CLI on the fake Gaussian dataset (jobs of the submit tests).
+"""``python -m fakes.cli ARGS``: the real distillctl CLI on the fake Gaussian dataset (jobs of the submit tests).
 
 Job subprocesses cannot see pytest's monkeypatches, so this wrapper installs the same test doubles
-the in-process tests use (the fake dataset/encoder plugins of ``distill_fakes`` and its Gaussian
+the in-process tests use (the fake dataset/encoder plugins of ``fakes.distill`` and its Gaussian
 "embedding cache"), then runs ``distillctl.cli.main``. ``embed`` has nothing to compute for the fake
 data and only reports the split sizes. Needs ``tests/`` on PYTHONPATH.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-import distill_fakes
+from fakes import distill as distill_fakes
 
 
 def install() -> None:
