@@ -148,13 +148,13 @@ def recipe_tags(recipe: Any, stage: str, run_dir: Path | None) -> dict[str, str]
     """Tags of a tracked run: the recipe and embedding fingerprints, stage, run directory, distillctl version."""
     from distillctl import __version__
     from distillctl.jobs.jobgraph import embed_key
-    from distillctl.runs import sha256_hex
+    import hashlib
 
     tags = {
         "distillctl.stage": stage,
         "distillctl.recipe_name": recipe.name,
         "distillctl.recipe_fingerprint": recipe.fingerprint(),
-        "distillctl.embedding_key": sha256_hex(embed_key(recipe).encode())[:16],
+        "distillctl.embedding_key": hashlib.sha256(embed_key(recipe).encode()).hexdigest()[:16],
         "distillctl.version": __version__,
     }
     if run_dir is not None:

@@ -12,7 +12,7 @@ from distillctl import planning
 from distillctl.jobs import submit as sm
 from distillctl.planning import JobForecast, Measurement, Plan, _StageMeasure, _Startup
 from distillctl.scheduling import Job
-from submit_fakes import env  # noqa: F401 - fixture
+from fakes.submit import env  # noqa: F401 - fixture
 
 
 def measurement(**over) -> Measurement:
@@ -143,8 +143,8 @@ def test_submit_dry_run_takes_time_and_mem_from_the_plan_unless_the_recipe_sets_
 def text_env(env):
     """The submit tests' tiny recipe on a real text dataset (embed_fakes' `tiny`) with the hashing encoder, so
     plan goes through both cache paths: a miss (encode a sample) and, after `distillctl embed`, a hit."""
-    import distill_fakes
-    import embed_fakes
+    from fakes import distill as distill_fakes
+    from fakes import embed as embed_fakes
     from distillctl.plugins import load_registry, set_registry
 
     registry = load_registry(extra_plugins=[(distill_fakes, "tests", "0"), (embed_fakes, "tests", "0")])
@@ -155,6 +155,7 @@ def text_env(env):
     return env
 
 
+@pytest.mark.slow  # start-up and encoder probes are new processes importing torch
 def test_plan_measures_the_tiny_recipe_and_forecasts_every_job(text_env, cli, monkeypatch):
     env = text_env
     monkeypatch.setattr(planning, "MEASURE_STAGE_SECONDS", 3.0)

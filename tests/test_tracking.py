@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-import distill_fakes
-import eval_fakes
+from fakes import distill as distill_fakes  # noqa: F401
+from fakes import evaluation as eval_fakes
 from distillctl import tracking
 from distillctl.jobs import submit as sm
 from distillctl.recipe import validate_recipe
 from distillctl.runs import read_jsonl
-from submit_fakes import env  # noqa: F401 - fixture
+from fakes.submit import env  # noqa: F401 - fixture
 
 pytest.importorskip("mlflow")
 pytest.importorskip("tensorboard")
@@ -220,12 +220,13 @@ def test_metric_keys_of_records_and_results():
                    "baseline/full/mlp/seconds": 2.0}
 
 
+@pytest.mark.slow  # real local-scheduler jobs (processes importing torch and mlflow)
 def test_a_sweep_submission_is_a_parent_run_with_a_child_per_point(env, monkeypatch):
     uri = f"sqlite:///{env.tmp / 'mlflow.db'}"
     path = env.write(tracking=[{"name": "mlflow", "tracking_uri": uri}],
                      distill={**env.recipe_data()["distill"], "ipc": [1]}, baseline={"kinds": ["random"]})
-    monkeypatch.setenv("PYTHONPATH", str(TESTS))  # the jobs run `python -m fake_cli ...`
-    sub = sm.submit(path, sweeps=["distill.method.unroll.window=2,3"], exe=[PY, "-m", "fake_cli"], wait=True,
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))  # the jobs run `python -m fakes.cli ...`
+    sub = sm.submit(path, sweeps=["distill.method.unroll.window=2,3"], exe=[PY, "-m", "fakes.cli"], wait=True,
                     quiet=True)
     assert sub.state == "done"
     c = client(uri)
