@@ -41,7 +41,7 @@ MEASURE_STEPS = 4
 #: each stage's measured steps stop after this many seconds (a slow Transformer population: fewer steps)
 MEASURE_STAGE_SECONDS = 6.0
 #: the two short eval budgets (optimiser steps) that separate a student's fixed cost from its per-step cost
-SHORT_STEPS = (10, 40)
+SHORT_STEPS = (20, 100)
 #: texts encoded to time the encoder when the embedding cache is missing, in batches of SAMPLE_BATCH
 EMBED_SAMPLE, SAMPLE_BATCH = 64, 16
 #: the margins ``submit`` adds to a forecast for SLURM's --time and --mem (a killed job costs more than a
@@ -179,10 +179,15 @@ def _startup_child(started: float, argv: list[str]) -> None:
             if embed_mod._read_verified(embed_mod.entry_dir(key), key)[0] is not None:
                 embed_mod.load_embeddings(recipe, quiet=True)
                 loaded = True
-            warm_up(recipe)
         except Exception:  # a plugin only the parent has (tests): the imports alone
-            pass
-    print(own_peak_bytes() // 1024, time.time() - started, int(loaded))
+            recipe = None
+    cold = own_peak_bytes()  # before any training: what embed and the majority arm need
+    try:
+        if argv and recipe is not None:
+            warm_up(recipe)
+    except Exception:
+        pass
+    print(own_peak_bytes() // 1024, time.time() - started, int(loaded), cold // 1024)
 
 
 def warm_up(recipe: Any) -> None:
@@ -207,6 +212,7 @@ class _Startup:
     seconds: float
     peak_bytes: int
     loaded: bool = False  # the probe loaded the cached vectors (its time and peak include them)
+    cold_bytes: int = 0  # its peak before training anything (jobs that train no student: embed, majority)
 
 
 #: the imports-only probe, measured once per process
@@ -228,8 +234,8 @@ def measure_startup(recipe: Any = None) -> _Startup:
         out = subprocess.run([sys.executable, "-c", _STARTUP_CODE, repr(time.time()), *args], capture_output=True,
                              text=True, timeout=600)
     try:
-        kib, seconds, loaded = out.stdout.strip().splitlines()[-1].split()
-        result = _Startup(float(seconds), int(kib) * 1024, loaded == "1")
+        kib, seconds, loaded, cold = out.stdout.strip().splitlines()[-1].split()
+        result = _Startup(float(seconds), int(kib) * 1024, loaded == "1", int(cold) * 1024)
     except (ValueError, IndexError):
         result = _Startup(0.0, 0)
     if recipe is None:
@@ -579,7 +585,7 @@ def forecast_job(job: Any, recipe: Any, m: Measurement) -> JobForecast:
     loaded = m.startup.peak_bytes + m.base_bytes  # a fresh process with the vectors loaded
     if job.kind == "embed":
         parts = {**start, ("load + verify cached vectors" if m.cached else "encode every text"): m.embed_seconds}
-        peak = m.startup.peak_bytes + m.embed_peak
+        peak = (m.startup.cold_bytes or m.startup.peak_bytes) + m.embed_peak
     elif job.kind == "distill":
         ipc = _stage_of(job)
         s = m.stages[ipc]
@@ -612,7 +618,8 @@ def forecast_job(job: Any, recipe: Any, m: Measurement) -> JobForecast:
         parts = {**start, "load vectors": m.load_seconds, f"{kind} students x {eval_steps} steps": fixed + per_step * eval_steps}
         if kind == "full":
             notes.append("full-earlystop's patience may stop it earlier (forecast: its whole step budget)")
-        peak = loaded + extra
+        peak = (m.startup.cold_bytes or m.startup.peak_bytes) + m.base_bytes + extra if kind == "majority" \
+            else loaded + extra
     else:  # report (and a sweep's comparison): its PCA plot loads the vectors
         seconds, extra = m.report
         parts = {**start, "load vectors": m.load_seconds, "tables and plots": seconds}
