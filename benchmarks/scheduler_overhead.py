@@ -36,7 +36,7 @@ def _job(folder: Path, jid: str, argv: list[str], deps=(), group=""):
 
 
 def _run(name: str, section: dict, jobs, folder: Path) -> dict:
-    from distillctl.jobs import submit as sm
+    from distillctl.jobs import follow, submit as sm
 
     t0 = time.perf_counter()
     sub = sm.submit_jobs(jobs, folder, scheduler=section)
@@ -44,7 +44,7 @@ def _run(name: str, section: dict, jobs, folder: Path) -> dict:
     t1 = time.perf_counter()
     sm.status(folder)  # while the jobs are pending / running: what `distillctl status` costs
     t_status = time.perf_counter() - t1
-    sm.follow(sub, quiet=True, poll=0.1 if name == "local" else 0.5, timeout=600)
+    follow.follow(sub, quiet=True, poll=0.1 if name == "local" else 0.5, timeout=600)
     wall = time.perf_counter() - t0
     return {"submit_s": round(t_submit, 3), "wall_s": round(wall, 3), "status_s": round(t_status, 4),
             "states": sub.counts()}

@@ -5,7 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from typing import Iterator
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 _QUIET = False
 #: off a terminal, progress is a plain line at most this often (seconds): `submit --wait` shows a job's newest
@@ -25,8 +30,6 @@ def is_quiet() -> bool:
 
 def err_console():
     """A rich console on stderr (stdout stays clean for ``--json``)."""
-    from rich.console import Console
-
     return Console(stderr=True, highlight=False)
 
 
@@ -56,9 +59,6 @@ def progress(description: str, total: int | None, *, quiet: bool | None = None, 
         finally:
             bar.close()
         return
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("[progress.data.speed]{task.fields[rate]}"),
                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[extra]}")]
@@ -87,8 +87,6 @@ class LineBar(Bar):
     moved since (short tasks write none)."""
 
     def __init__(self, description: str, total: int | None, unit: str = "it", clock=None):
-        import time
-
         super().__init__(None, None, unit)
         self._clock = clock or time.monotonic
         self._description, self._total = description, total

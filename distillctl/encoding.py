@@ -15,6 +15,8 @@ of texts. The shared pieces here:
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -289,7 +291,6 @@ def folder_sha256(folder: str | Path) -> str:
         h.update(b"\0" + file_sha256_cached(p, memo).encode() + b"\n")
     if memo.pop("__dirty__", False):
         try:
-
             atomic_write_json(cache, memo)
         except OSError:  # a read-only cache still works, only slower
             pass
@@ -299,9 +300,6 @@ def folder_sha256(folder: str | Path) -> str:
 def require(module: str, pip_name: str, plugin: str, *, load: bool = True):
     """Import ``module`` (or with ``load=False`` only check it is installed, which is instant) or raise
     a one-line :class:`UserError` saying what to pip install."""
-    import importlib
-    import importlib.util
-
     message = f"encoder {plugin!r} needs the package {pip_name}: pip install {pip_name}"
     if not load:
         try:

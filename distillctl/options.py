@@ -1,10 +1,14 @@
 """Base class for the options model every plugin declares."""
 
+import json
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+from pydantic_core import PydanticUndefined
 
 
 class PluginOptions(BaseModel):
@@ -33,9 +37,6 @@ RecipePath = Annotated[str, AfterValidator(_resolve_recipe_path)]
 
 def type_name(annotation: Any) -> str:
     """A short, readable form of an option's type: ``int``, ``list[int]``, ``adam | sgd``, ``str | None``."""
-    import types
-    import typing
-
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if annotation is type(None):
@@ -57,10 +58,6 @@ def type_name(annotation: Any) -> str:
 def describe_options(model: type[BaseModel]) -> list[dict[str, Any]]:
     """One row per field of an options model: ``name``, ``type``, ``default`` (JSON-able; ``None`` when
     required), ``required`` and ``description`` -- what ``distillctl plugins show NAME`` prints."""
-    import json
-
-    from pydantic_core import PydanticUndefined
-
     rows = []
     for name, f in model.model_fields.items():
         required = f.is_required()

@@ -11,16 +11,20 @@ against the directory of the recipe file, so a resolved recipe can be run from a
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import tomllib
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     field_validator,
     model_serializer,
     model_validator,
@@ -415,8 +419,6 @@ def read_recipe_file(path: str | Path) -> dict:
         raise UserError(f"{path}: cannot read the recipe file ({getattr(exc, 'strerror', None) or exc})") from exc
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml"):
-        import yaml
-
         try:
             data = yaml12.load(text)  # YAML 1.2 core schema: `off` stays a string, 0123 is 123
         except yaml.YAMLError as exc:
@@ -425,8 +427,6 @@ def read_recipe_file(path: str | Path) -> dict:
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise UserError(f"{path}: invalid YAML{where}: {problem}") from exc
     elif suffix == ".toml":
-        import tomllib
-
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
@@ -455,8 +455,6 @@ def _override_value(item: str, raw: str, source: str) -> Any:
     Text that is not valid YAML is an error naming the item: taking it as a plain string would turn a
     typo such as ``{name: full, total`` into a plugin name that fails later with a misleading message.
     """
-    import yaml
-
     if not raw.strip():
         return ""
     try:
@@ -477,8 +475,6 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> 
     ``distill.method.name=krr``) starts that section afresh from the new plugin's defaults: the old
     plugin's options would not be valid for it. Overrides after it in the list set the new plugin's options.
     """
-    import copy
-
     data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
@@ -640,8 +636,6 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, *, registr
 
 def recipe_json_schema(registry=None) -> dict:
     """One JSON Schema for recipes, with each plugin section a ``oneOf`` over installed plugins."""
-    from pydantic import create_model
-
     registry = registry or get_registry()
 
     def union_for(kind: str):

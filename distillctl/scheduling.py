@@ -16,6 +16,7 @@ this is how ``submit --retry-failed`` re-runs only part of a graph).
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,8 +62,6 @@ class Job:
 
     def command_line(self) -> str:
         """The argv as one shell-quoted line (what a user types to re-run the job by hand)."""
-        import shlex
-
         return shlex.join(self.argv)
 
 

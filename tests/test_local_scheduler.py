@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distillctl.jobs import submit as sm
+from distillctl import errors
+from distillctl.jobs import submission, submit as sm
 from distillctl.scheduling import Job, JobHandle, downstream, pid_alive, topological_order
 from distillctl_plugins.schedulers.local import LocalOptions, LocalScheduler
 from fakes.submit import env  # noqa: F401 - fixture
@@ -208,7 +209,7 @@ def test_retry_failed_reruns_failed_jobs_and_dependents_only(tmp_path, cli):
             pyjob(tmp_path, "needs_flaky", "pass", deps=["flaky"]),
             pyjob(tmp_path, "side", "pass", deps=["first"])]
     folder = tmp_path / "sub"
-    with pytest.raises(sm.RunError, match="(?s)1 job\\(s\\) failed.*retry-failed"):
+    with pytest.raises(errors.RunError, match="(?s)1 job\\(s\\) failed.*retry-failed"):
         sm.submit_jobs(jobs, folder, scheduler={"name": "local", "workers": 2}, wait=True, quiet=True)
 
     r = cli("status", folder, "--json")
@@ -260,7 +261,7 @@ def test_graph_helpers():
     assert order.index("a") < order.index("b") < order.index("c") and order.index("a") < order.index("d")
     assert downstream(jobs, ["b"]) == {"b", "c"}
     assert downstream(jobs, ["a"]) == {"a", "b", "c", "d"}
-    with pytest.raises(sm.UserError, match="cycle"):
+    with pytest.raises(errors.UserError, match="cycle"):
         topological_order([j("x", ["y"]), j("y", ["x"])])
     h = JobHandle("x", "local", started=10.0, ended=12.5)
     assert JobHandle.from_dict(h.to_dict()) == h and h.elapsed() == 2.5
@@ -279,7 +280,7 @@ def test_recipe_pipeline_end_to_end_through_the_local_scheduler(env, monkeypatch
     path = env.write(baseline={"kinds": ["random", "full", "majority"]})
     sub = sm.submit(path, exe=[PY, "-m", "fakes.cli"], wait=True, quiet=True)
     run = sub.path
-    assert sub.state == "done", sm.status_text(sub)
+    assert sub.state == "done", submission.status_text(sub)
     assert run.parent == env.tmp / "runs" / "tiny"
     # every stage left its files in the one run directory
     for f in ("recipe.resolved.yaml", "submission.json", "distilled/ipc1.safetensors", "distilled/ipc2.safetensors",
@@ -288,7 +289,7 @@ def test_recipe_pipeline_end_to_end_through_the_local_scheduler(env, monkeypatch
         assert (run / f).exists(), f
     # ... and each reads back as what it claims to be
     from distillctl.distillation.synthetic import SyntheticSet
-    from distillctl.evaluation.evaluate import read_results
+    from distillctl.evaluation.protocol import read_results
 
     assert yaml.safe_load((run / "recipe.resolved.yaml").read_text())["name"] == "tiny"
     for ipc in (1, 2):
@@ -328,9 +329,9 @@ def test_wait_that_ends_cancelled_raises_and_the_cli_exits_3(tmp_path, cli):
     code = (f"import os, sys\nif not os.path.exists({str(flag)!r}): sys.exit(4)\n"
             f"from distillctl.jobs.submit import cancel\ncancel({str(folder)!r})\ntime.sleep(60)")
     jobs = [pyjob(tmp_path, "job", code), pyjob(tmp_path, "after", "pass", deps=["job"])]
-    with pytest.raises(sm.RunError) as exc:
+    with pytest.raises(errors.RunError) as exc:
         sm.submit_jobs(jobs, folder, wait=True, quiet=True)
-    assert not isinstance(exc.value, sm.RunCancelled) and exc.value.exit_code == 1
+    assert not isinstance(exc.value, errors.RunCancelled) and exc.value.exit_code == 1
     flag.write_text("go")
     r = cli("submit", "--retry-failed", folder, "--wait")
     assert r.code == 3, r
@@ -348,7 +349,7 @@ def test_line_view_shows_running_jobs_latest_log_line_between_state_changes(tmp_
             Job(id="distill", argv=["true"], cwd=str(tmp_path), log=str(tmp_path / "d.log"), depends_on=["embed"])]
     handles = {"embed": JobHandle(job_id="embed", scheduler="x", state="running", started=1000.0, log=str(log)),
                "distill": JobHandle(job_id="distill", scheduler="x", state="pending")}
-    sub = sm.Submission(tmp_path, {}, jobs, handles, scheduler=Scheduler())
+    sub = submission.Submission(tmp_path, {}, jobs, handles, scheduler=Scheduler())
     now = [1000.0]
     view = LineView(heartbeat=30, clock=lambda: now[0])
     view.start(sub)
@@ -378,7 +379,7 @@ def test_live_table_shows_the_latest_output_of_running_jobs(tmp_path):
     log.write_text("embedding test split 300/900\n")
     jobs = [Job(id="embed", argv=["true"], cwd=str(tmp_path), log=str(log))]
     handles = {"embed": JobHandle(job_id="embed", scheduler="x", state="running", started=time.time(), log=str(log))}
-    sub = sm.Submission(tmp_path, {}, jobs, handles, scheduler=Scheduler())
+    sub = submission.Submission(tmp_path, {}, jobs, handles, scheduler=Scheduler())
     console = Console(width=200, record=True)
     console.print(progress_table(sub))
     assert "embedding test split 300/900" in console.export_text()

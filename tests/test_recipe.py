@@ -350,7 +350,7 @@ def test_readme_set_examples_apply_to_the_shipped_recipes():
 
     import yaml
 
-    from distillctl.jobs import submit as sm
+    from distillctl.jobs import sweeps
 
     root = Path(__file__).parent.parent
     sys.path.insert(0, str(root / "examples" / "distillctl-linear"))
@@ -365,7 +365,7 @@ def test_readme_set_examples_apply_to_the_shipped_recipes():
         recipe = next(a for a in args if a.endswith((".yaml", ".toml")))
         sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
         scheduler = args[args.index("--scheduler") + 1] if "--scheduler" in args else None
-        [point] = sm.expand_points(root / recipe, sets, scheduler=scheduler, registry=registry)  # raises on a bad field
+        [point] = sweeps.expand_points(root / recipe, sets, scheduler=scheduler, registry=registry)  # raises on a bad field
         resolved = point.recipe.to_dict()
         for item in sets:
             key, value = item.split("=", 1)
@@ -393,9 +393,9 @@ def test_scheduler_flag_keeps_the_scheduler_set_values():
     """The README's `submit RECIPE --scheduler slurm --set scheduler.partition=gpu --dry-run`: the partition
     must reach the slurm options (today it is silently dropped; `--set 'scheduler={name: slurm, partition: gpu}'`
     keeps it)."""
-    from distillctl.jobs import submit as sm
+    from distillctl.jobs import sweeps
 
     root = Path(__file__).parent.parent
-    [point] = sm.expand_points(root / "recipes" / "agnews-mlp-ratbptt.yaml", ["scheduler.partition=gpu"],
+    [point] = sweeps.expand_points(root / "recipes" / "agnews-mlp-ratbptt.yaml", ["scheduler.partition=gpu"],
                                scheduler="slurm")
     assert point.recipe.to_dict()["scheduler"]["partition"] == "gpu"

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from distillctl.jobs import submit as sm
+from distillctl import errors
+from distillctl.jobs import jobgraph, submission, sweeps, submit as sm
 from distillctl.scheduling import Job
 from distillctl_plugins.schedulers.slurm import (SlurmOptions, dependency_arg, expand_array_id, map_state, plan,
                                                   render_script, sbatch_calls)
@@ -34,8 +35,8 @@ SLURM_OPTIONS = {"name": "slurm", "partition": "gpu", "time": 120, "cpus": 4, "m
 
 def golden_texts(env) -> dict[str, str]:
     path = env.write(scheduler=SLURM_OPTIONS)
-    points = sm.expand_points(path, sweeps=["distill.method.unroll.window=2,3"])
-    graph = sm.build_graph(points, Path("/runs/tiny/ID"))
+    points = sweeps.expand_points(path, sweeps=["distill.method.unroll.window=2,3"])
+    graph = jobgraph.build_graph(points, Path("/runs/tiny/ID"))
     options = points[0].recipe.scheduler.options
     folder = Path("/runs/tiny/ID/slurm/SUBMIT")
     groups = plan(graph.jobs, options)
@@ -195,7 +196,7 @@ def test_failed_job_cancels_dependents_and_retry_failed_finishes(cluster, tmp_pa
                                         f"print('p1 fails'); sys.exit(5)"), group="s1") for p in ("p0", "p1")]
     jobs += [pyjob(tmp_path, f"{p}/s2", "pass", [f"{p}/s1"], "s2") for p in ("p0", "p1")]
     folder = tmp_path / "sub"
-    with pytest.raises(sm.RunError, match="1 job\\(s\\) failed, 1 skipped"):
+    with pytest.raises(errors.RunError, match="1 job\\(s\\) failed, 1 skipped"):
         sm.submit_jobs(jobs, folder, scheduler=SLURM, wait=True, quiet=True)
     r = cli("status", folder, "--json")
     st = {j["id"]: j for j in json.loads(r.out)["jobs"]}
@@ -238,7 +239,7 @@ def test_recipe_sweep_runs_as_arrays_with_stage_chains(cluster, env, monkeypatch
     monkeypatch.setenv("PYTHONPATH", str(TESTS))  # jobs run `python -m fakes.cli ...`; sbatch exports the env
     path = env.write(scheduler=SLURM, baseline={"kinds": ["random", "majority"]})
     sub = sm.submit(path, sweeps=["distill.method.unroll.window=2,3"], exe=[PY, "-m", "fakes.cli"], wait=True, quiet=True)
-    assert sub.state == "done", sm.status_text(sub)
+    assert sub.state == "done", submission.status_text(sub)
     ids = {k: h.scheduler_id for k, h in sub.handles.items()}
     for stage in ("distill-ipc1", "distill-ipc2", "eval-ipc1", "eval-ipc2", "report"):
         a, b = ids[f"window=2/{stage}"], ids[f"window=3/{stage}"]
@@ -264,7 +265,7 @@ def test_timeout_requeues_distill_and_it_resumes_from_its_checkpoint(cluster, en
                      distill={**env.recipe_data()["distill"], "ipc": [2],
                               "outer": {"lr": 0.01, "iterations": 10_000_000, "real_batch": 48, "val_every": 1000,
                                         "ckpt_every": 100, "val_seeds": 1, "max_seconds": 45}})
-    recipe = sm.expand_points(path)[0].recipe
+    recipe = sweeps.expand_points(path)[0].recipe
     run = create_run_dir(recipe, stage="test", run_dir=env.tmp / "run").path
     job = Job(id="distill-ipc2", argv=[PY, "-m", "fakes.cli", "distill", str(run / "recipe.resolved.yaml"),
                                        "--resume", str(run)],
@@ -332,6 +333,6 @@ def test_paths_with_spaces_and_quotes_run_on_the_cluster(cluster, tmp_path):
     jobs = [pyjob(folder, "job one", "print('ran')")]
     sub = sm.submit_jobs(jobs, folder / "sub", scheduler=SLURM, wait=True, quiet=True)
     h = sub.handles["job one"]
-    assert h.state == "done", sm.status_text(sub)
+    assert h.state == "done", submission.status_text(sub)
     assert "ran" in Path(jobs[0].log).read_text()
     assert Path(h.extra["slurm_out"]).exists(), "SLURM wrote its output file at the quoted path"

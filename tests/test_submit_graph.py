@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fakes import distill as distill_fakes
-from distillctl.jobs import submission, submit as sm
+from distillctl.jobs import jobgraph, submission, sweeps
 from distillctl.jobs.cli_render import progress_table
 from distillctl.errors import UserError
 from distillctl.recipe import RecipeError
@@ -21,9 +21,9 @@ def by_id(jobs):
 
 def test_graph_of_a_boost_chain(env):
     path = env.write()
-    points = sm.expand_points(path)
+    points = sweeps.expand_points(path)
     folder = env.tmp / "runs" / "tiny" / "X"
-    g = sm.build_graph(points, folder)
+    g = jobgraph.build_graph(points, folder)
     jobs = by_id(g.jobs)
     assert list(jobs) == ["embed", "distill-ipc1", "eval-ipc1", "distill-ipc2", "eval-ipc2", "baseline-random",
                           "baseline-full", "report"]
@@ -46,19 +46,19 @@ def test_graph_of_a_boost_chain(env):
 
 def test_single_stage_has_no_stage_option(env):
     path = env.write(distill={**recipe_data()["distill"], "ipc": [4]})
-    jobs = by_id(sm.build_graph(sm.expand_points(path), env.tmp / "S").jobs)
+    jobs = by_id(jobgraph.build_graph(sweeps.expand_points(path), env.tmp / "S").jobs)
     assert jobs["distill-ipc4"].argv[-2:] == ["--resume", str(env.tmp / "S")]
 
 
 def test_sweep_is_a_cartesian_product_sharing_embed_and_baselines(env):
     path = env.write()
-    points = sm.expand_points(path, sweeps=["distill.method.unroll.window=2,3", "distill.inner.lr=0.01,0.1,1e-3"])
+    points = sweeps.expand_points(path, sweeps=["distill.method.unroll.window=2,3", "distill.inner.lr=0.01,0.1,1e-3"])
     assert len(points) == 6
     assert [p.name for p in points][:3] == ["window=2_lr=0.01", "window=2_lr=0.1", "window=2_lr=1e-3"]
     assert points[2].recipe.distill.inner.lr == pytest.approx(1e-3)
     assert points[3].recipe.distill.method.options.unroll.options.window == 3
     folder = env.tmp / "F"
-    g = sm.build_graph(points, folder)
+    g = jobgraph.build_graph(points, folder)
     jobs = by_id(g.jobs)
     # one embed (same data and encoder), one job per baseline arm (same protocol), 6 x (2 distill + 2 eval + report),
     # and the comparison of the 6 points after every point's report
@@ -79,11 +79,11 @@ def test_sweep_is_a_cartesian_product_sharing_embed_and_baselines(env):
 
 def test_sweep_over_student_or_data_splits_baselines_and_embeds(env):
     path = env.write()
-    g = sm.build_graph(sm.expand_points(path, sweeps=["student.hidden=[8],[16, 16]"]), env.tmp / "A")
+    g = jobgraph.build_graph(sweeps.expand_points(path, sweeps=["student.hidden=[8],[16, 16]"]), env.tmp / "A")
     ids = [j.id for j in g.jobs]
     assert ids.count("embed") == 1 and len([i for i in ids if "/baseline-" in i]) == 4
     assert "hidden=8/report" in ids and "hidden=16-16/report" in ids
-    g = sm.build_graph(sm.expand_points(path, sweeps=["dataset.size=10,20"]), env.tmp / "B")
+    g = jobgraph.build_graph(sweeps.expand_points(path, sweeps=["dataset.size=10,20"]), env.tmp / "B")
     emb = [j for j in g.jobs if j.kind == "embed"]
     assert [j.id for j in emb] == ["embed-1", "embed-2"]
     assert [j.id for j in g.jobs[-2:]] == ["size=20/report", "compare"]
@@ -92,31 +92,31 @@ def test_sweep_over_student_or_data_splits_baselines_and_embeds(env):
 
 
 def test_sweep_values_and_errors(env):
-    assert sm.split_values("1,[1, 5],{a: 1, b: 2},'x,y'") == ["1", "[1, 5]", "{a: 1, b: 2}", "'x,y'"]
-    assert sm.parse_sweep("distill.ipc=[1,5],[1,5,10]") == ("distill.ipc", ["[1,5]", "[1,5,10]"])
+    assert sweeps.split_values("1,[1, 5],{a: 1, b: 2},'x,y'") == ["1", "[1, 5]", "{a: 1, b: 2}", "'x,y'"]
+    assert sweeps.parse_sweep("distill.ipc=[1,5],[1,5,10]") == ("distill.ipc", ["[1,5]", "[1,5,10]"])
     for bad in ("distill.ipc", "distill.ipc=", "x=1,,2", "x=1,1"):
         with pytest.raises(UserError, match="--sweep"):
-            sm.parse_sweep(bad)
+            sweeps.parse_sweep(bad)
     path = env.write()
     with pytest.raises(RecipeError) as exc:
-        sm.expand_points(path, sweeps=["distill.method.unroll.window=3,abc,9"])
+        sweeps.expand_points(path, sweeps=["distill.method.unroll.window=3,abc,9"])
     lines = str(exc.value).splitlines()
     assert any("distill.method.unroll.window" in x and "window=abc" in x for x in lines)
     assert any("window (9) must be <= total" in x and "window=9" in x for x in lines)
     with pytest.raises(UserError, match="shared by every point"):
-        sm.expand_points(path, sweeps=["scheduler.workers=1,2"])
+        sweeps.expand_points(path, sweeps=["scheduler.workers=1,2"])
     with pytest.raises(UserError, match="swept twice"):
-        sm.expand_points(path, sweeps=["seed=1,2", "seed=3"])
+        sweeps.expand_points(path, sweeps=["seed=1,2", "seed=3"])
 
 
 def test_scheduler_override_starts_from_its_defaults(env):
     path = env.write()
-    p = sm.expand_points(path, scheduler="slurm")[0]
+    p = sweeps.expand_points(path, scheduler="slurm")[0]
     assert p.recipe.scheduler.name == "slurm" and p.recipe.scheduler.options.time == 60
-    p = sm.expand_points(path, scheduler="local")[0]
+    p = sweeps.expand_points(path, scheduler="local")[0]
     assert p.recipe.scheduler.options.workers == 2  # the recipe's own options stay
     with pytest.raises(RecipeError, match="unknown scheduler plugin 'nope'"):
-        sm.expand_points(path, scheduler="nope")
+        sweeps.expand_points(path, scheduler="nope")
 
 
 def test_cli_dry_run_prints_the_graph_and_writes_nothing(env, cli):
@@ -170,7 +170,7 @@ def test_distill_stage_by_stage_equals_the_whole_chain(env, fake_embeddings):
     from distillctl.distillation.synthetic import SyntheticSet
 
     path = env.write()
-    recipe = sm.expand_points(path)[0].recipe
+    recipe = sweeps.expand_points(path)[0].recipe
     whole = distill(recipe, run_dir=env.tmp / "whole", quiet=True)
     run = create_run_dir(recipe, stage="submit", run_dir=env.tmp / "staged")
     with pytest.raises(UserError, match="earlier stage ipc=1 is not finished"):
@@ -216,7 +216,7 @@ def test_job_rows_read_logs_only_when_asked_and_where_the_scheduler_keeps_them(t
                               extra={"slurm_out": str(out)}),
                "b": JobHandle(job_id="b", scheduler="slurm", scheduler_id="2", state="cancelled",
                               log=str(tmp_path / "b.log"))}
-    sub = sm.Submission(tmp_path, {}, jobs, handles, scheduler=SlurmScheduler())
+    sub = submission.Submission(tmp_path, {}, jobs, handles, scheduler=SlurmScheduler())
     rows = {r["id"]: r for r in sub.job_rows()}
     assert rows["a"]["log_tail"] == "slurmstepd: error: oom-kill event"  # no job log: SLURM's own output file
     assert "log_tail" not in rows["b"]  # only failed jobs
@@ -256,7 +256,7 @@ def test_status_on_a_distill_run_directory_describes_the_run(env, fake_embedding
     from distillctl.distillation.distill import distill
     from distillctl.runs import create_run_dir
 
-    recipe = sm.expand_points(env.write())[0].recipe
+    recipe = sweeps.expand_points(env.write())[0].recipe
     run = create_run_dir(recipe, stage="distill", run_dir=env.tmp / "run")
     distill(recipe, resume=run.path, stage=1, quiet=True)  # ipc 1 of [1, 2]: as if interrupted after it
     r = cli("status", run.path)

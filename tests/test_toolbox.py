@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import distill_fakes
+from fakes import distill as distill_fakes
 from distillctl.distillation.synthetic import SyntheticSet
 from distillctl.methods import Learnables
 from distillctl.plugins import load_registry, set_registry

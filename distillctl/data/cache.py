@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from platformdirs import user_cache_dir
+
 #: environment variable that moves the cache
 CACHE_ENV = "DISTILLCTL_CACHE"
 
@@ -21,7 +23,6 @@ def cache_root() -> Path:
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).expanduser()
-    from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("distillctl", appauthor=False))
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata as md
 import inspect
 import json
 import math
@@ -474,8 +475,6 @@ def _texts_digest(split) -> str:
 
 
 def _versions() -> dict:
-    import importlib.metadata as md
-
     out = {"distillctl": __version__}
     for dist in ("torch", "sentence-transformers", "transformers"):
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from urllib.parse import urlparse
 
 PROBE_TIMEOUT_S = 3.0
@@ -37,8 +38,6 @@ def go_offline() -> None:
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ[var] = "1"
     try:  # already-imported modules read the constants at import time
-        import sys
-
         if "huggingface_hub" in sys.modules:
             import huggingface_hub.constants as hc
 

@@ -30,6 +30,7 @@ therefore get the same budget), and is scored on the test split. Nothing is sele
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -171,8 +172,6 @@ def logreg_reference(X: "torch.Tensor", y: "torch.Tensor", X_val: "torch.Tensor"
     ``{"chosen_C", "val_by_C": [{"C", "accuracy", "converged"}], "scores": Scores, "model"}`` (the fitted
     scikit-learn model); test plays no part in the choice.
     """
-    import warnings
-
     import numpy as np
     import torch
     from sklearn.exceptions import ConvergenceWarning

@@ -18,6 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from rich.table import Table
+
 from distillctl.console import info, is_quiet
 from distillctl.data import embed  # embed.load_embeddings: looked up per call (tests stand in for it)
 from distillctl.distillation.synthetic import SyntheticSet
@@ -145,8 +147,6 @@ def _pm(summary: dict | None, pct: bool = True) -> str:
 
 def results_table(records: list[dict], title: str):
     """A rich table of result records plus the budget line(s) under it."""
-    from rich.table import Table
-
     two = any("positive_f1" in r for r in records)
     table = Table(title=title, title_justify="left")
     for col in ("arm", "ipc", "student", "labels", "accuracy %", "macro-F1 %") + (("positive F1 %",) if two else ()) \

@@ -20,11 +20,14 @@ were trained; a soft-label set gives one record of each). A results file keeps t
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from distillctl import seeds as seeding
 from distillctl.errors import UserError
@@ -168,8 +171,6 @@ def parse_students(text: str) -> list:
     -> ["mlp", {"name": "transformer", "layers": 1}]. Each item is a name (default options) or a
     section as in a recipe. Validate them with :func:`student_sections`.
     """
-    import yaml
-
     hint = ("expected comma-separated student names or recipe sections, e.g. "
             "'mlp,linear,{name: transformer, layers: 1}'")
     try:
@@ -217,8 +218,6 @@ def student_sections(recipe: Any, students: Any = None) -> list:
 
 def read_results(path: str | Path) -> list[dict]:
     """Records of a results file (``results.json`` or ``baseline-<kind>.json``); [] when absent."""
-    import json
-
     path = Path(path)
     if not path.exists():
         return []

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import sys
 
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+
 from distillctl.console import err_console, is_quiet
 from distillctl.jobs.submission import Submission
 from distillctl.scheduling import FINAL, format_seconds
@@ -20,9 +25,6 @@ _STATUS_STYLE = {"running": "cyan", "done": "green", "failed": "red", "cancelled
 def progress_table(sub: Submission):
     """The live table of ``--wait``: redrawn every poll, so the only log it reads is the last few KB of
     each running job's log, for its latest line (a long job shows how far it is, not just that it runs)."""
-    from rich.markup import escape
-    from rich.table import Table
-
     counts = sub.counts()
     done = sum(counts.get(s, 0) for s in FINAL)
     title = (f"{sub.path}  {done}/{len(sub.handles)} finished  "
@@ -49,8 +51,6 @@ class LiveView:
         self.live = None
 
     def start(self, sub: Submission) -> None:
-        from rich.live import Live
-
         self.live = Live(progress_table(sub), console=err_console(), refresh_per_second=4, transient=False)
         self.live.start()
 
@@ -72,10 +72,6 @@ def follow_view():
 
 def print_status(sub: Submission) -> None:
     """``status`` / ``cancel``: a table of the jobs, the log tail of failed ones, the finished reports."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
     console = Console(highlight=False)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(sub.counts().items()))
     table = Table(title=escape(f"{sub.path}: {sub.state} ({counts})"), title_justify="left")
@@ -100,10 +96,6 @@ def print_status(sub: Submission) -> None:
 
 def print_sweep_summary(sub: Submission) -> None:
     """``submit --wait`` of a sweep: test accuracy of every (point, ipc), distilled vs random."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
     def pm(x):
         return "–" if not x else f"{x['mean'] * 100:.2f} ± {x['std'] * 100:.2f}"
 

@@ -9,10 +9,13 @@ sweep gets one run directory per point beside ``submission.json`` (``<id>/window
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
+import yaml
 
 from distillctl import yaml12
 from distillctl.errors import UserError
@@ -189,8 +192,6 @@ def describe_run(run: str | Path) -> dict | None:
     ``sets`` (ipc values with a distilled set), ``checkpoints``, ``last_metrics`` (the last line of
     metrics.jsonl), ``evaluated``, ``baselines``, ``report``, ``state`` and ``next`` (the command that
     continues it, or ``None``)."""
-    import re
-
     p = Path(run)
     if not p.is_dir() or not ((p / "manifest.json").is_file() or (p / "recipe.resolved.yaml").is_file()):
         return None
@@ -200,7 +201,6 @@ def describe_run(run: str | Path) -> dict | None:
     except (OSError, json.JSONDecodeError):
         manifest = {}
     ipc: list[int] = []
-    import yaml
 
     try:
         recipe = yaml12.load((p / "recipe.resolved.yaml").read_text(encoding="utf-8")) or {}

@@ -15,22 +15,23 @@ names none.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
-from distillctl.errors import RunCancelled, RunError, UserError  # noqa: F401  (re-exported)
-from distillctl.jobs.follow import DEFAULT_POLL_SECONDS, FollowView, follow, quiet_of  # noqa: F401
-from distillctl.jobs.jobgraph import Graph, baseline_key, build_graph, describe_graph, embed_key  # noqa: F401
+from distillctl.errors import UserError
+from distillctl.jobs.follow import FollowView, follow
+from distillctl.jobs.jobgraph import Graph, build_graph, describe_graph
 from distillctl.plugins import get_registry, with_registry
 from distillctl.runs import create_run_dir, new_run_id
 from distillctl.scheduling import Job, check_graph, downstream
-from distillctl.jobs.submission import (LOG_TAIL_LINES, SUBMISSION_FILE, Submission,  # noqa: F401
-                                   default_scheduler_section, find_submission, hand_over, make_scheduler,
-                                   options_dict, status_text)
-from distillctl.jobs.sweeps import Point, expand_points, parse_sweep, split_values  # noqa: F401
+from distillctl.jobs.submission import (Submission,
+                                   default_scheduler_section, hand_over, make_scheduler,
+                                   options_dict)
+from distillctl.jobs.sweeps import Point, expand_points
 
 
 @with_registry  # registry=: run with that plugin registry (default: get_registry())
@@ -184,8 +185,6 @@ def check_inputs(points: Sequence[Point]) -> None:
 
 
 def _canonical_section(section) -> str:
-    import json
-
     return json.dumps(section.model_dump(mode="json"), sort_keys=True, default=str)
 
 

