@@ -9,7 +9,8 @@ import math
 import pytest
 
 from distillctl import planning
-from distillctl.jobs import submit as sm
+from distillctl.jobs.jobgraph import build_graph
+from distillctl.jobs.sweeps import expand_points
 from distillctl.planning import JobForecast, Measurement, Plan, _StageMeasure, _Startup
 from distillctl.scheduling import Job
 from fakes.submit import env  # noqa: F401 - fixture
@@ -160,8 +161,8 @@ def test_plan_measures_the_tiny_recipe_and_forecasts_every_job(text_env, cli, mo
     env = text_env
     monkeypatch.setattr(planning, "MEASURE_STAGE_SECONDS", 3.0)
     path = env.path
-    points = sm.expand_points(path)
-    graph = sm.build_graph(points, env.tmp / "x")
+    points = expand_points(path)
+    graph = build_graph(points, env.tmp / "x")
     for cached in (False, True):
         r = cli("plan", str(path), "--json")
         assert r.code == 0, r.err
