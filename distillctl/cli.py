@@ -486,6 +486,29 @@ def export_cmd(
         typer.echo(f"metadata: {result.metadata_path}")
 
 
+# --- plan ---
+
+@app.command("plan")
+def plan_cmd(
+    recipe_file: str = RecipeArgument,
+    overrides: Optional[List[str]] = SetOption,
+    sweeps: Optional[List[str]] = typer.Option(None, "--sweep", metavar="KEY.PATH=V1,V2",
+                                               help="Plan every point of a sweep (as `submit --sweep`)."),
+    device: Optional[str] = typer.Option(None, "--device", metavar="DEVICE",
+                                         help="Measure on this torch device (cpu, cuda) instead of the recipe's."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Forecast each job's wall time and peak memory (and what dominates) from a short measurement on this
+    machine, scaled by the recipe; `submit` uses it for SLURM --time/--mem."""
+    from distillctl.planning import plan, plan_text
+
+    result = plan(recipe_file, overrides=overrides or [], sweeps=sweeps or [], device=device)
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        typer.echo(plan_text(result), nl=False)
+
+
 # --- submit / status / cancel ---
 
 @app.command("submit")

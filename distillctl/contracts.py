@@ -8,6 +8,7 @@ which are optional (with a working default in the base class).
 - unroll (``register_unroll_strategies``): :class:`distillctl.unrolling.UnrollStrategy`; required ``plan``
 - scheduler (``register_schedulers``): :class:`distillctl.scheduling.Scheduler`; required ``submit``, ``status``,
   ``cancel``
+- tracker (``register_trackers``): :class:`distillctl.tracking.Tracker`; required ``start``, ``log_metrics``
 
 :data:`CONTRACTS` has the optional members too.
 
@@ -74,11 +75,13 @@ CONTRACTS: dict[str, Contract] = {
         Contract("scheduler", "register_schedulers", "distillctl.scheduling.Scheduler", "factory(options)",
                  required=("submit", "status", "cancel"),
                  optional=("preflight", "describe", "logs", "log_files", "name", "options", "poll_seconds")),
+        Contract("tracker", "register_trackers", "distillctl.tracking.Tracker", "factory(options)",
+                 required=("start", "log_metrics"), optional=("log_artifacts", "finish", "submission", "name", "options")),
     )
 }
 
 #: base-class attribute values that mean "not set": :func:`conform` replaces them by the plugin's name
-_PLACEHOLDER_NAMES = {"", None, "method", "unroll", "scheduler", "dataset", "encoder"}
+_PLACEHOLDER_NAMES = {"", None, "method", "unroll", "scheduler", "dataset", "encoder", "tracker"}
 
 
 def member_signature(cls: type, name: str) -> str:

@@ -109,3 +109,18 @@ def register_schedulers(register):
     (set to the plugin name), ``options`` (the validated options; default ``None``) and
     ``poll_seconds`` (seconds between polls of ``submit --wait``; default 5).
     """
+
+
+@hookspec
+def register_trackers(register):
+    """Register experiment trackers (MLflow, TensorBoard, ...) that a recipe's ``tracking`` list names.
+
+    ``factory(options) -> distillctl.tracking.Tracker``. Required: ``start(run)`` (once per stage, with a
+    ``distillctl.tracking.TrackedRun``: experiment, run name, flattened recipe params, fingerprint tags, run
+    directory) and ``log_metrics(metrics, step)`` (numbers of one metrics.jsonl record or of the results).
+    Optional: ``log_artifacts(paths, run_dir)`` (sets, results, report, plots; default: nothing),
+    ``finish(status)`` (``FINISHED`` or ``FAILED``; default: nothing), ``submission(experiment, name, points)``
+    -> ``{point name: {ENV_VAR: value}}`` for the jobs of ``submit`` (default ``{}``), ``name`` (set to the
+    plugin name) and ``options`` (the validated options; default ``None``). Every method but ``submission``
+    runs on a background thread; an exception there is one warning and the run goes on without the tracker.
+    """

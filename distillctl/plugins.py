@@ -49,6 +49,7 @@ KIND_HOOKS = {
     "method": "register_methods",
     "unroll": "register_unroll_strategies",
     "scheduler": "register_schedulers",
+    "tracker": "register_trackers",
 }
 KINDS = tuple(KIND_HOOKS)
 

@@ -345,6 +345,10 @@ class Recipe(Section):
         default_factory=lambda: PluginSection(name="local"), description="Job scheduler plugin for `submit`."
     )
     runs_dir: str = Field("runs", description="Root folder of run directories (relative to the working directory).")
+    tracking: list[PluginSection] = Field(
+        [], description="Experiment trackers every stage logs to, e.g. `[{name: mlflow}, {name: tensorboard}]` "
+        "(see `distillctl plugins --kind tracker`); empty = none. Not part of the recipe's fingerprint.",
+    )
 
     # -- helpers used by the stages -------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -362,6 +366,7 @@ class Recipe(Section):
         the default fingerprints like an omitted one. Plugin sections count with all their options.
         """
         data = self.model_dump(mode="json", exclude_defaults=True)
+        data.pop("tracking", None)  # where a run is logged does not change what it computes
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -379,6 +384,7 @@ PLUGIN_SECTIONS = (
 PLUGIN_LIST_SECTIONS = (
     ("distill.students", "student"),
     ("eval.students", "student"),
+    ("tracking", "tracker"),
 )
 
 
@@ -729,6 +735,7 @@ def recipe_json_schema(registry=None) -> dict:
         distill=(Optional[distill_schema], Field(None, description="Distillation settings.")),
         eval=(Optional[eval_schema], Field(None, description="Evaluation protocol (every arm's students).")),
         scheduler=(Optional[union_for("scheduler")], Field(None, description="Job scheduler plugin.")),
+        tracking=(Optional[list[union_for("tracker")]], Field(None, description=Recipe.model_fields["tracking"].description)),
     )
     schema = recipe_schema.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

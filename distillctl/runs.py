@@ -235,8 +235,13 @@ class RunDir:
         return self.path / "plots"
 
     def log(self, **record: Any) -> None:
-        """Append one metrics record (a ``time`` field is added)."""
-        append_jsonl(self.metrics, {"time": round(time.time(), 3), **record})
+        """Append one metrics record (a ``time`` field is added) and hand it to the open trackers
+        (:func:`distillctl.tracking.publish`: queued, never blocking)."""
+        from distillctl.tracking import publish
+
+        record = {"time": round(time.time(), 3), **record}
+        append_jsonl(self.metrics, record)
+        publish(self.path, record)
 
     def load_recipe(self, overrides: list[str] | None = None):
         """The resolved recipe stored in this run directory."""

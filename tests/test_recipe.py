@@ -382,6 +382,10 @@ def test_readme_set_examples_apply_to_the_shipped_recipes():
                 expected = [expected]
             if isinstance(expected, dict):  # a section given whole: its keys, the rest are defaults
                 assert {k: node[k] for k in expected} == expected, line
+            elif isinstance(expected, list) and expected and all(isinstance(e, dict) for e in expected):
+                # a list of sections (tracking=[{name: mlflow}]): each one's keys, the rest are defaults
+                assert [{k: n[k] for k in e} for n, e in zip(node, expected)] == expected and \
+                    len(node) == len(expected), line
             else:
                 assert node == expected, line
 

@@ -40,6 +40,7 @@ from distillctl.runs import (RunDir, atomic_write_text, create_run_dir, new_run_
                              record_set, refuse_existing_run, run_lock)
 from distillctl.seeds import stage_seed, val_seeds as derive_val_seeds
 from distillctl.verified import sha256_of
+from distillctl.tracking import track_distill
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -60,6 +61,7 @@ class DistillResult:
 
 
 @with_registry  # registry=: run with that plugin registry (default: get_registry())
+@track_distill  # the recipe's `tracking` list: metrics by step, the sets as artifacts (distillctl.tracking)
 def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | None = None,
             quiet: bool | None = None, argv: list[str] | None = None, embeddings=None,
             stage: int | None = None) -> DistillResult:

@@ -46,6 +46,7 @@ from distillctl.plugins import with_registry
 from distillctl.recipe import Recipe, load_recipe
 from distillctl.runs import create_run_dir, holds_run_lock, open_run_dir
 from distillctl.seeds import RANDOM_SUBSET_STREAM, derive_seed
+from distillctl.tracking import track_baseline
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -239,6 +240,7 @@ def _baseline_run_dir(recipe: Any, run_dir: str | Path, argv: list[str] | None):
 @with_registry  # registry=: run with that plugin registry (default: get_registry())
 @holds_run_lock(lambda args, kw: f"baseline-{args[1] if len(args) > 1 else kw.get('kind')}",  # one per kind and run
                 lambda args, kw: Path(kw["run_dir"]) if kw.get("run_dir") and Path(kw["run_dir"]).is_dir() else None)
+@track_baseline  # the recipe's `tracking` list: result means as metrics, the results file as an artifact
 def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, seeds: int | None = None,
              quiet: bool | None = None, run_dir: str | Path | None = None, embeddings: Any = None,
              argv: list[str] | None = None, students: Any = None) -> list[dict]:

@@ -32,6 +32,7 @@ from distillctl.evaluation.training import TrainBudget, student_builder
 from distillctl.plugins import with_registry
 from distillctl.recipe import Recipe, load_recipe
 from distillctl.runs import existing_run_of, holds_run_lock, open_run_dir
+from distillctl.tracking import track_eval
 
 
 def _run_dir_of(set_file: Path) -> Path | None:
@@ -70,6 +71,7 @@ def resolve_target(target: str | Path, recipe: Any = None, overrides: Sequence[s
 
 @with_registry  # registry=: run with that plugin registry (default: get_registry())
 @holds_run_lock("eval", lambda args, kw: existing_run_of(args[0] if args else kw.get("target")))  # one eval per run
+@track_eval  # the recipe's `tracking` list: result means as metrics, results.json as an artifact
 def evaluate(target: str | Path, recipe: Any = None, *, seeds: int | None = None, quiet: bool | None = None,
              overrides: Sequence[str] | None = None, embeddings: Any = None, students: Any = None) -> list[dict]:
     """Score every distilled set of a run directory (each Boost-DD stage), or one set file, on test.

@@ -65,14 +65,20 @@ def submit(recipe_path: str | Path, *, overrides: Sequence[str] = (), sweeps: Se
                             points=[{"name": p.name, "values": p.values, "run_dir": str(graph.run_dirs[p.name])}
                                     for p in points])
     sub = Submission(folder, data, graph.jobs, {}, scheduler=sched, dry_run=dry_run)
+    if not dry_run:
+        sched.preflight()  # the scheduler can run anything (e.g. its client commands exist): before writing
+    # 3b. Resources the scheduler takes and the recipe leaves open (SLURM --time / --mem) from a plan.
+    planned = _planned_resources(points, graph, sched, quiet)
     if dry_run:
         sub.description = (describe_graph(graph, folder, sched_section["name"], points) + "\n"
+                           + "".join(line + "\n" for line in planned) + ("\n" if planned else "")
                            + sched.describe(graph.jobs, folder))
         return sub
 
-    # 4. Write the run directories (every job reads its recipe from there), then start the jobs.
-    sched.preflight()  # the scheduler can run anything (e.g. its client commands exist): before writing
+    # 4. Write the run directories (every job reads its recipe from there), open the trackers' runs (MLflow:
+    #    a parent and a child per point; the jobs of a point log into its run), then start the jobs.
     _write_run_dirs(points, graph, folder, argv=data["command"])
+    _tracking_env(points, graph, folder)
     sub.save()  # the graph is on disk before anything runs: `status` works at once
     hand_over(sub, graph.jobs, attempt=1)
 
@@ -191,6 +197,40 @@ def _submission_data(folder: Path, name: str, scheduler: dict, argv: list[str] |
         "command": list(argv if argv is not None else sys.argv), "cwd": os.getcwd(),
         "scheduler": scheduler, "points": list(points or []), "attempts": [],
     }
+
+
+def _planned_resources(points: Sequence[Point], graph: Graph, sched, quiet: bool | None) -> list[str]:
+    """SLURM's --time / --mem from :func:`distillctl.planning.apply_plan` where the recipe does not set them (any
+    scheduler whose options have ``time`` and ``mem``); the lines the dry run prints about it."""
+    from distillctl.planning import apply_plan
+
+    # the recipe's options (not the scheduler's, rebuilt from a full dump): they know which fields it sets
+    options = points[0].recipe.scheduler.options
+    if type(options) is not type(getattr(sched, "options", None)):
+        return []
+    try:
+        return apply_plan(points, graph.jobs, options, quiet=quiet)
+    except Exception as exc:  # a plan is a convenience: the scheduler's own defaults still work
+        from distillctl.console import info
+
+        line = (f"--time and --mem: the scheduler's defaults (no plan: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''})")
+        info(f"warning: {line}")
+        return [line]
+
+
+def _tracking_env(points: Sequence[Point], graph: Graph, folder: Path) -> None:
+    """Give every job of a point the environment its trackers asked for (:func:`distillctl.tracking.submission_env`):
+    jobs of a point run in its run directory; the sweep's comparison job (in ``folder``) gets the parent's."""
+    from distillctl.tracking import submission_env
+
+    env = submission_env(points, graph.run_dirs, points[0].recipe.name, f"submit {folder.name}")
+    if not env:
+        return
+    by_dir = {str(graph.run_dirs[p.name]): env.get(p.name, {}) for p in points}
+    by_dir.setdefault(str(folder), env.get("__parent__", {}))
+    for job in graph.jobs:
+        job.env.update(by_dir.get(job.cwd, {}))
 
 
 def _write_run_dirs(points: Sequence[Point], graph: Graph, folder: Path, argv: list[str]) -> None:

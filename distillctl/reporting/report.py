@@ -36,6 +36,7 @@ from distillctl.reporting.summary import headline, headline_md
 from distillctl.reporting.sections import (claims, claims_md, collect_results, pct, scores_md, set_selection,
                                            transfer_matrix, transfer_md)
 from distillctl.runs import atomic_write_json, atomic_write_text, existing_run_of, holds_run_lock, open_run_dir, read_jsonl
+from distillctl.tracking import track_report
 
 #: per-ipc arms, in table order: (key in a row, header). `distilled-hard` is a soft-label set scored with
 #: its labels' argmax instead.
@@ -291,6 +292,7 @@ def _distillation_md(stages: list[dict], plot: Path | None) -> list[str]:
 
 @with_registry  # registry=: run with that plugin registry (default: get_registry())
 @holds_run_lock("report", lambda args, kw: existing_run_of(args[0] if args else kw.get("run_dir")))
+@track_report  # the recipe's `tracking` list: report, report.json and plots as artifacts
 def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = None) -> Path:
     """Write report.md, report.json and plots/*.png for a run; returns report.md's path.
 

@@ -1,0 +1,149 @@
+"""Honest forecasts: `distillctl plan` each recipe, then run its jobs, and compare forecast with actual.
+
+For every recipe given: (1) ``distillctl.planning.plan`` forecasts every job of the graph ``submit`` would run
+(wall time and peak resident memory; the time plan itself takes is recorded); (2) the same jobs (the same
+command lines, run directories and environment as a ``submit`` with the local scheduler and ``threads: 1``) run
+one after another, each a child process whose wall time and peak resident set (``ru_maxrss`` of the job's command, read by a small launcher process)
+are recorded; (3) a table of forecast vs actual per job, with the error in %.
+
+Targets (issue 23): wall time within +-30 %, peak memory within +-20 % for every job; plan <= 30 s per recipe.
+
+The jobs run one at a time, so their times are not disturbed by each other (they are by whatever else runs on
+the machine: say so when reporting). Results are appended as JSON lines to ``--out`` as each job ends, so a run
+that is stopped keeps what it measured.
+
+    nice -n 5 python benchmarks/plan_accuracy.py recipes/quickstart.yaml --out benchmarks/results/plan_accuracy.jsonl
+    python benchmarks/plan_accuracy.py --table benchmarks/results/plan_accuracy.jsonl     # the table again
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+WALL_TARGET, MEM_TARGET = 0.30, 0.20
+
+
+#: runs the job's command line and prints the peak resident set of that command (KiB): measured through this
+#: small launcher because a child forked from the benchmark process itself starts with the benchmark's pages
+#: (hundreds of MiB after plan), and ru_maxrss would count them
+LAUNCH = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
+          "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+
+
+def run_job(job, env: dict) -> tuple[float, int, int]:
+    """(wall seconds, peak resident bytes, exit code) of one job, its output appended to its log."""
+    import subprocess
+
+    Path(job.log).parent.mkdir(parents=True, exist_ok=True)
+    with open(job.log, "ab") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", LAUNCH, *job.argv], cwd=job.cwd, env={**env, **job.env},
+                              stdout=log, stderr=subprocess.PIPE)
+        wall = time.perf_counter() - t0
+        log.write(proc.stderr)
+    try:
+        peak = int(proc.stderr.decode().strip().splitlines()[-1]) * 1024
+    except (ValueError, IndexError):
+        peak = 0
+    return wall, peak, proc.returncode
+
+
+def bench(recipe_path: str, sets: list[str], out: Path | None, runs_dir: Path) -> list[dict]:
+    from distillctl.jobs.jobgraph import build_graph
+    from distillctl.jobs.submit import _write_run_dirs
+    from distillctl.jobs.sweeps import expand_points
+    from distillctl.planning import format_bytes, plan
+    from distillctl.runs import new_run_id
+
+    overrides = [*sets, f"runs_dir={runs_dir}"]
+    points = expand_points(recipe_path, overrides, [], None)
+    recipe = points[0].recipe
+    folder = (runs_dir / recipe.name / new_run_id()).resolve()
+    graph = build_graph(points, folder)
+    # 1. The plan (before anything runs: the embedding cache is as the embed job will find it).
+    t0 = time.perf_counter()
+    forecast = plan(None, points=points, jobs=graph.jobs, quiet=True)
+    plan_seconds = time.perf_counter() - t0
+    print(f"# {recipe_path}: plan took {plan_seconds:.1f} s (measurement phases {forecast.phases})", flush=True)
+    # 2. The jobs, one at a time, in the order of the graph (dependencies come first).
+    _write_run_dirs(points, graph, folder, argv=["benchmarks/plan_accuracy.py", recipe_path])
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", DISTILLCTL_QUIET="1")
+    rows = []
+    for job in graph.jobs:
+        f = forecast.job(job.id)
+        wall, peak, code = run_job(job, env)
+        row = {"recipe": recipe_path, "sets": sets, "job": job.id, "kind": job.kind, "exit_code": code,
+               "forecast_seconds": f.seconds, "actual_seconds": round(wall, 2),
+               "forecast_peak_bytes": f.peak_bytes, "actual_peak_bytes": peak,
+               "wall_error": round(f.seconds / wall - 1, 3), "mem_error": round(f.peak_bytes / peak - 1, 3),
+               "dominant": f.dominant, "plan_seconds": round(plan_seconds, 1), "machine": forecast.machine,
+               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run": str(folder)}
+        rows.append(row)
+        print(f"{job.id:<22} wall {f.seconds:8.1f} vs {wall:8.1f} s ({100 * row['wall_error']:+5.0f} %)   "
+              f"peak {format_bytes(f.peak_bytes):>9} vs {format_bytes(peak):>9} ({100 * row['mem_error']:+5.0f} %)"
+              f"{'' if code == 0 else f'   exit {code}'}", flush=True)
+        if out is not None:
+            with open(out, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+        if code != 0:
+            print(f"# {job.id} failed (exit {code}); see {job.log}; stopping this recipe", flush=True)
+            break
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one row per job, then per recipe how many jobs met each target."""
+    def mib(n):
+        return f"{n / 2**20:,.0f}"
+
+    lines = ["| recipe | job | wall forecast s | wall actual s | error | peak forecast MiB | peak actual MiB | error |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {Path(r['recipe']).name} | {r['job']} | {r['forecast_seconds']:.1f} | {r['actual_seconds']:.1f} | "
+                     f"{100 * r['wall_error']:+.0f} % | {mib(r['forecast_peak_bytes'])} | {mib(r['actual_peak_bytes'])} | "
+                     f"{100 * r['mem_error']:+.0f} % |")
+    lines.append("")
+    for recipe in dict.fromkeys(r["recipe"] for r in rows):
+        mine = [r for r in rows if r["recipe"] == recipe]
+        wall_ok = sum(abs(r["wall_error"]) <= WALL_TARGET for r in mine)
+        mem_ok = sum(abs(r["mem_error"]) <= MEM_TARGET for r in mine)
+        total_f = sum(r["forecast_seconds"] for r in mine)
+        total_a = sum(r["actual_seconds"] for r in mine)
+        lines.append(f"{Path(recipe).name}: wall within +-30 % for {wall_ok}/{len(mine)} jobs, peak memory within "
+                     f"+-20 % for {mem_ok}/{len(mine)}; all jobs {total_f:.0f} s forecast vs {total_a:.0f} s actual "
+                     f"({100 * (total_f / total_a - 1):+.0f} %); plan took {mine[0]['plan_seconds']} s")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("recipes", nargs="*", help="recipe files to plan and run")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override for every recipe (as distillctl --set)")
+    ap.add_argument("--out", type=Path, help="append one JSON line per job here")
+    ap.add_argument("--runs-dir", type=Path, default=Path("runs") / "plan-accuracy", help="where the runs go")
+    ap.add_argument("--table", type=Path, metavar="JSONL", help="print the table of an earlier --out file and exit")
+    args = ap.parse_args()
+    if args.table:
+        rows = [json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]
+        print(table(rows))
+        return
+    from distillctl.threads import configure_threads
+
+    configure_threads(None)
+    rows = []
+    for recipe in args.recipes:
+        rows += bench(recipe, args.sets, args.out, args.runs_dir.resolve())
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
