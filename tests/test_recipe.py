@@ -390,12 +390,9 @@ def test_readme_set_examples_apply_to_the_shipped_recipes():
                 assert node == expected, line
 
 
-@pytest.mark.xfail(strict=True, reason="bug: expand_points applies --set before --scheduler, which then replaces "
-                   "the whole scheduler section; remove this marker when fixed")
 def test_scheduler_flag_keeps_the_scheduler_set_values():
     """The README's `submit RECIPE --scheduler slurm --set scheduler.partition=gpu --dry-run`: the partition
-    must reach the slurm options (today it is silently dropped; `--set 'scheduler={name: slurm, partition: gpu}'`
-    keeps it)."""
+    must reach the slurm options (it was silently dropped when --set ran before --scheduler)."""
     from distillctl.jobs import sweeps
 
     root = Path(__file__).parent.parent

@@ -73,12 +73,14 @@ def expand_points(recipe_path: str | Path, overrides: Sequence[str] = (), sweeps
     """Validate the recipe with ``--set`` values and every point of the cartesian product of ``--sweep``s."""
 
     path = Path(recipe_path)
-    base = apply_overrides(read_recipe_file(path), list(overrides), "--set")
+    base = read_recipe_file(path)
+    # --scheduler first, then --set: `--scheduler slurm --set scheduler.partition=gpu` keeps the partition.
     if scheduler is not None:
         current = base.get("scheduler")
         name = current.get("name") if isinstance(current, dict) else current
         if name != scheduler:  # another scheduler's options would not validate: start from its defaults
             base["scheduler"] = {"name": scheduler}
+    base = apply_overrides(base, list(overrides), "--set")
     parsed = [parse_sweep(s) for s in sweeps]
     keys = [k for k, _ in parsed]
     if len(set(keys)) != len(keys):
