@@ -1,10 +1,8 @@
 """Test doubles for the token level: a tiny BERT built in the test (no download) with the fine-tuned
 student contract, and a token "cache" of random texts whose class shows in their tokens.
 
-TinyBert follows the contract of the ``finetune`` student (docs/plugins.md): forward(inputs_embeds,
-attention_mask[, output_attentions]) -> logits (and (B, L, H, T, T) attentions), embed_tokens,
-features, word_embeddings, trainable_names; the body is the same for every seed, the head is drawn
-from the global RNG (so build_seeded gives one head per seed).
+build_tiny_bert is the ``finetune`` student's own class around a tiny BertModel built here; the body is
+the same for every seed, the head is drawn from the global RNG (so build_seeded gives one head per seed).
 """
 
 from __future__ import annotations
@@ -24,53 +22,32 @@ class TinyBertOptions(PluginOptions):
     dtype: str = Field("float32", description="float32 | float64")
 
 
+_BODIES: dict = {}
+
+
 def build_tiny_bert(input_dim, num_classes, options=None):
+    """The real ``finetune`` student class around a tiny BertModel (2 layers, d 8, eager attention): the body
+    is the same for every build (a fixed "pretrained" body, deep-copied), the head draws from the global RNG."""
+    import copy
+
     import torch
-    from torch import nn
     from transformers import BertConfig, BertModel
 
+    from distillctl_plugins.students import FinetuneOptions
+    from distillctl_plugins.students.finetune import from_body
+
     options = options or TinyBertOptions()
-    dtype = getattr(torch, options.dtype)
-
-    class TinyBert(nn.Module):
-        level = "tokens"
-
-        def __init__(self):
-            super().__init__()
-            cfg = BertConfig(vocab_size=VOCAB, hidden_size=options.hidden, num_hidden_layers=options.layers,
-                             num_attention_heads=2, intermediate_size=2 * options.hidden, max_position_embeddings=16,
-                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-            cfg._attn_implementation = "eager"  # double backward needs the eager attention
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(1234)  # the "pretrained" body: the same for every seed
-                self.body = BertModel(cfg, add_pooling_layer=False)
-            self.head = nn.Linear(options.hidden, num_classes)  # drawn from the global RNG: one per seed
-            self.to(dtype)
-
-        def features(self, inputs_embeds, attention_mask):
-            h = self.body(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
-            m = attention_mask.to(h.dtype).unsqueeze(-1)
-            return (h * m).sum(1) / m.sum(1).clamp_min(1)
-
-        def forward(self, inputs_embeds, attention_mask, output_attentions: bool = False):
-            out = self.body(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                            output_attentions=output_attentions)
-            m = attention_mask.to(out.last_hidden_state.dtype).unsqueeze(-1)
-            logits = self.head((out.last_hidden_state * m).sum(1) / m.sum(1).clamp_min(1))
-            if output_attentions:
-                return logits, torch.stack(out.attentions, dim=1)  # (B, L, H, T, T)
-            return logits
-
-        def embed_tokens(self, ids):
-            return self.body.embeddings.word_embeddings(ids)
-
-        def word_embeddings(self):
-            return self.body.embeddings.word_embeddings.weight
-
-        def trainable_names(self):
-            return [n for n, _ in self.named_parameters()]
-
-    return TinyBert()
+    key = (options.hidden, options.layers)
+    if key not in _BODIES:
+        cfg = BertConfig(vocab_size=VOCAB, hidden_size=options.hidden, num_hidden_layers=options.layers,
+                         num_attention_heads=2, intermediate_size=2 * options.hidden, max_position_embeddings=16,
+                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        cfg._attn_implementation = "eager"  # double backward needs the eager attention
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1234)
+            _BODIES[key] = BertModel(cfg, add_pooling_layer=False)
+    student = from_body(copy.deepcopy(_BODIES[key]), num_classes, FinetuneOptions())
+    return student.to(getattr(torch, options.dtype))
 
 
 @dataclass
