@@ -129,3 +129,30 @@ def test_nearest_tokens_and_texts_read_a_set_back():
     idx, _ = nearest_texts(feats[:3], feats, k=1)
     assert idx[:, 0].tolist() == [0, 1, 2]
     assert readable_line([["un"], ["##der"], [], ["way"]]) == "under way"
+
+
+def test_token_set_saves_and_loads_back(tmp_path):
+    """A token-level set (x (n, T, d), mask, soft labels, attention labels) round-trips through its file, says
+    its level, and a set whose mask does not match x is refused."""
+    from distillctl.distillation.synthetic import SyntheticSet
+    from distillctl.errors import UserError
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, T, 8, generator=g)
+    mask = torch.ones(4, T)
+    mask[0, -2:] = 0
+    attn = torch.rand(4, 2, 2, 1, T, generator=g)
+    attn = attn / attn.sum(-1, keepdim=True)
+    syn = SyntheticSet(x=x, labels=torch.softmax(torch.randn(4, 2, generator=g), -1), ipc=2, num_classes=2,
+                       inner_lr=0.05, meta={"init_seed": 5, "student_model": "tiny"}, mask=mask,
+                       attention_labels=attn)
+    path = syn.save(tmp_path / "ipc2.safetensors")
+    back = SyntheticSet.load(path)
+    assert back.level == "tokens" and back.dim == 8 and back.inner_lr == pytest.approx(0.05)
+    assert torch.equal(back.x, x) and torch.equal(back.mask, mask) and torch.equal(back.attention_labels, attn)
+    assert back.meta["init_seed"] == 5
+    import json
+
+    assert json.loads(path.with_suffix(".json").read_text())["level"] == "tokens"
+    with pytest.raises(UserError, match="mask"):
+        SyntheticSet(x=x, labels=torch.arange(2).repeat_interleave(2), ipc=2, num_classes=2, mask=mask[:, :3])

@@ -46,8 +46,9 @@ def refuse_level(method: str, level: str, registry) -> None:
         return
     able = sorted(name for name in registry.names("method")
                   if level in method_levels(registry.get("method", name).options))
-    raise UserError(f"distill.method: {method!r} works on sentence vectors only, not at the token level "
-                    f"(embed.level: {level}); methods that do: {', '.join(able) or 'none installed'}")
+    serves = " and ".join(method_levels(info.options)) or "no level"
+    raise UserError(f"distill.method: {method!r} works on {serves} only, not with embed.level: {level}; "
+                    f"methods that do: {', '.join(able) or 'none installed'}")
 
 
 @dataclass
@@ -458,3 +459,42 @@ def check_level_shapes(x: "torch.Tensor", mask: "torch.Tensor | None") -> None:
 __all__ = ["LEVELS", "ATTENTION_KINDS", "TokenRows", "TokenSpace", "InnerSteps", "meta_step", "train_steps",
            "finetune_and_score", "initial_rows", "initial_attention", "nearest_tokens", "nearest_texts",
            "method_levels", "refuse_level", "attention_loss", "attention_targets", "inner_loss"]
+
+
+def initial_model(syn, registry=None):
+    """The model a token-level set was distilled for: its student plugin with the options recorded in the set,
+    built under the set's ``init_seed`` (the pretrained body with that seed's head), in eval mode."""
+    from distillctl.evaluation.training import build_seeded
+    from distillctl.plugins import get_registry
+
+    if syn.level != "tokens":
+        raise UserError("initial_model: this set is sentence vectors; only a token-level set has an initial model")
+    registry = registry or get_registry()
+    section = dict((syn.meta.get("distill_students") or [{}])[0] or {})
+    name = section.pop("name", None) or syn.meta.get("student")
+    if name is None or "init_seed" not in syn.meta:
+        raise UserError("initial_model: the set's metadata names no student or init_seed (not saved by distill?)")
+    info = registry.get("student", name)
+    options = info.options.model_validate(section)
+    module = build_seeded(lambda: info.factory(syn.dim, syn.num_classes, options), int(syn.meta["init_seed"]))
+    return module.eval()
+
+
+def tokenizer_for(module, syn):
+    """The tokenizer of the model a set was distilled for: ``module.tokenizer()`` when the student has one,
+    else the ``transformers`` tokenizer of the folder its ``model`` option names (the ``finetune`` student);
+    None when neither is available (readouts then show token ids)."""
+    if callable(getattr(module, "tokenizer", None)):
+        return module.tokenizer()
+    section = dict((syn.meta.get("distill_students") or [{}])[0] or {})
+    if "model" not in section:
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        from distillctl_plugins.students.finetune import resolve_model
+
+        folder, _ = resolve_model(section["model"], section.get("revision"))
+        return AutoTokenizer.from_pretrained(str(folder))
+    except Exception:  # a readout without words is still a readout; the report says so
+        return None
