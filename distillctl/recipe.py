@@ -74,6 +74,15 @@ class PluginSection(BaseModel):
 # -- core sections ------------------------------------------------------------------------------
 
 class EmbedSettings(Section):
+    level: Literal["vectors", "tokens"] = Field(
+        "vectors", description="What the cache holds and the students read: `vectors` (one sentence vector per "
+        "text from the frozen `encoder`) or `tokens` (token ids and attention masks from the student model's own "
+        "tokenizer, for a student that fine-tunes a pretrained transformer, e.g. `finetune`; pairs encoded "
+        "jointly). The student(s) must read this level.",
+    )
+    max_length: int = Field(
+        64, ge=2, description="Token level only: tokens per text (a pair together), padded and truncated to it.",
+    )
     val_size: float = Field(
         0.1, gt=0,
         description="Validation rows carved from train when the dataset has no validation split: a "
@@ -575,6 +584,8 @@ def validate_recipe(data: dict, *, source: str = "<recipe>", base_dir: str | Pat
             options = _plugin_options(kind, name, raw, f"{path}.{i}", registry, context, source, problems)
             if options is not None and recipe is not None:
                 _get_path(recipe, path)[i].options = options
+    if recipe is not None and not problems:
+        problems += level_problems(recipe, registry, source)
     if recipe is not None and not problems:  # a method that cannot serve the recipe's level: before any write
         from distillctl.distillation.tokens import refuse_level
 
@@ -585,6 +596,49 @@ def validate_recipe(data: dict, *, source: str = "<recipe>", base_dir: str | Pat
     if problems:
         raise RecipeError(problems)
     return recipe
+
+
+def level_problems(recipe: Recipe, registry, source: str = "", students: list | None = None,
+                   where: str | None = None) -> list[str]:
+    """One line per student that does not read ``embed.level`` (``student``, ``distill.students``,
+    ``eval.students``; or the given ``students`` sections named ``where[i]``), naming both fields and the
+    students that would fit. At the token level, every token-level student must use ``student``'s model
+    (the cache holds that model's token ids)."""
+    from distillctl.data.tokens import student_level
+
+    level = recipe.embed.level
+    if students is None:
+        items = [("student", recipe.student)]
+        for path, _ in PLUGIN_LIST_SECTIONS:
+            items += [(f"{path}.{i}", s) for i, s in enumerate(_get_path(recipe, path) or [])]
+    else:
+        items = [(f"{where}[{i}]", s) for i, s in enumerate(students)]
+    prefix = f"{source}: " if source else ""
+    problems = []
+    for field, section in items:
+        try:
+            info = registry.get("student", section.name)
+        except UserError:
+            continue  # reported by pass 2
+        if student_level(info.options) == level:
+            continue
+        fits = sorted(n for n in registry.names("student") if student_level(registry.get("student", n).options) == level)
+        fits_text = f" (students that read {level}: {', '.join(fits)})" if fits else ""
+        problems.append(f"{prefix}embed.level: {level!r} does not fit {field}.name {section.name!r}, which reads "
+                        f"{student_level(info.options)}; set embed.level: {student_level(info.options)} or choose "
+                        f"another student{fits_text}")
+    if level == "tokens" and not problems:
+        base = recipe.student.options
+        for field, section in items:
+            opts = section.options
+            if opts is base or opts is None or base is None:
+                continue
+            ident = lambda o: (getattr(o, "model", None), getattr(o, "revision", None))  # noqa: E731
+            if ident(opts) != ident(base):
+                problems.append(f"{prefix}{field}.model: {ident(opts)[0]!r} differs from student.model "
+                                f"{ident(base)[0]!r}; at embed.level tokens the cache holds student.model's token "
+                                "ids, so every student must use that model")
+    return problems
 
 
 def validate_plugin_section(kind: str, raw: Any, where: str, *, registry=None) -> PluginSection:

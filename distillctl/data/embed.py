@@ -15,6 +15,13 @@ without one is unfinished; before any use every file is checked against the mani
 truncated or corrupted entry is reported and rebuilt, never used. Each file is read once: its checksum
 is computed on the bytes in hand and the tensors (or texts) come from those same bytes.
 
+Token level (``embed.level: tokens``, :mod:`distillctl.data.tokens`): the same entry layout and checks,
+built with the student model's own tokenizer instead of an encoder; each ``<split>.safetensors`` holds
+``ids`` (n, T) int64, ``mask`` (n, T) int64 (1 = a real token), ``y`` (n,) and, for sentence pairs,
+``type_ids`` (n, T); ``T = embed.max_length``. Its key covers the level, the model folder's checksum
+and revision, and ``max_length``; the manifest's ``tokens`` section holds ``max_length``,
+``pad_token_id``, ``vocab_size`` and ``hidden_size``.
+
 The validation split, when the dataset has none, is carved from train at load time (seeded,
 stratified; ``embed.val_size`` and ``seed``): carving is an index operation, so one cache entry serves
 every seed and val size, while :attr:`Embeddings.fingerprint` covers the carve as well.
@@ -47,10 +54,14 @@ SPLIT_ORDER = ("train", "val", "test")
 
 @dataclass
 class EmbeddingSplit:
-    """One split of the cache: ``X`` (n, d) torch.float32 and ``y`` (n,) torch.int64."""
+    """One split of the cache: ``X`` (n, d) torch.float32 and ``y`` (n,) torch.int64; at the token level
+    ``X`` is None and ``ids`` / ``mask`` (n, T) torch.int64 (and ``type_ids`` for pairs) hold the rows."""
 
     X: Any
     y: Any
+    ids: Any = None
+    mask: Any = None
+    type_ids: Any = None
 
 
 @dataclass
@@ -60,11 +71,13 @@ class Embeddings:
     splits: dict[str, EmbeddingSplit]
     label_names: list[str]
     num_classes: int
-    dim: int
+    dim: int  # vector width, or at the token level the model's hidden size d (the input-embedding width)
     fingerprint: str
     cache_dir: Path
     notes: list[str] = field(default_factory=list)
     manifest: dict = field(default_factory=dict)
+    level: str = "vectors"  # or "tokens"
+    tokens: dict | None = None  # token level: max_length, pad_token_id, vocab_size, hidden_size, model, revision
     _text_index: dict = field(default_factory=dict, repr=False)  # split -> (native split, row indices)
     _texts_json: dict = field(default_factory=dict, repr=False)  # native split -> verified texts.json bytes
 
@@ -123,6 +136,7 @@ def embed(recipe, *, force: bool = False, quiet: bool | None = None) -> EmbedRes
     entry, manifest, contents, hit = _ensure(recipe, force=force, quiet=quiet)
     emb = _open(recipe, entry, manifest, contents)
     splits = {name: {"n": int(s.y.shape[0]), "dim": int(emb.dim),
+                     **({"level": "tokens", "max_length": int(s.ids.shape[1])} if emb.level == "tokens" else {}),
                      "class_counts": _bincount(s.y, emb.num_classes)} for name, s in emb.splits.items()}
     return EmbedResult(cache_dir=entry, cache_hit=hit, splits=splits, label_names=emb.label_names,
                        fingerprint=emb.fingerprint, notes=emb.notes, seconds=time.perf_counter() - t0,
@@ -144,16 +158,43 @@ def _identities(recipe):
 
     registry = get_registry()
     source = registry.build("dataset", recipe.dataset)
-    encoder = registry.build("encoder", recipe.encoder)
     ds_id = source.identity()
-    enc_id = encoder.identity()
-    ident = {"format": CACHE_FORMAT, "dataset": {"plugin": recipe.dataset.name, **ds_id},
-             "encoder": {"plugin": recipe.encoder.name, **enc_id}, "dtype": recipe.embed.dtype}
+    if _level(recipe) == "tokens":  # the student model's tokenizer in the encoder's place
+        from distillctl.data.tokens import TokenEncoder
+
+        encoder = TokenEncoder(_student_section(recipe), recipe.embed.max_length)
+        enc_id = encoder.identity()
+        ident = {"format": CACHE_FORMAT, "level": "tokens", "dataset": {"plugin": recipe.dataset.name, **ds_id},
+                 "tokenizer": enc_id}
+    else:
+        encoder = registry.build("encoder", recipe.encoder)
+        enc_id = encoder.identity()
+        ident = {"format": CACHE_FORMAT, "dataset": {"plugin": recipe.dataset.name, **ds_id},
+                 "encoder": {"plugin": recipe.encoder.name, **enc_id}, "dtype": recipe.embed.dtype}
     # Which rows are embedded depends on embed.bad_rows: a `fail` run must not reuse what a `skip` run
     # stored (the rows it dropped are the ones `fail` must stop at).
     ident["bad_rows"] = recipe.embed.bad_rows
     key = _sha256(_canonical(ident).encode())
     return source, encoder, ds_id, enc_id, key
+
+
+def _level(recipe) -> str:
+    return getattr(recipe.embed, "level", "vectors")
+
+
+def _student_section(recipe):
+    """``recipe.student`` with its validated options (defaults when the recipe gave none)."""
+    section = recipe.student
+    if section.options is None or isinstance(section.options, dict):
+        from distillctl.recipe import validate_plugin_section
+
+        section = validate_plugin_section("student", {"name": section.name, **(section.options or {})}, "student")
+    return section
+
+
+def _encoder_name(recipe) -> str:
+    """What made the rows: the encoder plugin, or at the token level the student whose tokenizer did."""
+    return f"student {recipe.student.name}" if _level(recipe) == "tokens" else recipe.encoder.name
 
 
 def entry_dir(key: str) -> Path:
@@ -314,13 +355,14 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
 
     quiet_loading()
     encoder.load(device)
-    dim = output_dim(encoder, is_pairs)
+    tokens = _level(recipe) == "tokens"
+    dim = int(encoder.dim) if tokens else output_dim(encoder, is_pairs)
     dtype = torch.float16 if settings.dtype == "float16" else torch.float32
     _cut_long_texts(encoder, splits, data.notes)
 
     # 3. Embed in shards under partial/: a finished shard is never recomputed (resume after interruption).
     partial = entry / "partial"
-    plan = {"key": key, "shard_size": settings.shard_size, "dim": dim,
+    plan = {"key": key, "shard_size": settings.shard_size, "dim": dim, "level": _level(recipe),
             "splits": {n: {"n": len(s), "texts_sha256": _texts_digest(s)} for n, s in splits.items()}}
     plan_file = partial / "plan.json"
     if partial.exists():
@@ -344,15 +386,15 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
             work.append((name, f"{name}-{k:05d}.safetensors", k * S, min(len(s), (k + 1) * S)))
     from safetensors.torch import load as load_tensors
 
-    # A finished shard's bytes are read once: hashed against shards.json, then kept as the tensor itself.
-    shard_X: dict[str, torch.Tensor] = {}  # shard file name -> (b-a, dim)
+    # A finished shard's bytes are read once: hashed against shards.json, then kept as the tensors themselves.
+    shard_X: dict[str, dict] = {}  # shard file name -> {"X": (b-a, dim)} or {"ids", "mask"[, "type_ids"]: (b-a, T)}
     todo = []
     for name, shard, a, b in work:
         f = partial / shard
         if shard in done and f.exists():
             blob = f.read_bytes()
             if _sha256(blob) == done[shard]:
-                shard_X[shard] = load_tensors(blob)["X"]
+                shard_X[shard] = load_tensors(blob)
                 continue
         todo.append((name, shard, a, b))
     resumed = len(work) - len(todo)
@@ -360,18 +402,27 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
     unit = "pairs" if is_pairs else "sentences"
     if resumed:
         _say(f"resuming: {resumed} of {len(work)} shards already embedded in {partial}", quiet)
-    _say(f"embedding {total:,} {unit} with {_describe(encoder, recipe.encoder.name)} on {device} -> {entry}",
-         quiet)
+    verb = "tokenising" if tokens else "embedding"
+    where = "" if tokens else f" on {device}"
+    _say(f"{verb} {total:,} {unit} with {_describe(encoder, _encoder_name(recipe))}{where} -> {entry}", quiet)
     with progress("embed", total, unit=unit, quiet=quiet) as bar:
         for name, shard, a, b in todo:
             s = splits[name]
-            X = encoder.encode(s.texts[a:b], None if s.pairs is None else s.pairs[a:b],
-                               batch_size=settings.batch_size, progress=bar.advance)  # (b-a, dim)
-            if X.shape != (b - a, dim) or not np.isfinite(X).all():
-                raise RunError(f"encoder returned {'non-finite values' if X.shape == (b - a, dim) else X.shape} "
-                               f"for {name} rows {a}..{b} (expected ({b - a}, {dim}))")
-            shard_X[shard] = torch.from_numpy(X).to(dtype)
-            done[shard] = _sha256(write_tensors(partial / shard, {"X": shard_X[shard]}))
+            out = encoder.encode(s.texts[a:b], None if s.pairs is None else s.pairs[a:b],
+                                 batch_size=settings.batch_size, progress=bar.advance)
+            if tokens:  # {"ids", "mask"[, "type_ids"]}: (b-a, T) int64
+                T = encoder.max_length
+                if any(v.shape != (b - a, T) for v in out.values()):
+                    raise RunError(f"tokenizer returned shapes {[tuple(v.shape) for v in out.values()]} for {name} "
+                                   f"rows {a}..{b} (expected ({b - a}, {T}))")
+                shard_X[shard] = {k: torch.from_numpy(v).long() for k, v in out.items()}
+            else:
+                X = out  # (b-a, dim)
+                if X.shape != (b - a, dim) or not np.isfinite(X).all():
+                    raise RunError(f"encoder returned {'non-finite values' if X.shape == (b - a, dim) else X.shape} "
+                                   f"for {name} rows {a}..{b} (expected ({b - a}, {dim}))")
+                shard_X[shard] = {"X": torch.from_numpy(X).to(dtype)}
+            done[shard] = _sha256(write_tensors(partial / shard, shard_X[shard]))
             atomic_write_json(done_file, done)
 
     # 4. One safetensors file and one texts file per split, then the manifest (last: marks completion).
@@ -379,12 +430,12 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
     contents: dict[str, Any] = {}
     for name, s in splits.items():
         shards = [shard_X[shard] for n, shard, _, _ in work if n == name]
-        X = torch.cat(shards, 0)  # (n, dim)
-        y = torch.from_numpy(np.asarray(s.labels, dtype=np.int64))  # (n,)
+        rows = {k: torch.cat([sh[k] for sh in shards], 0) for k in shards[0]}  # {"X": (n, dim)} or (n, T) each
+        rows["y"] = torch.from_numpy(np.asarray(s.labels, dtype=np.int64))  # (n,)
         fn = f"{name}.safetensors"
-        blob = write_tensors(entry / fn, {"X": X, "y": y}, metadata={"split": name, "key": key})
+        blob = write_tensors(entry / fn, rows, metadata={"split": name, "key": key})
         files[fn] = {"sha256": _sha256(blob), "bytes": len(blob)}
-        contents[fn] = {"X": X, "y": y}
+        contents[fn] = rows
         tn = f"{name}.texts.json"
         blob = json.dumps({"texts": s.texts, "pairs": s.pairs}, ensure_ascii=False).encode("utf-8")
         atomic_write_bytes(entry / tn, blob)
@@ -400,10 +451,12 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
         "dataset": {"plugin": recipe.dataset.name, "identity": ds_id, "description": _describe(source, recipe.dataset.name),
                     "label_names": list(data.label_names), "notes": list(data.notes), "pairs": is_pairs,
                     "splits": {n: {"n": len(s), "class_counts": s.class_counts(C)} for n, s in splits.items()}},
-        "encoder": {"plugin": recipe.encoder.name, "identity": enc_id, "description": _describe(encoder, recipe.encoder.name),
+        "encoder": {"plugin": _encoder_name(recipe), "identity": enc_id,
+                    "description": _describe(encoder, _encoder_name(recipe)),
                     "dim": dim, "pair_mode": getattr(encoder, "pair_mode", None) if is_pairs else None,
                     "device": device, "batch_size": settings.batch_size},
-        "dtype": settings.dtype,
+        "dtype": "int64" if tokens else settings.dtype,
+        **({"level": "tokens", "tokens": encoder.meta()} if tokens else {}),
         "splits_stored": list(splits),
         "files": files,
         "versions": _versions(),
@@ -490,16 +543,25 @@ def _open(recipe, entry: Path, manifest: dict, contents: dict) -> Embeddings:
 
     label_names = list(manifest["dataset"]["label_names"])
     C = len(label_names)
-    native = {}
+    tokens = manifest.get("level") == "tokens"
+    native = {}  # split -> {"X" | "ids", "mask"[, "type_ids"], "y"}
     for split in manifest["splits_stored"]:
-        t = contents[f"{split}.safetensors"]
-        X, y = t["X"].float(), t["y"].long()  # (n, d) float32, (n,) int64
+        t = dict(contents[f"{split}.safetensors"])
         want = manifest["dataset"]["splits"][split]["n"]
-        if X.shape[0] != want or y.shape[0] != want or X.shape[1] != manifest["encoder"]["dim"]:
-            raise RunError(f"embedding cache {entry}: {split} has shape {tuple(X.shape)}, the manifest says "
-                           f"({want}, {manifest['encoder']['dim']}); run `distillctl embed RECIPE --force`")
-        native[split] = (X, y)
-    index = {name: (name, list(range(native[name][0].shape[0]))) for name in native}
+        if tokens:
+            T = manifest["tokens"]["max_length"]
+            t = {k: v.long() for k, v in t.items()}  # (n, T) ids / mask / type_ids, (n,) y
+            shape, expected = tuple(t["ids"].shape), (want, T)
+            bad = shape != expected or tuple(t["mask"].shape) != expected or t["y"].shape[0] != want
+        else:
+            t = {"X": t["X"].float(), "y": t["y"].long()}  # (n, d) float32, (n,) int64
+            shape, expected = tuple(t["X"].shape), (want, manifest["encoder"]["dim"])
+            bad = shape != expected or t["y"].shape[0] != want
+        if bad:
+            raise RunError(f"embedding cache {entry}: {split} has shape {shape}, the manifest says "
+                           f"{expected}; run `distillctl embed RECIPE --force`")
+        native[split] = t
+    index = {name: (name, list(range(native[name]["y"].shape[0]))) for name in native}
     carve: dict = {}  # what was held out, for the fingerprint
     notes = list(manifest["dataset"].get("notes", []))
     # A split the dataset lacks is held out from (what is left of) train: test first, so the test rows
@@ -507,22 +569,26 @@ def _open(recipe, entry: Path, manifest: dict, contents: dict) -> Embeddings:
     for held, size, what in (("test", recipe.embed.test_size, "test"), ("val", recipe.embed.val_size, "validation")):
         if held in native:
             continue
-        X, y = native["train"]
+        rows = native["train"]
         origin = index["train"][1]  # stored train rows behind the current train rows
-        tr, ho = carve_val(y.numpy(), size, carve_seed(recipe.seed, held), where=f"embed.{held}_size", what=what)
+        tr, ho = carve_val(rows["y"].numpy(), size, carve_seed(recipe.seed, held), where=f"embed.{held}_size",
+                           what=what)
         carve.update({f"{held}_size": size, "seed": recipe.seed})
         tr_t, ho_t = torch.from_numpy(tr), torch.from_numpy(ho)  # int64 row indices into the current train
-        native[held] = (X[ho_t], y[ho_t])
-        native["train"] = (X[tr_t], y[tr_t])
+        native[held] = {k: v[ho_t] for k, v in rows.items()}
+        native["train"] = {k: v[tr_t] for k, v in rows.items()}
         index[held] = ("train", [origin[i] for i in ho.tolist()])
         index["train"] = ("train", [origin[i] for i in tr.tolist()])
         notes.append(f"{held}: {ho.size} rows carved from train (stratified, {held}_size {size}, seed {recipe.seed})")
-    splits = {name: EmbeddingSplit(*native[name]) for name in SPLIT_ORDER if name in native}
+    splits = {name: EmbeddingSplit(X=native[name].get("X"), y=native[name]["y"], ids=native[name].get("ids"),
+                                   mask=native[name].get("mask"), type_ids=native[name].get("type_ids"))
+              for name in SPLIT_ORDER if name in native}
     fingerprint = _sha256(_canonical({"key": manifest["key"], "carve": carve or None}).encode())
     texts_json = {split: contents[f"{split}.texts.json"] for split in manifest["splits_stored"]}
     return Embeddings(splits=splits, label_names=label_names, num_classes=C, dim=int(manifest["encoder"]["dim"]),
                       fingerprint=fingerprint, cache_dir=entry, notes=notes, manifest=manifest, _text_index=index,
-                      _texts_json=texts_json)
+                      _texts_json=texts_json, level="tokens" if tokens else "vectors",
+                      tokens=dict(manifest["tokens"]) if tokens else None)
 
 
 def _bincount(y, C: int) -> list[int]:

@@ -85,6 +85,12 @@ class FinetuneOptions(PluginOptions):
         0.0, ge=0, lt=1, description="Dropout probability in the body (replaces the model's own, e.g. 0.1 for "
         "BERT) and before the head. 0 keeps fine-tuning deterministic.")
 
+    def resolve_model(self):
+        """``(folder, where it came from)`` of ``model``: what the token-level cache tokenises with."""
+        from distillctl_plugins.students.finetune import resolve_model
+
+        return resolve_model(self.model, self.revision)
+
 
 def _linear(input_dim, num_classes, options):
     from distillctl_plugins.students.models import build_linear
