@@ -119,13 +119,13 @@ def test_nearest_tokens_and_texts_read_a_set_back():
     space = method.context.tokens
     data = token_embeddings()
     ids, mask = data.splits["train"].ids[:3], data.splits["train"].mask[:3]
-    x = space.embed(ids)
+    x = space.embed(TokenRows(ids, mask))
     near, sims = nearest_tokens(x, mask, space.module.word_embeddings().detach(), k=2)
     assert near.shape == (3, T, 2)
     assert torch.equal(near[..., 0][mask.bool()], ids[mask.bool()])
     assert bool((near[~mask.bool()] == -1).all())
     assert float(sims[..., 0][mask.bool()].min()) == pytest.approx(1.0, abs=1e-6)
-    feats = space.features(space.embed(data.splits["train"].ids), data.splits["train"].mask)
+    feats = space.features(space.embed(TokenRows.of(data.splits["train"])), data.splits["train"].mask)
     idx, _ = nearest_texts(feats[:3], feats, k=1)
     assert idx[:, 0].tolist() == [0, 1, 2]
     assert readable_line([["un"], ["##der"], [], ["way"]]) == "under way"

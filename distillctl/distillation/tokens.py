@@ -53,10 +53,17 @@ def refuse_level(method: str, level: str, registry) -> None:
 
 @dataclass
 class TokenRows:
-    """Token ids and attention masks of real rows: indexable like a tensor (``rows[idx]``, ``rows.shape``)."""
+    """Token ids and attention masks of real rows (and token types for sentence pairs): indexable like a
+    tensor (``rows[idx]``, ``rows.shape``, ``len(rows)``)."""
 
     ids: "torch.Tensor"  # (n, T) int64
     mask: "torch.Tensor"  # (n, T) int64 / float, 1 = attend
+    types: "torch.Tensor | None" = None  # (n, T) int64 token types (pairs: 1 = the second text), or None
+
+    @classmethod
+    def of(cls, split) -> "TokenRows":
+        """The rows of a token-level cache split (``ids``, ``mask``, optional ``type_ids``)."""
+        return cls(split.ids, split.mask, getattr(split, "type_ids", None))
 
     @property
     def shape(self):
@@ -66,10 +73,11 @@ class TokenRows:
         return int(self.ids.shape[0])
 
     def __getitem__(self, index) -> "TokenRows":
-        return TokenRows(self.ids[index], self.mask[index])
+        return TokenRows(self.ids[index], self.mask[index], None if self.types is None else self.types[index])
 
     def to(self, device) -> "TokenRows":
-        return TokenRows(self.ids.to(device), self.mask.to(device))
+        return TokenRows(self.ids.to(device), self.mask.to(device),
+                         None if self.types is None else self.types.to(device))
 
 
 @dataclass
@@ -174,12 +182,14 @@ class TokenSpace:
                             f"distill.tokens.attention_labels: none")
         return out
 
-    def embed(self, ids: "torch.Tensor") -> "torch.Tensor":
-        """(B, T) token ids -> (B, T, d) input embeddings (the word-embedding lookup only), no graph."""
+    def embed(self, rows: "TokenRows") -> "torch.Tensor":
+        """(B, T) token ids (and types, for pairs) -> (B, T, d) input embeddings (the lookup only), no graph."""
         import torch
 
         with torch.no_grad():
-            return self.module.embed_tokens(ids.to(self.device)).to(self.dtype)
+            if rows.types is None:
+                return self.module.embed_tokens(rows.ids.to(self.device)).to(self.dtype)
+            return self.module.embed_tokens(rows.ids.to(self.device), rows.types.to(self.device)).to(self.dtype)
 
     def features(self, x: "torch.Tensor", mask: "torch.Tensor", *, batch: int = 256) -> "torch.Tensor":
         """(B, T, d), (B, T) -> (B, h) pooled features of the initial model, no graph, in chunks."""
@@ -326,7 +336,7 @@ def meta_step(space: TokenSpace, learnables: Mapping[str, "torch.Tensor"], hard:
     # 2. The inner steps (the last graph_steps differentiated), then 3. the real batch: (B, T, d).
     params = train_steps(space, params, learnables, hard, num_classes, inner, free_steps + graph_steps, generator,
                          graph_from=free_steps + 1)
-    real_x = space.embed(real.ids)  # (B, T, d): the lookup only, the table never changes (unused inside)
+    real_x = space.embed(real)  # (B, T, d): the lookup only, the table never changes (unused inside)
     with torch.enable_grad():
         logits = space.logits(params, real_x, real.mask.to(space.device))  # (B, C)
         outer = F.cross_entropy(logits, real_y)
@@ -356,7 +366,7 @@ def finetune_and_score(space: TokenSpace, learnables: Mapping[str, "torch.Tensor
         with torch.no_grad():
             for i in range(0, len(rows), batch):
                 part = rows[i:i + batch]
-                logits = space.logits(params, space.embed(part.ids), part.mask.to(space.device))
+                logits = space.logits(params, space.embed(part), part.mask.to(space.device))
                 correct += int((logits.argmax(-1).cpu() == y[i:i + batch].cpu()).sum())
         out.append(correct / max(len(rows), 1))
     return out
@@ -376,7 +386,7 @@ def initial_rows(space: TokenSpace, train: TokenRows, y: "torch.Tensor", C: int,
         picked.append(rows[torch.randperm(rows.numel(), generator=gen)[:ipc]])
     index = torch.cat(picked)  # (ipc*C,) class-major
     chosen = train[index]
-    x = space.embed(chosen.ids)  # (ipc*C, T, d)
+    x = space.embed(chosen)  # (ipc*C, T, d)
     mask = torch.ones_like(chosen.mask, dtype=x.dtype) if full_mask else chosen.mask.to(x.dtype)
     return x, mask.to(x.device), index
 
