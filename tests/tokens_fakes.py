@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from typing import ClassVar
+
 from pydantic import Field
 
+from distillctl import hookimpl
 from distillctl.options import PluginOptions
 
 VOCAB, T = 24, 6
 
 
 class TinyBertOptions(PluginOptions):
+    level: ClassVar[str] = "tokens"  # reads token-level data
     hidden: int = Field(8, description="Hidden size.")
     layers: int = Field(2, description="Transformer layers.")
     dtype: str = Field("float32", description="float32 | float64")
@@ -91,3 +95,8 @@ def token_embeddings(n_per_class=(12, 6, 6), C=2, seed=0) -> TokenEmbeddings:
         splits[name] = TokenSplit(ids, mask, y)
     return TokenEmbeddings(splits=splits, label_names=[f"class{c}" for c in range(C)], num_classes=C, dim=8,
                            meta={"max_length": T, "pad_token_id": 0, "vocab_size": VOCAB})
+
+
+@hookimpl
+def register_students(register):
+    register("tiny-bert", build_tiny_bert, options=TinyBertOptions, description="test stand-in: a tiny BERT")

@@ -19,6 +19,8 @@ class BPTT(Method):
 
         self.options = options
         self.strategy = get_registry().build("unroll", options.unroll)
+        #: inner steps a student takes on the set (the unroll's horizon); distill validates token-level sets with it
+        self.inner_steps = getattr(self.strategy, "total", None)
 
     def setup(self, context: MethodContext) -> None:
         from distillctl.unrolling import InnerProblem

@@ -1,0 +1,132 @@
+"""distill end to end at the token level (a tiny BERT, a fake token cache): the files it writes, resume
+giving the identical set, Boost-DD across token stages, and a method that does not serve the token level
+refused with exit 2 before anything is written."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import distill_fakes  # noqa: E402
+import tokens_fakes  # noqa: E402
+from distillctl.distillation.synthetic import SyntheticSet  # noqa: E402
+from distillctl.errors import UserError  # noqa: E402
+from distillctl.plugins import load_registry, set_registry  # noqa: E402
+from distillctl.recipe import validate_recipe  # noqa: E402
+from distillctl.runs import read_jsonl  # noqa: E402
+
+
+class NoTestSplit:
+    def __getattr__(self, name):
+        raise AssertionError("distill touched the test split")
+
+
+def recipe_data(**distill):
+    base = distill_fakes.tiny_recipe({
+        "ipc": [1, 2], "soft_labels": True,
+        "method": {"name": "bptt", "unroll": {"name": "full", "total": 2}},
+        "inner": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "learn_lr": True},
+        "outer": {"lr": 0.01, "iterations": 6, "real_batch": 8, "val_every": 3, "ckpt_every": 2, "val_seeds": 2},
+        "tokens": {"attention_labels": "cls", "attention_weight": 0.5},
+    }, **distill)
+    base["student"] = {"name": "tiny-bert"}
+    base["embed"] = {"level": "tokens", "max_length": tokens_fakes.T}
+    return base
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    registry = load_registry(extra_plugins=[(distill_fakes, "tests", "0"), (tokens_fakes, "tests-tokens", "0")])
+    set_registry(registry)  # reset after each test by conftest
+    emb = tokens_fakes.token_embeddings()
+    emb.splits["test"] = NoTestSplit()
+    import distillctl.data.embed as embed_module
+
+    monkeypatch.setattr(embed_module, "load_embeddings", lambda recipe, *, quiet=None: emb)
+    monkeypatch.chdir(tmp_path)
+    ns = types.SimpleNamespace(registry=registry, emb=emb, tmp=tmp_path)
+    ns.recipe = lambda **kw: validate_recipe(recipe_data(**kw), registry=registry)
+    return ns
+
+
+def test_token_distill_writes_sets_with_masks_attention_labels_and_metadata(env):
+    from distillctl.distillation.distill import distill
+
+    res = distill(env.recipe(), run_dir=env.tmp / "run", quiet=True)
+    assert [s["ipc"] for s in res.sets] == [1, 2]
+    one, two = (SyntheticSet.load(s["path"]) for s in res.sets)
+    for syn, ipc in ((one, 1), (two, 2)):
+        assert syn.level == "tokens" and syn.x.shape == (2 * ipc, tokens_fakes.T, 8)
+        assert syn.mask.shape == (2 * ipc, tokens_fakes.T) and syn.soft and syn.inner_lr > 0
+        assert syn.attention_labels.shape == (2 * ipc, 2, 2, 1, tokens_fakes.T)  # (n, L, H, [CLS] row, T)
+        torch.testing.assert_close(syn.attention_labels.sum(-1), torch.ones(2 * ipc, 2, 2, 1))
+        assert bool((syn.attention_labels[syn.mask.bool().logical_not().view(2 * ipc, 1, 1, 1, -1)
+                     .expand_as(syn.attention_labels)] == 0).all())  # no attention on padding
+        assert syn.meta["init_seed"] == 3 and syn.meta["inner_steps"] == 2 and syn.meta["student"] == "tiny-bert"
+    # Boost-DD: the ipc-2 stage starts from the ipc-1 set, each class block's first row inherited (the same
+    # values when the best set on val is the starting one, moved otherwise)
+    inherited = two.x.view(2, 2, *two.x.shape[1:])[:, 0]
+    assert torch.equal(inherited, one.x) == (two.meta["outer_step"] == 0)
+    torch.testing.assert_close(two.mask.view(2, 2, -1)[:, 0], one.mask)
+    metrics = read_jsonl(env.tmp / "run/metrics.jsonl")
+    assert [(r["stage"], r["step"]) for r in metrics if "val_accuracy" in r] == [(0, 0), (0, 3), (0, 6), (1, 0),
+                                                                               (1, 3), (1, 6)]
+    assert all(r["grad_norm"] > 0 for r in metrics if "loss" in r)
+    side = json.loads((env.tmp / "run/distilled/ipc2.json").read_text())
+    assert side["level"] == "tokens" and side["seq_len"] == tokens_fakes.T
+
+
+@pytest.mark.parametrize("die_at", [5, 9])  # stage 0 step 5 (after its step-4 checkpoint); stage 1 step 3
+def test_token_resume_gives_the_identical_set(env, monkeypatch, die_at):
+    from distillctl.distillation import tokens
+    from distillctl.distillation.distill import distill
+
+    full = distill(env.recipe(), run_dir=env.tmp / "a", quiet=True)
+    real_step, calls = tokens.meta_step, []
+
+    def dying(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == die_at:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(tokens, "meta_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        distill(env.recipe(), run_dir=env.tmp / "b", quiet=True)
+    monkeypatch.setattr(tokens, "meta_step", real_step)
+    resumed = distill(env.recipe(), resume=env.tmp / "b", quiet=True)
+    for a, b in zip(full.sets, resumed.sets):
+        sa, sb = SyntheticSet.load(a["path"]), SyntheticSet.load(b["path"])
+        for name in ("x", "labels", "mask", "attention_labels"):
+            torch.testing.assert_close(getattr(sa, name), getattr(sb, name), rtol=0, atol=0)
+        assert sa.inner_lr == sb.inner_lr and sa.meta["val_accuracy"] == sb.meta["val_accuracy"]
+
+
+def test_head_pool_distills_and_records_its_heads(env):
+    from distillctl.distillation.distill import distill
+
+    res = distill(env.recipe(ipc=[1], tokens={"head_pool": 3, "attention_labels": "none"}),
+                  run_dir=env.tmp / "p", quiet=True)
+    syn = SyntheticSet.load(res.sets[0]["path"])
+    assert len(set(syn.meta["head_seeds"])) == 3 and syn.meta["head_seeds"][0] == syn.meta["init_seed"]
+    assert syn.attention_labels is None
+
+
+@pytest.mark.parametrize("method", ["krr", "dm", "mtt"])
+def test_a_method_without_the_token_level_exits_2_writing_nothing(env, cli, method):
+    """krr/dm/mtt at embed.level tokens: one line naming the method and the methods that do (bptt), exit 2,
+    no run directory."""
+    with pytest.raises(UserError, match=rf"'{method}' works on vectors only.*methods that do: bptt"):
+        env.recipe(method={"name": method})
+    path = env.tmp / "r.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(recipe_data(method={"name": method})))
+    r = cli("distill", path, "--run-dir", env.tmp / "never")
+    assert r.code == 2 and "methods that do: bptt" in r.err and "Traceback" not in r.err
+    assert not (env.tmp / "never").exists() and not (env.tmp / "runs").exists()
