@@ -173,16 +173,20 @@ class _Chain:
         device = resolve_device(ds.device, field="distill.device")
         train, val = split_of(embeddings, "train"), split_of(embeddings, "val")
         tokens = getattr(embeddings, "level", "vectors") == "tokens"
+        y_train, y_val = train.y.to(device), val.y.to(device)  # (n,), (m,)
         if tokens:  # ids and masks (n, T); the student embeds them (its hidden size d is the input width)
             from distillctl.distillation.tokens import TokenRows
 
             X_train, X_val = TokenRows.of(train).to(device), TokenRows.of(val).to(device)
             d = int(embeddings.dim)
+            if ds.tokens.val_rows is not None and ds.tokens.val_rows < len(X_val):  # a fixed draw of val rows
+                keep = torch.randperm(len(X_val), generator=torch.Generator().manual_seed(recipe.seed))
+                keep = keep[: ds.tokens.val_rows].sort().values.to(device)
+                X_val, y_val = X_val[keep], y_val[keep]
         else:
             X_train = train.X.to(device, torch.float32)  # (n, d)
             X_val = val.X.to(device, torch.float32)  # (m, d)
             d = int(X_train.shape[1])
-        y_train, y_val = train.y.to(device), val.y.to(device)  # (n,), (m,)
         C = int(embeddings.num_classes)
         check_ipc_fits(embeddings, max(ds.ipc), "distill.ipc")
 
