@@ -210,6 +210,28 @@ class BoostSettings(Section):
     )
 
 
+class TokenSettings(Section):
+    """``distill.tokens``: how a token-level set (``embed.level: tokens``) is built and trained for."""
+
+    init_seed: Optional[int] = Field(
+        None, ge=0, description="Seed of the initial model the set is distilled for (the pretrained body with "
+        "this seed's head); recorded in the set as `init_seed`, and `eval`'s `distilled-init` arm starts there. "
+        "null = the recipe's seed.")
+    head_pool: int = Field(
+        1, ge=1, description="Heads the inner fine-tuning starts from: 1 = always the initial model (as Maekawa et "
+        "al.); N > 1 = each outer step draws one of N head seeds (the initial model's first), so the set must "
+        "fine-tune models it was not made for (validation: the mean over the first `outer.val_seeds` of them).")
+    mask: Literal["real", "full"] = Field(
+        "real", description="Attention mask of the synthetic sequences: `real` = the masks of the real texts they "
+        "start from (padding stays padding); `full` = every one of the T positions is attended and learned.")
+    attention_labels: Literal["none", "cls", "all"] = Field(
+        "none", description="Learn attention labels (Maekawa et al. 2023): target attention maps per layer and "
+        "head that the inner loss pulls the model's attention towards; `cls` = the [CLS] query row only, "
+        "`all` = every row (L*H*T*T numbers per sequence). They start at the initial model's own attention.")
+    attention_weight: float = Field(
+        1.0, ge=0, description="Weight of the attention-label KL term in the inner loss (the paper's lambda).")
+
+
 class DistillSettings(Section):
     ipc: list[int] = Field(
         [10], description="Instances per class: one value, or a strictly increasing Boost-DD chain [1, 5, 10]."
@@ -243,6 +265,7 @@ class DistillSettings(Section):
     inner: InnerSettings = Field(default_factory=InnerSettings)
     outer: OuterSettings = Field(default_factory=OuterSettings)
     boost: BoostSettings = Field(default_factory=BoostSettings)
+    tokens: TokenSettings = Field(default_factory=TokenSettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -568,6 +591,13 @@ def validate_recipe(data: dict, *, source: str = "<recipe>", base_dir: str | Pat
                 _get_path(recipe, path)[i].options = options
     if recipe is not None and not problems:
         problems += level_problems(recipe, registry, source)
+    if recipe is not None and not problems:  # a method that cannot serve the recipe's level: before any write
+        from distillctl.distillation.tokens import refuse_level
+
+        try:
+            refuse_level(recipe.distill.method.name, getattr(recipe.embed, "level", "vectors"), registry)
+        except UserError as exc:
+            problems.append(f"{source}: {exc}")
     if problems:
         raise RecipeError(problems)
     return recipe

@@ -16,7 +16,7 @@ from distillctl import hookimpl
 from distillctl.errors import UserError
 from distillctl.methods import Learnables, Method, MethodContext, OuterStep, gradients
 from distillctl.options import PluginOptions
-from distillctl.plugins import load_registry
+from distillctl.plugins import load_registry, set_registry
 from distillctl.recipe import InnerSettings, validate_recipe
 from distillctl.runs import read_jsonl
 from distillctl.distillation.synthetic import SyntheticSet
@@ -65,7 +65,7 @@ third_party.register_methods = _register_methods
 @pytest.fixture
 def env(monkeypatch, tmp_path):
     registry = load_registry(extra_plugins=[(distill_fakes, "tests", "0"), (third_party, "pull-plugin", "0.1")])
-    monkeypatch.setattr("distillctl.plugins.get_registry", lambda: registry)
+    set_registry(registry)  # reset after each test by conftest
     emb = distill_fakes.gaussian_embeddings()
     import distillctl.data.embed as embed_module
 
@@ -357,7 +357,7 @@ def test_a_method_sees_every_student_and_may_refuse_several(env, monkeypatch):
 
     plugin.register_methods = register_methods
     env.registry = load_registry(extra_plugins=[(distill_fakes, "tests", "0"), (plugin, "one-arch", "0.1")])
-    monkeypatch.setattr("distillctl.plugins.get_registry", lambda: env.registry)
+    set_registry(env.registry)
     with pytest.raises(UserError, match=r"^method 'one-arch': distils for one student, got distill.students "
                                         r"mlp\+transformer; list one$"):
         distill(recipe(env, {"name": "one-arch"}, students=["mlp", {"name": "transformer", "n_tokens": 2,

@@ -1,7 +1,9 @@
 """``distill``: learn a few synthetic embedding vectors per class with any distillation method.
 
-:func:`distill` reads top to bottom: run directory, embeddings, student and method, then for each
-Boost-DD stage (``distill.ipc: [1, 5, 10]``) the one outer loop every method shares::
+:func:`distill` is the chain and reads top to bottom: the run folder (decided once, locked), embeddings,
+students and method, then each Boost-DD stage (``distill.ipc: [1, 5, 10]``), reused when a resumed run or
+an earlier ``--stage`` call finished it, else distilled by :func:`_distill_stage`, the one outer loop
+every method shares::
 
     real batch -> Method.step (bptt: unroll K fresh students; krr: closed-form ridge; dm; mtt; ...)
     -> outer loss and meta-gradient -> clip at clip x EMA(norms) -> outer Adam/SGD (lr schedule)
@@ -20,12 +22,21 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from distillctl.console import info, is_quiet, progress
+from distillctl.devices import resolve_device
+from distillctl.distillation import checkpoints
+from distillctl.distillation.synthetic import SyntheticSet
 from distillctl.errors import RunError, UserError
-from distillctl.methods import Learnables
-from distillctl.plugins import with_registry
-from distillctl.runs import holds_run_lock
+from distillctl.evaluation.protocol import check_ipc_fits, split_of
+from distillctl.evaluation import training  # training.train_and_score: looked up per call (tests script it)
+from distillctl.evaluation.training import TrainBudget, student_builder
+from distillctl.methods import Learnables, Method, MethodContext, PerStudent, student_labels
+from distillctl.plugins import get_registry, with_registry
+from distillctl.runs import (RunDir, create_run_dir, new_run_path, open_run_dir, record_set, refuse_existing_run,
+                             run_lock)
+from distillctl.seeds import stage_seed, val_seeds as derive_val_seeds
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -45,23 +56,7 @@ class DistillResult:
         return {"run_dir": str(self.run_dir), "sets": [dict(s, path=str(s["path"])) for s in self.sets]}
 
 
-def _distill_run_dir(args: tuple, kwargs: dict) -> Path:
-    """The folder a distill call writes into (locked for the whole call): the run it resumes, the
-    ``run_dir`` given, or a new ``<runs_dir>/<name>/<id>`` (then passed on as ``run_dir``)."""
-    from distillctl.runs import new_run_path, open_run_dir
-
-    if kwargs.get("resume") is not None:
-        return open_run_dir(kwargs["resume"]).path  # a UserError when it is no run directory
-    if kwargs.get("run_dir") is None:
-        kwargs["run_dir"] = new_run_path(args[0] if args else kwargs["recipe"])
-    elif Path(kwargs["run_dir"]).exists() and not Path(kwargs["run_dir"]).is_dir():
-        raise UserError(f"--run-dir {kwargs['run_dir']}: not a folder")
-    Path(kwargs["run_dir"]).mkdir(parents=True, exist_ok=True)
-    return Path(kwargs["run_dir"])
-
-
 @with_registry  # registry=: run with that plugin registry (default: get_registry())
-@holds_run_lock("distill", _distill_run_dir)  # one distill per run directory; refused with the holder's PID
 def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | None = None,
             quiet: bool | None = None, argv: list[str] | None = None, embeddings=None,
             stage: int | None = None) -> DistillResult:
@@ -76,258 +71,372 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
     runs it with another plugin registry than the installed one. A ``run_dir`` that already holds a run
     is refused (resume it instead); the run directory is locked while distill runs.
     """
-    import torch
-
-    from distillctl.distillation import checkpoints
-    from distillctl.console import info, is_quiet, progress
-    from distillctl.devices import resolve_device
-    from distillctl.methods import MethodContext, PerStudent, student_labels
-    from distillctl.plugins import get_registry
-    from distillctl.runs import create_run_dir, open_run_dir, record_set, refuse_existing_run
-    from distillctl.seeds import stage_seed, val_seeds as derive_val_seeds
-    from distillctl.distillation.synthetic import SyntheticSet
-    from distillctl.evaluation.training import TrainBudget, student_builder, train_and_score
-
     quiet = is_quiet() if quiet is None else quiet
-    say = (lambda message: None) if quiet else info  # status lines on stderr
-    registry = get_registry()
     ds = recipe.distill
-    fingerprint = recipe.fingerprint()
     if stage is not None and stage not in ds.ipc:
         raise UserError(f"--stage {stage}: not a stage of distill.ipc {list(ds.ipc)}")
 
-    # 1. The run directory: a new one, the one given, or the one being resumed (same recipe only).
+    # 1. The run folder, decided here only: the run resumed, the folder given, or a new one; locked for the
+    #    whole call (one distill per run folder: a second is refused with the holder's PID).
+    folder = _run_folder(recipe, run_dir, resume)
+    with run_lock(folder, "distill", argv=argv):
+        run = _open_run(recipe, folder, resume, argv)
+        # 2. Embeddings (embedded first when the cache is missing); train for batches, val for selection.
+        if embeddings is None:
+            from distillctl.data import embed  # the module attribute: tests patch embed.load_embeddings
+
+            embeddings = embed.load_embeddings(recipe, quiet=quiet)
+        # 3. Students and method: what every stage of the chain shares.
+        chain = _Chain.build(recipe, run, embeddings, quiet=quiet)
+        # 4. Each Boost-DD stage: reused when finished (resume / earlier `--stage` calls), else distilled,
+        #    warm-started from the stage before it.
+        result, previous = DistillResult(run_dir=run.path), None
+        for si, ipc in enumerate(ds.ipc):
+            if stage is not None and ipc > stage:
+                break  # later stages: left to later `--stage` calls
+            syn = _finished_stage(chain, ipc, stage=stage, resume=resume)
+            if syn is None:
+                syn = _distill_stage(chain, si, ipc, previous, resume=resume is not None)
+            result.sets.append({"ipc": ipc, "path": chain.set_path(ipc), "val_accuracy": syn.meta.get("val_accuracy")})
+            previous = syn
+        return result
+
+
+def _run_folder(recipe, run_dir: str | Path | None, resume: str | Path | None) -> Path:
+    """The folder a distill call writes into (created): the run it resumes, the ``run_dir`` given, or a
+    new ``<runs_dir>/<name>/<id>``."""
     if resume is not None:
-        old = open_run_dir(resume)
-        stored = old.load_recipe()
-        if stored.fingerprint() != fingerprint:
+        return open_run_dir(resume).path  # a UserError when it is no run directory
+    folder = new_run_path(recipe) if run_dir is None else Path(run_dir)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--run-dir {folder}: not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _open_run(recipe, folder: Path, resume: str | Path | None, argv: list[str] | None) -> RunDir:
+    """The run in ``folder`` with this recipe and a fresh manifest: a resumed run must hold the same recipe;
+    a new run never goes into a folder that holds another one (its old sets would mix with the new)."""
+    if resume is not None:
+        stored = open_run_dir(folder).load_recipe()
+        if stored.fingerprint() != recipe.fingerprint():
             diff = sorted(k for k in stored.to_dict() if stored.to_dict()[k] != recipe.to_dict().get(k))
             raise UserError(f"{resume}: cannot resume: the recipe differs from the run's recipe.resolved.yaml "
                             f"(sections: {', '.join(diff) or '?'}); resume with the same recipe and --set values")
-        run_dir = old.path
-    else:  # a new run: never into a folder that holds another one (its old sets would mix with the new)
-        refuse_existing_run(run_dir)
-    run = create_run_dir(recipe, stage="distill", run_dir=run_dir, argv=argv,
-                         extra_manifest={"resumed": resume is not None})
+    else:
+        refuse_existing_run(folder)
+    return create_run_dir(recipe, stage="distill", run_dir=folder, argv=argv,
+                          extra_manifest={"resumed": resume is not None})
 
-    # 2. Embeddings (embedded first when the cache is missing); train for batches, val for selection.
-    if embeddings is None:
-        from distillctl.data.embed import load_embeddings
 
-        embeddings = load_embeddings(recipe, quiet=quiet)
-    from distillctl.evaluation.evaluate import check_ipc_fits, split_of
+@dataclass
+class _Chain:
+    """What every Boost-DD stage of one distill call shares: the run, the data, the students and method."""
 
-    device = resolve_device(ds.device, field="distill.device")
-    train, val = split_of(embeddings, "train"), split_of(embeddings, "val")
-    X_train, y_train = train.X.to(device, torch.float32), train.y.to(device)  # (n, d), (n,)
-    X_val, y_val = val.X.to(device, torch.float32), val.y.to(device)  # (m, d), (m,)
-    C, d = int(embeddings.num_classes), int(X_train.shape[1])
-    check_ipc_fits(embeddings, max(ds.ipc), "distill.ipc")
+    recipe: Any
+    run: RunDir
+    X_train: "torch.Tensor"  # (n, d) on device
+    y_train: "torch.Tensor"  # (n,)
+    X_val: "torch.Tensor"  # (m, d)
+    y_val: "torch.Tensor"  # (m,)
+    num_classes: int
+    students: list  # (plugin name, build_student, options as JSON) per architecture of `distill.students`
+    labels: list[str]  # their unique labels (`mlp`, `mlp#2`)
+    method: Method  # one instance per student wrapped in PerStudent when there are several
+    val_budget: Any  # TrainBudget of the eval protocol: each validation student's training
+    val_seeds: list[int]
+    meta_common: dict  # what every saved set of this run records
+    embedding_fingerprint: str | None
+    device: Any
+    quiet: bool
 
-    # 3. Students (`distill.students`, default the recipe's student), method (one instance per student
-    #    when there are several: PerStudent averages their outer steps), validation budget (the eval
-    #    protocol, scored on val).
-    sections = list(ds.students or [recipe.student])
-    labels = student_labels([sec.name for sec in sections])
-    students = [(sec.name, student_builder(recipe, d, C, sec), sec.model_dump(mode="json")) for sec in sections]
-    method = registry.build("method", ds.method)
-    if len(students) > 1:
-        method = PerStudent([method] + [registry.build("method", ds.method) for _ in students[1:]], students)
-    method.name = ds.method.name
-    val_budget = TrainBudget.from_eval(recipe.eval)
-    val_seeds = derive_val_seeds(recipe.seed, ds.outer.val_seeds)
-    meta_common = {
-        "recipe_name": recipe.name, "recipe_fingerprint": fingerprint,
-        "embedding_fingerprint": getattr(embeddings, "fingerprint", None),
-        "label_names": list(embeddings.label_names), "student": recipe.student.name,
-        "distilled_with": "+".join(sec.name for sec in sections),  # `mlp+transformer`; one student: its name
-        "distill_students": [options for _, _, options in students],
-        "method": ds.method.name, **_method_meta(ds.method), "run_dir": str(run.path),
-    }
+    @classmethod
+    def build(cls, recipe, run: RunDir, embeddings, *, quiet: bool) -> "_Chain":
+        """Students (`distill.students`, default the recipe's student), the method (one instance per student
+        when there are several: PerStudent averages their outer steps), the validation budget (the eval
+        protocol, scored on val)."""
+        import torch
 
-    def validate(learn: Learnables, loop) -> tuple[float, dict[str, float]]:
-        """Accuracy on `val` of fresh students trained on the current set with the eval budget: the mean
-        over the seeds of each student architecture, then over the architectures; and per architecture.
+        ds, registry = recipe.distill, get_registry()
+        device = resolve_device(ds.device, field="distill.device")
+        train, val = split_of(embeddings, "train"), split_of(embeddings, "val")
+        X_train, y_train = train.X.to(device, torch.float32), train.y.to(device)  # (n, d), (n,)
+        X_val, y_val = val.X.to(device, torch.float32), val.y.to(device)  # (m, d), (m,)
+        C, d = int(embeddings.num_classes), int(X_train.shape[1])
+        check_ipc_fits(embeddings, max(ds.ipc), "distill.ipc")
 
-        Its wall time is added to ``loop.val_seconds``: the metrics can then tell the method's own time
-        from the time spent validating (the same for every method).
-        """
-        t0 = time.perf_counter()
-        x, y = learn.x.detach(), learn.labels(hard).detach()
-        by_student = {}
-        for label, (_, build, _) in zip(labels, students):
-            scores = train_and_score(build, x, y, X_val, y_val, seeds=val_seeds, budget=val_budget,
-                                     num_classes=C, quiet=True)
-            by_student[label] = float(sum(scores.accuracy) / len(scores.accuracy))
-        loop.val_seconds += time.perf_counter() - t0
-        return sum(by_student.values()) / len(by_student), by_student
+        sections = list(ds.students or [recipe.student])
+        students = [(sec.name, student_builder(recipe, d, C, sec), sec.model_dump(mode="json")) for sec in sections]
+        method = registry.build("method", ds.method)
+        if len(students) > 1:
+            method = PerStudent([method] + [registry.build("method", ds.method) for _ in students[1:]], students)
+        method.name = ds.method.name
+        fingerprint = getattr(embeddings, "fingerprint", None)
+        meta_common = {
+            "recipe_name": recipe.name, "recipe_fingerprint": recipe.fingerprint(),
+            "embedding_fingerprint": fingerprint,
+            "label_names": list(embeddings.label_names), "student": recipe.student.name,
+            "distilled_with": "+".join(sec.name for sec in sections),  # `mlp+transformer`; one student: its name
+            "distill_students": [options for _, _, options in students],
+            "method": ds.method.name, **_method_meta(ds.method), "run_dir": str(run.path),
+        }
+        return cls(recipe=recipe, run=run, X_train=X_train, y_train=y_train, X_val=X_val, y_val=y_val,
+                   num_classes=C, students=students, labels=student_labels([sec.name for sec in sections]),
+                   method=method, val_budget=TrainBudget.from_eval(recipe.eval),
+                   val_seeds=derive_val_seeds(recipe.seed, ds.outer.val_seeds), meta_common=meta_common,
+                   embedding_fingerprint=fingerprint, device=device, quiet=quiet)
 
-    def val_record(acc: float, best: float, by_student: dict[str, float]) -> dict:
-        """The metrics of one validation (per architecture only when there are several)."""
-        out = {"val_accuracy": acc, "best_val_accuracy": best}
-        return {**out, "val_by_student": by_student} if len(by_student) > 1 else out
+    def say(self, message: str) -> None:
+        """A status line on stderr (silent with quiet)."""
+        if not self.quiet:
+            info(message)
 
-    result = DistillResult(run_dir=run.path)
-    previous: SyntheticSet | None = None
-    for si, ipc in enumerate(ds.ipc):
-        if stage is not None and ipc > stage:
-            break  # later stages: left to later `--stage` calls
-        # 4. A finished stage of a resumed run is reused as it is.
-        set_path = run.distilled / f"ipc{ipc}.safetensors"
-        if resume is not None and set_path.exists():
-            done = SyntheticSet.load(set_path)
-            if done.meta.get("recipe_fingerprint") == fingerprint and done.meta.get("complete"):
-                say(f"stage ipc={ipc}: already finished in {run.path}, reusing {set_path.name}")
-                result.sets.append({"ipc": ipc, "path": set_path, "val_accuracy": done.meta.get("val_accuracy")})
-                previous = done
-                continue
-        if stage is not None and ipc < stage:
-            if set_path.exists():
-                raise UserError(f"--stage {stage}: {set_path} was made from another recipe (its recipe_fingerprint "
-                                f"differs), so stage ipc={stage} cannot start from it; rerun the chain from ipc={ipc} "
-                                f"in a new run directory")
-            raise UserError(f"--stage {stage}: the earlier stage ipc={ipc} is not finished in {run.path}; run it "
-                            f"first (`distillctl distill RECIPE --resume {run.path} --stage {ipc}`)")
+    def set_path(self, ipc: int) -> Path:
+        return self.run.distilled / f"ipc{ipc}.safetensors"
 
-        # 5. The method, told about the stage; then the stage's set: the previous stage's best rows first
-        #    in each class block (Boost-DD), then new rows drawn from real vectors of that class (or random).
-        gen = torch.Generator().manual_seed(stage_seed(recipe.seed, si))
-        hard = torch.arange(C, device=device).repeat_interleave(ipc)  # (ipc*C,) class-major
-        method.setup(MethodContext(
-            build_student=students[0][1], student_name=students[0][0], student_options=students[0][2],
-            students=list(labels), num_classes=C, ipc=ipc, hard_labels=hard,
-            x_train=X_train, y_train=y_train, inner=ds.inner, eval_budget=val_budget, device=device,
-            seed=recipe.seed, soft_labels=ds.soft_labels, embedding_fingerprint=getattr(embeddings, "fingerprint", None),
-            cache_dir=_method_cache_dir(), say=say))
-        learn, inherited = _initial_learnables(ds, X_train, y_train, C, ipc, previous, gen,
-                                               lr0=method.learned_inner_lr(ds.inner))  # inherited: (ipc*C,)
-        opt, base_lrs = _outer_optimizer(learn, ds.outer)
 
-        # 6. Fresh stage, or continue from this stage's newest checkpoint (exactly where it stopped).
-        loop = checkpoints.LoopState()
-        ckpt_path = checkpoints.newest(run.checkpoints, ipc) if resume is not None else None
-        if ckpt_path is not None:
-            ckpt = checkpoints.load(ckpt_path, device)
-            loop = checkpoints.restore(ckpt, learn, opt, gen)
-            method.load_state_dict(ckpt.method)
-            say(f"stage ipc={ipc}: resuming at outer step {loop.step} from {ckpt_path.name}")
-        _truncate_metrics(run, si, loop.step if ckpt_path is not None else -1)
-        t_stage = time.perf_counter() - loop.elapsed
-        if ckpt_path is None:  # the initial set's validation: the start of the accuracy-vs-time curve
-            acc, by_student = validate(learn, loop)
-            loop.best_acc, loop.best_step, loop.best, loop.last_val_step = acc, 0, learn.detached(), 0
-            run.log(stage=si, ipc=ipc, step=0, **val_record(acc, loop.best_acc, by_student),
-                    elapsed=round(time.perf_counter() - t_stage, 3), val_seconds=round(loop.val_seconds, 3))
+def _finished_stage(chain: _Chain, ipc: int, *, stage: int | None, resume) -> SyntheticSet | None:
+    """The stage's set when a resumed run finished it already (it is reused as it is); None when it is to
+    be distilled. With ``--stage``, a stage before the one asked for must be finished (a UserError)."""
+    set_path, run = chain.set_path(ipc), chain.run
+    if resume is not None and set_path.exists():
+        done = SyntheticSet.load(set_path)
+        if done.meta.get("recipe_fingerprint") == chain.recipe.fingerprint() and done.meta.get("complete"):
+            chain.say(f"stage ipc={ipc}: already finished in {run.path}, reusing {set_path.name}")
+            return done
+    if stage is not None and ipc < stage:
+        if set_path.exists():
+            raise UserError(f"--stage {stage}: {set_path} was made from another recipe (its recipe_fingerprint "
+                            f"differs), so stage ipc={stage} cannot start from it; rerun the chain from ipc={ipc} "
+                            f"in a new run directory")
+        raise UserError(f"--stage {stage}: the earlier stage ipc={ipc} is not finished in {run.path}; run it "
+                        f"first (`distillctl distill RECIPE --resume {run.path} --stage {ipc}`)")
+    return None
 
-        # 7. The outer loop.
-        iters = ds.outer.iterations
-        last_loss, last_ckpt, stopped = float("nan"), ckpt_path, None
-        damp = bool(inherited.any()) and ds.boost.beta < 1
-        with progress(f"distill ipc={ipc}", iters, unit="step", quiet=quiet) as bar:
-            bar.advance(loop.step)
-            for step in range(loop.step + 1, iters + 1):
-                # 7a. Stop early: out of time, or `patience` validations in a row without a better set.
-                if ds.outer.max_seconds and time.perf_counter() - t_stage > ds.outer.max_seconds:
-                    stopped = f"max_seconds: {ds.outer.max_seconds:g} s reached"
-                elif ds.outer.patience and loop.stale_validations >= ds.outer.patience:
-                    stopped = (f"patience: {loop.stale_validations} validations without improvement since "
-                               f"step {loop.best_step}")
-                if stopped:
-                    run.log(stage=si, ipc=ipc, step=step - 1, event="stopped", reason=stopped)
-                    say(f"stage ipc={ipc}: stopping after {step - 1} steps ({stopped})")
-                    break
-                # 7b. A real batch from train (without replacement within the step).
-                n = X_train.shape[0]
-                idx = torch.randperm(n, generator=gen)[: min(ds.outer.real_batch, n)].to(device)  # (B,)
-                # 7c. The method's outer loss and its gradient w.r.t. every learnable tensor.
-                out = method.step(learn, X_train[idx], y_train[idx], gen)
-                out.check(learn, ds.method.name)
-                norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in out.grads.values()))
-                if not (math.isfinite(out.loss) and math.isfinite(norm)):
-                    run.log(stage=si, ipc=ipc, step=step, event="non-finite", loss=out.loss, grad_norm=norm)
-                    where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-                    raise RunError(
-                        f"stage ipc={ipc}, outer step {step}: the outer loss is {out.loss} and the meta-gradient norm "
-                        f"{norm} (not finite); {where}. Lower distill.outer.lr or distill.inner.lr, then "
-                        f"`distillctl distill RECIPE --resume {run.path}`")
-                # 7d. Clip at clip x EMA of past norms (the EMA follows the clipped norms, so one
-                #     spike cannot raise the threshold for the steps after it).
-                scale = 1.0
-                if ds.outer.clip > 0 and loop.ema is not None and norm > ds.outer.clip * loop.ema:
-                    scale = ds.outer.clip * loop.ema / norm
-                clipped = norm * scale
-                loop.ema = clipped if loop.ema is None else ds.outer.clip_ema * loop.ema + (1 - ds.outer.clip_ema) * clipped
-                # 7e. Outer step (lr from the schedule: a function of the step only, so resume needs no
-                #     scheduler state), then Boost-DD: inherited rows move by beta x their update.
-                factor = _schedule_factor(ds.outer.schedule, step, iters)
-                for group, base in zip(opt.param_groups, base_lrs):
-                    group["lr"] = base * factor
-                before = {k: v.detach().clone() for k, v in learn.items() if damp and k != "log_lr"}
-                for k, p in learn.items():
-                    p.grad = out.grads[k] * scale
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                if damp:
-                    with torch.no_grad():
-                        for k, old in before.items():
-                            p = getattr(learn, k)
-                            p[inherited] = old[inherited] + ds.boost.beta * (p[inherited] - old[inherited])
-                last_loss = out.loss
-                elapsed = time.perf_counter() - t_stage
-                record = {"stage": si, "ipc": ipc, "step": step, "loss": round(out.loss, 6),
-                          "real_accuracy": round(out.accuracy, 4), "grad_norm": norm, "clip_scale": scale,
-                          **out.metrics, "elapsed": round(elapsed, 3)}
-                if learn.log_lr is not None:
-                    record["inner_lr"] = float(learn.log_lr.detach().exp())
-                # 7f. Validation on `val`: keep the best set (the test split is never looked at); count
-                #     the validations since the last improvement (for `patience`).
-                if step % ds.outer.val_every == 0 or step == iters:
-                    acc, by_student = validate(learn, loop)
-                    if acc > loop.best_acc:
-                        loop.best_acc, loop.best_step, loop.best = acc, step, learn.detached()
-                        loop.stale_validations = 0
-                    else:
-                        loop.stale_validations += 1
-                    loop.last_val_step = step
-                    record.update(**val_record(acc, loop.best_acc, by_student),
-                                  elapsed=round(time.perf_counter() - t_stage, 3),
-                                  val_seconds=round(loop.val_seconds, 3))
-                run.log(**record)
-                bar.advance(1, loss=out.loss, val=loop.best_acc)
-                # 7g. Checkpoint (atomic; newest keep_checkpoints kept).
-                loop.step, loop.elapsed = step, time.perf_counter() - t_stage
-                if step % ds.outer.ckpt_every == 0:
-                    last_ckpt = checkpoints.save(
-                        run.checkpoints, ipc=ipc, stage=si, loop=loop, learn=learn, optimizer=opt, generator=gen,
-                        method_state=method.state_dict(), fingerprint=fingerprint, keep=ds.outer.keep_checkpoints)
 
-        # 8. A stage stopped between validations (max_seconds) is validated once more; then save its best
-        #    set, with where and why it stopped early (None: it ran all its iterations).
-        if loop.last_val_step != loop.step:
-            acc, by_student = validate(learn, loop)
-            if acc > loop.best_acc:
-                loop.best_acc, loop.best_step, loop.best = acc, loop.step, learn.detached()
-            run.log(stage=si, ipc=ipc, step=loop.step, **val_record(acc, loop.best_acc, by_student),
-                    elapsed=round(time.perf_counter() - t_stage, 3), val_seconds=round(loop.val_seconds, 3))
-        best = loop.best
-        wall = time.perf_counter() - t_stage
-        syn = SyntheticSet(
-            x=best.x.cpu(), labels=best.labels(hard).cpu(), ipc=ipc, num_classes=C,
-            inner_lr=float(best.log_lr.exp()) if best.log_lr is not None else None,
-            meta={**meta_common, "stage": si, "ipc_chain": list(ds.ipc), "outer_step": loop.best_step,
-                  "outer_steps_run": loop.step, "val_accuracy": loop.best_acc,
-                  "val_seeds": val_seeds, "val_budget": val_budget.as_dict(), "boost_beta": ds.boost.beta,
-                  "wall_seconds": round(wall, 3), "val_seconds": round(loop.val_seconds, 3),
-                  "last_loss": last_loss, "stopped": stopped and {"step": loop.step, "reason": stopped},
-                  "complete": True},
-        )
-        syn.save(set_path)
-        record_set(run, set_path, syn.sha256)  # manifest.json: the digest SyntheticSet.load checks
-        say(f"stage ipc={ipc}: best val accuracy {loop.best_acc:.4f} at outer step {loop.best_step} "
-             f"of {loop.step} ({wall:.1f} s) -> {set_path}")
-        result.sets.append({"ipc": ipc, "path": set_path, "val_accuracy": loop.best_acc})
-        previous = syn
-    return result
+@dataclass
+class _Stage:
+    """One Boost-DD stage in progress: its set, its outer optimiser and where its loop is."""
+
+    index: int  # 0-based position in distill.ipc
+    ipc: int
+    hard: "torch.Tensor"  # (ipc*C,) class of each row, class-major
+    gen: "torch.Generator"  # every random draw of the stage (saved in each checkpoint)
+    learn: Learnables  # leaves: x (ipc*C, d), label_logits (ipc*C, C) or None, log_lr () or None
+    inherited: "torch.Tensor"  # (ipc*C,) bool: rows warm-started from the previous stage (damped by beta)
+    opt: Any  # torch.optim.Optimizer over learn, one param group per tensor
+    base_lrs: list[float]  # each group's lr before the schedule
+    loop: checkpoints.LoopState
+    t0: float = 0.0  # perf_counter at the stage's start (moved back by the time of earlier runs on resume)
+    last_ckpt: Path | None = None  # the newest checkpoint written or resumed from
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def log(self, chain: _Chain, **record) -> None:
+        chain.run.log(stage=self.index, ipc=self.ipc, **record)
+
+
+def _distill_stage(chain: _Chain, si: int, ipc: int, previous: SyntheticSet | None, *, resume: bool) -> SyntheticSet:
+    """One Boost-DD stage: set up (or resume) its set, run the shared outer loop, save its best set on `val`.
+
+    The outer loop (steps 7a-7g), for every method::
+
+        real batch (B, d) -> method.step -> outer loss, meta-gradient -> clip at clip x EMA(norms)
+        -> outer Adam/SGD at the scheduled lr -> damp inherited rows by beta -> validate / keep best
+        -> checkpoint
+    """
+    import torch
+
+    ds, method, run = chain.recipe.distill, chain.method, chain.run
+    st = _start_stage(chain, si, ipc, previous, resume=resume)  # 5.-6. set, optimiser, checkpoint, first val
+    loop, learn, gen, iters = st.loop, st.learn, st.gen, ds.outer.iterations
+    last_loss, stopped = float("nan"), None
+    damp = bool(st.inherited.any()) and ds.boost.beta < 1
+    # 7. The outer loop.
+    with progress(f"distill ipc={ipc}", iters, unit="step", quiet=chain.quiet) as bar:
+        bar.advance(loop.step)
+        for step in range(loop.step + 1, iters + 1):
+            # 7a. Stop early: out of time, or `patience` validations in a row without a better set.
+            stopped = _stop_reason(ds.outer, loop, st.elapsed())
+            if stopped:
+                st.log(chain, step=step - 1, event="stopped", reason=stopped)
+                chain.say(f"stage ipc={ipc}: stopping after {step - 1} steps ({stopped})")
+                break
+            # 7b. A real batch from train (without replacement within the step).
+            n = chain.X_train.shape[0]
+            idx = torch.randperm(n, generator=gen)[: min(ds.outer.real_batch, n)].to(chain.device)  # (B,)
+            # 7c. The method's outer loss and its gradient w.r.t. every learnable tensor.
+            out = method.step(learn, chain.X_train[idx], chain.y_train[idx], gen)  # grads: like learn
+            out.check(learn, ds.method.name)
+            norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in out.grads.values()))
+            if not (math.isfinite(out.loss) and math.isfinite(norm)):
+                st.log(chain, step=step, event="non-finite", loss=out.loss, grad_norm=norm)
+                raise _non_finite(chain, st, step, out.loss, norm)
+            # 7d. Clip at clip x EMA of past norms (the EMA follows the clipped norms, so one
+            #     spike cannot raise the threshold for the steps after it).
+            scale = _clip_scale(ds.outer, loop, norm)
+            # 7e. Outer step (lr from the schedule: a function of the step only, so resume needs no
+            #     scheduler state), then Boost-DD: inherited rows move by beta x their update.
+            factor = _schedule_factor(ds.outer.schedule, step, iters)
+            for group, base in zip(st.opt.param_groups, st.base_lrs):
+                group["lr"] = base * factor
+            before = {k: v.detach().clone() for k, v in learn.items() if damp and k != "log_lr"}
+            for k, p in learn.items():
+                p.grad = out.grads[k] * scale
+            st.opt.step()
+            st.opt.zero_grad(set_to_none=True)
+            if damp:
+                rows = st.inherited  # (ipc*C,)
+                with torch.no_grad():
+                    for k, old in before.items():
+                        p = getattr(learn, k)
+                        p[rows] = old[rows] + ds.boost.beta * (p[rows] - old[rows])
+            last_loss = out.loss
+            record = {"step": step, "loss": round(out.loss, 6), "real_accuracy": round(out.accuracy, 4),
+                      "grad_norm": norm, "clip_scale": scale, **out.metrics, "elapsed": round(st.elapsed(), 3)}
+            if learn.log_lr is not None:
+                record["inner_lr"] = float(learn.log_lr.detach().exp())
+            # 7f. Every val_every steps: validate on `val` and keep the best set (the test split is never
+            #     looked at); the step's record is logged with the result.
+            if step % ds.outer.val_every == 0 or step == iters:
+                _validate(chain, st, step, record)
+            else:
+                st.log(chain, **record)
+            bar.advance(1, loss=out.loss, val=loop.best_acc)
+            # 7g. Checkpoint (atomic; newest keep_checkpoints kept).
+            loop.step, loop.elapsed = step, st.elapsed()
+            if step % ds.outer.ckpt_every == 0:
+                st.last_ckpt = checkpoints.save(
+                    run.checkpoints, ipc=ipc, stage=si, loop=loop, learn=learn, optimizer=st.opt, generator=gen,
+                    method_state=method.state_dict(), fingerprint=chain.recipe.fingerprint(),
+                    keep=ds.outer.keep_checkpoints)
+    # 8. A stage stopped between validations (max_seconds) is validated once more; then its best set is saved.
+    if loop.last_val_step != loop.step:
+        _validate(chain, st, loop.step, {"step": loop.step})
+    return _save_best(chain, st, last_loss, stopped)
+
+
+def _start_stage(chain: _Chain, si: int, ipc: int, previous: SyntheticSet | None, *, resume: bool) -> _Stage:
+    """Steps 5-6 of a stage: the method told about the stage; the stage's set (the previous stage's best
+    rows first in each class block (Boost-DD), then new rows drawn from real vectors of that class, or
+    random); its optimiser; then either this stage's newest checkpoint (exactly where it stopped) or the
+    initial set's validation (the start of the accuracy-vs-time curve)."""
+    import torch
+
+    recipe, ds, run, method, C = chain.recipe, chain.recipe.distill, chain.run, chain.method, chain.num_classes
+    # 5. The method, told about the stage; the stage's set and optimiser.
+    gen = torch.Generator().manual_seed(stage_seed(recipe.seed, si))
+    hard = torch.arange(C, device=chain.device).repeat_interleave(ipc)  # (ipc*C,) class-major
+    name, build, options = chain.students[0]
+    method.setup(MethodContext(
+        build_student=build, student_name=name, student_options=options,
+        students=list(chain.labels), num_classes=C, ipc=ipc, hard_labels=hard,
+        x_train=chain.X_train, y_train=chain.y_train, inner=ds.inner, eval_budget=chain.val_budget,
+        device=chain.device, seed=recipe.seed, soft_labels=ds.soft_labels,
+        embedding_fingerprint=chain.embedding_fingerprint, cache_dir=_method_cache_dir(), say=chain.say))
+    learn, inherited = _initial_learnables(ds, chain.X_train, chain.y_train, C, ipc, previous, gen,
+                                           lr0=method.learned_inner_lr(ds.inner))  # inherited: (ipc*C,)
+    opt, base_lrs = _outer_optimizer(learn, ds.outer)
+    st = _Stage(index=si, ipc=ipc, hard=hard, gen=gen, learn=learn, inherited=inherited, opt=opt,
+                base_lrs=base_lrs, loop=checkpoints.LoopState())
+
+    # 6. Fresh stage, or continue from this stage's newest checkpoint (exactly where it stopped).
+    st.last_ckpt = checkpoints.newest(run.checkpoints, ipc) if resume else None
+    if st.last_ckpt is not None:
+        ckpt = checkpoints.load(st.last_ckpt, chain.device)
+        st.loop = checkpoints.restore(ckpt, learn, opt, gen)
+        method.load_state_dict(ckpt.method)
+        chain.say(f"stage ipc={ipc}: resuming at outer step {st.loop.step} from {st.last_ckpt.name}")
+    _truncate_metrics(run, si, st.loop.step if st.last_ckpt is not None else -1)
+    st.t0 = time.perf_counter() - st.loop.elapsed
+    if st.last_ckpt is None:  # the initial set's validation: the start of the accuracy-vs-time curve
+        _validate(chain, st, 0, {"step": 0})
+    return st
+
+
+def _validate(chain: _Chain, st: _Stage, step: int, record: dict) -> None:
+    """Validate the stage's current set, keep it when it is the best so far, and log ``record`` with the result.
+
+    Validation: fresh students trained on the set with the eval budget, scored on `val`; the score is the
+    mean over the seeds of each student architecture, then over the architectures (per architecture in
+    ``val_by_student`` when there are several). Counts the validations since the last improvement (for
+    `patience`). Its wall time is added to ``loop.val_seconds``, so the metrics can tell the method's own
+    time from the time spent validating (the same for every method).
+    """
+    loop, learn = st.loop, st.learn
+    t0 = time.perf_counter()
+    x, y = learn.x.detach(), learn.labels(st.hard).detach()  # (ipc*C, d), (ipc*C,) or (ipc*C, C)
+    by_student = {}
+    for label, (_, build, _) in zip(chain.labels, chain.students):
+        scores = training.train_and_score(build, x, y, chain.X_val, chain.y_val, seeds=chain.val_seeds,
+                                 budget=chain.val_budget, num_classes=chain.num_classes, quiet=True)
+        by_student[label] = float(sum(scores.accuracy) / len(scores.accuracy))
+    loop.val_seconds += time.perf_counter() - t0
+    acc = sum(by_student.values()) / len(by_student)
+    if loop.best is None or acc > loop.best_acc:  # the stage's first validation always sets the best
+        loop.best_acc, loop.best_step, loop.best = acc, step, learn.detached()
+        loop.stale_validations = 0
+    else:
+        loop.stale_validations += 1
+    loop.last_val_step = step
+    record.update(val_accuracy=acc, best_val_accuracy=loop.best_acc)
+    if len(by_student) > 1:
+        record["val_by_student"] = by_student
+    record.update(elapsed=round(st.elapsed(), 3), val_seconds=round(loop.val_seconds, 3))
+    st.log(chain, **record)
+
+
+def _save_best(chain: _Chain, st: _Stage, last_loss: float, stopped: str | None) -> SyntheticSet:
+    """Save the stage's best set on `val` (with where and why it stopped early; None: it ran all its
+    iterations) and record its digest in the run's manifest."""
+    ds, loop, best = chain.recipe.distill, st.loop, st.loop.best
+    wall = st.elapsed()
+    syn = SyntheticSet(
+        x=best.x.cpu(), labels=best.labels(st.hard).cpu(), ipc=st.ipc, num_classes=chain.num_classes,
+        inner_lr=float(best.log_lr.exp()) if best.log_lr is not None else None,
+        meta={**chain.meta_common, "stage": st.index, "ipc_chain": list(ds.ipc), "outer_step": loop.best_step,
+              "outer_steps_run": loop.step, "val_accuracy": loop.best_acc,
+              "val_seeds": chain.val_seeds, "val_budget": chain.val_budget.as_dict(), "boost_beta": ds.boost.beta,
+              "wall_seconds": round(wall, 3), "val_seconds": round(loop.val_seconds, 3),
+              "last_loss": last_loss, "stopped": stopped and {"step": loop.step, "reason": stopped},
+              "complete": True},
+    )
+    set_path = chain.set_path(st.ipc)
+    syn.save(set_path)
+    record_set(chain.run, set_path, syn.sha256)  # manifest.json: the digest SyntheticSet.load checks
+    chain.say(f"stage ipc={st.ipc}: best val accuracy {loop.best_acc:.4f} at outer step {loop.best_step} "
+              f"of {loop.step} ({wall:.1f} s) -> {set_path}")
+    return syn
+
+
+def _stop_reason(outer, loop: checkpoints.LoopState, elapsed: float) -> str | None:
+    """Why the stage stops before its next step (out of time, or out of patience), or None."""
+    if outer.max_seconds and elapsed > outer.max_seconds:
+        return f"max_seconds: {outer.max_seconds:g} s reached"
+    if outer.patience and loop.stale_validations >= outer.patience:
+        return f"patience: {loop.stale_validations} validations without improvement since step {loop.best_step}"
+    return None
+
+
+def _clip_scale(outer, loop: checkpoints.LoopState, norm: float) -> float:
+    """The factor on this step's meta-gradient (clip at clip x EMA of past norms); updates the EMA with the
+    clipped norm."""
+    scale = 1.0
+    if outer.clip > 0 and loop.ema is not None and norm > outer.clip * loop.ema:
+        scale = outer.clip * loop.ema / norm
+    clipped = norm * scale
+    loop.ema = clipped if loop.ema is None else outer.clip_ema * loop.ema + (1 - outer.clip_ema) * clipped
+    return scale
+
+
+def _non_finite(chain: _Chain, st: _Stage, step: int, loss: float, norm: float) -> RunError:
+    """The error of an outer step whose loss or meta-gradient is not finite: where to resume from."""
+    where = f"last good checkpoint: {st.last_ckpt}" if st.last_ckpt else "no checkpoint was written yet"
+    return RunError(
+        f"stage ipc={st.ipc}, outer step {step}: the outer loss is {loss} and the meta-gradient norm "
+        f"{norm} (not finite); {where}. Lower distill.outer.lr or distill.inner.lr, then "
+        f"`distillctl distill RECIPE --resume {chain.run.path}`")
 
 
 # -- helpers (each used once above; kept apart so the loop reads top to bottom) --------------------

@@ -43,6 +43,8 @@ NEIGHBOURS = 3
 TEXT_CHARS = 200
 #: heading of report.md's nearest-texts part; what comes before it is what the CLI prints
 NEAREST_HEADING = "## What the synthetic vectors stand for"
+#: the same part for token-level sets (sequences of input embeddings)
+SEQUENCES_HEADING = "## What the synthetic sequences stand for"
 #: a gap under this many std (of the two cells together) is called seed noise in the report
 NOISE_STD = 2.0
 
@@ -354,7 +356,8 @@ def pca_picture(run: Any, embeddings: Any, title: str) -> tuple[Path | None, dic
 
 def report_tables(report_md: Path) -> str:
     """report.md without its nearest-texts part: everything a terminal shows."""
-    return Path(report_md).read_text(encoding="utf-8").split(NEAREST_HEADING)[0].rstrip()
+    text = Path(report_md).read_text(encoding="utf-8")
+    return text.split(NEAREST_HEADING)[0].split(SEQUENCES_HEADING)[0].rstrip()
 
 
 def _short(text: str) -> str:
@@ -497,6 +500,37 @@ def _distillation_md(stages: list[dict], plot: Path | None) -> list[str]:
 
 
 @with_registry  # registry=: run with that plugin registry (default: get_registry())
+def _readout_md(readout: list[dict], note: str | None) -> list[str]:
+    """The token-level sets, readable: per sequence the nearest vocabulary token of each attended position
+    (and the next two), and the real training texts nearest in the initial model's pooled features."""
+    from distillctl.reporting.readable import TOKENS_PER_POSITION
+
+    md = [SEQUENCES_HEADING, "",
+          "Each synthetic sequence is a row of input embeddings, not text. *Reads as*: the vocabulary token whose word "
+          "embedding is nearest by cosine at each attended position (`##` pieces glued); *top "
+          f"{TOKENS_PER_POSITION} per position*: position:token/token/token (mean cosine of the nearest in brackets); "
+          "then the real training texts nearest in the pooled features of the model the set was distilled for "
+          "(cosine, their true label).", ""]
+    if note:
+        md += [f"_{note}_", ""]
+    for s in readout:
+        searched = f", nearest texts among {s['real_rows_searched']} training texts" if s["real_rows_searched"] else ""
+        md += [f"<details><summary>ipc {s['ipc']} ({len(s['sequences'])} sequences{searched})</summary>", ""]
+        for q in s["sequences"]:
+            firsts = [c[0] for c in q["cosines"] if c]
+            mean = sum(firsts) / len(firsts) if firsts else float("nan")
+            md += [f"**sequence {q['row']}** (class `{q['class']}`, mean nearest-token cosine {mean:.3f}) reads as: "
+                   f"{_short(q['text'])}", "",
+                   "<sub>" + " ".join(f"{i}:{'/'.join(t)}" for i, t in enumerate(q["tokens"]) if t) + "</sub>", ""]
+            if q["neighbours"]:
+                md += ["| # | cos | label | nearest real text |", "|---:|---:|---|---|"]
+                md += [f"| {i} | {nb['similarity']:.3f} | {nb['label']} | {_short(nb['text'])} |"
+                       for i, nb in enumerate(q["neighbours"], 1)]
+                md.append("")
+        md += ["</details>", ""]
+    return md
+
+
 @holds_run_lock("report", lambda args, kw: existing_run_of(args[0] if args else kw.get("run_dir")))
 def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = None) -> Path:
     """Write report.md, report.json and plots/*.png for a run; returns report.md's path.
@@ -540,7 +574,21 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
 
     # 3. The sets among the real rows, and their nearest real texts (both need the embedding cache).
     nearest, nearest_note, pca, pca_note = [], None, None, None
-    if set_files(run.path):
+    readout, readout_note = [], None
+    tokens = getattr(recipe.embed, "level", "vectors") == "tokens"
+    if tokens and set_files(run.path):  # token level: nearest vocabulary tokens and real texts per sequence
+        from distillctl.reporting.readable import token_readout
+
+        try:
+            if embeddings is None:
+                embeddings = load_embeddings(recipe, quiet=quiet)
+        except (UserError, NotImplementedError) as exc:
+            readout_note = f"token cache unavailable ({exc}): no nearest real texts"
+        try:
+            readout = token_readout(set_files(run.path), embeddings)
+        except (UserError, NotImplementedError) as exc:
+            readout_note = f"readout unavailable: {exc}"
+    elif set_files(run.path):
         try:
             if embeddings is None:
                 embeddings = load_embeddings(recipe, quiet=quiet)
@@ -631,6 +679,8 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
                     md.append(f"| {v['row'] if rank == 1 else ''} | {v['class'] if rank == 1 else ''} | {rank} | "
                               f"{nb['similarity']:.3f} | {nb['label']} | {_short(nb['text'])} |")
             md += ["", "</details>", ""]
+    if readout or readout_note:
+        md += _readout_md(readout, readout_note)
     md_path = atomic_write_text(run.path / "report.md", "\n".join(md))
 
     # 5. report.json
@@ -638,7 +688,8 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
     out.update({"run_dir": str(run.path), "recipe": recipe.name, "report": str(md_path),
                 "plot": str(plots["accuracy_vs_ipc"]), "plots": {k: str(v) for k, v in plots.items()},
                 "claims": stated, "scores": scores, "transfer": transfer, "distillation": stages, "pca": pca,
-                "nearest": nearest, "nearest_note": nearest_note, "pca_note": pca_note, "single_class": collapsed,
+                "nearest": nearest, "nearest_note": nearest_note, "pca_note": pca_note,
+                "readout": readout, "readout_note": readout_note, "single_class": collapsed,
                 "results": records})
     atomic_write_json(run.path / "report.json", out)
     return md_path

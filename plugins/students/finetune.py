@@ -156,15 +156,25 @@ class FinetuneStudent(nn.Module):
 
     def features(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T, d) input embeddings, (B, T) mask (1 = attend) -> (B, d) pooled last hidden states."""
-        mask = attention_mask.to(inputs_embeds.dtype)  # (B, T)
-        hidden = self.body(inputs_embeds=inputs_embeds, attention_mask=mask).last_hidden_state  # (B, T, d)
-        if self.pooling == "cls":
-            return hidden[:, 0]  # (B, d)
-        m = mask.unsqueeze(-1)  # (B, T, 1)
-        return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)  # (B, d) mean over attended tokens
+        return self._pooled(inputs_embeds, attention_mask, False)[0]
 
-    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.drop(self.features(inputs_embeds, attention_mask)))  # (B, C)
+    def _pooled(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, attentions: bool):
+        """(B, d) pooled features and, with ``attentions``, the (B, L, H, T, T) attention probabilities."""
+        mask = attention_mask.to(inputs_embeds.dtype)  # (B, T)
+        out = self.body(inputs_embeds=inputs_embeds, attention_mask=mask, output_attentions=attentions)
+        hidden = out.last_hidden_state  # (B, T, d)
+        attn = torch.stack(out.attentions, dim=1) if attentions else None  # (B, L, H, T, T)
+        if self.pooling == "cls":
+            return hidden[:, 0], attn  # (B, d)
+        m = mask.unsqueeze(-1)  # (B, T, 1)
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9), attn  # (B, d) mean over attended tokens
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, output_attentions: bool = False):
+        """(B, C) logits; with ``output_attentions`` also the (B, L, H, T, T) attention probabilities (the
+        attention labels of a token-level set are targets for them)."""
+        pooled, attn = self._pooled(inputs_embeds, attention_mask, output_attentions)
+        logits = self.head(self.drop(pooled))  # (B, C)
+        return (logits, attn) if output_attentions else logits
 
 
 def build_finetune(input_dim: int, num_classes: int, options) -> FinetuneStudent:
