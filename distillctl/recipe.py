@@ -309,6 +309,11 @@ class EvalSettings(OptimizerSettings):
     steps: int = Field(1000, ge=1, description="Optimiser steps per student (the same for every arm).")
     batch_size: int = Field(256, ge=1, description="Rows per step; sets smaller than this are used whole.")
     weight_decay: float = Field(0.0, ge=0, description="Weight decay of the evaluated students.")
+    device: str = Field(
+        "auto", description="Torch device of token-level evaluation (fine-tuned students; `auto`: CUDA when torch "
+        "sees it, else CPU; on a GPU the forward passes run in bfloat16 autocast where supported). Vector "
+        "students train where their embeddings are (CPU).",
+    )
     students: Optional[list[PluginSection]] = Field(
         None, description="Evaluate with several students (transfer), e.g. `[mlp, transformer, linear]` (each a "
         "student section): `eval` trains K of each on every set and `baseline` on every arm, each with this "

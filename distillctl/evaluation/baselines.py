@@ -273,6 +273,13 @@ def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, 
     # 2. Data: coresets come from train only; every score is on test.
     if embeddings is None:
         embeddings = load_embeddings(recipe, quiet=quiet)
+    if getattr(embeddings, "level", "vectors") == "tokens":  # fine-tuned students (evaluation/token_arms.py)
+        from distillctl.evaluation.token_arms import baseline_tokens
+
+        records = baseline_tokens(recipe, kind, ipcs, ipc_field, seed_list, sections, embeddings, quiet=quiet)
+        if run is not None:
+            store_results(run.eval / f"baseline-{kind}.json", records, history=run.eval / "history.jsonl")
+        return records
     train, test = split_of(embeddings, "train"), split_of(embeddings, TEST_SPLIT)
     X, y = train.X.float(), train.y.long()  # (n, d), (n,)
     X_test, y_test = test.X.float(), test.y.long()  # (m, d), (m,)
