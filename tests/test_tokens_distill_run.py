@@ -130,3 +130,28 @@ def test_a_method_without_the_token_level_exits_2_writing_nothing(env, cli, meth
     r = cli("distill", path, "--run-dir", env.tmp / "never")
     assert r.code == 2 and "methods that do: bptt" in r.err and "Traceback" not in r.err
     assert not (env.tmp / "never").exists() and not (env.tmp / "runs").exists()
+
+
+def test_load_set_gives_what_fine_tunes_a_copy_to_the_validated_accuracy(env):
+    """The README's recipe: load_set, initial_model(), `inner_steps` plain SGD steps at the set's inner lr on
+    (x, mask, soft labels) -> the val accuracy distill recorded for the set (the same fine-tuning, done with
+    torch.optim by hand)."""
+    import distillctl
+    from distillctl.distillation.distill import distill
+    from torch.nn import functional as F
+
+    res = distill(env.recipe(ipc=[1], tokens={"attention_labels": "none"}),
+                  run_dir=env.tmp / "u", quiet=True)
+    s = distillctl.load_set(res.run_dir)
+    assert s.level == "tokens" and s.meta["inner_steps"] == 2
+    model = s.initial_model()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=s.inner_lr)
+    for _ in range(s.meta["inner_steps"]):
+        loss = F.cross_entropy(model(s.x, s.mask), s.labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    val = env.emb.splits["val"]
+    with torch.no_grad():
+        acc = float((model(model.embed_tokens(val.ids), val.mask).argmax(-1) == val.y).float().mean())
+    assert acc == pytest.approx(s.meta["val_accuracy"]) and acc != 0.5  # 12 val rows: not the chance score

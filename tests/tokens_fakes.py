@@ -45,7 +45,8 @@ def build_tiny_bert(input_dim, num_classes, options=None):
     if key not in _BODIES:
         cfg = BertConfig(vocab_size=VOCAB, hidden_size=options.hidden, num_hidden_layers=options.layers,
                          num_attention_heads=2, intermediate_size=2 * options.hidden, max_position_embeddings=16,
-                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                         initializer_range=0.5)  # word vectors far apart: the classes show in the features
         cfg._attn_implementation = "eager"  # double backward needs the eager attention
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1234)

@@ -220,7 +220,7 @@ class _Chain:
             meta_common.update(
                 level="tokens", init_seed=init_seed, head_seeds=space.head_seeds, seq_len=int(X_train.shape[1]),
                 student_source=getattr(space.module, "source", None), inner_steps=_inner_steps(method),
-                inner_optimizer=ds.inner.optimizer, attention_labels=tk.attention_labels,
+                inner=ds.inner.model_dump(mode="json"), attention_labels=tk.attention_labels,
                 attention_weight=tk.attention_weight, token_mask=tk.mask,
                 tokenizer=dict(getattr(embeddings, "tokens", None) or {}))
         return cls(recipe=recipe, run=run, X_train=X_train, y_train=y_train, X_val=X_val, y_val=y_val, tokens=space,

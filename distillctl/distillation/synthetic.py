@@ -115,6 +115,15 @@ class SyntheticSet:
     def label_names(self) -> list[str]:
         return list(self.meta.get("label_names") or [str(c) for c in range(self.num_classes)])
 
+    def initial_model(self):
+        """Token level: the model this set was distilled for, ready to fine-tune on (x, mask, labels): the
+        student plugin with the options recorded in the set, built under its ``init_seed`` (the pretrained
+        body with that seed's head). Train it for ``meta["inner_steps"]`` steps at ``inner_lr``
+        (``meta["inner"]["optimizer"]``) to reproduce the fine-tuning the set was made for."""
+        from distillctl.distillation.tokens import initial_model
+
+        return initial_model(self)
+
     def hard_labels(self) -> "torch.Tensor":
         """(n,) int64: the labels, or the most probable class of each soft label."""
         return self.labels.argmax(-1) if self.soft else self.labels
