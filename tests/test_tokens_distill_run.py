@@ -155,3 +155,43 @@ def test_load_set_gives_what_fine_tunes_a_copy_to_the_validated_accuracy(env):
     with torch.no_grad():
         acc = float((model(model.embed_tokens(val.ids), val.mask).argmax(-1) == val.y).float().mean())
     assert acc == pytest.approx(s.meta["val_accuracy"]) and acc != 0.5  # 12 val rows: not the chance score
+
+
+def test_export_and_readout_of_a_token_set(env):
+    """export jsonl/csv of a token-level set: x is the (T, d) sequence flattened, the mask, the nearest token per
+    position (a set left at its real starting texts reads back as those texts' token ids, cosine 1) and
+    the nearest real texts (the starting text itself first)."""
+    import csv
+
+    from distillctl.distillation.distill import distill
+    from distillctl.reporting.export import export
+    from distillctl.reporting.readable import token_readout
+
+    # lr 0: the set never moves from its starting real texts (validation picks the step-0 set anyway)
+    res = distill(env.recipe(ipc=[1], tokens={"attention_labels": "none"}, outer={"lr": 1e-12, "iterations": 2}),
+                  run_dir=env.tmp / "e", quiet=True)
+    s = SyntheticSet.load(res.sets[0]["path"])
+    (read,) = token_readout([res.sets[0]["path"]], env.emb)
+    train = env.emb.splits["train"]
+    texts = env.emb.texts("train")
+    for q in read["sequences"]:
+        row = q["neighbours"][0]["train_row"]
+        assert q["neighbours"][0]["similarity"] == pytest.approx(1.0, abs=1e-4)
+        attended = train.mask[row].bool()
+        assert [int(t[0]) for t in q["tokens"] if t] == train.ids[row][attended].tolist()
+        assert q["neighbours"][0]["text"] == texts[row]
+        assert min(c[0] for c in q["cosines"] if c) == pytest.approx(1.0, abs=1e-3)
+    out = export(res.run_dir, "jsonl", embeddings=env.emb, quiet=True)
+    rows = [json.loads(line) for line in out.path.read_text().splitlines()]
+    meta = json.loads(out.metadata_path.read_text())
+    assert meta["level"] == "tokens" and meta["x_width"] == tokens_fakes.T * 8 and meta["seq_len"] == tokens_fakes.T
+    for r, q in zip(rows, read["sequences"]):
+        assert torch.equal(torch.tensor(r["x"]).view(tokens_fakes.T, 8), s.x[r["row"]])
+        assert r["mask"] == s.mask[r["row"]].tolist() and r["reads_as"] == q["text"]
+        assert r["nearest_tokens"] == ["/".join(t) for t in q["tokens"]]
+        assert r["nearest_texts"][0] == q["neighbours"][0]["text"]
+    out = export(res.run_dir, "csv", embeddings=env.emb, quiet=True)
+    with out.path.open() as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 2 and float(table[1][f"x_{tokens_fakes.T * 8 - 1}"]) == pytest.approx(float(s.x[1, -1, -1]))
+    assert table[0]["reads_as"] == rows[0]["reads_as"] and table[0]["tokens_0"] == rows[0]["nearest_tokens"][0]
