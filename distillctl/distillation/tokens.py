@@ -28,12 +28,6 @@ from distillctl.errors import UserError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-#: the levels a representation can have; a method declares those it serves (``levels`` on its options model)
-LEVELS = ("vectors", "tokens")
-#: attention-label kinds (Maekawa et al.): none, the [CLS] query row of every layer and head, or every row
-ATTENTION_KINDS = ("none", "cls", "all")
-
-
 def method_levels(options_model: Any) -> tuple[str, ...]:
     """The levels a method plugin serves: ``levels`` on its options model (default: vectors only)."""
     return tuple(getattr(options_model, "levels", ("vectors",)))
@@ -456,19 +450,6 @@ def readable_line(tokens: list[list[str]]) -> str:
             words.append(tok)
     return " ".join(words)
 
-
-def check_level_shapes(x: "torch.Tensor", mask: "torch.Tensor | None") -> None:
-    """A token-level set's x is (n, T, d) and its mask (n, T)."""
-    if x.ndim != 3:
-        raise UserError(f"token-level set: x must be (ipc*C, T, d), got {tuple(x.shape)}")
-    if mask is None or tuple(mask.shape) != tuple(x.shape[:2]):
-        got = None if mask is None else tuple(mask.shape)
-        raise UserError(f"token-level set: mask must be {tuple(x.shape[:2])} (ipc*C, T), got {got}")
-
-
-__all__ = ["LEVELS", "ATTENTION_KINDS", "TokenRows", "TokenSpace", "InnerSteps", "meta_step", "train_steps",
-           "finetune_and_score", "initial_rows", "initial_attention", "nearest_tokens", "nearest_texts",
-           "method_levels", "refuse_level", "attention_loss", "attention_targets", "inner_loss"]
 
 
 def initial_model(syn, registry=None):

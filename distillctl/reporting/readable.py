@@ -85,7 +85,8 @@ def _real_features(module, embeddings, max_real: int, seed: int):
     types = getattr(train, "type_ids", None)
     with torch.no_grad():
         x = module.embed_tokens(train.ids[rows]) if types is None else module.embed_tokens(train.ids[rows], types[rows])
-        feats = torch.cat([module.features(x[i:i + 256], train.mask[rows][i:i + 256]) for i in range(0, len(rows), 256)])
+        mask = train.mask[rows]  # (m, T)
+        feats = torch.cat([module.features(x[i:i + 256], mask[i:i + 256]) for i in range(0, len(rows), 256)])
     texts = embeddings.texts("train") if callable(getattr(embeddings, "texts", None)) else None
     return (rows.tolist(), feats, [texts[int(j)] if texts else f"train row {int(j)}" for j in rows],
             train.y[rows].tolist())
