@@ -195,3 +195,24 @@ def test_export_and_readout_of_a_token_set(env):
         table = list(csv.DictReader(fh))
     assert len(table) == 2 and float(table[1][f"x_{tokens_fakes.T * 8 - 1}"]) == pytest.approx(float(s.x[1, -1, -1]))
     assert table[0]["reads_as"] == rows[0]["reads_as"] and table[0]["tokens_0"] == rows[0]["nearest_tokens"][0]
+
+
+def test_report_shows_the_sequences_readable(env):
+    """eval (token arms) then report on a token-level run: report.md has the readable-sequences part (each
+    sequence, what it reads as, its nearest real texts) after what the terminal shows, report.json the readout."""
+    from distillctl.distillation.distill import distill
+    from distillctl.evaluation.evaluate import evaluate
+    from distillctl.reporting.report import SEQUENCES_HEADING, report, report_tables
+
+    emb = tokens_fakes.token_embeddings()  # with its test split: eval scores on it
+    res = distill(env.recipe(ipc=[1], tokens={"attention_labels": "none"}), run_dir=env.tmp / "rep", quiet=True,
+                  embeddings=emb)
+    evaluate(res.run_dir, seeds=2, quiet=True, embeddings=emb)
+    md = report(res.run_dir, quiet=True, embeddings=emb)
+    text = md.read_text()
+    assert SEQUENCES_HEADING in text and SEQUENCES_HEADING not in report_tables(md)
+    assert "**sequence 0** (class `class0`" in text and "**sequence 1** (class `class1`" in text
+    assert "| 1 | " in text.split(SEQUENCES_HEADING)[1]  # a nearest real text row
+    out = json.loads((res.run_dir / "report.json").read_text())
+    (read,) = out["readout"]
+    assert read["ipc"] == 1 and len(read["sequences"]) == 2 and read["sequences"][0]["neighbours"]

@@ -60,6 +60,7 @@ class TokenSplit:
     ids: object
     mask: object
     y: object
+    type_ids: object = None
 
 
 @dataclass
