@@ -138,7 +138,8 @@ def reset_peak(plan: DevicePlan) -> None:
 
 
 def peak_memory_mb(plan: DevicePlan) -> float:
-    """Peak GPU memory allocated since :func:`reset_peak` (CUDA), else the process's peak resident set (MiB)."""
+    """Peak GPU memory allocated since :func:`reset_peak` (CUDA), else the process's peak resident set so far
+    (MiB; ``getrusage`` cannot be reset: it covers everything the process did before, e.g. loading data)."""
     if plan.device.type == "cuda":
         import torch
 
@@ -353,13 +354,13 @@ def finetune_and_score(build_student: Callable[[], Any], train: TokenData, y_tra
                 del student
         else:
             x_sel, y_sel = select_on
-            students = [_Student(build_student, s, plan, budget, len(data_of(k)[0]), replay, C, attention)
+            datas = [data_of(k) for k in range(K)]
+            students = [_Student(build_student, s, plan, budget, len(datas[k][0]), replay, C, attention)
                         for k, s in enumerate(seeds)]
             saved, stale = None, 0
             for step in range(1, steps + 1):
                 for k, student in enumerate(students):
-                    data, yk = data_of(k)
-                    losses[k] = student.step(data, yk, soft)
+                    losses[k] = student.step(datas[k][0], datas[k][1], soft)
                 bar.advance(1, loss=sum(losses) / K)
                 done = step
                 if step % select_every == 0 or step == steps:
