@@ -310,7 +310,7 @@ def finetune_and_score(build_student: Callable[[], Any], train: TokenData, y_tra
     """
     import torch
 
-    from distillctl.console import progress
+    from distillctl.console import info, is_quiet, progress
     from distillctl.evaluation.training import Scores, classification_scores
 
     t0 = time.perf_counter()
@@ -372,6 +372,9 @@ def finetune_and_score(build_student: Callable[[], Any], train: TokenData, y_tra
                         saved = [s.snapshot() for s in students]
                     else:
                         stale += 1
+                    if not (is_quiet() if quiet is None else quiet):  # a long run shows where it is
+                        info(f"{description or 'fine-tuning'}: step {step}, val accuracy {curve[-1]['mean']:.4f} "
+                             f"(best {best:.4f} at step {best_step})")
                     if select_patience is not None and stale >= select_patience:
                         break
             for s, snap in zip(students, saved):

@@ -179,8 +179,10 @@ def evaluate_token_sets(recipe: Any, sets: list, embeddings: Any, sections: list
 # -- baseline -----------------------------------------------------------------------------------------
 
 def baseline_tokens(recipe: Any, kind: str, ipcs: Sequence[int], ipc_field: str, seed_list: list[int],
-                    sections: list, embeddings: Any, *, quiet: bool) -> list[dict]:
-    """Records of one baseline arm at the token level (see the module docstring)."""
+                    sections: list, embeddings: Any, *, quiet: bool, on_record: Any = None) -> list[dict]:
+    """Records of one baseline arm at the token level (see the module docstring). ``on_record(record)`` is
+    called as each record is finished (``baseline`` stores it at once: a fine-tuned arm can take an hour on a
+    CPU, and what finished is kept if a later arm is interrupted)."""
     from distillctl.evaluation.baselines import (EARLYSTOP_MAX_FACTOR, EARLYSTOP_PATIENCE, SUBSET_KINDS, coreset,
                                                  earlystop_every, random_subsets)
     from distillctl.evaluation.finetuning import TokenData, copy_budget, finetune_and_score, pooled_features
@@ -212,8 +214,11 @@ def baseline_tokens(recipe: Any, kind: str, ipcs: Sequence[int], ipc_field: str,
             extra.update(chosen_steps=scores.chosen_steps, val_curve=scores.val_curve, steps_run=scores.steps_run)
         _info(quiet, f"{arm} {where}, {section.name}: accuracy {scores.mean():.4f} ± {scores.std():.4f} "
               f"({len(seed_list)} seeds, {scores.seconds:.1f} s)")
-        return result_record(arm, arm_ipc, recipe, arm_budget, scores, majority=majority, n_test=len(y_test),
-                             student=section, **extra, **_record_extra(scores))
+        rec = result_record(arm, arm_ipc, recipe, arm_budget, scores, majority=majority, n_test=len(y_test),
+                            student=section, **extra, **_record_extra(scores))
+        if on_record is not None:
+            on_record(rec)
+        return rec
 
     # 2. the arm, for every student
     records = []
