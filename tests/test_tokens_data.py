@@ -74,6 +74,7 @@ def test_token_cache_holds_the_student_tokenizers_ids_and_masks(tmp_path):
     assert len(emb.splits["val"].y) == 6 and len(emb.splits["train"].y) == 24
     manifest = json.loads((first.cache_dir / "manifest.json").read_text())
     assert manifest["level"] == "tokens" and manifest["tokens"]["hidden_size"] == 384
+    assert emb.tokens["model_sha256"] == manifest["encoder"]["identity"]["model_sha256"]
     # truncated rows end in [SEP] at position T-1; no row is longer than T
     assert int(emb.splits["train"].mask.sum(1).max()) <= 16
 

@@ -95,9 +95,12 @@ class TokenEncoder:
 
     def meta(self) -> dict:
         """What a reader of the cache needs besides the tensors."""
+        from distillctl.encoding import folder_sha256, revision_of
+
         tok = self.tokenizer
         return {"max_length": self.max_length, "pad_token_id": tok.pad_token_id, "vocab_size": len(tok),
-                "hidden_size": self.dim, "model": self.options.model, "revision": self.options.revision}
+                "hidden_size": self.dim, "model": self.options.model, "revision": self.options.revision,
+                "model_sha256": folder_sha256(self.path()), "hub_revision": revision_of(self.path())}
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])

@@ -276,7 +276,9 @@ def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, 
     if getattr(embeddings, "level", "vectors") == "tokens":  # fine-tuned students (evaluation/token_arms.py)
         from distillctl.evaluation.token_arms import baseline_tokens
 
-        records = baseline_tokens(recipe, kind, ipcs, ipc_field, seed_list, sections, embeddings, quiet=quiet)
+        keep = None if run is None else (lambda rec: store_results(run.eval / f"baseline-{kind}.json", [rec]))
+        records = baseline_tokens(recipe, kind, ipcs, ipc_field, seed_list, sections, embeddings, quiet=quiet,
+                                  on_record=keep)
         if run is not None:
             store_results(run.eval / f"baseline-{kind}.json", records, history=run.eval / "history.jsonl")
         return records

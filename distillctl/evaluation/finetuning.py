@@ -77,12 +77,16 @@ class TokenData:
         last = torch.where(on.any(1), T - on.flip(1).int().argmax(1), torch.ones_like(on[:, 0], dtype=torch.long))
         return last.long()
 
-    def batch(self, module: Any, index: "torch.Tensor", device, dtype) -> tuple["torch.Tensor", "torch.Tensor"]:
-        """(B, T', d) input embeddings and (B, T') mask of rows ``index``, cut after the last attended position."""
+    def batch(self, module: Any, index: "torch.Tensor", device, dtype, *, trim: bool = True
+              ) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """(B, T', d) input embeddings and (B, T') mask of rows ``index``, cut after the last attended position
+        (``trim``; else T' = T)."""
         import torch
 
         mask = self.mask[index]  # (B, T)
-        keep = int(mask.ne(0).any(0).nonzero().max()) + 1 if bool(mask.ne(0).any()) else 1
+        keep = mask.shape[1]
+        if trim:
+            keep = int(mask.ne(0).any(0).nonzero().max()) + 1 if bool(mask.ne(0).any()) else 1
         mask = mask[:, :keep].to(device=device, dtype=dtype)
         if self.x is not None:
             return self.x[index][:, :keep].to(device=device, dtype=dtype), mask
@@ -134,7 +138,8 @@ def reset_peak(plan: DevicePlan) -> None:
 
 
 def peak_memory_mb(plan: DevicePlan) -> float:
-    """Peak GPU memory allocated since :func:`reset_peak` (CUDA), else the process's peak resident set (MiB)."""
+    """Peak GPU memory allocated since :func:`reset_peak` (CUDA), else the process's peak resident set so far
+    (MiB; ``getrusage`` cannot be reset: it covers everything the process did before, e.g. loading data)."""
     if plan.device.type == "cuda":
         import torch
 
@@ -172,12 +177,12 @@ class _Student:
     """One seed's fine-tuning run: the module, its trainable parameters, optimiser and minibatch stream."""
 
     def __init__(self, build: Callable[[], Any], seed: int, plan: DevicePlan, budget: Any, n: int,
-                 replay: InnerReplay | None = None, num_classes: int | None = None):
+                 replay: InnerReplay | None = None, num_classes: int | None = None, attention: tuple | None = None):
         import torch
 
         from distillctl.evaluation.training import ADAM_EPS, BatchStream, build_seeded
 
-        self.seed, self.plan, self.replay = seed, plan, replay
+        self.seed, self.plan, self.replay, self.attention = seed, plan, replay, attention
         self.module = build_seeded(build, seed).to(plan.device)
         names = getattr(self.module, "trainable_names", None)
         trainable = set(names()) if callable(names) else {k for k, p in self.module.named_parameters()
@@ -221,11 +226,21 @@ class _Student:
 
         self.t += 1
         rows = self._rows()  # (B,)
-        x, mask = data.batch(self.module, rows, self.plan.device, torch.float32)  # (B, T', d), (B, T')
+        attn_targets = None if self.attention is None else self.attention[0][rows].to(self.plan.device)
+        # (B, T', d), (B, T'); with attention labels the whole T (the targets are (B, L, H, Q, T))
+        x, mask = data.batch(self.module, rows, self.plan.device, torch.float32, trim=attn_targets is None)
         yb = targets[rows].to(self.plan.device)  # (B,) or (B, C)
         with self.plan.context():
-            logits = self.module(x, mask).float()  # (B, C)
+            if attn_targets is None:
+                logits = self.module(x, mask).float()  # (B, C)
+            else:
+                logits, attn = self.module(x, mask, output_attentions=True)  # (B, C), (B, L, H, T, T)
+                logits = logits.float()
         loss = F.cross_entropy(logits, yb) if not soft else -(yb * logits.log_softmax(-1)).sum(-1).mean()
+        if attn_targets is not None:  # the distilled-for inner loss: + weight x KL(targets || attention)
+            from distillctl.distillation.tokens import attention_loss
+
+            loss = loss + self.attention[1] * attention_loss(attn.float(), attn_targets, mask)
         if self.replay is None:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -279,12 +294,14 @@ def finetune_and_score(build_student: Callable[[], Any], train: TokenData, y_tra
                        num_classes: int, plan: DevicePlan | None = None, description: str | None = None,
                        quiet: bool | None = None, select_on: tuple | None = None, select_every: int | None = None,
                        select_patience: int | None = None, per_seed_rows: "torch.Tensor | None" = None,
-                       replay: InnerReplay | None = None):
+                       replay: InnerReplay | None = None, attention: tuple | None = None):
     """Fine-tune one student per seed on ``train`` with ``budget``; score each on ``test`` once.
 
     ``y_train`` (n,) int64 classes or (n, C) probabilities (soft labels). ``per_seed_rows`` (K, k): seed k
     trains on rows ``per_seed_rows[k]`` of ``train`` (a new random subset per seed). ``replay``: train with
     the distilled-for inner steps instead of ``budget`` (functional optimiser, ``replay.steps`` steps).
+    ``attention=(labels (n, L, H, Q, T) probabilities, weight)``: with ``replay``, the inner loss of a set
+    distilled with attention labels (cross-entropy + weight x KL to them).
     ``select_on=(val TokenData, y_val)``: the K students train in lockstep, are scored on val every
     ``select_every`` steps and after the last, and those of the step with the best mean val accuracy (the
     earliest of equal ones) are scored on test; ``select_patience`` checks in a row without a better mean
@@ -293,7 +310,7 @@ def finetune_and_score(build_student: Callable[[], Any], train: TokenData, y_tra
     """
     import torch
 
-    from distillctl.console import progress
+    from distillctl.console import info, is_quiet, progress
     from distillctl.evaluation.training import Scores, classification_scores
 
     t0 = time.perf_counter()
@@ -328,7 +345,7 @@ def finetune_and_score(build_student: Callable[[], Any], train: TokenData, y_tra
         if select_on is None:
             for k, seed in enumerate(seeds):
                 data, yk = data_of(k)
-                student = _Student(build_student, seed, plan, budget, len(data), replay, C)
+                student = _Student(build_student, seed, plan, budget, len(data), replay, C, attention)
                 for _ in range(steps):
                     losses[k] = student.step(data, yk, soft)
                     bar.advance(1, loss=losses[k])
@@ -337,13 +354,13 @@ def finetune_and_score(build_student: Callable[[], Any], train: TokenData, y_tra
                 del student
         else:
             x_sel, y_sel = select_on
-            students = [_Student(build_student, s, plan, budget, len(data_of(k)[0]), replay, C)
+            datas = [data_of(k) for k in range(K)]
+            students = [_Student(build_student, s, plan, budget, len(datas[k][0]), replay, C, attention)
                         for k, s in enumerate(seeds)]
             saved, stale = None, 0
             for step in range(1, steps + 1):
                 for k, student in enumerate(students):
-                    data, yk = data_of(k)
-                    losses[k] = student.step(data, yk, soft)
+                    losses[k] = student.step(datas[k][0], datas[k][1], soft)
                 bar.advance(1, loss=sum(losses) / K)
                 done = step
                 if step % select_every == 0 or step == steps:
@@ -355,6 +372,9 @@ def finetune_and_score(build_student: Callable[[], Any], train: TokenData, y_tra
                         saved = [s.snapshot() for s in students]
                     else:
                         stale += 1
+                    if not (is_quiet() if quiet is None else quiet):  # a long run shows where it is
+                        info(f"{description or 'fine-tuning'}: step {step}, val accuracy {curve[-1]['mean']:.4f} "
+                             f"(best {best:.4f} at step {best_step})")
                     if select_patience is not None and stale >= select_patience:
                         break
             for s, snap in zip(students, saved):

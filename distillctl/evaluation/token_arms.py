@@ -83,6 +83,15 @@ def inner_replay(recipe: Any, syn: Any):
                        batch_per_class=inner.get("batch_per_class", settings.batch_per_class))
 
 
+def init_seed_of(recipe: Any, syn: Any) -> int:
+    """The seed of the initial model a set was distilled for: the set's ``init_seed``, else the recipe's
+    ``distill.tokens.init_seed``, else the recipe's seed (the distillation default)."""
+    if syn.meta.get("init_seed") is not None:
+        return int(syn.meta["init_seed"])
+    configured = getattr(getattr(recipe.distill, "tokens", None), "init_seed", None)
+    return int(recipe.seed if configured is None else configured)
+
+
 def evaluate_token_sets(recipe: Any, sets: list, embeddings: Any, sections: list, seed_list: list[int], *,
                         quiet: bool) -> list[dict]:
     """Records of ``distilled`` (every student section x set x labels) and ``distilled-init`` (every set)."""
@@ -134,11 +143,17 @@ def evaluate_token_sets(recipe: Any, sets: list, embeddings: Any, sections: list
 
     # 3. distilled-init: the initial model the set was made for, with the inner steps it was made with
     for stage, (f, s) in enumerate(sets):
-        init_seed = s.meta.get("init_seed")
+        init_seed = init_seed_of(recipe, s)
         replay = inner_replay(recipe, s)
-        if init_seed is None or replay is None:
-            _info(quiet, f"{Path(f).name}: no distilled-init arm (the set records no init_seed or inner steps)")
+        if replay is None:
+            _info(quiet, f"{Path(f).name}: no distilled-init arm (neither the set nor its method records how many "
+                  "inner steps it was distilled for)")
             continue
+        attention = None
+        if getattr(s, "attention_labels", None) is not None:  # the inner loss had the attention-label term
+            weight = s.meta.get("attention_weight",
+                                getattr(getattr(recipe.distill, "tokens", None), "attention_weight", 1.0))
+            attention = (s.attention_labels.float(), float(weight))
         section = distilled_for(recipe, s)
         build = student_builder(recipe, d, C, section)
         data = TokenData(mask=s.mask.float(), x=s.x.float())
@@ -147,13 +162,14 @@ def evaluate_token_sets(recipe: Any, sets: list, embeddings: Any, sections: list
         replay_budget = TrainBudget(steps=replay.steps, optimizer=replay.optimizer, lr=replay.lr,
                                     momentum=replay.momentum, batch_size=max(rows, 1), betas=replay.betas)
         scores = finetune_and_score(build, data, labels, test, y_test, seeds=[int(init_seed)], budget=budget,
-                                    num_classes=C, plan=plan, quiet=quiet, replay=replay,
+                                    num_classes=C, plan=plan, quiet=quiet, replay=replay, attention=attention,
                                     description=f"eval ipc {s.ipc} from the initial model")
         records.append(result_record(
             "distilled-init", s.ipc, recipe, replay_budget, scores, majority=majority, n_test=len(y_test),
             student=section, labels="soft" if s.soft else "hard", distilled_with=made_with,
             set=str(Path(f).resolve()), stage=s.meta.get("stage", stage), soft_labels=s.soft, n_train=len(data),
             init_seed=int(init_seed), inner_replay=replay.as_dict(), learned_lr=s.inner_lr is not None,
+            attention_labels=attention is not None,
             val_accuracy=s.meta.get("val_accuracy"), **_record_extra(scores)))
         _info(quiet, f"ipc {s.ipc}, from the initial model (seed {init_seed}, {replay.steps} inner steps, lr "
               f"{replay.lr:.3g}): accuracy {scores.mean():.4f} ({scores.seconds:.1f} s)")
@@ -163,8 +179,10 @@ def evaluate_token_sets(recipe: Any, sets: list, embeddings: Any, sections: list
 # -- baseline -----------------------------------------------------------------------------------------
 
 def baseline_tokens(recipe: Any, kind: str, ipcs: Sequence[int], ipc_field: str, seed_list: list[int],
-                    sections: list, embeddings: Any, *, quiet: bool) -> list[dict]:
-    """Records of one baseline arm at the token level (see the module docstring)."""
+                    sections: list, embeddings: Any, *, quiet: bool, on_record: Any = None) -> list[dict]:
+    """Records of one baseline arm at the token level (see the module docstring). ``on_record(record)`` is
+    called as each record is finished (``baseline`` stores it at once: a fine-tuned arm can take an hour on a
+    CPU, and what finished is kept if a later arm is interrupted)."""
     from distillctl.evaluation.baselines import (EARLYSTOP_MAX_FACTOR, EARLYSTOP_PATIENCE, SUBSET_KINDS, coreset,
                                                  earlystop_every, random_subsets)
     from distillctl.evaluation.finetuning import TokenData, copy_budget, finetune_and_score, pooled_features
@@ -196,8 +214,11 @@ def baseline_tokens(recipe: Any, kind: str, ipcs: Sequence[int], ipc_field: str,
             extra.update(chosen_steps=scores.chosen_steps, val_curve=scores.val_curve, steps_run=scores.steps_run)
         _info(quiet, f"{arm} {where}, {section.name}: accuracy {scores.mean():.4f} ± {scores.std():.4f} "
               f"({len(seed_list)} seeds, {scores.seconds:.1f} s)")
-        return result_record(arm, arm_ipc, recipe, arm_budget, scores, majority=majority, n_test=len(y_test),
-                             student=section, **extra, **_record_extra(scores))
+        rec = result_record(arm, arm_ipc, recipe, arm_budget, scores, majority=majority, n_test=len(y_test),
+                            student=section, **extra, **_record_extra(scores))
+        if on_record is not None:
+            on_record(rec)
+        return rec
 
     # 2. the arm, for every student
     records = []
