@@ -384,7 +384,6 @@ def _embed_shards(partial: Path, key: str, splits: dict, encoder, settings, dim:
     (tokenised) once and kept in ``partial/`` (with its sha256 in ``shards.json``), so an interrupted build
     resumes at the last whole shard. ``partial/`` is started afresh when its plan (key, shard size, dim,
     the texts) differs from this build's (the key covers the level)."""
-    import torch
     from safetensors.torch import load as load_tensors
 
     plan = {"key": key, "shard_size": settings.shard_size, "dim": dim,

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from distillctl.encoding import folder_sha256, quiet_loading, require, revision_of
 from distillctl.errors import UserError
 
 #: the data levels a recipe can ask for (``embed.level``)
@@ -56,7 +57,6 @@ class TokenEncoder:
     def identity(self) -> dict:
         """Keys the cache: the model folder's checksum (weights, vocabulary, tokenizer settings), its hub
         revision, and ``max_length``."""
-        from distillctl.encoding import folder_sha256, require, revision_of
 
         require("transformers", "transformers", f"student {self.section.name}", load=False)
         path = self.path()
@@ -69,7 +69,6 @@ class TokenEncoder:
 
     def load(self, device: str = "cpu") -> None:
         """The tokenizer and config (no weights: tokenising needs none). ``device`` is not used."""
-        from distillctl.encoding import quiet_loading, require
 
         tf = require("transformers", "transformers", f"student {self.section.name}")
         quiet_loading()
@@ -95,7 +94,6 @@ class TokenEncoder:
 
     def meta(self) -> dict:
         """What a reader of the cache needs besides the tensors."""
-        from distillctl.encoding import folder_sha256, revision_of
 
         tok = self.tokenizer
         return {"max_length": self.max_length, "pad_token_id": tok.pad_token_id, "vocab_size": len(tok),

@@ -24,6 +24,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from distillctl.errors import UserError
+from distillctl.evaluation.training import build_seeded
+from distillctl.methods import Learnables
+from distillctl.plugins import get_registry
+from distillctl.seeds import derive_seed
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -102,8 +106,6 @@ class TokenSpace:
               dtype=None) -> "TokenSpace":
         import torch
 
-        from distillctl.evaluation.training import build_seeded
-        from distillctl.seeds import derive_seed
 
         module = build_seeded(build_student, init_seed).to(device=device, dtype=dtype or torch.float32).eval()
         for name in ("embed_tokens", "word_embeddings", "features", "trainable_names"):
@@ -146,7 +148,6 @@ class TokenSpace:
         """
         import torch
 
-        from distillctl.evaluation.training import build_seeded
 
         if seed is None or seed == self.init_seed:
             return dict(self.init_params)
@@ -271,7 +272,6 @@ def train_steps(space: TokenSpace, params: dict, learnables: Mapping[str, "torch
     """
     import torch
 
-    from distillctl.methods import Learnables
     from distillctl.toolbox import optimizer_step
 
     learn = Learnables.from_dict(dict(learnables))
@@ -348,7 +348,6 @@ def finetune_and_score(space: TokenSpace, learnables: Mapping[str, "torch.Tensor
     """Accuracy on ``rows`` of the model fine-tuned on the set from each head seed (no graph)."""
     import torch
 
-    from distillctl.seeds import derive_seed
 
     tensors = {k: v.detach() for k, v in learnables.items()}
     out = []
@@ -455,8 +454,6 @@ def readable_line(tokens: list[list[str]]) -> str:
 def initial_model(syn, registry=None):
     """The model a token-level set was distilled for: its student plugin with the options recorded in the set,
     built under the set's ``init_seed`` (the pretrained body with that seed's head), in eval mode."""
-    from distillctl.evaluation.training import build_seeded
-    from distillctl.plugins import get_registry
 
     if syn.level != "tokens":
         raise UserError("initial_model: this set is sentence vectors; only a token-level set has an initial model")

@@ -25,7 +25,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from distillctl.console import info, is_quiet, progress
+from distillctl.devices import resolve_device
+from distillctl.distillation.tokens import attention_loss
 from distillctl.errors import UserError
+from distillctl.evaluation.training import ADAM_EPS, BatchStream, Scores, build_seeded, classification_scores
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -109,7 +113,6 @@ class DevicePlan:
     def resolve(cls, name: str = "auto", *, field: str = "eval.device") -> "DevicePlan":
         import torch
 
-        from distillctl.devices import resolve_device
 
         device = resolve_device(name, field=field)
         if device.type == "cuda":
@@ -180,7 +183,6 @@ class _Student:
                  replay: InnerReplay | None = None, num_classes: int | None = None, attention: tuple | None = None):
         import torch
 
-        from distillctl.evaluation.training import ADAM_EPS, BatchStream, build_seeded
 
         self.seed, self.plan, self.replay, self.attention = seed, plan, replay, attention
         self.module = build_seeded(build, seed).to(plan.device)
@@ -238,7 +240,6 @@ class _Student:
                 logits = logits.float()
         loss = F.cross_entropy(logits, yb) if not soft else -(yb * logits.log_softmax(-1)).sum(-1).mean()
         if attn_targets is not None:  # the distilled-for inner loss: + weight x KL(targets || attention)
-            from distillctl.distillation.tokens import attention_loss
 
             loss = loss + self.attention[1] * attention_loss(attn.float(), attn_targets, mask)
         if self.replay is None:
@@ -310,8 +311,6 @@ def finetune_and_score(build_student: Callable[[], Any], train: TokenData, y_tra
     """
     import torch
 
-    from distillctl.console import info, is_quiet, progress
-    from distillctl.evaluation.training import Scores, classification_scores
 
     t0 = time.perf_counter()
     # 1. checks and targets
@@ -399,7 +398,6 @@ def pooled_features(build_student: Callable[[], Any], data: TokenData, plan: Dev
     in length-sorted batches: what herding and k-center choose real texts by at the token level."""
     import torch
 
-    from distillctl.evaluation.training import build_seeded
 
     module = build_seeded(build_student, seed).to(plan.device).eval()
     order = torch.argsort(data.lengths(), descending=True, stable=True)

@@ -25,7 +25,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from distillctl.console import info
 from distillctl.errors import UserError
+from distillctl.evaluation.baselines import (EARLYSTOP_MAX_FACTOR, EARLYSTOP_PATIENCE, SUBSET_KINDS, coreset,
+                                             earlystop_every, random_subsets)
+from distillctl.evaluation.finetuning import (DevicePlan, InnerReplay, TokenData, copy_budget, finetune_and_score,
+                                              pooled_features)
+from distillctl.evaluation.protocol import (TEST_SPLIT, check_ipc_fits, distilled_with, majority_line, result_record,
+                                            split_of)
+from distillctl.evaluation.training import Scores, TrainBudget, student_builder
+from distillctl.recipe import validate_plugin_section
 
 
 def _record_extra(scores: Any) -> dict:
@@ -34,14 +43,12 @@ def _record_extra(scores: Any) -> dict:
 
 
 def _plan(recipe: Any):
-    from distillctl.evaluation.finetuning import DevicePlan
 
     return DevicePlan.resolve(getattr(recipe.eval, "device", "auto"), field="eval.device")
 
 
 def _info(quiet: bool, text: str) -> None:
     if not quiet:
-        from distillctl.console import info
 
         info(text)
 
@@ -51,7 +58,6 @@ def _info(quiet: bool, text: str) -> None:
 def distilled_for(recipe: Any, syn: Any):
     """The student section a token-level set was distilled for: the set's recorded ``distill_students[0]``
     (with its options), else the recipe's first ``distill.students``, else ``student``."""
-    from distillctl.recipe import validate_plugin_section
 
     recorded = (syn.meta.get("distill_students") or [None])[0]
     if isinstance(recorded, dict) and recorded.get("name"):
@@ -65,7 +71,6 @@ def inner_replay(recipe: Any, syn: Any):
     steps ``meta["inner_steps"]`` (else the bptt unroll's ``total``), optimiser ``meta["inner"]`` (else
     ``distill.inner``), lr the set's learned ``inner_lr`` (else ``meta["inner"]["lr"]``, else
     ``distill.inner.lr``). None when the steps cannot be known (a method without an unroll)."""
-    from distillctl.evaluation.finetuning import InnerReplay
 
     inner = dict(syn.meta.get("inner") or {})
     settings = recipe.distill.inner
@@ -95,10 +100,6 @@ def init_seed_of(recipe: Any, syn: Any) -> int:
 def evaluate_token_sets(recipe: Any, sets: list, embeddings: Any, sections: list, seed_list: list[int], *,
                         quiet: bool) -> list[dict]:
     """Records of ``distilled`` (every student section x set x labels) and ``distilled-init`` (every set)."""
-    from distillctl.evaluation.finetuning import TokenData, finetune_and_score
-    from distillctl.evaluation.protocol import (TEST_SPLIT, distilled_with, majority_line, result_record,
-                                                split_of)
-    from distillctl.evaluation.training import TrainBudget, student_builder
 
     # 1. the test rows (token ids) and the checks that each set fits them
     test_split = split_of(embeddings, TEST_SPLIT)
@@ -183,12 +184,6 @@ def baseline_tokens(recipe: Any, kind: str, ipcs: Sequence[int], ipc_field: str,
     """Records of one baseline arm at the token level (see the module docstring). ``on_record(record)`` is
     called as each record is finished (``baseline`` stores it at once: a fine-tuned arm can take an hour on a
     CPU, and what finished is kept if a later arm is interrupted)."""
-    from distillctl.evaluation.baselines import (EARLYSTOP_MAX_FACTOR, EARLYSTOP_PATIENCE, SUBSET_KINDS, coreset,
-                                                 earlystop_every, random_subsets)
-    from distillctl.evaluation.finetuning import TokenData, copy_budget, finetune_and_score, pooled_features
-    from distillctl.evaluation.protocol import (TEST_SPLIT, check_ipc_fits, majority_line, result_record,
-                                                split_of)
-    from distillctl.evaluation.training import Scores, TrainBudget, student_builder
 
     # 1. data: token ids of train (coresets are chosen there) and test (every score)
     train_split, test_split = split_of(embeddings, "train"), split_of(embeddings, TEST_SPLIT)

@@ -39,7 +39,7 @@ from typing import Any
 
 from distillctl import __version__
 from distillctl.console import is_quiet
-from distillctl.data.embed import load_embeddings
+from distillctl.data import embed  # embed.load_embeddings: looked up per call (tests stand in for it)
 from distillctl.distillation.synthetic import SyntheticSet
 from distillctl.errors import UserError
 from distillctl.evaluation.protocol import set_files
@@ -161,7 +161,7 @@ def export_table(run, set_file: Path, *, embeddings: Any = None, quiet: bool | N
     recipe = run.load_recipe()
     if embeddings is None:
 
-        embeddings = load_embeddings(recipe, quiet=quiet)
+        embeddings = embed.load_embeddings(recipe, quiet=quiet)
     fp, set_fp = getattr(embeddings, "fingerprint", None), s.meta.get("embedding_fingerprint")
     if fp and set_fp and fp != set_fp:
         raise UserError(f"{set_file}: distilled from other embeddings (fingerprint {set_fp[:12]}, the run recipe's "

@@ -12,6 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from distillctl.distillation.synthetic import SyntheticSet
+from distillctl.distillation.tokens import (decode_positions, initial_model, nearest_texts, nearest_tokens,
+                                            readable_line, tokenizer_for)
+from distillctl.evaluation.protocol import split_of
+
 #: vocabulary tokens per position, real texts per sequence, real texts embedded for the text readout
 TOKENS_PER_POSITION, TEXTS_PER_SEQUENCE, MAX_REAL = 3, 3, 2000
 
@@ -26,10 +31,6 @@ def token_readout(files: list[Path], embeddings: Any, *, k_tokens: int = TOKENS_
     """
     import torch
 
-    from distillctl.distillation.synthetic import SyntheticSet
-    from distillctl.distillation.tokens import (
-        decode_positions, initial_model, nearest_texts, nearest_tokens, readable_line, tokenizer_for,
-    )
 
     out, models = [], {}
     for f in files:
@@ -77,7 +78,6 @@ def _real_features(module, embeddings, max_real: int, seed: int):
     """(rows, (m, h) pooled features, texts, labels) of up to ``max_real`` training texts (seeded draw)."""
     import torch
 
-    from distillctl.evaluation.protocol import split_of
 
     train = split_of(embeddings, "train")
     n = int(train.ids.shape[0])
