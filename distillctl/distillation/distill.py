@@ -37,6 +37,8 @@ from distillctl.data.cache import methods_dir
 from distillctl.devices import resolve_device
 from distillctl.distillation import checkpoints
 from distillctl.distillation.synthetic import SyntheticSet
+from distillctl.distillation.tokens import (InnerSteps, TokenRows, TokenSpace, attention_targets, finetune_and_score,
+                                            initial_attention, initial_rows)
 from distillctl.errors import RunError, UserError
 from distillctl.evaluation.protocol import check_ipc_fits, split_of
 from distillctl.evaluation import training  # training.train_and_score: looked up per call (tests script it)
@@ -168,28 +170,12 @@ class _Chain:
         """Students (`distill.students`, default the recipe's student), the method (one instance per student
         when there are several: PerStudent averages their outer steps), the validation budget (the eval
         protocol, scored on val)."""
-        import torch
-
         from distillctl.toolbox import VerifiedCache  # imports torch
 
         ds, registry = recipe.distill, get_registry()
         device = resolve_device(ds.device, field="distill.device")
-        train, val = split_of(embeddings, "train"), split_of(embeddings, "val")
         tokens = getattr(embeddings, "level", "vectors") == "tokens"
-        y_train, y_val = train.y.to(device), val.y.to(device)  # (n,), (m,)
-        if tokens:  # ids and masks (n, T); the student embeds them (its hidden size d is the input width)
-            from distillctl.distillation.tokens import TokenRows
-
-            X_train, X_val = TokenRows.of(train).to(device), TokenRows.of(val).to(device)
-            d = int(embeddings.dim)
-            if ds.tokens.val_rows is not None and ds.tokens.val_rows < len(X_val):  # a fixed draw of val rows
-                keep = torch.randperm(len(X_val), generator=torch.Generator().manual_seed(recipe.seed))
-                keep = keep[: ds.tokens.val_rows].sort().values.to(device)
-                X_val, y_val = X_val[keep], y_val[keep]
-        else:
-            X_train = train.X.to(device, torch.float32)  # (n, d)
-            X_val = val.X.to(device, torch.float32)  # (m, d)
-            d = int(X_train.shape[1])
+        X_train, y_train, X_val, y_val, d = _real_rows(recipe, embeddings, device)
         C = int(embeddings.num_classes)
         check_ipc_fits(embeddings, max(ds.ipc), "distill.ipc")
 
@@ -204,8 +190,8 @@ class _Chain:
         method.name = ds.method.name
         fingerprint = getattr(embeddings, "fingerprint", None)
         # what the methods' cached files derive from: the embedding cache entry, or a library caller's tensors
-        data = fingerprint or "tensors:" + sha256_of(X_train.detach().cpu().numpy().tobytes()
-                                                     + y_train.detach().cpu().numpy().tobytes())
+        data = fingerprint or "tensors:" + sha256_of(
+            b"".join(t.detach().cpu().numpy().tobytes() for t in (*_row_tensors(X_train), y_train)))
         meta_common = {
             "recipe_name": recipe.name, "recipe_fingerprint": recipe.fingerprint(),
             "embedding_fingerprint": fingerprint,
@@ -215,20 +201,10 @@ class _Chain:
             "method": ds.method.name, **_method_meta(ds.method), "run_dir": str(run.path),
         }
         space = None
-        if tokens:  # the student built once under init_seed: the initial model every stage fine-tunes
-            from distillctl.distillation.tokens import TokenSpace
-
-            tk = ds.tokens
-            init_seed = recipe.seed if tk.init_seed is None else tk.init_seed
-            space = TokenSpace.build(students[0][1], init_seed=init_seed, head_pool=tk.head_pool,
-                                     attention=tk.attention_labels, attention_weight=tk.attention_weight,
-                                     device=device)
-            meta_common.update(
-                level="tokens", init_seed=init_seed, head_seeds=space.head_seeds, seq_len=int(X_train.shape[1]),
-                student_source=getattr(space.module, "source", None), inner_steps=_inner_steps(method),
-                inner=ds.inner.model_dump(mode="json"), attention_labels=tk.attention_labels,
-                attention_weight=tk.attention_weight, token_mask=tk.mask,
-                tokenizer=dict(getattr(embeddings, "tokens", None) or {}))
+        if tokens:
+            space, token_meta = _token_space(recipe, students[0][1], method, device, embeddings,
+                                             seq_len=int(X_train.shape[1]))
+            meta_common.update(token_meta)
         return cls(recipe=recipe, run=run, X_train=X_train, y_train=y_train, X_val=X_val, y_val=y_val, tokens=space,
                    num_classes=C, students=students, labels=student_labels([sec.name for sec in sections]),
                    method=method, val_budget=TrainBudget.from_eval(recipe.eval),
@@ -425,13 +401,14 @@ def _validate(chain: _Chain, st: _Stage, step: int, record: dict) -> None:
     loop, learn = st.loop, st.learn
     t0 = time.perf_counter()
     x, y = learn.x.detach(), learn.labels(st.hard).detach()  # (ipc*C, d), (ipc*C,) or (ipc*C, C)
-    by_student = {}
-    if chain.tokens is not None:
-        by_student[chain.labels[0]] = _validate_tokens(chain, st)
-    for label, (_, build, _) in zip(chain.labels, chain.students) if chain.tokens is None else ():
-        scores = training.train_and_score(build, x, y, chain.X_val, chain.y_val, seeds=chain.val_seeds,
-                                 budget=chain.val_budget, num_classes=chain.num_classes, quiet=True)
-        by_student[label] = float(sum(scores.accuracy) / len(scores.accuracy))
+    if chain.tokens is not None:  # token level: the initial model fine-tuned on the set, scored on val rows
+        by_student = {chain.labels[0]: _validate_tokens(chain, st)}
+    else:
+        by_student = {}
+        for label, (_, build, _) in zip(chain.labels, chain.students):
+            scores = training.train_and_score(build, x, y, chain.X_val, chain.y_val, seeds=chain.val_seeds,
+                                              budget=chain.val_budget, num_classes=chain.num_classes, quiet=True)
+            by_student[label] = float(sum(scores.accuracy) / len(scores.accuracy))
     loop.val_seconds += time.perf_counter() - t0
     acc = sum(by_student.values()) / len(by_student)
     if loop.best is None or acc > loop.best_acc:  # the stage's first validation always sets the best
@@ -447,11 +424,53 @@ def _validate(chain: _Chain, st: _Stage, step: int, record: dict) -> None:
     st.log(chain, **record)
 
 
+def _real_rows(recipe, embeddings, device) -> tuple:
+    """(X_train, y_train, X_val, y_val, d) on ``device``: vectors ``(n, d)`` float32, or at the token level
+    :class:`~distillctl.distillation.tokens.TokenRows` (ids and masks ``(n, T)``; the student embeds them, its
+    hidden size d is the input width) with a fixed draw of ``distill.tokens.val_rows`` rows of val."""
+    import torch
+
+    train, val = split_of(embeddings, "train"), split_of(embeddings, "val")
+    y_train, y_val = train.y.to(device), val.y.to(device)  # (n,), (m,)
+    if getattr(embeddings, "level", "vectors") != "tokens":
+        X_train = train.X.to(device, torch.float32)  # (n, d)
+        X_val = val.X.to(device, torch.float32)  # (m, d)
+        return X_train, y_train, X_val, y_val, int(X_train.shape[1])
+    X_train, X_val = TokenRows.of(train).to(device), TokenRows.of(val).to(device)
+    keep_rows = recipe.distill.tokens.val_rows
+    if keep_rows is not None and keep_rows < len(X_val):  # a fixed draw of val rows
+        keep = torch.randperm(len(X_val), generator=torch.Generator().manual_seed(recipe.seed))
+        keep = keep[:keep_rows].sort().values.to(device)
+        X_val, y_val = X_val[keep], y_val[keep]
+    return X_train, y_train, X_val, y_val, int(embeddings.dim)
+
+
+def _row_tensors(X) -> tuple:
+    """The tensors behind the real rows: ``(X,)``, or a TokenRows' ids, mask (and token types)."""
+    if hasattr(X, "ids"):
+        return tuple(t for t in (X.ids, X.mask, X.types) if t is not None)
+    return (X,)
+
+
+def _token_space(recipe, build, method, device, embeddings, *, seq_len: int) -> tuple[Any, dict]:
+    """Token level: the :class:`~distillctl.distillation.tokens.TokenSpace` (the student built once under
+    ``init_seed``: the initial model every stage fine-tunes, and its head pool) and what every saved set
+    records about it."""
+    ds, tk = recipe.distill, recipe.distill.tokens
+    init_seed = recipe.seed if tk.init_seed is None else tk.init_seed
+    space = TokenSpace.build(build, init_seed=init_seed, head_pool=tk.head_pool, attention=tk.attention_labels,
+                             attention_weight=tk.attention_weight, device=device)
+    meta = dict(level="tokens", init_seed=init_seed, head_seeds=space.head_seeds, seq_len=seq_len,
+                student_source=getattr(space.module, "source", None), inner_steps=_inner_steps(method),
+                inner=ds.inner.model_dump(mode="json"), attention_labels=tk.attention_labels,
+                attention_weight=tk.attention_weight, token_mask=tk.mask,
+                tokenizer=dict(getattr(embeddings, "tokens", None) or {}))
+    return space, meta
+
+
 def _validate_tokens(chain: _Chain, st: _Stage) -> float:
     """Token level: the val accuracy of the initial model fine-tuned on the set for the method's inner steps
     (the mean over the first ``outer.val_seeds`` heads of the pool when ``distill.tokens.head_pool`` > 1)."""
-    from distillctl.distillation.tokens import InnerSteps, finetune_and_score
-
     ds, space = chain.recipe.distill, chain.tokens.for_stage(st.mask)
     heads = space.head_seeds[: ds.outer.val_seeds] if len(space.head_seeds) > 1 else space.head_seeds[:1]
     accs = finetune_and_score(space, st.learn.detached().as_dict(), st.hard.cpu(), chain.num_classes,
@@ -467,8 +486,6 @@ def _save_best(chain: _Chain, st: _Stage, last_loss: float, stopped: str | None)
     wall = st.elapsed()
     attention = None
     if best.attention_logits is not None:  # saved as target probabilities (masked keys 0)
-        from distillctl.distillation.tokens import attention_targets
-
         attention = attention_targets(best.attention_logits, st.mask).cpu()
     syn = SyntheticSet(
         x=best.x.cpu(), labels=best.labels(st.hard).cpu(), ipc=st.ipc, num_classes=chain.num_classes,
@@ -592,8 +609,6 @@ def _initial_token_learnables(chain: _Chain, ipc: int, previous, gen: "torch.Gen
     inherited rows).
     """
     import torch
-
-    from distillctl.distillation.tokens import initial_attention, initial_rows
 
     ds, C, space = chain.recipe.distill, chain.num_classes, chain.tokens
     old_ipc = previous.ipc if previous is not None else 0
