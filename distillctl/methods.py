@@ -44,12 +44,13 @@ class Learnables:
     initialised as class c).
     """
 
-    x: "torch.Tensor"  # (ipc*C, d) synthetic vectors
+    x: "torch.Tensor"  # (ipc*C, d) synthetic vectors; at the token level (ipc*C, T, d) input embeddings
     label_logits: "torch.Tensor | None" = None  # (ipc*C, C) soft-label logits (`distill.soft_labels`)
     log_lr: "torch.Tensor | None" = None  # () log of the learned inner lr (`distill.inner.learn_lr`)
+    attention_logits: "torch.Tensor | None" = None  # (ipc*C, L, H, Q, T) attention labels (token level, Q = 1 or T)
 
     def items(self) -> Iterator[tuple[str, "torch.Tensor"]]:
-        """(name, tensor) of the tensors present, in a fixed order (x, label_logits, log_lr)."""
+        """(name, tensor) of the tensors present, in a fixed order (x, label_logits, log_lr, attention_logits)."""
         for f in fields(self):
             value = getattr(self, f.name)
             if value is not None:
@@ -125,7 +126,7 @@ class MethodContext:
     num_classes: int
     ipc: int
     hard_labels: "torch.Tensor"  # (ipc*C,) int64, class-major
-    x_train: "torch.Tensor"  # (n, d) real training vectors on `device`
+    x_train: Any  # (n, d) real training vectors on `device`; at the token level a TokenRows (ids, masks (n, T))
     y_train: "torch.Tensor"  # (n,) int64
     inner: Any  # distillctl.recipe.InnerSettings: the inner optimiser, population, batch per class
     eval_budget: "TrainBudget"  # the eval protocol's training budget (optimiser, lr, steps, batch)
@@ -137,6 +138,9 @@ class MethodContext:
     say: Callable[[str], None] = lambda message: None  # one status line on stderr (silent with --quiet)
     students: list[str] = field(default_factory=list)  # labels of every student of `distill.students`, this one
     #                                                     among them (`mlp#2` for a repeated name); [] = this one only
+    level: str = "vectors"  # "tokens": the set is input embeddings for a fine-tuned transformer (embed.level)
+    tokens: Any = None  # at the token level: distillctl.distillation.tokens.TokenSpace (the student, used
+    #                     functionally; its initial model, head pool, the stage's synthetic mask, attention labels)
 
 
 class Method:
@@ -157,7 +161,8 @@ class Method:
              generator: "torch.Generator") -> OuterStep:
         """The outer loss at ``learn`` and its gradient for every learnable tensor.
 
-        real_x: (B, d) real training vectors drawn for this step, real_y: (B,) their classes.
+        real_x: (B, d) real training vectors drawn for this step (at the token level a
+        :class:`distillctl.distillation.tokens.TokenRows` of B texts), real_y: (B,) their classes.
         ``generator`` is the stage's generator: draw every random number from it.
         """
         raise NotImplementedError(f"method {self.name!r} does not implement step()")

@@ -80,6 +80,15 @@ class PluginSection(BaseModel):
 # -- core sections ------------------------------------------------------------------------------
 
 class EmbedSettings(Section):
+    level: Literal["vectors", "tokens"] = Field(
+        "vectors", description="What the cache holds and the students read: `vectors` (one sentence vector per "
+        "text from the frozen `encoder`) or `tokens` (token ids and attention masks from the student model's own "
+        "tokenizer, for a student that fine-tunes a pretrained transformer, e.g. `finetune`; pairs encoded "
+        "jointly). The student(s) must read this level.",
+    )
+    max_length: int = Field(
+        64, ge=2, description="Token level only: tokens per text (a pair together), padded and truncated to it.",
+    )
     val_size: float = Field(
         0.1, gt=0,
         description="Validation rows carved from train when the dataset has no validation split: a "
@@ -222,6 +231,32 @@ class BoostSettings(Section):
     )
 
 
+class TokenSettings(Section):
+    """``distill.tokens``: how a token-level set (``embed.level: tokens``) is built and trained for."""
+
+    init_seed: Optional[int] = Field(
+        None, ge=0, description="Seed of the initial model the set is distilled for (the pretrained body with "
+        "this seed's head); recorded in the set as `init_seed`, and `eval`'s `distilled-init` arm starts there. "
+        "null = the recipe's seed.")
+    head_pool: int = Field(
+        1, ge=1, description="Heads the inner fine-tuning starts from: 1 = always the initial model (as Maekawa et "
+        "al.); N > 1 = each outer step draws one of N head seeds (the initial model's first), so the set must "
+        "fine-tune models it was not made for (validation: the mean over the first `outer.val_seeds` of them).")
+    mask: Literal["real", "full"] = Field(
+        "real", description="Attention mask of the synthetic sequences: `real` = the masks of the real texts they "
+        "start from (padding stays padding); `full` = every one of the T positions is attended and learned.")
+    attention_labels: Literal["none", "cls", "all"] = Field(
+        "none", description="Learn attention labels (Maekawa et al. 2023): target attention maps per layer and "
+        "head that the inner loss pulls the model's attention towards; `cls` = the [CLS] query row only, "
+        "`all` = every row (L*H*T*T numbers per sequence). They start at the initial model's own attention.")
+    attention_weight: float = Field(
+        1.0, ge=0, description="Weight of the attention-label KL term in the inner loss (the paper's lambda).")
+    val_rows: Optional[int] = Field(
+        1000, ge=1, description="Rows of `val` that choose the best set while distilling (a fixed random draw): "
+        "each validation fine-tunes the model and runs it over them, ~20 s per 1,000 rows of 48 tokens for "
+        "MiniLM on one CPU thread. null = all of val. The final score is `eval` on test, never this.")
+
+
 class DistillSettings(Section):
     ipc: list[int] = Field(
         [10], description="Instances per class: one value, or a strictly increasing Boost-DD chain [1, 5, 10]."
@@ -262,6 +297,7 @@ class DistillSettings(Section):
     inner: InnerSettings = Field(default_factory=InnerSettings)
     outer: OuterSettings = Field(default_factory=OuterSettings)
     boost: BoostSettings = Field(default_factory=BoostSettings)
+    tokens: TokenSettings = Field(default_factory=TokenSettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -301,6 +337,11 @@ class EvalSettings(OptimizerSettings):
     steps: int = Field(1000, ge=1, description="Optimiser steps per student (the same for every arm).")
     batch_size: int = Field(256, ge=1, description="Rows per step; sets smaller than this are used whole.")
     weight_decay: float = Field(0.0, ge=0, description="Weight decay of the evaluated students.")
+    device: str = Field(
+        "auto", description="Torch device of token-level evaluation (fine-tuned students; `auto`: CUDA when torch "
+        "sees it, else CPU; on a GPU the forward passes run in bfloat16 autocast where supported). Vector "
+        "students train where their embeddings are (CPU).",
+    )
     students: Optional[list[PluginSection]] = Field(
         None, description="Evaluate with several students (transfer), e.g. `[mlp, transformer, linear]` (each a "
         "student section): `eval` trains K of each on every set and `baseline` on every arm, each with this "
@@ -614,9 +655,61 @@ def validate_recipe(data: dict, *, source: str = "<recipe>", base_dir: str | Pat
             options = _plugin_options(kind, name, raw, f"{path}.{i}", registry, context, source, problems)
             if options is not None and recipe is not None:
                 _get_path(recipe, path)[i].options = options
+    if recipe is not None and not problems:
+        problems += level_problems(recipe, registry, source)
+    if recipe is not None and not problems:  # a method that cannot serve the recipe's level: before any write
+        from distillctl.distillation.tokens import refuse_level
+
+        try:
+            refuse_level(recipe.distill.method.name, getattr(recipe.embed, "level", "vectors"), registry)
+        except UserError as exc:
+            problems.append(f"{source}: {exc}")
     if problems:
         raise RecipeError(problems)
     return recipe
+
+
+def level_problems(recipe: Recipe, registry, source: str = "", students: list | None = None,
+                   where: str | None = None) -> list[str]:
+    """One line per student that does not read ``embed.level`` (``student``, ``distill.students``,
+    ``eval.students``; or the given ``students`` sections named ``where[i]``), naming both fields and the
+    students that would fit. At the token level, every token-level student must use ``student``'s model
+    (the cache holds that model's token ids)."""
+    from distillctl.data.tokens import student_level
+
+    level = recipe.embed.level
+    if students is None:
+        items = [("student", recipe.student)]
+        for path, _ in PLUGIN_LIST_SECTIONS:
+            items += [(f"{path}.{i}", s) for i, s in enumerate(_get_path(recipe, path) or [])]
+    else:
+        items = [(f"{where}[{i}]", s) for i, s in enumerate(students)]
+    prefix = f"{source}: " if source else ""
+    problems = []
+    for field, section in items:
+        try:
+            info = registry.get("student", section.name)
+        except UserError:
+            continue  # reported by pass 2
+        if student_level(info.options) == level:
+            continue
+        fits = sorted(n for n in registry.names("student") if student_level(registry.get("student", n).options) == level)
+        fits_text = f" (students that read {level}: {', '.join(fits)})" if fits else ""
+        problems.append(f"{prefix}embed.level: {level!r} does not fit {field}.name {section.name!r}, which reads "
+                        f"{student_level(info.options)}; set embed.level: {student_level(info.options)} or choose "
+                        f"another student{fits_text}")
+    if level == "tokens" and not problems:
+        base = recipe.student.options
+        for field, section in items:
+            opts = section.options
+            if opts is base or opts is None or base is None:
+                continue
+            ident = lambda o: (getattr(o, "model", None), getattr(o, "revision", None))  # noqa: E731
+            if ident(opts) != ident(base):
+                problems.append(f"{prefix}{field}.model: {ident(opts)[0]!r} differs from student.model "
+                                f"{ident(base)[0]!r}; at embed.level tokens the cache holds student.model's token "
+                                "ids, so every student must use that model")
+    return problems
 
 
 def validate_plugin_section(kind: str, raw: Any, where: str, *, registry=None) -> PluginSection:

@@ -241,7 +241,7 @@ SHIPPED = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 def test_every_shipped_recipe_validates_against_the_built_in_plugins(path):
     recipe = load_recipe(path)
     assert recipe.name == path.stem  # runs/<name>/ matches the file a user ran
-    assert recipe.student.name in {"mlp", "transformer"}
+    assert recipe.student.name in {"mlp", "transformer", "finetune"}
 
 
 MINIMAL = """\

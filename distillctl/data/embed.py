@@ -15,6 +15,13 @@ without one is unfinished; before any use every file is checked against the mani
 truncated or corrupted entry is reported and rebuilt, never used. Each file is read once: its checksum
 is computed on the bytes in hand and the tensors (or texts) come from those same bytes.
 
+Token level (``embed.level: tokens``, :mod:`distillctl.data.tokens`): the same entry layout and checks,
+built with the student model's own tokenizer instead of an encoder; each ``<split>.safetensors`` holds
+``ids`` (n, T) int64, ``mask`` (n, T) int64 (1 = a real token), ``y`` (n,) and, for sentence pairs,
+``type_ids`` (n, T); ``T = embed.max_length``. Its key covers the level, the model folder's checksum
+and revision, and ``max_length``; the manifest's ``tokens`` section holds ``max_length``,
+``pad_token_id``, ``vocab_size`` and ``hidden_size``.
+
 The validation split, when the dataset has none, is carved from train at load time (seeded,
 stratified; ``embed.val_size`` and ``seed``): carving is an index operation, so one cache entry serves
 every seed and val size, while :attr:`Embeddings.fingerprint` covers the carve as well.
@@ -57,10 +64,14 @@ SPLIT_ORDER = ("train", "val", "test")
 
 @dataclass
 class EmbeddingSplit:
-    """One split of the cache: ``X`` (n, d) torch.float32 and ``y`` (n,) torch.int64."""
+    """One split of the cache: ``X`` (n, d) torch.float32 and ``y`` (n,) torch.int64; at the token level
+    ``X`` is None and ``ids`` / ``mask`` (n, T) torch.int64 (and ``type_ids`` for pairs) hold the rows."""
 
     X: Any
     y: Any
+    ids: Any = None
+    mask: Any = None
+    type_ids: Any = None
 
 
 @dataclass
@@ -70,13 +81,15 @@ class Embeddings:
     splits: dict[str, EmbeddingSplit]
     label_names: list[str]
     num_classes: int
-    dim: int
+    dim: int  # vector width, or at the token level the model's hidden size d (the input-embedding width)
     fingerprint: str
     cache_dir: Path
     notes: list[str] = field(default_factory=list)
     manifest: dict = field(default_factory=dict)
     #: rows per class of each split (``{"test": [C counts]}``): sizes a stage may check without reading the split
     class_counts: dict = field(default_factory=dict)
+    level: str = "vectors"  # or "tokens"
+    tokens: dict | None = None  # token level: max_length, pad_token_id, vocab_size, hidden_size, model, revision
     _text_index: dict = field(default_factory=dict, repr=False)  # split -> (native split, row indices)
     _texts_json: dict = field(default_factory=dict, repr=False)  # native split -> verified texts.json bytes
 
@@ -129,6 +142,7 @@ def embed(recipe, *, force: bool = False, quiet: bool | None = None) -> EmbedRes
     entry, manifest, contents, hit = _ensure(recipe, force=force, quiet=quiet)
     emb = _open(recipe, entry, manifest, contents)
     splits = {name: {"n": int(s.y.shape[0]), "dim": int(emb.dim),
+                     **({"level": "tokens", "max_length": int(s.ids.shape[1])} if emb.level == "tokens" else {}),
                      "class_counts": _bincount(s.y, emb.num_classes)} for name, s in emb.splits.items()}
     return EmbedResult(cache_dir=entry, cache_hit=hit, splits=splits, label_names=emb.label_names,
                        fingerprint=emb.fingerprint, notes=emb.notes, seconds=time.perf_counter() - t0,
@@ -148,16 +162,43 @@ def load_embeddings(recipe, *, quiet: bool | None = None) -> Embeddings:
 def _identities(recipe):
     registry = get_registry()
     source = registry.build("dataset", recipe.dataset)
-    encoder = registry.build("encoder", recipe.encoder)
     ds_id = source.identity()
-    enc_id = encoder.identity()
-    ident = {"format": CACHE_FORMAT, "dataset": {"plugin": recipe.dataset.name, **ds_id},
-             "encoder": {"plugin": recipe.encoder.name, **enc_id}, "dtype": recipe.embed.dtype}
+    if _level(recipe) == "tokens":  # the student model's tokenizer in the encoder's place
+        from distillctl.data.tokens import TokenEncoder
+
+        encoder = TokenEncoder(_student_section(recipe), recipe.embed.max_length)
+        enc_id = encoder.identity()
+        ident = {"format": CACHE_FORMAT, "level": "tokens", "dataset": {"plugin": recipe.dataset.name, **ds_id},
+                 "tokenizer": enc_id}
+    else:
+        encoder = registry.build("encoder", recipe.encoder)
+        enc_id = encoder.identity()
+        ident = {"format": CACHE_FORMAT, "dataset": {"plugin": recipe.dataset.name, **ds_id},
+                 "encoder": {"plugin": recipe.encoder.name, **enc_id}, "dtype": recipe.embed.dtype}
     # Which rows are embedded depends on embed.bad_rows: a `fail` run must not reuse what a `skip` run
     # stored (the rows it dropped are the ones `fail` must stop at).
     ident["bad_rows"] = recipe.embed.bad_rows
     key = sha256_of(_canonical(ident).encode())
     return source, encoder, ds_id, enc_id, key
+
+
+def _level(recipe) -> str:
+    return getattr(recipe.embed, "level", "vectors")
+
+
+def _student_section(recipe):
+    """``recipe.student`` with its validated options (defaults when the recipe gave none)."""
+    section = recipe.student
+    if section.options is None or isinstance(section.options, dict):
+        from distillctl.recipe import validate_plugin_section
+
+        section = validate_plugin_section("student", {"name": section.name, **(section.options or {})}, "student")
+    return section
+
+
+def _encoder_name(recipe) -> str:
+    """What made the rows: the encoder plugin, or at the token level the student whose tokenizer did."""
+    return f"student {recipe.student.name}" if _level(recipe) == "tokens" else recipe.encoder.name
 
 
 def entry_dir(key: str) -> Path:
@@ -285,14 +326,16 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
     # 2. Load the encoder (after the data, so bad data fails before the slow part).
     quiet_loading()
     encoder.load(device)
-    dim = output_dim(encoder, is_pairs)
+    tokens = _level(recipe) == "tokens"
+    dim = int(encoder.dim) if tokens else output_dim(encoder, is_pairs)
     dtype = torch.float16 if settings.dtype == "float16" else torch.float32
     _cut_long_texts(encoder, splits, data.notes)
 
     # 3. Embed in shards under partial/: a finished shard is never recomputed (resume after interruption).
     partial = entry / "partial"
-    shards = _embed_shards(partial, key, splits, encoder, settings, dim, dtype, quiet=quiet,
-                           says=f"with {_describe(encoder, recipe.encoder.name)} on {device} -> {entry}")
+    where = "" if tokens else f" on {device}"  # a tokenizer runs on the CPU
+    shards = _embed_shards(partial, key, splits, encoder, settings, dim, dtype, quiet=quiet, level=_level(recipe),
+                           says=f"with {_describe(encoder, _encoder_name(recipe))}{where} -> {entry}")
 
     # 4. One safetensors file and one texts file per split, then the manifest (last: marks completion).
     files, contents = _write_splits(entry, key, splits, shards)
@@ -306,10 +349,12 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
                     "label_names": list(data.label_names), "notes": list(data.notes), "pairs": is_pairs,
                     "splits": {n: {"n": len(s), "class_counts": s.class_counts(data.num_classes)}
                                for n, s in splits.items()}},
-        "encoder": {"plugin": recipe.encoder.name, "identity": enc_id, "description": _describe(encoder, recipe.encoder.name),
+        "encoder": {"plugin": _encoder_name(recipe), "identity": enc_id,
+                    "description": _describe(encoder, _encoder_name(recipe)),
                     "dim": dim, "pair_mode": getattr(encoder, "pair_mode", None) if is_pairs else None,
                     "device": device, "batch_size": settings.batch_size},
-        "dtype": settings.dtype,
+        "dtype": "int64" if tokens else settings.dtype,
+        **({"level": "tokens", "tokens": encoder.meta()} if tokens else {}),
         "splits_stored": list(splits),
         "files": files,
         "versions": _versions(),
@@ -335,12 +380,12 @@ def _read_splits(recipe, source) -> tuple[Any, dict]:
 
 
 def _embed_shards(partial: Path, key: str, splits: dict, encoder, settings, dim: int, dtype, *, quiet,
-                  says: str) -> dict[str, list]:
-    """Every split's vectors, as ``{split: [(rows, dim) tensor per shard]}``; each shard of ``shard_size`` rows
-    is embedded once and kept in ``partial/`` (with its sha256 in ``shards.json``), so an interrupted build
+                  says: str, level: str = "vectors") -> dict[str, list]:
+    """Every split's rows, as ``{split: [tensors per shard]}``: ``{"X": (rows, dim)}`` per shard, or at the token
+    level ``{"ids", "mask"[, "type_ids"]: (rows, T) int64}``; each shard of ``shard_size`` rows is embedded
+    (tokenised) once and kept in ``partial/`` (with its sha256 in ``shards.json``), so an interrupted build
     resumes at the last whole shard. ``partial/`` is started afresh when its plan (key, shard size, dim,
-    the texts) differs from this build's."""
-    import torch
+    the texts) differs from this build's (the key covers the level)."""
     from safetensors.torch import load as load_tensors
 
     plan = {"key": key, "shard_size": settings.shard_size, "dim": dim,
@@ -365,14 +410,14 @@ def _embed_shards(partial: Path, key: str, splits: dict, encoder, settings, dim:
         for k in range(math.ceil(len(s) / S)):
             work.append((name, f"{name}-{k:05d}.safetensors", k * S, min(len(s), (k + 1) * S)))
 
-    # A finished shard's bytes are read once: hashed against shards.json, then kept as the tensor itself.
-    shard_X: dict[str, torch.Tensor] = {}  # shard file name -> (b-a, dim)
+    # A finished shard's bytes are read once: hashed against shards.json, then kept as the tensors themselves.
+    shard_X: dict[str, dict] = {}  # shard file name -> {"X": (b-a, dim)} or {"ids", "mask"[, "type_ids"]: (b-a, T)}
     todo = []
     for name, shard, a, b in work:
         if shard in done:
             try:
                 blob, _ = read_verified(partial / shard, done[shard])
-                shard_X[shard] = load_tensors(blob)["X"]
+                shard_X[shard] = load_tensors(blob)
                 continue
             except NotVerified:  # missing or damaged: embedded again
                 pass
@@ -381,35 +426,54 @@ def _embed_shards(partial: Path, key: str, splits: dict, encoder, settings, dim:
     unit = "pairs" if any(s.pairs is not None for s in splits.values()) else "sentences"
     if len(work) > len(todo):
         _say(f"resuming: {len(work) - len(todo)} of {len(work)} shards already embedded in {partial}", quiet)
-    _say(f"embedding {total:,} {unit} {says}", quiet)
+    _say(f"{'tokenising' if level == 'tokens' else 'embedding'} {total:,} {unit} {says}", quiet)
     with progress("embed", total, unit=unit, quiet=quiet) as bar:
         for name, shard, a, b in todo:
             s = splits[name]
-            X = encoder.encode(s.texts[a:b], None if s.pairs is None else s.pairs[a:b],
-                               batch_size=settings.batch_size, progress=bar.advance)  # (b-a, dim)
-            if X.shape != (b - a, dim) or not np.isfinite(X).all():
-                raise RunError(f"encoder returned {'non-finite values' if X.shape == (b - a, dim) else X.shape} "
-                               f"for {name} rows {a}..{b} (expected ({b - a}, {dim}))")
-            shard_X[shard] = torch.from_numpy(X).to(dtype)
-            done[shard] = sha256_of(_write_tensors(partial / shard, {"X": shard_X[shard]}))
+            out = encoder.encode(s.texts[a:b], None if s.pairs is None else s.pairs[a:b],
+                                 batch_size=settings.batch_size, progress=bar.advance)
+            shard_X[shard] = (_token_shard(out, encoder.max_length, name, a, b) if level == "tokens"
+                              else _vector_shard(out, dim, dtype, name, a, b))
+            done[shard] = sha256_of(_write_tensors(partial / shard, shard_X[shard]))
             atomic_write_json(done_file, done)
     return {name: [shard_X[shard] for n, shard, _, _ in work if n == name] for name in splits}
 
 
+def _vector_shard(X, dim: int, dtype, name: str, a: int, b: int) -> dict:
+    """``{"X": (b-a, dim)}`` from an encoder's output, checked: the right shape, finite."""
+    import torch
+
+    if X.shape != (b - a, dim) or not np.isfinite(X).all():
+        raise RunError(f"encoder returned {'non-finite values' if X.shape == (b - a, dim) else X.shape} "
+                       f"for {name} rows {a}..{b} (expected ({b - a}, {dim}))")
+    return {"X": torch.from_numpy(X).to(dtype)}
+
+
+def _token_shard(out: dict, T: int, name: str, a: int, b: int) -> dict:
+    """``{"ids", "mask"[, "type_ids"]: (b-a, T) int64}`` from a tokenizer's output, shapes checked."""
+    import torch
+
+    if any(v.shape != (b - a, T) for v in out.values()):
+        raise RunError(f"tokenizer returned shapes {[tuple(v.shape) for v in out.values()]} for {name} "
+                       f"rows {a}..{b} (expected ({b - a}, {T}))")
+    return {k: torch.from_numpy(v).long() for k, v in out.items()}
+
+
 def _write_splits(entry: Path, key: str, splits: dict, shards: dict[str, list]) -> tuple[dict, dict]:
-    """``<split>.safetensors`` (X, y) and ``<split>.texts.json`` of every split; returns the manifest's
-    ``files`` (sha256 and size of each, hashed from the bytes written) and ``contents`` (what they hold)."""
+    """``<split>.safetensors`` (X, y; token level: ids, mask[, type_ids], y) and ``<split>.texts.json`` of every
+    split; returns the manifest's ``files`` (sha256 and size of each, hashed from the bytes written) and
+    ``contents`` (what they hold)."""
     import torch
 
     files: dict[str, dict] = {}
     contents: dict[str, Any] = {}
     for name, s in splits.items():
-        X = torch.cat(shards[name], 0)  # (n, dim)
-        y = torch.from_numpy(np.asarray(s.labels, dtype=np.int64))  # (n,)
+        rows = {k: torch.cat([sh[k] for sh in shards[name]], 0) for k in shards[name][0]}  # X (n, dim) or (n, T) each
+        rows["y"] = torch.from_numpy(np.asarray(s.labels, dtype=np.int64))  # (n,)
         fn = f"{name}.safetensors"
-        blob = _write_tensors(entry / fn, {"X": X, "y": y}, metadata={"split": name, "key": key})
+        blob = _write_tensors(entry / fn, rows, metadata={"split": name, "key": key})
         files[fn] = {"sha256": sha256_of(blob), "bytes": len(blob)}
-        contents[fn] = {"X": X, "y": y}
+        contents[fn] = rows
         tn = f"{name}.texts.json"
         blob = json.dumps({"texts": s.texts, "pairs": s.pairs}, ensure_ascii=False).encode("utf-8")
         atomic_write_bytes(entry / tn, blob)
@@ -495,16 +559,25 @@ def _open(recipe, entry: Path, manifest: dict, contents: dict) -> Embeddings:
 
     label_names = list(manifest["dataset"]["label_names"])
     C = len(label_names)
-    native = {}
+    tokens = manifest.get("level") == "tokens"
+    native = {}  # split -> {"X" | "ids", "mask"[, "type_ids"], "y"}
     for split in manifest["splits_stored"]:
-        t = contents[f"{split}.safetensors"]
-        X, y = t["X"].float(), t["y"].long()  # (n, d) float32, (n,) int64
+        t = dict(contents[f"{split}.safetensors"])
         want = manifest["dataset"]["splits"][split]["n"]
-        if X.shape[0] != want or y.shape[0] != want or X.shape[1] != manifest["encoder"]["dim"]:
-            raise RunError(f"embedding cache {entry}: {split} has shape {tuple(X.shape)}, the manifest says "
-                           f"({want}, {manifest['encoder']['dim']}); run `distillctl embed RECIPE --force`")
-        native[split] = (X, y)
-    index = {name: (name, list(range(native[name][0].shape[0]))) for name in native}
+        if tokens:
+            T = manifest["tokens"]["max_length"]
+            t = {k: v.long() for k, v in t.items()}  # (n, T) ids / mask / type_ids, (n,) y
+            shape, expected = tuple(t["ids"].shape), (want, T)
+            bad = shape != expected or tuple(t["mask"].shape) != expected or t["y"].shape[0] != want
+        else:
+            t = {"X": t["X"].float(), "y": t["y"].long()}  # (n, d) float32, (n,) int64
+            shape, expected = tuple(t["X"].shape), (want, manifest["encoder"]["dim"])
+            bad = shape != expected or t["y"].shape[0] != want
+        if bad:
+            raise RunError(f"embedding cache {entry}: {split} has shape {shape}, the manifest says "
+                           f"{expected}; run `distillctl embed RECIPE --force`")
+        native[split] = t
+    index = {name: (name, list(range(native[name]["y"].shape[0]))) for name in native}
     carve: dict = {}  # what was held out, for the fingerprint
     notes = list(manifest["dataset"].get("notes", []))
     # A split the dataset lacks is held out from (what is left of) train: test first, so the test rows
@@ -512,22 +585,26 @@ def _open(recipe, entry: Path, manifest: dict, contents: dict) -> Embeddings:
     for held, size, what in (("test", recipe.embed.test_size, "test"), ("val", recipe.embed.val_size, "validation")):
         if held in native:
             continue
-        X, y = native["train"]
+        rows = native["train"]
         origin = index["train"][1]  # stored train rows behind the current train rows
-        tr, ho = carve_val(y.numpy(), size, carve_seed(recipe.seed, held), where=f"embed.{held}_size", what=what)
+        tr, ho = carve_val(rows["y"].numpy(), size, carve_seed(recipe.seed, held), where=f"embed.{held}_size",
+                           what=what)
         carve.update({f"{held}_size": size, "seed": recipe.seed})
         tr_t, ho_t = torch.from_numpy(tr), torch.from_numpy(ho)  # int64 row indices into the current train
-        native[held] = (X[ho_t], y[ho_t])
-        native["train"] = (X[tr_t], y[tr_t])
+        native[held] = {k: v[ho_t] for k, v in rows.items()}
+        native["train"] = {k: v[tr_t] for k, v in rows.items()}
         index[held] = ("train", [origin[i] for i in ho.tolist()])
         index["train"] = ("train", [origin[i] for i in tr.tolist()])
         notes.append(f"{held}: {ho.size} rows carved from train (stratified, {held}_size {size}, seed {recipe.seed})")
-    splits = {name: EmbeddingSplit(*native[name]) for name in SPLIT_ORDER if name in native}
+    splits = {name: EmbeddingSplit(X=native[name].get("X"), y=native[name]["y"], ids=native[name].get("ids"),
+                                   mask=native[name].get("mask"), type_ids=native[name].get("type_ids"))
+              for name in SPLIT_ORDER if name in native}
     fingerprint = sha256_of(_canonical({"key": manifest["key"], "carve": carve or None}).encode())
     texts_json = {split: contents[f"{split}.texts.json"] for split in manifest["splits_stored"]}
     return Embeddings(splits=splits, label_names=label_names, num_classes=C, dim=int(manifest["encoder"]["dim"]),
                       fingerprint=fingerprint, cache_dir=entry, notes=notes, manifest=manifest, _text_index=index,
-                      _texts_json=texts_json,
+                      _texts_json=texts_json, level="tokens" if tokens else "vectors",
+                      tokens=dict(manifest["tokens"]) if tokens else None,
                       class_counts={name: _bincount(s.y, C) for name, s in splits.items()})
 
 

@@ -13,6 +13,13 @@ every method shares::
 
 The test split is never touched here. Everything random in a stage flows from one ``torch.Generator``
 seeded by (recipe.seed, stage), saved in every checkpoint, so ``--resume`` continues exactly.
+
+At the token level (``embed.level: tokens``, a fine-tuned student such as ``finetune``) the same loop runs
+on sequences of input embeddings: the real rows are :class:`distillctl.distillation.tokens.TokenRows`, the
+set starts from real texts' input embeddings (``x (ipc*C, T, d)``, their masks, optional attention labels),
+the method gets a :class:`distillctl.distillation.tokens.TokenSpace` (``MethodContext.tokens``) and
+validation fine-tunes the initial model (``distill.tokens.init_seed``; with a head pool, the first
+``outer.val_seeds`` heads) on the set for the method's inner steps and scores `val`.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from distillctl.data.cache import methods_dir
 from distillctl.devices import resolve_device
 from distillctl.distillation import checkpoints
 from distillctl.distillation.synthetic import SyntheticSet
+from distillctl.distillation.tokens import (InnerSteps, TokenRows, TokenSpace, attention_targets, finetune_and_score,
+                                            initial_attention, initial_rows)
 from distillctl.errors import Interrupted, RunError, UserError
 from distillctl.evaluation.protocol import check_ipc_fits, check_split_sizes, split_of
 from distillctl.evaluation import training  # training.train_and_score: looked up per call (tests script it)
@@ -245,9 +254,9 @@ class _Chain:
 
     recipe: Any
     run: RunDir
-    X_train: "torch.Tensor"  # (n, d) on device
+    X_train: Any  # (n, d) on device; at the token level TokenRows: ids, masks (n, T)
     y_train: "torch.Tensor"  # (n,)
-    X_val: "torch.Tensor"  # (m, d)
+    X_val: Any  # (m, d), or TokenRows (m, T)
     y_val: "torch.Tensor"  # (m,)
     num_classes: int
     students: list  # (plugin name, build_student, options as JSON) per architecture of `distill.students`
@@ -259,23 +268,28 @@ class _Chain:
     cache: Any  # VerifiedCache of the methods, keyed by the training data (each stage adds its student)
     device: Any
     quiet: bool
+    tokens: Any = None  # token level: the TokenSpace of the student (its initial model, head pool, attention labels)
+
+    @property
+    def level(self) -> str:
+        return "vectors" if self.tokens is None else "tokens"
 
     @classmethod
     def build(cls, recipe, run: RunDir, embeddings, *, quiet: bool) -> "_Chain":
         """Students (`distill.students`, default the recipe's student), the method (one instance per student
         when there are several: PerStudent averages their outer steps), the validation budget (the eval
         protocol, scored on val)."""
-        import torch
-
         ds, registry = recipe.distill, get_registry()
         device = resolve_device(ds.device, field="distill.device")
-        train, val = split_of(embeddings, "train"), split_of(embeddings, "val")
-        X_train, y_train = train.X.to(device, torch.float32), train.y.to(device)  # (n, d), (n,)
-        X_val, y_val = val.X.to(device, torch.float32), val.y.to(device)  # (m, d), (m,)
-        C, d = int(embeddings.num_classes), int(X_train.shape[1])
+        tokens = getattr(embeddings, "level", "vectors") == "tokens"
+        X_train, y_train, X_val, y_val, d = _real_rows(recipe, embeddings, device)
+        C = int(embeddings.num_classes)
         check_ipc_fits(embeddings, max(ds.ipc), "distill.ipc")
 
         sections = list(ds.students or [recipe.student])
+        if tokens and len(sections) > 1:
+            raise UserError(f"distill.students: at the token level a set is distilled for one fine-tuned model; "
+                            f"got {len(sections)} students ({', '.join(sec.name for sec in sections)})")
         students = [(sec.name, student_builder(recipe, d, C, sec), sec.model_dump(mode="json")) for sec in sections]
         method = registry.build("method", ds.method)
         if len(students) > 1:
@@ -290,7 +304,12 @@ class _Chain:
             "distill_students": [options for _, _, options in students],
             "method": ds.method.name, **_method_meta(ds.method), "run_dir": str(run.path),
         }
-        return cls(recipe=recipe, run=run, X_train=X_train, y_train=y_train, X_val=X_val, y_val=y_val,
+        space = None
+        if tokens:
+            space, token_meta = _token_space(recipe, students[0][1], method, device, embeddings,
+                                             seq_len=int(X_train.shape[1]))
+            meta_common.update(token_meta)
+        return cls(recipe=recipe, run=run, X_train=X_train, y_train=y_train, X_val=X_val, y_val=y_val, tokens=space,
                    num_classes=C, students=students, labels=student_labels([sec.name for sec in sections]),
                    method=method, val_budget=TrainBudget.from_eval(recipe.eval),
                    val_seeds=derive_val_seeds(recipe.seed, ds.outer.val_seeds), meta_common=meta_common,
@@ -338,6 +357,7 @@ class _Stage:
     base_lrs: list[float]  # each group's lr before the schedule
     loop: checkpoints.LoopState
     t0: float = 0.0  # perf_counter at the stage's start (moved back by the time of earlier runs on resume)
+    mask: "torch.Tensor | None" = None  # token level: (ipc*C, T) the synthetic sequences' attention mask
     last_ckpt: Path | None = None  # the newest checkpoint written or resumed from
 
     def elapsed(self) -> float:
@@ -442,16 +462,24 @@ def _start_stage(chain: _Chain, si: int, ipc: int, previous: SyntheticSet | None
     gen = torch.Generator().manual_seed(stage_seed(recipe.seed, si))
     hard = torch.arange(C, device=chain.device).repeat_interleave(ipc)  # (ipc*C,) class-major
     name, build, options = chain.students[0]
-    method.setup(MethodContext(
+    context = MethodContext(
         build_student=build, student_name=name, students=list(chain.labels), num_classes=C, ipc=ipc,
         hard_labels=hard, x_train=chain.X_train, y_train=chain.y_train, inner=ds.inner,
         eval_budget=chain.val_budget, device=chain.device, seed=recipe.seed, soft_labels=ds.soft_labels,
-        cache=chain.cache.keyed(student=options), say=chain.say))
-    learn, inherited = _initial_learnables(ds, chain.X_train, chain.y_train, C, ipc, previous, gen,
-                                           lr0=method.learned_inner_lr(ds.inner))  # inherited: (ipc*C,)
+        cache=chain.cache.keyed(student=options), say=chain.say)
+    mask = None
+    if chain.tokens is None:
+        method.setup(context)
+        learn, inherited = _initial_learnables(ds, chain.X_train, chain.y_train, C, ipc, previous, gen,
+                                               lr0=method.learned_inner_lr(ds.inner))  # inherited: (ipc*C,)
+    else:  # token level: the set first (its mask is part of what the method is told about)
+        learn, inherited, mask = _initial_token_learnables(chain, ipc, previous, gen,
+                                                           lr0=method.learned_inner_lr(ds.inner))
+        context.level, context.tokens = "tokens", chain.tokens.for_stage(mask)
+        method.setup(context)
     opt, base_lrs = _outer_optimizer(learn, ds.outer)
     st = _Stage(index=si, ipc=ipc, hard=hard, gen=gen, learn=learn, inherited=inherited, opt=opt,
-                base_lrs=base_lrs, loop=checkpoints.LoopState())
+                base_lrs=base_lrs, loop=checkpoints.LoopState(), mask=mask)
 
     # 6. Fresh stage, or continue from this stage's newest checkpoint (exactly where it stopped).
     st.last_ckpt = checkpoints.newest(run.checkpoints, ipc) if resume else None
@@ -479,11 +507,14 @@ def _validate(chain: _Chain, st: _Stage, step: int, record: dict) -> None:
     loop, learn = st.loop, st.learn
     t0 = time.perf_counter()
     x, y = learn.x.detach(), learn.labels(st.hard).detach()  # (ipc*C, d), (ipc*C,) or (ipc*C, C)
-    by_student = {}
-    for label, (_, build, _) in zip(chain.labels, chain.students):
-        scores = training.train_and_score(build, x, y, chain.X_val, chain.y_val, seeds=chain.val_seeds,
-                                 budget=chain.val_budget, num_classes=chain.num_classes, quiet=True)
-        by_student[label] = float(sum(scores.accuracy) / len(scores.accuracy))
+    if chain.tokens is not None:  # token level: the initial model fine-tuned on the set, scored on val rows
+        by_student = {chain.labels[0]: _validate_tokens(chain, st)}
+    else:
+        by_student = {}
+        for label, (_, build, _) in zip(chain.labels, chain.students):
+            scores = training.train_and_score(build, x, y, chain.X_val, chain.y_val, seeds=chain.val_seeds,
+                                              budget=chain.val_budget, num_classes=chain.num_classes, quiet=True)
+            by_student[label] = float(sum(scores.accuracy) / len(scores.accuracy))
     loop.val_seconds += time.perf_counter() - t0
     acc = sum(by_student.values()) / len(by_student)
     if loop.best is None or acc > loop.best_acc:  # the stage's first validation always sets the best
@@ -499,14 +530,73 @@ def _validate(chain: _Chain, st: _Stage, step: int, record: dict) -> None:
     st.log(chain, **record)
 
 
+def _real_rows(recipe, embeddings, device) -> tuple:
+    """(X_train, y_train, X_val, y_val, d) on ``device``: vectors ``(n, d)`` float32, or at the token level
+    :class:`~distillctl.distillation.tokens.TokenRows` (ids and masks ``(n, T)``; the student embeds them, its
+    hidden size d is the input width) with a fixed draw of ``distill.tokens.val_rows`` rows of val."""
+    import torch
+
+    train, val = split_of(embeddings, "train"), split_of(embeddings, "val")
+    y_train, y_val = train.y.to(device), val.y.to(device)  # (n,), (m,)
+    if getattr(embeddings, "level", "vectors") != "tokens":
+        X_train = train.X.to(device, torch.float32)  # (n, d)
+        X_val = val.X.to(device, torch.float32)  # (m, d)
+        return X_train, y_train, X_val, y_val, int(X_train.shape[1])
+    X_train, X_val = TokenRows.of(train).to(device), TokenRows.of(val).to(device)
+    keep_rows = recipe.distill.tokens.val_rows
+    if keep_rows is not None and keep_rows < len(X_val):  # a fixed draw of val rows
+        keep = torch.randperm(len(X_val), generator=torch.Generator().manual_seed(recipe.seed))
+        keep = keep[:keep_rows].sort().values.to(device)
+        X_val, y_val = X_val[keep], y_val[keep]
+    return X_train, y_train, X_val, y_val, int(embeddings.dim)
+
+
+def _row_tensors(X) -> tuple:
+    """The tensors behind the real rows: ``(X,)``, or a TokenRows' ids, mask (and token types)."""
+    if hasattr(X, "ids"):
+        return tuple(t for t in (X.ids, X.mask, X.types) if t is not None)
+    return (X,)
+
+
+def _token_space(recipe, build, method, device, embeddings, *, seq_len: int) -> tuple[Any, dict]:
+    """Token level: the :class:`~distillctl.distillation.tokens.TokenSpace` (the student built once under
+    ``init_seed``: the initial model every stage fine-tunes, and its head pool) and what every saved set
+    records about it."""
+    ds, tk = recipe.distill, recipe.distill.tokens
+    init_seed = recipe.seed if tk.init_seed is None else tk.init_seed
+    space = TokenSpace.build(build, init_seed=init_seed, head_pool=tk.head_pool, attention=tk.attention_labels,
+                             attention_weight=tk.attention_weight, device=device)
+    meta = dict(level="tokens", init_seed=init_seed, head_seeds=space.head_seeds, seq_len=seq_len,
+                student_source=getattr(space.module, "source", None), inner_steps=_inner_steps(method),
+                inner=ds.inner.model_dump(mode="json"), attention_labels=tk.attention_labels,
+                attention_weight=tk.attention_weight, token_mask=tk.mask,
+                tokenizer=dict(getattr(embeddings, "tokens", None) or {}))
+    return space, meta
+
+
+def _validate_tokens(chain: _Chain, st: _Stage) -> float:
+    """Token level: the val accuracy of the initial model fine-tuned on the set for the method's inner steps
+    (the mean over the first ``outer.val_seeds`` heads of the pool when ``distill.tokens.head_pool`` > 1)."""
+    ds, space = chain.recipe.distill, chain.tokens.for_stage(st.mask)
+    heads = space.head_seeds[: ds.outer.val_seeds] if len(space.head_seeds) > 1 else space.head_seeds[:1]
+    accs = finetune_and_score(space, st.learn.detached().as_dict(), st.hard.cpu(), chain.num_classes,
+                              InnerSteps.from_settings(ds.inner), _inner_steps(chain.method), chain.X_val,
+                              chain.y_val, seeds=heads)
+    return float(sum(accs) / len(accs))
+
+
 def _save_best(chain: _Chain, st: _Stage, last_loss: float, stopped: str | None) -> SyntheticSet:
     """Save the stage's best set on `val` (with where and why it stopped early; None: it ran all its
     iterations) and record its digest in the run's manifest."""
     ds, loop, best = chain.recipe.distill, st.loop, st.loop.best
     wall = st.elapsed()
+    attention = None
+    if best.attention_logits is not None:  # saved as target probabilities (masked keys 0)
+        attention = attention_targets(best.attention_logits, st.mask).cpu()
     syn = SyntheticSet(
         x=best.x.cpu(), labels=best.labels(st.hard).cpu(), ipc=st.ipc, num_classes=chain.num_classes,
         inner_lr=float(best.log_lr.exp()) if best.log_lr is not None else None,
+        mask=None if st.mask is None else st.mask.cpu(), attention_labels=attention,
         meta={**chain.meta_common, "stage": st.index, "ipc_chain": list(ds.ipc), "outer_step": loop.best_step,
               "outer_steps_run": loop.step, "val_accuracy": loop.best_acc,
               "val_seeds": chain.val_seeds, "val_budget": chain.val_budget.as_dict(), "boost_beta": ds.boost.beta,
@@ -572,7 +662,7 @@ def _method_cache(embeddings, X_train: "torch.Tensor", y_train: "torch.Tensor", 
     from distillctl.toolbox import VerifiedCache  # imports torch
 
     data = getattr(embeddings, "fingerprint", None) or "tensors:" + sha256_of(
-        X_train.detach().cpu().numpy().tobytes() + y_train.detach().cpu().numpy().tobytes())
+        b"".join(t.detach().cpu().numpy().tobytes() for t in (*_row_tensors(X_train), y_train)))
     return VerifiedCache(_method_cache_dir(), {"data": data}, say=(lambda m: None) if quiet else info)
 
 
@@ -596,6 +686,18 @@ def _initial_learnables(ds, X: "torch.Tensor", y: "torch.Tensor", C: int, ipc: i
     if previous is not None:
         x0[:, :old_ipc] = previous.x.to(device).view(C, old_ipc, d)
         inherited[:, :old_ipc] = True
+    label_logits, log_lr = _initial_labels_and_lr(ds, C, ipc, previous, device, lr0)
+    learn = Learnables(x=x0.reshape(C * ipc, d), label_logits=label_logits, log_lr=log_lr).as_leaves()
+    return learn, inherited.reshape(-1)
+
+
+def _initial_labels_and_lr(ds, C: int, ipc: int, previous, device, lr0: float | None):
+    """(ipc*C, C) soft-label logits (or None) and the () log inner lr (or None) a stage starts from: labels
+    with SOFT_LABEL_INIT_CONFIDENCE on the row's class, the previous stage's for inherited rows; a previous
+    stage's learned lr wins over ``lr0``."""
+    import torch
+
+    old_ipc = previous.ipc if previous is not None else 0
     label_logits = log_lr = None
     if ds.soft_labels:
         off = (1 - SOFT_LABEL_INIT_CONFIDENCE) / max(C - 1, 1)
@@ -610,15 +712,57 @@ def _initial_learnables(ds, X: "torch.Tensor", y: "torch.Tensor", C: int, ipc: i
     if lr0 is not None:
         lr0 = previous.inner_lr if previous is not None and previous.inner_lr else lr0
         log_lr = torch.tensor(math.log(lr0), device=device)
-    learn = Learnables(x=x0.reshape(C * ipc, d), label_logits=label_logits, log_lr=log_lr).as_leaves()
-    return learn, inherited.reshape(-1)
+    return label_logits, log_lr
+
+
+def _initial_token_learnables(chain: _Chain, ipc: int, previous, gen: "torch.Generator", lr0: float | None):
+    """Token level: the stage's starting learnables (leaves), the (ipc*C,) inherited-row mask and the
+    (ipc*C, T) attention mask of the sequences.
+
+    New rows are the input embeddings of distinct random real texts of their class (with their masks, or
+    all-ones with ``distill.tokens.mask: full``); a previous stage's rows come first in each class block.
+    Attention labels start at the initial model's own attention on the rows (the previous stage's for
+    inherited rows).
+    """
+    import torch
+
+    ds, C, space = chain.recipe.distill, chain.num_classes, chain.tokens
+    old_ipc = previous.ipc if previous is not None else 0
+    x0, mask, _ = initial_rows(space, chain.X_train, chain.y_train, C, ipc, gen,
+                               full_mask=ds.tokens.mask == "full")  # (ipc*C, T, d), (ipc*C, T)
+    T, d = x0.shape[1], x0.shape[2]
+    x0, mask = x0.view(C, ipc, T, d), mask.view(C, ipc, T)
+    inherited = torch.zeros(C, ipc, dtype=torch.bool, device=chain.device)
+    if previous is not None:
+        x0[:, :old_ipc] = previous.x.to(x0).view(C, old_ipc, T, d)
+        mask[:, :old_ipc] = previous.mask.to(mask).view(C, old_ipc, T)
+        inherited[:, :old_ipc] = True
+    x0, mask = x0.reshape(C * ipc, T, d), mask.reshape(C * ipc, T)
+    label_logits, log_lr = _initial_labels_and_lr(ds, C, ipc, previous, chain.device, lr0)
+    attention = None
+    if space.attention != "none":
+        attention = initial_attention(space.for_stage(mask), x0, mask)  # (ipc*C, L, H, Q, T)
+        if previous is not None and previous.attention_labels is not None:
+            shape = attention.shape[1:]
+            old = previous.attention_labels.to(attention).clamp_min(1e-6).log().view(C, old_ipc, *shape)
+            attention = attention.view(C, ipc, *shape)
+            attention[:, :old_ipc] = old
+            attention = attention.reshape(C * ipc, *shape)
+    learn = Learnables(x=x0, label_logits=label_logits, log_lr=log_lr, attention_logits=attention).as_leaves()
+    return learn, inherited.reshape(-1), mask
+
+
+def _inner_steps(method) -> int:
+    """Inner fine-tuning steps of the method (validation fine-tunes for as many): its ``inner_steps``, else 1."""
+    return int(getattr(method, "inner_steps", None) or 1)
 
 
 def _outer_optimizer(learn: Learnables, outer) -> tuple["torch.optim.Optimizer", list[float]]:
     """Adam / SGD over the learnables, one param group each (labels and inner lr may have their own lr)."""
     import torch
 
-    lrs = {"x": outer.lr, "label_logits": outer.label_lr or outer.lr, "log_lr": outer.lr_lr or outer.lr}
+    lrs = {"x": outer.lr, "label_logits": outer.label_lr or outer.lr, "log_lr": outer.lr_lr or outer.lr,
+           "attention_logits": outer.lr}
     groups = [{"params": [p], "lr": lrs[k]} for k, p in learn.items()]
     if outer.optimizer == "adam":
         opt = torch.optim.Adam(groups, betas=tuple(outer.betas))

@@ -7,6 +7,11 @@ fingerprints, Boost-DD stage, outer step, validation score) and ``sha256``, the 
 file. Rows are class-major: rows ``c*ipc .. c*ipc+ipc-1`` belong to class c (for soft labels: were
 initialised as class c).
 
+A token-level set (``embed.level: tokens``: it fine-tunes a pretrained transformer) holds ``x`` (ipc*C, T, d)
+input embeddings, ``mask`` (ipc*C, T) float32 (1 = attend) and optionally ``attention_labels``
+(ipc*C, L, H, Q, T) target attention probabilities (Q = 1: the [CLS] row; Q = T: every row); its sidecar says
+``level: tokens`` and which model and initial model (``init_seed``) it was distilled for.
+
 A set is a verified artifact: :meth:`SyntheticSet.load` (used by eval, report, export and
 :func:`distillctl.load_set`) refuses a file whose sha256 differs from its sidecar's, or from the one the
 run's ``manifest.json`` recorded when distill saved it, and refuses non-finite values. A set written before
@@ -31,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 FORMAT = "distillctl.distillation.synthetic-set/1"
 #: sidecar keys written from the set's own fields, never from ``meta``
-_SIDECAR_OWN = ("format", "ipc", "num_classes", "dim", "soft_labels", "inner_lr", "sha256")
+_SIDECAR_OWN = ("format", "ipc", "num_classes", "dim", "soft_labels", "inner_lr", "sha256", "level", "seq_len")
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -41,7 +46,8 @@ def sidecar_path(path: str | Path) -> Path:
 
 @dataclass
 class SyntheticSet:
-    """x: (ipc*C, d) float32; labels: (ipc*C,) int64 or (ipc*C, C) float probabilities."""
+    """x: (ipc*C, d) float32 vectors, or (ipc*C, T, d) input embeddings with ``mask`` (ipc*C, T) (token level);
+    labels: (ipc*C,) int64 or (ipc*C, C) float probabilities."""
 
     x: "torch.Tensor"
     labels: "torch.Tensor"
@@ -49,19 +55,34 @@ class SyntheticSet:
     num_classes: int
     inner_lr: float | None = None  # learned inner learning rate, when `distill.inner.learn_lr` is set
     meta: dict[str, Any] = field(default_factory=dict)  # fingerprints, stage, outer step, val score, ...
+    mask: "torch.Tensor | None" = None  # (ipc*C, T) float, 1 = attend: token level only
+    attention_labels: "torch.Tensor | None" = None  # (ipc*C, L, H, Q, T) target attention probabilities
 
     def __post_init__(self) -> None:
         import torch
 
         n = self.ipc * self.num_classes
-        if self.x.ndim != 2 or self.x.shape[0] != n:
+        if self.x.ndim == 3 or self.mask is not None:  # the token level
+            if self.x.ndim != 3 or self.x.shape[0] != n:
+                raise UserError(f"synthetic set: a token-level x must be (ipc*C, T, d) = ({n}, T, d), "
+                                f"got {tuple(self.x.shape)}")
+            if self.mask is None or tuple(self.mask.shape) != tuple(self.x.shape[:2]):
+                got = None if self.mask is None else tuple(self.mask.shape)
+                raise UserError(f"synthetic set: a token-level set needs mask ({n}, {self.x.shape[1]}), got {got}")
+            if self.attention_labels is not None and (
+                    self.attention_labels.ndim != 5 or self.attention_labels.shape[0] != n
+                    or self.attention_labels.shape[-1] != self.x.shape[1]):
+                raise UserError(f"synthetic set: attention_labels must be ({n}, L, H, Q, {self.x.shape[1]}), "
+                                f"got {tuple(self.attention_labels.shape)}")
+        elif self.x.ndim != 2 or self.x.shape[0] != n:
             raise UserError(f"synthetic set: x must be (ipc*C, d) = ({n}, d), got {tuple(self.x.shape)}")
         if self.labels.shape not in ((n,), (n, self.num_classes)):
             raise UserError(f"synthetic set: labels must be ({n},) or ({n}, {self.num_classes}), "
                             f"got {tuple(self.labels.shape)}")
         # A NaN or inf trains students to chance without any error further on: refuse it here.
-        for name, t in (("x", self.x), ("labels", self.labels)):
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        for name, t in (("x", self.x), ("labels", self.labels), ("mask", self.mask),
+                        ("attention_labels", self.attention_labels)):
+            if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 bad = int((~torch.isfinite(t)).sum())
                 row = int((~torch.isfinite(t)).reshape(t.shape[0], -1).any(1).nonzero()[0])
                 raise UserError(f"synthetic set: {name} holds {bad} non-finite values (NaN/inf), the first in row "
@@ -96,11 +117,26 @@ class SyntheticSet:
 
     @property
     def dim(self) -> int:
-        return int(self.x.shape[1])
+        """d: the width of a vector, or of one input embedding at the token level."""
+        return int(self.x.shape[-1])
+
+    @property
+    def level(self) -> str:
+        """``vectors`` (x: (n, d)) or ``tokens`` (x: (n, T, d) input embeddings with a mask)."""
+        return "tokens" if self.x.ndim == 3 else "vectors"
 
     @property
     def label_names(self) -> list[str]:
         return list(self.meta.get("label_names") or [str(c) for c in range(self.num_classes)])
+
+    def initial_model(self):
+        """Token level: the model this set was distilled for, ready to fine-tune on (x, mask, labels): the
+        student plugin with the options recorded in the set, built under its ``init_seed`` (the pretrained
+        body with that seed's head). Train it for ``meta["inner_steps"]`` steps at ``inner_lr``
+        (``meta["inner"]["optimizer"]``) to reproduce the fine-tuning the set was made for."""
+        from distillctl.distillation.tokens import initial_model
+
+        return initial_model(self)
 
     def hard_labels(self) -> "torch.Tensor":
         """(n,) int64: the labels, or the most probable class of each soft label."""
@@ -121,8 +157,12 @@ class SyntheticSet:
 
         path = Path(path)
         labels = self.labels.to(torch.float32) if self.soft else self.labels.to(torch.int64)
-        blob = save({"x": self.x.detach().to(torch.float32).contiguous().cpu(),
-                     "labels": labels.detach().contiguous().cpu()}, metadata={"format": FORMAT})
+        tensors = {"x": self.x.detach().to(torch.float32).contiguous().cpu(),
+                   "labels": labels.detach().contiguous().cpu()}
+        for name in ("mask", "attention_labels"):  # token level
+            if getattr(self, name) is not None:
+                tensors[name] = getattr(self, name).detach().to(torch.float32).contiguous().cpu()
+        blob = save(tensors, metadata={"format": FORMAT})
         digest = sha256_of(blob)
         atomic_write_bytes(path, blob)
         sidecar = {
@@ -132,6 +172,7 @@ class SyntheticSet:
             "dim": self.dim,
             "soft_labels": self.soft,
             "inner_lr": self.inner_lr,
+            **({"level": "tokens", "seq_len": int(self.x.shape[1])} if self.level == "tokens" else {}),
             **{k: v for k, v in self.meta.items() if k not in _SIDECAR_OWN},
             "sha256": digest,
         }
@@ -184,11 +225,15 @@ class SyntheticSet:
             raise UserError(f"{side}: unknown format {meta.get('format')!r} (expected {FORMAT})")
         inner_lr = meta.pop("inner_lr", None)
         ipc, num_classes = int(meta.pop("ipc")), int(meta.pop("num_classes"))
-        for k in ("format", "dim", "soft_labels"):
+        for k in ("format", "dim", "soft_labels", "seq_len"):
             meta.pop(k, None)
+        level = meta.pop("level", "vectors")
+        if level == "tokens" and "mask" not in tensors:
+            raise UserError(f"{path}: a token-level set without its mask tensor")
         meta["sha256"] = actual
         try:
             return cls(x=tensors["x"], labels=tensors["labels"], ipc=ipc, num_classes=num_classes,
-                       inner_lr=inner_lr, meta=meta)
+                       inner_lr=inner_lr, meta=meta, mask=tensors.get("mask"),
+                       attention_labels=tensors.get("attention_labels"))
         except UserError as exc:
             raise UserError(f"{path}: {exc}") from None

@@ -271,6 +271,15 @@ def baseline(recipe: Any, kind: str, *, ipc: Sequence[int] | str | None = None, 
     if kind in SUBSET_KINDS:
         check_ipc_fits(embeddings, max(ipcs), ipc_field)
     run = _baseline_run_dir(recipe, run_dir, argv) if run_dir is not None else None
+    if getattr(embeddings, "level", "vectors") == "tokens":  # fine-tuned students (evaluation/token_arms.py)
+        from distillctl.evaluation.token_arms import baseline_tokens
+
+        keep = None if run is None else (lambda rec: store_results(run.eval / f"baseline-{kind}.json", [rec]))
+        records = baseline_tokens(recipe, kind, ipcs, ipc_field, eval_seeds(recipe, seeds), sections, embeddings,
+                                  quiet=quiet, on_record=keep)
+        if run is not None:
+            store_results(run.eval / f"baseline-{kind}.json", records, history=run.eval / "history.jsonl")
+        return records
     arms = _Arms.of(recipe, embeddings, eval_seeds(recipe, seeds), quiet=quiet)
 
     # 3. The arm, for every student.

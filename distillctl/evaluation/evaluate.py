@@ -92,11 +92,21 @@ def evaluate(target: str | Path, recipe: Any = None, *, seeds: int | None = None
     if embeddings is None:
         embeddings = embed.load_embeddings(recipe, quiet=quiet)
     check_split_sizes(embeddings)
+    if getattr(embeddings, "level", "vectors") == "tokens":  # fine-tuned students (evaluation/token_arms.py)
+        from distillctl.evaluation.token_arms import evaluate_token_sets
+
+        records = evaluate_token_sets(recipe, sets, embeddings, sections, eval_seeds(recipe, seeds), quiet=quiet)
+        if run_path is not None:
+            store_results(run_path / "eval" / "results.json", records, history=run_path / "eval" / "history.jsonl")
+        return records
     test = split_of(embeddings, TEST_SPLIT)
     X_test, y_test = test.X.float(), test.y.long()  # (m, d), (m,)
     C, d = int(embeddings.num_classes), int(X_test.shape[1])
     fp = getattr(embeddings, "fingerprint", None)
     for f, s in sets:
+        if getattr(s, "level", "vectors") != "vectors":
+            raise UserError(f"{f}: a token-level set, but the recipe's embed.level is vectors; evaluate it with the "
+                            "recipe it was distilled with")
         if s.num_classes != C or s.dim != d:
             raise UserError(f"{f}: set has {s.num_classes} classes x {s.dim} dims; the recipe's embeddings have "
                             f"{C} x {d}")

@@ -248,6 +248,13 @@ def student_sections(recipe: Any, students: Any = None) -> list:
             out.append(section)
     if not out:
         raise UserError(f"{field}: needs at least one student (see `distillctl plugins --kind student`)")
+    if hasattr(recipe, "embed"):  # each must read the recipe's level (embed.level), before any data is loaded
+        from distillctl.plugins import get_registry
+        from distillctl.recipe import level_problems
+
+        problems = level_problems(recipe, get_registry(), students=out, where=field)
+        if problems:
+            raise UserError("\n".join(problems))
     return out
 
 

@@ -9,6 +9,12 @@ One row per synthetic vector, class-major as in the set::
     nearest_texts / _labels /          the NEIGHBOURS real training texts nearest by cosine similarity (from the
     _similarities / _train_rows        run's embedding cache, as report.md shows them); CSV: nearest_<k>_text, ...
 
+A token-level set (``embed.level: tokens``) has one row per synthetic *sequence*: ``x`` is its (T, d) input
+embeddings flattened row-major (T*d floats; CSV: x_0 .. x_{T*d-1}, position-major), plus ``mask`` (T floats),
+``reads_as`` (the nearest vocabulary token of each attended position, as text) and ``nearest_tokens`` (per
+position its nearest tokens joined by ``/``; empty where masked); the nearest texts come from the initial
+model's pooled features (:mod:`distillctl.reporting.readable`).
+
 with the metadata of the set (format, ipc, label names, inner lr), the resolved recipe and the fingerprints
 that identify what was exported (embedding cache, recipe, the set file's sha256). Where the metadata goes:
 Parquet: the schema metadata key ``distillctl`` (JSON); hf: ``Dataset.info.description`` (JSON) of a folder
@@ -36,13 +42,13 @@ from typing import Any
 
 from distillctl import __version__
 from distillctl.console import is_quiet
-from distillctl.data.embed import load_embeddings
+from distillctl.data import embed  # embed.load_embeddings: looked up per call (tests stand in for it)
 from distillctl.distillation.synthetic import SyntheticSet
 from distillctl.errors import UserError
 from distillctl.evaluation.protocol import set_files
 from distillctl.plugins import with_registry
 from distillctl.reporting.report import nearest_texts, NEIGHBOURS
-from distillctl.runs import atomic_write_bytes, atomic_write_json, existing_run_of, open_run_dir, run_lock
+from distillctl.runs import atomic_write_bytes, existing_run_of, open_run_dir, run_lock
 
 FORMATS = ("csv", "jsonl", "parquet", "hf")
 EXPORT_FORMAT = "distillctl.reporting.export/1"
@@ -57,6 +63,13 @@ COLUMNS = {
     "nearest_labels": "their true labels",
     "nearest_similarities": "their cosine similarities to x",
     "nearest_train_rows": "their rows in the train split of the embedding cache",
+}
+#: the token level's own columns
+TOKEN_COLUMNS = {
+    "x": "the synthetic input embeddings (T, d) flattened row-major (position-major), float32",
+    "mask": "attention mask of the sequence (T floats, 1 = attended)",
+    "reads_as": "the nearest vocabulary token (cosine, word-embedding table) of each attended position, as text",
+    "nearest_tokens": "per position, its nearest vocabulary tokens joined by '/' ('' where masked)",
 }
 
 
@@ -160,7 +173,7 @@ def export_table(run, set_file: Path, *, embeddings: Any = None, quiet: bool | N
     recipe = run.load_recipe()
     if embeddings is None:
 
-        embeddings = load_embeddings(recipe, quiet=quiet)
+        embeddings = embed.load_embeddings(recipe, quiet=quiet)
     fp, set_fp = getattr(embeddings, "fingerprint", None), s.meta.get("embedding_fingerprint")
     if fp and set_fp and fp != set_fp:
         raise UserError(f"{set_file}: distilled from other embeddings (fingerprint {set_fp[:12]}, the run recipe's "
@@ -168,10 +181,16 @@ def export_table(run, set_file: Path, *, embeddings: Any = None, quiet: bool | N
     if s.num_classes != int(embeddings.num_classes) or s.dim != int(embeddings.dim):
         raise UserError(f"{set_file}: set has {s.num_classes} classes x {s.dim} dims; the run recipe's embeddings "
                         f"have {embeddings.num_classes} x {embeddings.dim}")
-    (near,) = nearest_texts(run.path, embeddings, k=NEIGHBOURS, files=[set_file])
+    if s.level == "tokens":
+        from distillctl.reporting.readable import token_readout
+
+        (read,) = token_readout([set_file], embeddings, k_texts=NEIGHBOURS)
+        near = {"vectors": [{"neighbours": q["neighbours"]} for q in read["sequences"]]}
+    else:
+        (near,) = nearest_texts(run.path, embeddings, k=NEIGHBOURS, files=[set_file])
     names = s.label_names
     classes = s.hard_labels().tolist()
-    xs = s.x.float().tolist()  # (n, d) float32 values as Python floats (exact)
+    xs = s.x.float().reshape(s.x.shape[0], -1).tolist()  # (n, d) or (n, T*d) float32 values as Python floats
     probs = s.labels.float().tolist() if s.soft else None  # (n, C)
     table = []
     for row, vec in enumerate(near["vectors"]):
@@ -179,6 +198,10 @@ def export_table(run, set_file: Path, *, embeddings: Any = None, quiet: bool | N
         rec = {"row": row, "class_index": classes[row], "label": names[classes[row]], "x": xs[row]}
         if probs is not None:
             rec["soft_labels"] = probs[row]
+        if s.level == "tokens":
+            q = read["sequences"][row]
+            rec.update(mask=s.mask[row].float().tolist(), reads_as=q["text"],
+                       nearest_tokens=["/".join(t) for t in q["tokens"]])
         rec.update(nearest_texts=[n["text"] for n in nbs], nearest_labels=[n["label"] for n in nbs],
                    nearest_similarities=[n["similarity"] for n in nbs],
                    nearest_train_rows=[n["train_row"] for n in nbs])
@@ -191,9 +214,14 @@ def export_table(run, set_file: Path, *, embeddings: Any = None, quiet: bool | N
         "set_sha256": s.sha256, "embedding_fingerprint": set_fp or fp,
         "recipe_fingerprint": s.meta.get("recipe_fingerprint") or recipe.fingerprint(), "recipe_name": recipe.name,
         "ipc": s.ipc, "num_classes": s.num_classes, "dim": s.dim, "rows": len(table), "label_names": names,
-        "soft_labels": s.soft, "inner_lr": s.inner_lr,
-        "nearest": {"k": NEIGHBOURS, "metric": "cosine", "split": "train", "embedding_fingerprint": fp},
-        "columns": {k: v for k, v in COLUMNS.items() if k != "soft_labels" or s.soft},
+        "soft_labels": s.soft, "inner_lr": s.inner_lr, "level": s.level,
+        **({"seq_len": int(s.x.shape[1]), "x_width": int(s.x.shape[1] * s.dim),
+            "init_seed": s.meta.get("init_seed")} if s.level == "tokens" else {}),
+        "nearest": {"k": NEIGHBOURS, "metric": "cosine", "split": "train", "embedding_fingerprint": fp,
+                    **({"features": "pooled features of the initial model", "rows_searched": read["real_rows_searched"]}
+                       if s.level == "tokens" else {})},
+        "columns": {**{k: v for k, v in COLUMNS.items() if k != "soft_labels" or s.soft},
+                    **(TOKEN_COLUMNS if s.level == "tokens" else {})},
         "set_meta": {k: v for k, v in s.meta.items() if k not in own},
         "recipe": recipe.to_dict(),
     }
@@ -254,10 +282,14 @@ def _write_pair(out: Path, data: bytes, side: Path, meta: dict) -> None:
 
 def _csv_bytes(table: list[dict], meta: dict) -> bytes:
     """One flat row per vector: x_0..x_{d-1}, p_<label> (soft), nearest_<k>_{text,label,similarity,train_row}."""
-    d, k = meta["dim"], meta["nearest"]["k"]
+    d, k = meta.get("x_width", meta["dim"]), meta["nearest"]["k"]
+    tokens = meta.get("level") == "tokens"
     head = ["row", "class_index", "label"] + [f"x_{i}" for i in range(d)]
     if meta["soft_labels"]:
         head += [f"p_{name}" for name in meta["label_names"]]
+    if tokens:
+        T = meta["seq_len"]
+        head += [f"mask_{i}" for i in range(T)] + ["reads_as"] + [f"tokens_{i}" for i in range(T)]
     for j in range(1, k + 1):
         head += [f"nearest_{j}_text", f"nearest_{j}_label", f"nearest_{j}_similarity", f"nearest_{j}_train_row"]
     buf = io.StringIO()
@@ -267,6 +299,8 @@ def _csv_bytes(table: list[dict], meta: dict) -> bytes:
         cells = [r["row"], r["class_index"], r["label"], *r["x"]]
         if meta["soft_labels"]:
             cells += r["soft_labels"]
+        if tokens:
+            cells += [*r["mask"], r["reads_as"], *r["nearest_tokens"]]
         for j in range(k):
             have = j < len(r["nearest_texts"])  # a train split smaller than k: empty cells
             cells += ([r["nearest_texts"][j], r["nearest_labels"][j], r["nearest_similarities"][j],
@@ -279,7 +313,7 @@ def _arrow_table(table: list[dict], meta: dict):
     """A pyarrow Table: x and soft_labels as fixed-size float32 lists, the rest as plain columns."""
     _need("pyarrow", "parquet")
     import pyarrow as pa
-    d, C = meta["dim"], meta["num_classes"]
+    d, C = meta.get("x_width", meta["dim"]), meta["num_classes"]
     cols = {
         "row": pa.array([r["row"] for r in table], pa.int64()),
         "class_index": pa.array([r["class_index"] for r in table], pa.int64()),
@@ -288,6 +322,10 @@ def _arrow_table(table: list[dict], meta: dict):
     }
     if meta["soft_labels"]:
         cols["soft_labels"] = pa.array([r["soft_labels"] for r in table], pa.list_(pa.float32(), C))
+    if meta.get("level") == "tokens":
+        cols["mask"] = pa.array([r["mask"] for r in table], pa.list_(pa.float32(), meta["seq_len"]))
+        cols["reads_as"] = pa.array([r["reads_as"] for r in table], pa.string())
+        cols["nearest_tokens"] = pa.array([r["nearest_tokens"] for r in table], pa.list_(pa.string()))
     cols.update(
         nearest_texts=pa.array([r["nearest_texts"] for r in table], pa.list_(pa.string())),
         nearest_labels=pa.array([r["nearest_labels"] for r in table], pa.list_(pa.string())),
@@ -327,7 +365,7 @@ def _write_hf(out: Path, table: list[dict], meta: dict) -> None:
     folder, with --force, is moved aside first and removed once the new one is there)."""
     _need("datasets", "hf")
     import datasets
-    d, C, names = meta["dim"], meta["num_classes"], meta["label_names"]
+    d, C, names = meta.get("x_width", meta["dim"]), meta["num_classes"], meta["label_names"]
     features = {
         "row": datasets.Value("int64"),
         "class_index": datasets.ClassLabel(names=names),
@@ -336,6 +374,9 @@ def _write_hf(out: Path, table: list[dict], meta: dict) -> None:
     }
     if meta["soft_labels"]:
         features["soft_labels"] = datasets.Sequence(datasets.Value("float32"), length=C)
+    if meta.get("level") == "tokens":
+        features.update(mask=datasets.Sequence(datasets.Value("float32"), length=meta["seq_len"]),
+                        reads_as=datasets.Value("string"), nearest_tokens=datasets.Sequence(datasets.Value("string")))
     features.update(nearest_texts=datasets.Sequence(datasets.Value("string")),
                     nearest_labels=datasets.Sequence(datasets.Value("string")),
                     nearest_similarities=datasets.Sequence(datasets.Value("float32")),

@@ -9,7 +9,6 @@ format), so an edited table is refused like an edited set file.
 from __future__ import annotations
 
 import csv
-import io
 import json
 from pathlib import Path
 from typing import Any

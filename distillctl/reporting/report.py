@@ -52,6 +52,8 @@ NEIGHBOURS = 3
 TEXT_CHARS = 200
 #: heading of report.md's nearest-texts part; what comes before it is what the CLI prints
 NEAREST_HEADING = "## What the synthetic vectors stand for"
+#: the same part for token-level sets (sequences of input embeddings)
+SEQUENCES_HEADING = "## What the synthetic sequences stand for"
 
 
 def _protocol(rec: dict) -> tuple:
@@ -237,7 +239,8 @@ def pca_picture(run: Any, embeddings: Any, title: str) -> tuple[Path | None, dic
 
 def report_tables(report_md: Path) -> str:
     """report.md without its nearest-texts part: everything a terminal shows."""
-    return Path(report_md).read_text(encoding="utf-8").split(NEAREST_HEADING)[0].rstrip()
+    text = Path(report_md).read_text(encoding="utf-8")
+    return text.split(NEAREST_HEADING)[0].split(SEQUENCES_HEADING)[0].rstrip()
 
 
 def _short(text: str) -> str:
@@ -328,8 +331,13 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
         plots["val_curve"] = plot_val_curve(curves, run.plots / "val_curve.png",
                                             f"{recipe.name}: validation accuracy while distilling")
 
-    # 3. The sets among the real rows, and their nearest real texts (both need the embedding cache).
-    parts.update(_sets_among_real_rows(run, recipe, embeddings, plots, quiet=quiet))
+    # 3. What the sets stand for (both need the embedding cache): vectors among the real rows and their nearest
+    #    real texts; token-level sequences as their nearest vocabulary tokens and nearest real texts.
+    parts.update(nearest=[], nearest_note=None, pca=None, pca_note=None, readout=[], readout_note=None)
+    if getattr(recipe.embed, "level", "vectors") == "tokens":
+        parts.update(_sequences_readout(run, recipe, embeddings, quiet=quiet))
+    else:
+        parts.update(_sets_among_real_rows(run, recipe, embeddings, plots, quiet=quiet))
 
     # 4. report.md
     md_path = atomic_write_text(run.path / "report.md", "\n".join(_report_md(run, recipe, summary, parts, plots)))
@@ -339,7 +347,7 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
     out.update({"run_dir": str(run.path), "recipe": recipe.name, "report": str(md_path),
                 "plot": str(plots["accuracy_vs_ipc"]), "plots": {k: str(v) for k, v in plots.items()},
                 **{k: parts[k] for k in ("claims", "scores", "transfer", "distillation", "pca", "nearest",
-                                         "nearest_note", "pca_note", "single_class")},
+                                         "nearest_note", "pca_note", "readout", "readout_note", "single_class")},
                 "results": records})
     atomic_write_json(run.path / "report.json", out)
     return md_path
@@ -371,9 +379,29 @@ def _sets_among_real_rows(run: Any, recipe: Any, embeddings: Any, plots: dict, *
     return out
 
 
+def _sequences_readout(run: Any, recipe: Any, embeddings: Any, *, quiet: bool | None) -> dict:
+    """Token level: each synthetic sequence's nearest vocabulary tokens per position and its nearest real
+    training texts (:mod:`distillctl.reporting.readable`); without the token cache, the tokens alone."""
+    from distillctl.reporting.readable import token_readout
+
+    out = {"readout": [], "readout_note": None}
+    if not set_files(run.path):
+        return out
+    try:
+        if embeddings is None:
+            embeddings = embed.load_embeddings(recipe, quiet=quiet)
+    except (UserError, NotImplementedError) as exc:
+        out["readout_note"] = f"token cache unavailable ({exc}): no nearest real texts"
+    try:
+        out["readout"] = token_readout(set_files(run.path), embeddings)
+    except (UserError, NotImplementedError) as exc:
+        out["readout_note"] = f"readout unavailable: {exc}"
+    return out
+
+
 def _report_md(run: Any, recipe: Any, summary: dict, parts: dict, plots: dict) -> list[str]:
     """report.md's lines, top to bottom: title, protocol, claims, tables by ipc, scores, transfer,
-    distillation, the sets among the real rows, their nearest texts."""
+    distillation, the sets among the real rows, their nearest texts (token level: the readable sequences)."""
     md = [f"# {recipe.name}: distilled sets against baselines", ""]
     if recipe.description:
         md += [recipe.description, ""]
@@ -399,7 +427,8 @@ def _report_md(run: Any, recipe: Any, summary: dict, parts: dict, plots: dict) -
     md += scores_md(parts["scores"])
     md += transfer_md(parts["transfer"], "plots/transfer.png" if "transfer" in plots else None)
     md += _distillation_md(parts["distillation"], plots.get("val_curve"))
-    return md + _pca_md(parts["pca"], parts["pca_note"]) + _nearest_md(parts["nearest"], parts["nearest_note"])
+    md += _pca_md(parts["pca"], parts["pca_note"]) + _nearest_md(parts["nearest"], parts["nearest_note"])
+    return md + _readout_md(parts["readout"], parts["readout_note"])
 
 
 def _protocol_md(summary: dict, single_class: list[str]) -> list[str]:
@@ -463,4 +492,37 @@ def _nearest_md(nearest: list[dict], note: str | None) -> list[str]:
                 md.append(f"| {v['row'] if rank == 1 else ''} | {v['class'] if rank == 1 else ''} | {rank} | "
                           f"{nb['similarity']:.3f} | {nb['label']} | {_short(nb['text'])} |")
         md += ["", "</details>", ""]
+    return md
+
+
+def _readout_md(readout: list[dict], note: str | None) -> list[str]:
+    """The token-level sets, readable: per sequence the nearest vocabulary token of each attended position
+    (and the next two), and the real training texts nearest in the initial model's pooled features."""
+    from distillctl.reporting.readable import TOKENS_PER_POSITION
+
+    if not (readout or note):
+        return []
+    md = [SEQUENCES_HEADING, "",
+          "Each synthetic sequence is a row of input embeddings, not text. *Reads as*: the vocabulary token whose word "
+          "embedding is nearest by cosine at each attended position (`##` pieces glued); *top "
+          f"{TOKENS_PER_POSITION} per position*: position:token/token/token (mean cosine of the nearest in brackets); "
+          "then the real training texts nearest in the pooled features of the model the set was distilled for "
+          "(cosine, their true label).", ""]
+    if note:
+        md += [f"_{note}_", ""]
+    for s in readout:
+        searched = f", nearest texts among {s['real_rows_searched']} training texts" if s["real_rows_searched"] else ""
+        md += [f"<details><summary>ipc {s['ipc']} ({len(s['sequences'])} sequences{searched})</summary>", ""]
+        for q in s["sequences"]:
+            firsts = [c[0] for c in q["cosines"] if c]
+            mean = sum(firsts) / len(firsts) if firsts else float("nan")
+            md += [f"**sequence {q['row']}** (class `{q['class']}`, mean nearest-token cosine {mean:.3f}) reads as: "
+                   f"{_short(q['text'])}", "",
+                   "<sub>" + " ".join(f"{i}:{'/'.join(t)}" for i, t in enumerate(q["tokens"]) if t) + "</sub>", ""]
+            if q["neighbours"]:
+                md += ["| # | cos | label | nearest real text |", "|---:|---:|---|---|"]
+                md += [f"| {i} | {nb['similarity']:.3f} | {nb['label']} | {_short(nb['text'])} |"
+                       for i, nb in enumerate(q["neighbours"], 1)]
+                md.append("")
+        md += ["</details>", ""]
     return md

@@ -7,7 +7,7 @@ modules and import torch lazily, so loading the registry stays cheap.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -17,6 +17,8 @@ from distillctl.recipe import PluginSection
 
 
 class BPTTOptions(PluginOptions):
+    #: levels this method serves: sentence vectors, and input-embedding sequences of a fine-tuned transformer
+    levels: ClassVar[tuple[str, ...]] = ("vectors", "tokens")
     unroll: PluginSection = Field(
         default_factory=lambda: PluginSection(name="full"),
         description="How the inner loop is differentiated: `full`, `truncated` or `ratbptt` with its options "

