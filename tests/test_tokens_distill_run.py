@@ -132,6 +132,17 @@ def test_a_method_without_the_token_level_exits_2_writing_nothing(env, cli, meth
     assert not (env.tmp / "never").exists() and not (env.tmp / "runs").exists()
 
 
+def test_several_students_at_the_token_level_exit_2_writing_nothing(env):
+    """A token-level set is distilled for one fine-tuned model: `distill.students` with two is refused, naming
+    the field and the students, before the run folder exists."""
+    from distillctl.distillation.distill import distill
+
+    recipe = env.recipe(students=[{"name": "tiny-bert"}, {"name": "tiny-bert"}])
+    with pytest.raises(UserError, match=r"distill.students: .*token level.*2 students \(tiny-bert, tiny-bert\)"):
+        distill(recipe, run_dir=env.tmp / "never")
+    assert not (env.tmp / "never").exists() and not (env.tmp / "runs").exists()
+
+
 def test_load_set_gives_what_fine_tunes_a_copy_to_the_validated_accuracy(env):
     """The README's recipe: load_set, initial_model(), `inner_steps` plain SGD steps at the set's inner lr on
     (x, mask, soft labels) -> the val accuracy distill recorded for the set (the same fine-tuning, done with

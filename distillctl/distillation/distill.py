@@ -166,11 +166,18 @@ def preflight(recipe, embeddings, *, stages: list[int] | None = None, quiet: boo
         return
     check_ipc_fits(embeddings, max(stages), "distill.ipc")
     check_split_sizes(embeddings, recorded_only=("test",))  # test: from the recorded counts (never read here)
+    sections = list(ds.students or [recipe.student])
+    if getattr(embeddings, "level", "vectors") == "tokens":
+        # A method without the token level was refused when the recipe was validated; the one method setup
+        # left needs the student's pretrained model, which the run itself builds.
+        if len(sections) > 1:
+            raise UserError(f"distill.students: at the token level a set is distilled for one fine-tuned model; "
+                            f"got {len(sections)} students ({', '.join(sec.name for sec in sections)})")
+        return
     device = resolve_device(ds.device, field="distill.device")
     train = split_of(embeddings, "train")
     X, y = train.X.to(device, torch.float32), train.y.to(device)  # (n, d), (n,)
     C, d = int(embeddings.num_classes), int(X.shape[1])
-    sections = list(ds.students or [recipe.student])
     students = [(sec.name, student_builder(recipe, d, C, sec), sec.model_dump(mode="json")) for sec in sections]
     labels = student_labels([sec.name for sec in sections])
     budget = TrainBudget.from_eval(recipe.eval)
@@ -287,9 +294,6 @@ class _Chain:
         check_ipc_fits(embeddings, max(ds.ipc), "distill.ipc")
 
         sections = list(ds.students or [recipe.student])
-        if tokens and len(sections) > 1:
-            raise UserError(f"distill.students: at the token level a set is distilled for one fine-tuned model; "
-                            f"got {len(sections)} students ({', '.join(sec.name for sec in sections)})")
         students = [(sec.name, student_builder(recipe, d, C, sec), sec.model_dump(mode="json")) for sec in sections]
         method = registry.build("method", ds.method)
         if len(students) > 1:
