@@ -311,7 +311,6 @@ def finetune_and_score(build_student: Callable[[], Any], train: TokenData, y_tra
     """
     import torch
 
-
     t0 = time.perf_counter()
     # 1. checks and targets
     seeds = [int(s) for s in seeds]
@@ -328,68 +327,84 @@ def finetune_and_score(build_student: Callable[[], Any], train: TokenData, y_tra
     targets = y_train.float() if soft else y_train.long()
     steps = replay.steps if replay is not None else budget.steps
     reset_peak(plan)
+    # seed k's rows: all of train, or its own subset (a new random draw per seed)
+    datas = [(train, targets) if per_seed_rows is None
+             else (train.take(per_seed_rows[k]), targets[per_seed_rows[k]]) for k in range(K)]
 
-    def data_of(k: int) -> tuple[TokenData, "torch.Tensor"]:
-        if per_seed_rows is None:
-            return train, targets
-        rows = per_seed_rows[k]
-        return train.take(rows), targets[rows]
+    def new_student(k: int) -> _Student:
+        return _Student(build_student, seeds[k], plan, budget, len(datas[k][0]), replay, C, attention)
 
     # 2. the K students: one after the other, or in lockstep when steps are chosen on val
-    losses = [float("nan")] * K
-    preds: list["torch.Tensor"] = [None] * K  # type: ignore[list-item]
-    curve, best, best_step, done = [], -1.0, None, 0
     with progress(description or "fine-tuning students", steps * (1 if select_on is not None else K),
                   unit="step", quiet=quiet) as bar:
         if select_on is None:
-            for k, seed in enumerate(seeds):
-                data, yk = data_of(k)
-                student = _Student(build_student, seed, plan, budget, len(data), replay, C, attention)
-                for _ in range(steps):
-                    losses[k] = student.step(data, yk, soft)
-                    bar.advance(1, loss=losses[k])
-                preds[k] = student.predict(test)  # the test split, once
-                done = steps
-                del student
+            preds, losses, curve, best_step, done = _train_each(new_student, datas, steps, soft, test, bar)
         else:
-            x_sel, y_sel = select_on
-            datas = [data_of(k) for k in range(K)]
-            students = [_Student(build_student, s, plan, budget, len(datas[k][0]), replay, C, attention)
-                        for k, s in enumerate(seeds)]
-            saved, stale = None, 0
-            for step in range(1, steps + 1):
-                for k, student in enumerate(students):
-                    losses[k] = student.step(datas[k][0], datas[k][1], soft)
-                bar.advance(1, loss=sum(losses) / K)
-                done = step
-                if step % select_every == 0 or step == steps:
-                    pred = torch.stack([s.predict(x_sel) for s in students])  # (K, m_val)
-                    acc = classification_scores(pred, y_sel, C)["accuracy"]
-                    curve.append({"step": step, "mean": sum(acc) / K, "values": acc})
-                    if curve[-1]["mean"] > best:  # strictly better: ties keep the earlier step
-                        best, best_step, stale = curve[-1]["mean"], step, 0
-                        saved = [s.snapshot() for s in students]
-                    else:
-                        stale += 1
-                    if not (is_quiet() if quiet is None else quiet):  # a long run shows where it is
-                        info(f"{description or 'fine-tuning'}: step {step}, val accuracy {curve[-1]['mean']:.4f} "
-                             f"(best {best:.4f} at step {best_step})")
-                    if select_patience is not None and stale >= select_patience:
-                        break
-            for s, snap in zip(students, saved):
-                s.restore(snap)
-            preds = [s.predict(test) for s in students]  # the chosen students on test, once
-            del students, saved
+            preds, losses, curve, best_step, done = _train_in_lockstep(
+                new_student, datas, steps, soft, test, select_on, select_every, select_patience, C, bar,
+                description=description, quiet=quiet)
 
     # 3. scores
     metrics = classification_scores(torch.stack(preds), y_test, C)
     scores = Scores(seeds=seeds, accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],
                     positive_f1=metrics.get("positive_f1"), train_loss=losses, seconds=time.perf_counter() - t0,
                     classes_predicted=metrics["classes_predicted"], chosen_steps=best_step,
-                    val_curve=curve if select_on is not None else None, steps_run=done)
+                    val_curve=curve, steps_run=done)
     scores.peak_memory_mb = round(peak_memory_mb(plan), 1)  # type: ignore[attr-defined]
     scores.device = plan.describe()  # type: ignore[attr-defined]
     return scores
+
+
+def _train_each(new_student, datas, steps: int, soft: bool, test, bar):
+    """K students one after the other, ``steps`` each (only one model in memory at a time); each scored on
+    ``test`` once. Returns (preds, last losses, no val curve, no chosen step, steps run)."""
+    preds, losses = [], []
+    for k, (data, yk) in enumerate(datas):
+        student, loss = new_student(k), float("nan")
+        for _ in range(steps):
+            loss = student.step(data, yk, soft)
+            bar.advance(1, loss=loss)
+        preds.append(student.predict(test))  # the test split, once
+        losses.append(loss)
+        del student
+    return preds, losses, None, None, steps
+
+
+def _train_in_lockstep(new_student, datas, steps: int, soft: bool, test, select_on, select_every: int,
+                       select_patience: int | None, C: int, bar, *, description: str | None, quiet: bool | None):
+    """K students stepped together, scored on val every ``select_every`` steps and after the last; those of
+    the step with the best mean val accuracy (the earliest of equal ones) are scored on ``test`` once.
+    ``select_patience`` checks in a row without a better mean end training. Returns (preds, last losses,
+    val curve, chosen step, steps run)."""
+    import torch
+
+    x_sel, y_sel = select_on
+    K = len(datas)
+    students = [new_student(k) for k in range(K)]
+    losses = [float("nan")] * K
+    curve, best, best_step, saved, stale, done = [], -1.0, None, None, 0, 0
+    for step in range(1, steps + 1):
+        for k, student in enumerate(students):
+            losses[k] = student.step(datas[k][0], datas[k][1], soft)
+        bar.advance(1, loss=sum(losses) / K)
+        done = step
+        if step % select_every == 0 or step == steps:
+            pred = torch.stack([s.predict(x_sel) for s in students])  # (K, m_val)
+            acc = classification_scores(pred, y_sel, C)["accuracy"]
+            curve.append({"step": step, "mean": sum(acc) / K, "values": acc})
+            if curve[-1]["mean"] > best:  # strictly better: ties keep the earlier step
+                best, best_step, stale = curve[-1]["mean"], step, 0
+                saved = [s.snapshot() for s in students]
+            else:
+                stale += 1
+            if not (is_quiet() if quiet is None else quiet):  # a long run shows where it is
+                info(f"{description or 'fine-tuning'}: step {step}, val accuracy {curve[-1]['mean']:.4f} "
+                     f"(best {best:.4f} at step {best_step})")
+            if select_patience is not None and stale >= select_patience:
+                break
+    for s, snap in zip(students, saved):
+        s.restore(snap)
+    return [s.predict(test) for s in students], losses, curve, best_step, done  # the chosen students on test, once
 
 
 def pooled_features(build_student: Callable[[], Any], data: TokenData, plan: DevicePlan, seed: int = 0
