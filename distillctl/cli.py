@@ -555,16 +555,16 @@ def submit_cmd(
         typer.echo(sub.description, nl=False)
         return
     if wait:
-        from distillctl.reporting.report import report_tables
+        from distillctl.reporting.summary import run_summary
 
         reports = sub.reports()
-        if len(sub.data.get("points", [])) == 1:
+        if len(sub.data.get("points", [])) == 1:  # the short summary `distillctl report` prints (--full: all)
             for report in reports:
-                typer.echo(report_tables(report) + "\n")
+                typer.echo(run_summary(json.loads(report.with_suffix(".json").read_text(encoding="utf-8"))) + "\n")
         else:
             print_sweep_summary(sub)
-        for report in reports:
-            typer.echo(f"report: {report}")
+            for report in reports:
+                typer.echo(f"report: {report}")
         typer.echo(f"submission: {sub.path} ({sub.state})")
         return
     typer.echo(f"submitted {len(sub.handles)} jobs to the {sub.scheduler.name} scheduler: {sub.path}")
