@@ -25,9 +25,9 @@ from distillctl.data import embed  # embed.load_embeddings: looked up per call (
 from distillctl.distillation.synthetic import SyntheticSet
 from distillctl.errors import UserError
 from distillctl.evaluation import training  # training.train_and_score: looked up per call (tests script it)
-from distillctl.evaluation.protocol import (TEST_SPLIT, check_split_sizes, collapse_notes, distilled_with, eval_seeds, majority_line,
-                                            record_labels, result_record, set_files, split_of, store_results,
-                                            student_sections)
+from distillctl.evaluation.protocol import (TEST_SPLIT, check_sets_fit, check_split_sizes, collapse_notes,
+                                            distilled_with, eval_seeds, majority_line, record_labels, result_record,
+                                            set_files, split_of, store_results, student_sections)
 from distillctl.evaluation.training import TrainBudget, student_builder
 from distillctl.plugins import with_registry
 from distillctl.recipe import Recipe, load_recipe
@@ -102,18 +102,7 @@ def evaluate(target: str | Path, recipe: Any = None, *, seeds: int | None = None
     test = split_of(embeddings, TEST_SPLIT)
     X_test, y_test = test.X.float(), test.y.long()  # (m, d), (m,)
     C, d = int(embeddings.num_classes), int(X_test.shape[1])
-    fp = getattr(embeddings, "fingerprint", None)
-    for f, s in sets:
-        if getattr(s, "level", "vectors") != "vectors":
-            raise UserError(f"{f}: a token-level set, but the recipe's embed.level is vectors; evaluate it with the "
-                            "recipe it was distilled with")
-        if s.num_classes != C or s.dim != d:
-            raise UserError(f"{f}: set has {s.num_classes} classes x {s.dim} dims; the recipe's embeddings have "
-                            f"{C} x {d}")
-        set_fp = s.meta.get("embedding_fingerprint")
-        if fp and set_fp and set_fp != fp:
-            raise UserError(f"{f}: distilled from other embeddings (fingerprint {set_fp[:12]}, the recipe's "
-                            f"cache is {fp[:12]}); evaluate it with the recipe it was distilled with")
+    check_sets_fit(sets, embeddings, level="vectors", width=d)
 
     # 2. One protocol for every set and student: the eval budget and seeds.
     budget = TrainBudget.from_eval(recipe.eval)

@@ -110,6 +110,26 @@ def check_split_sizes(embeddings: Any, splits: tuple[str, ...] = ("val", TEST_SP
                             f"{_SPLIT_SIZE_FIELDS.get(name, 'its size')}")
 
 
+def check_sets_fit(sets: list, embeddings: Any, *, level: str, width: int) -> None:
+    """Each ``(file, set)`` of ``sets`` fits the recipe's embeddings: the same level (``vectors`` or
+    ``tokens``), classes and row width (vector dims, or the student's input-embedding width), and, when both
+    record one, the same embedding cache; else a :class:`UserError` naming the file."""
+    C, fp = int(embeddings.num_classes), getattr(embeddings, "fingerprint", None)
+    rows = "input embeddings" if level == "tokens" else "dims"
+    for f, s in sets:
+        if getattr(s, "level", "vectors") != level or (level == "tokens" and getattr(s, "mask", None) is None):
+            other = "a sentence-vector set" if level == "tokens" else "a token-level set"
+            raise UserError(f"{f}: {other}, but the recipe's embed.level is {level}; evaluate it with the recipe "
+                            "it was distilled with")
+        if s.num_classes != C or s.dim != width:
+            raise UserError(f"{f}: set has {s.num_classes} classes x {s.dim} {rows}; the recipe's "
+                            f"embeddings have {C} x {width}")
+        set_fp = s.meta.get("embedding_fingerprint")
+        if fp and set_fp and set_fp != fp:
+            raise UserError(f"{f}: distilled from other embeddings (fingerprint {set_fp[:12]}, the recipe's "
+                            f"cache is {fp[:12]}); evaluate it with the recipe it was distilled with")
+
+
 def majority_line(embeddings: Any) -> dict:
     """Majority class of train (by counts) scored on test, and the chance level 1/C."""
 

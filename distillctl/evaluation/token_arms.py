@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from distillctl.console import info
-from distillctl.errors import UserError
 from distillctl.evaluation.baselines import (EARLYSTOP_MAX_FACTOR, EARLYSTOP_PATIENCE, SUBSET_KINDS, coreset,
                                              earlystop_every, random_subsets)
 from distillctl.evaluation.finetuning import (DevicePlan, InnerReplay, TokenData, copy_budget, finetune_and_score,
                                               pooled_features)
-from distillctl.evaluation.protocol import (TEST_SPLIT, check_ipc_fits, distilled_with, majority_line, result_record,
-                                            split_of)
+from distillctl.evaluation.protocol import (TEST_SPLIT, check_ipc_fits, check_sets_fit, distilled_with, majority_line,
+                                            result_record, split_of)
 from distillctl.evaluation.training import Scores, TrainBudget, student_builder
 from distillctl.recipe import validate_plugin_section
 
@@ -105,18 +104,7 @@ def evaluate_token_sets(recipe: Any, sets: list, embeddings: Any, sections: list
     test_split = split_of(embeddings, TEST_SPLIT)
     test, y_test = TokenData.of_split(test_split), test_split.y.long()  # (m, T) ids, (m,)
     C, d = int(embeddings.num_classes), int(embeddings.dim)
-    fp = getattr(embeddings, "fingerprint", None)
-    for f, s in sets:
-        if getattr(s, "level", "vectors") != "tokens" or getattr(s, "mask", None) is None:
-            raise UserError(f"{f}: a sentence-vector set, but embed.level is tokens; evaluate it with the recipe "
-                            "it was distilled with")
-        if s.num_classes != C or s.dim != d:
-            raise UserError(f"{f}: set has {s.num_classes} classes x {s.dim}-wide input embeddings; the recipe's "
-                            f"student reads {C} x {d}")
-        set_fp = s.meta.get("embedding_fingerprint")
-        if fp and set_fp and set_fp != fp:
-            raise UserError(f"{f}: distilled from another cache (fingerprint {set_fp[:12]}, the recipe's is "
-                            f"{fp[:12]}); evaluate it with the recipe it was distilled with")
+    check_sets_fit(sets, embeddings, level="tokens", width=d)
     budget = TrainBudget.from_eval(recipe.eval)
     plan = _plan(recipe)
     majority = majority_line(embeddings)
