@@ -309,3 +309,19 @@ def test_pca_picture_is_the_projection_on_trains_principal_plane(hand_run, monke
     assert emb.splits["train"].X.shape[0] > 50  # the basis is fitted on all of them (checked above)
     assert "![PCA of the sets](plots/pca.png)" in md
     valid_png(run.path / "plots" / "pca.png")
+
+
+def test_the_initial_model_arm_of_a_token_set_is_its_own_column(hand_run):
+    """Token level: `distilled-init` (the set fine-tuning the initial model it was distilled for) is shown
+    beside `distilled` (fresh heads), in its own column, never mixed into it."""
+    from distillctl.reporting.report import report
+
+    run, _, write = hand_run
+    own = str((run.distilled / "ipc1.safetensors").resolve())
+    write([rec("distilled", 0.60, 0.05, ipc=1, labels="soft", set=own),
+           {**rec("distilled-init", 0.82, ipc=1, labels="soft", set=own), "seeds": [0]}],
+          [rec("random", 0.40, 0.02, ipc=1), rec("full", 0.88, 0.01, n_train=65, reference="same-budget")])
+    md = report(run.path, quiet=True).read_text()
+    assert ("| IPC | distilled | distilled, from its initial model | random | full, same budget | "
+            "gain over random |") in md, md
+    assert "| 1 | 60.00 ± 5.00 | 82.00 ± 0.00 | 40.00 ± 2.00 | 88.00 ± 1.00 | +20.00 pp |" in md, md

@@ -20,8 +20,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 #: the same colour and marker per arm in every report
-ARM_STYLE = {"distilled": ("o", "C0"), "distilled-hard": ("D", "C4"), "random": ("s", "C1"),
-             "herding": ("^", "C2"), "kcenter": ("v", "C3")}
+ARM_STYLE = {"distilled": ("o", "C0"), "distilled-hard": ("D", "C4"), "distilled-init": ("P", "C5"),
+             "random": ("s", "C1"), "herding": ("^", "C2"), "kcenter": ("v", "C3")}
 #: real training rows drawn behind the synthetic ones in the PCA picture (a random subsample: speed, legibility)
 PCA_REAL_ROWS = 2000
 
