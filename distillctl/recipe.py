@@ -658,8 +658,6 @@ def validate_recipe(data: dict, *, source: str = "<recipe>", base_dir: str | Pat
     if recipe is not None and not problems:
         problems += level_problems(recipe, registry, source)
     if recipe is not None and not problems:  # a method that cannot serve the recipe's level: before any write
-        from distillctl.distillation.tokens import refuse_level
-
         try:
             refuse_level(recipe.distill.method.name, getattr(recipe.embed, "level", "vectors"), registry)
         except UserError as exc:
@@ -669,14 +667,42 @@ def validate_recipe(data: dict, *, source: str = "<recipe>", base_dir: str | Pat
     return recipe
 
 
+def embed_key(recipe: "Recipe") -> str:
+    """What the embedding cache of a recipe depends on (dataset, encoder, embed, seed), as canonical JSON:
+    one ``embed`` job per distinct key in a job graph, and the embedding tag of a tracked run."""
+    d = recipe.to_dict()
+    return json.dumps({k: d.get(k) for k in ("dataset", "encoder", "embed", "seed")}, sort_keys=True,
+                      separators=(",", ":"), default=str)
+
+
+def student_level(options_model: Any) -> str:
+    """The data level a student plugin reads: its options model's ``level`` (default ``vectors``)."""
+    return str(getattr(options_model, "level", "vectors"))
+
+
+def method_levels(options_model: Any) -> tuple[str, ...]:
+    """The levels a method plugin serves: ``levels`` on its options model (default: vectors only)."""
+    return tuple(getattr(options_model, "levels", ("vectors",)))
+
+
+def refuse_level(method: str, level: str, registry) -> None:
+    """One line (exit 2) when ``method`` does not serve ``level``, naming the methods that do."""
+    info = registry.get("method", method)
+    if level in method_levels(info.options):
+        return
+    able = sorted(name for name in registry.names("method")
+                  if level in method_levels(registry.get("method", name).options))
+    serves = " and ".join(method_levels(info.options)) or "no level"
+    raise UserError(f"distill.method: {method!r} works on {serves} only, not with embed.level: {level}; "
+                    f"methods that do: {', '.join(able) or 'none installed'}")
+
+
 def level_problems(recipe: Recipe, registry, source: str = "", students: list | None = None,
                    where: str | None = None) -> list[str]:
     """One line per student that does not read ``embed.level`` (``student``, ``distill.students``,
     ``eval.students``; or the given ``students`` sections named ``where[i]``), naming both fields and the
     students that would fit. At the token level, every token-level student must use ``student``'s model
     (the cache holds that model's token ids)."""
-    from distillctl.data.tokens import student_level
-
     level = recipe.embed.level
     if students is None:
         items = [("student", recipe.student)]

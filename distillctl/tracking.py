@@ -147,7 +147,7 @@ def recipe_params(recipe: Any) -> dict[str, str]:
 def recipe_tags(recipe: Any, stage: str, run_dir: Path | None) -> dict[str, str]:
     """Tags of a tracked run: the recipe and embedding fingerprints, stage, run directory, distillctl version."""
     from distillctl import __version__
-    from distillctl.jobs.jobgraph import embed_key
+    from distillctl.recipe import embed_key
     import hashlib
 
     tags = {
@@ -448,20 +448,6 @@ def _distill_outputs(result: Any, run_dir: Path | None, args: tuple, kwargs: dic
     return [], [Path(s["path"]) for s in result.sets]
 
 
-def _eval_locate(args: tuple, kwargs: dict) -> tuple[Any, Path | None]:
-    from distillctl.evaluation.evaluate import resolve_target
-    from distillctl.runs import existing_run_of
-
-    target = args[0] if args else kwargs.get("target")
-    recipe = args[1] if len(args) > 1 else kwargs.get("recipe")
-    recipe, _, run_path = resolve_target(target, recipe, kwargs.get("overrides"))
-    return recipe, _resolved(run_path or existing_run_of(target))
-
-
-def _eval_outputs(result: Any, run_dir: Path | None, args: tuple, kwargs: dict) -> tuple[list, list]:
-    return list(result), ([run_dir / "eval" / "results.json"] if run_dir is not None else [])
-
-
 def _baseline_locate(args: tuple, kwargs: dict) -> tuple[Any, Path | None]:
     return (args[0] if args else kwargs.get("recipe")), _resolved(kwargs.get("run_dir"))
 
@@ -502,6 +488,5 @@ def _report_outputs(result: Any, run_dir: Path | None, args: tuple, kwargs: dict
 
 
 track_distill = tracked("distill", _distill_locate, _distill_outputs)
-track_eval = tracked("eval", _eval_locate, _eval_outputs)
 track_baseline = tracked("baseline", _baseline_locate, _baseline_outputs)
 track_report = tracked("report", _report_locate, _report_outputs)

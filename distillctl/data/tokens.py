@@ -24,11 +24,6 @@ from distillctl.errors import UserError
 LEVELS = ("vectors", "tokens")
 
 
-def student_level(options_model: Any) -> str:
-    """The data level a student plugin reads: its options model's ``level`` (default ``vectors``)."""
-    return str(getattr(options_model, "level", "vectors"))
-
-
 class TokenEncoder:
     """The student model's tokenizer in the encoder's place: ``encode`` returns ids and masks, not vectors."""
 

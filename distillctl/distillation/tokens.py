@@ -32,23 +32,6 @@ from distillctl.seeds import derive_seed
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-def method_levels(options_model: Any) -> tuple[str, ...]:
-    """The levels a method plugin serves: ``levels`` on its options model (default: vectors only)."""
-    return tuple(getattr(options_model, "levels", ("vectors",)))
-
-
-def refuse_level(method: str, level: str, registry) -> None:
-    """One line (exit 2) when ``method`` does not serve ``level``, naming the methods that do."""
-    info = registry.get("method", method)
-    if level in method_levels(info.options):
-        return
-    able = sorted(name for name in registry.names("method")
-                  if level in method_levels(registry.get("method", name).options))
-    serves = " and ".join(method_levels(info.options)) or "no level"
-    raise UserError(f"distill.method: {method!r} works on {serves} only, not with embed.level: {level}; "
-                    f"methods that do: {', '.join(able) or 'none installed'}")
-
-
 @dataclass
 class TokenRows:
     """Token ids and attention masks of real rows (and token types for sentence pairs): indexable like a

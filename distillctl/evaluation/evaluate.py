@@ -32,7 +32,7 @@ from distillctl.evaluation.training import TrainBudget, student_builder
 from distillctl.plugins import with_registry
 from distillctl.recipe import Recipe, load_recipe
 from distillctl.runs import existing_run_of, holds_run_lock, open_run_dir
-from distillctl.tracking import track_eval
+from distillctl.tracking import tracked
 
 
 def _run_dir_of(set_file: Path) -> Path | None:
@@ -69,9 +69,23 @@ def resolve_target(target: str | Path, recipe: Any = None, overrides: Sequence[s
     return recipe, files, run_path
 
 
+def _tracked_run(args: tuple, kwargs: dict) -> tuple[Any, Path | None]:
+    """The recipe and run folder of an ``evaluate(target, recipe, ...)`` call, for the recipe's trackers."""
+    target = args[0] if args else kwargs.get("target")
+    recipe = args[1] if len(args) > 1 else kwargs.get("recipe")
+    recipe, _, run_path = resolve_target(target, recipe, kwargs.get("overrides"))
+    found = run_path or existing_run_of(target)
+    return recipe, (Path(found).resolve() if found is not None else None)
+
+
+def _tracked_outputs(result: Any, run_dir: Path | None, args: tuple, kwargs: dict) -> tuple[list, list]:
+    """What the trackers log of an eval: its records (result means as metrics) and results.json."""
+    return list(result), ([run_dir / "eval" / "results.json"] if run_dir is not None else [])
+
+
 @with_registry  # registry=: run with that plugin registry (default: get_registry())
 @holds_run_lock("eval", lambda args, kw: existing_run_of(args[0] if args else kw.get("target")))  # one eval per run
-@track_eval  # the recipe's `tracking` list: result means as metrics, results.json as an artifact
+@tracked("eval", _tracked_run, _tracked_outputs)  # the recipe's `tracking` list: result means, results.json
 def evaluate(target: str | Path, recipe: Any = None, *, seeds: int | None = None, quiet: bool | None = None,
              overrides: Sequence[str] | None = None, embeddings: Any = None, students: Any = None) -> list[dict]:
     """Score every distilled set of a run directory (each Boost-DD stage), or one set file, on test.

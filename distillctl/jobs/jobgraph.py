@@ -24,17 +24,12 @@ from typing import Any, Sequence
 
 from distillctl.evaluation.baselines import PROTOCOL_SECTIONS, SUBSET_KINDS
 from distillctl.jobs.sweeps import Point
+from distillctl.recipe import embed_key
 from distillctl.scheduling import check_graph, Job
 
 
 def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def embed_key(recipe) -> str:
-    """What the embedding cache of a recipe depends on: one ``embed`` job per distinct key."""
-    d = recipe.to_dict()
-    return _canonical({k: d.get(k) for k in ("dataset", "encoder", "embed", "seed")})
 
 
 def baseline_key(recipe, kind: str) -> str:
