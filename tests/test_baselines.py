@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from fakes import evaluation as eval_fakes
-from distillctl.evaluation.baselines import coreset, herding_order, kcenter_order, parse_ipc, random_subsets
+from distillctl.evaluation.baselines import parse_ipc
+from distillctl.evaluation.subsets import coreset, herding_order, kcenter_order, random_subsets
 from distillctl.errors import UserError
 
 
@@ -228,8 +229,8 @@ def _hard_env(env):
 
 
 def test_full_earlystop_chooses_steps_on_val_and_scores_test_once(env):
-    from distillctl.evaluation.baselines import (EARLYSTOP_CHECKS, EARLYSTOP_MAX_FACTOR, EARLYSTOP_PATIENCE, baseline,
-                                      earlystop_every)
+    from distillctl.evaluation.baselines import baseline
+    from distillctl.evaluation.subsets import EARLYSTOP_CHECKS, EARLYSTOP_MAX_FACTOR, EARLYSTOP_PATIENCE, earlystop_every
     from distillctl.evaluation.protocol import eval_seeds
     from distillctl.evaluation.training import TrainBudget, student_builder, train_and_score
 

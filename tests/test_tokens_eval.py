@@ -237,7 +237,7 @@ def test_token_baselines_random_herding_full_and_majority(project, cli):
 @pytest.mark.slow  # the bundled MiniLM (tokenizer / weights)
 def test_herding_at_the_token_level_picks_by_the_students_pooled_features(project):
     from distillctl.data.embed import load_embeddings
-    from distillctl.evaluation.baselines import coreset
+    from distillctl.evaluation.subsets import coreset
     from distillctl.evaluation.finetuning import TokenData, pooled_features
     from distillctl.evaluation.token_arms import baseline_tokens
     from distillctl.evaluation.training import build_seeded, student_builder

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from distillctl.console import info
-from distillctl.evaluation.baselines import (EARLYSTOP_MAX_FACTOR, EARLYSTOP_PATIENCE, SUBSET_KINDS, coreset,
-                                             earlystop_every, random_subsets)
+from distillctl.evaluation.subsets import (EARLYSTOP_MAX_FACTOR, EARLYSTOP_PATIENCE, SUBSET_KINDS, coreset,
+                                           earlystop_every, random_subsets)
 from distillctl.evaluation.finetuning import (DevicePlan, InnerReplay, TokenData, copy_budget, finetune_and_score,
                                               pooled_features)
 from distillctl.evaluation.protocol import (TEST_SPLIT, check_ipc_fits, check_sets_fit, distilled_with, majority_line,

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from distillctl.evaluation.baselines import PROTOCOL_SECTIONS, SUBSET_KINDS
+from distillctl.evaluation.baselines import PROTOCOL_SECTIONS
+from distillctl.evaluation.subsets import SUBSET_KINDS
 from distillctl.jobs.sweeps import Point
 from distillctl.recipe import embed_key
 from distillctl.scheduling import check_graph, Job
