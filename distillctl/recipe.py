@@ -237,7 +237,8 @@ class TokenSettings(Section):
     init_seed: Optional[int] = Field(
         None, ge=0, description="Seed of the initial model the set is distilled for (the pretrained body with "
         "this seed's head); recorded in the set as `init_seed`, and `eval`'s `distilled-init` arm starts there. "
-        "null = the recipe's seed.")
+        "null = a seed derived from the recipe's (`seeds.token_init_seed`), never one of the eval seeds, so `eval`'s "
+        "`distilled-heads` arm starts from heads the set has not seen.")
     head_pool: int = Field(
         1, ge=1, description="Heads the inner fine-tuning starts from: 1 = always the initial model (as Maekawa et "
         "al.); N > 1 = each outer step draws one of N head seeds (the initial model's first), so the set must "
@@ -254,7 +255,8 @@ class TokenSettings(Section):
     val_rows: Optional[int] = Field(
         1000, ge=1, description="Rows of `val` that choose the best set while distilling (a fixed random draw): "
         "each validation fine-tunes the model and runs it over them, ~20 s per 1,000 rows of 48 tokens for "
-        "MiniLM on one CPU thread. null = all of val. The final score is `eval` on test, never this.")
+        "MiniLM on one CPU thread. The same draw chooses the steps of the token-level `full-earlystop` baseline. "
+        "null = all of val. The final score is `eval` on test, never this.")
 
 
 class DistillSettings(Section):
@@ -339,8 +341,14 @@ class EvalSettings(OptimizerSettings):
     weight_decay: float = Field(0.0, ge=0, description="Weight decay of the evaluated students.")
     device: str = Field(
         "auto", description="Torch device of token-level evaluation (fine-tuned students; `auto`: CUDA when torch "
-        "sees it, else CPU; on a GPU the forward passes run in bfloat16 autocast where supported). Vector "
-        "students train where their embeddings are (CPU).",
+        "sees it, else CPU; see `precision`). Vector students train where their embeddings are (CPU).",
+    )
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Number format of token-level evaluation: `auto` = bfloat16 autocast on a GPU that "
+        "supports it (training and scoring passes) and for the scoring passes on a CPU with native bfloat16 "
+        "(AVX512-BF16/AMX; about 2x faster scoring, a few predictions in thousands differ from float32's), float32 "
+        "otherwise; `float32` = never; `bfloat16` = always (on a CPU: scoring only). Each record names it "
+        "(`device`).",
     )
     students: Optional[list[PluginSection]] = Field(
         None, description="Evaluate with several students (transfer), e.g. `[mlp, transformer, linear]` (each a "

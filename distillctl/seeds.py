@@ -17,6 +17,8 @@ training: student k's minibatches      ``derive_seed(k, BATCH_STREAM)``
 training: dropout of the K students    ``derive_seed(seeds[0], DROPOUT_STREAM)``
 baseline random: student k's subset    ``derive_seed(k, RANDOM_SUBSET_STREAM)``
 distill mtt: expert student e          ``expert_seeds(seed, k)[e]`` = ``derive_seed(seed, 1000 + e)``
+distill tokens: the initial model      ``token_init_seed(seed)`` = ``derive_seed(seed, TOKEN_INIT_STREAM)``
+distill tokens: head pool seed i       ``derive_seed(init_seed, 7000 + i)``, i = 1..N-1
 =====================================  ==========================================================
 """
 
@@ -38,6 +40,7 @@ CARVE_SEED_OFFSETS = {"test": 1_000_003, "val": 0}
 BATCH_STREAM = 1  # minibatch order of one student (training.BatchStream)
 DROPOUT_STREAM = 2  # the global RNG dropout layers draw from while K students train
 RANDOM_SUBSET_STREAM = 3  # the ``random`` baseline's stratified draw for one student seed
+TOKEN_INIT_STREAM = 4  # the head of the initial model a token-level set is distilled for (not an eval seed)
 EXPERT_STREAM_BASE = 1000  # the ``mtt`` method's expert e uses stream EXPERT_STREAM_BASE + e of the recipe seed
 
 
@@ -50,6 +53,13 @@ def derive_seed(seed: int, stream: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % (1 << 64)
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % (1 << 64)
     return (z ^ (z >> 31)) >> 1
+
+
+def token_init_seed(seed: int) -> int:
+    """The default ``distill.tokens.init_seed`` of a recipe with ``seed``: a head seed of its own stream, so
+    the K fresh heads ``eval`` scores a token-level set from (``eval_seeds``) never include the head the set
+    was distilled for."""
+    return derive_seed(seed, TOKEN_INIT_STREAM)
 
 
 def stage_seed(seed: int, stage: int) -> int:

@@ -50,7 +50,7 @@ def real(m=10, T=8, seed=1):
 def cpu_plan():
     from distillctl.evaluation.finetuning import DevicePlan
 
-    return DevicePlan.resolve("cpu")
+    return DevicePlan.resolve("cpu", precision="float32")
 
 
 def test_finetuning_matches_a_hand_written_loop():
@@ -155,7 +155,7 @@ def project(tmp_path, monkeypatch):
               "student": {"name": "finetune", "keep_layers": 1},
               "embed": {"level": "tokens", "max_length": 16, "val_size": 6},
               "distill": {"ipc": 1, "inner": {"lr": 0.05, "optimizer": "sgd", "momentum": 0.0}},
-              "eval": {"steps": 2, "lr": 1e-4, "batch_size": 4, "seeds": 2, "device": "cpu"}}
+              "eval": {"steps": 2, "lr": 1e-4, "batch_size": 4, "seeds": 2, "device": "cpu", "precision": "float32"}}
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return tmp_path, path
@@ -193,7 +193,8 @@ def test_eval_of_a_token_level_set_gives_distilled_and_distilled_init_records(pr
     assert res.code == 0, res
     records = json.loads(res.out)
     arms = [(r["arm"], r["labels"]) for r in records]
-    assert arms == [("distilled", "soft"), ("distilled", "hard"), ("distilled-init", "soft")]
+    assert arms == [("distilled", "soft"), ("distilled", "hard"), ("distilled-init", "soft"),
+                    ("distilled-heads", "soft")]
     for r in records:
         assert r["level"] == "tokens" and r["student"] == "finetune" and r["n_test"] == 9 and r["ipc"] == 1
         assert 0 <= r["accuracy"]["mean"] <= 1 and r["peak_memory_mb"] > 0 and r["device"] == "cpu"
@@ -203,6 +204,36 @@ def test_eval_of_a_token_level_set_gives_distilled_and_distilled_init_records(pr
     assert init["seeds"] == [11] and init["init_seed"] == 11 and init["learned_lr"] is True
     assert init["inner_replay"]["steps"] == 2 and init["inner_replay"]["lr"] == 0.03  # the learned lr, not 0.05
     assert init["budget"]["optimizer"] == "sgd" and init["budget"]["steps"] == 2
+    heads = records[3]  # the same replay from the eval seeds' fresh heads; the set's head (11) is not one of them
+    assert heads["seeds"] == [0, 1] and heads["heads_seen"] == [] and heads["init_seed"] == 11
+    assert heads["inner_replay"] == init["inner_replay"] and heads["budget"] == init["budget"]
+    assert len(heads["accuracy"]["values"]) == 2
+
+
+@pytest.mark.slow  # the bundled MiniLM (tokenizer / weights)
+def test_distilled_heads_names_eval_seeds_the_set_was_distilled_on(project, cli, monkeypatch):
+    from distillctl.distillation.synthetic import SyntheticSet
+    from distillctl.recipe import load_recipe
+
+    tmp_path, path = project
+    set_file = write_set(tmp_path, load_recipe(path))
+    syn = SyntheticSet.load(set_file)
+    syn.meta["head_seeds"] = [11, 1]  # distilled on a head pool that holds eval seed 1
+    syn.save(set_file)
+    monkeypatch.setenv("DISTILLCTL_QUIET", "0")  # the note is a status line on stderr
+    res = cli("eval", set_file, "--recipe", path, "--json")
+    assert res.code == 0, res
+    heads = next(r for r in json.loads(res.out) if r["arm"] == "distilled-heads")
+    assert heads["heads_seen"] == [1]
+    assert "eval seeds [1] are heads the set was distilled on" in res.err
+
+
+def test_the_default_initial_model_is_never_an_eval_seed():
+    from distillctl.seeds import eval_seeds, token_init_seed
+
+    for seed in (0, 1, 7):
+        assert token_init_seed(seed) not in eval_seeds(seed, 1000)
+        assert token_init_seed(seed) == token_init_seed(seed) and token_init_seed(seed) != token_init_seed(seed + 1)
 
 
 @pytest.mark.slow  # the bundled MiniLM (tokenizer / weights)
@@ -229,6 +260,11 @@ def test_token_baselines_random_herding_full_and_majority(project, cli):
     assert early["arm"] == "full-earlystop" and early["select_split"] == "val"
     assert 1 <= early["chosen_steps"] <= early["max_steps"] == 20
     assert early["budget"]["steps"] == early["chosen_steps"]
+    assert early["select_rows"] == 6  # all of val: it is smaller than distill.tokens.val_rows (1000)
+
+    res = cli("baseline", path, "--kind", "full", "--json", "--set", "distill.tokens.val_rows=4")
+    assert res.code == 0, res
+    assert json.loads(res.out)[1]["select_rows"] == 4  # the same fixed draw distill validates on
 
     res = cli("baseline", path, "--kind", "majority", "--json")
     assert res.code == 0 and json.loads(res.out)[0]["level"] == "tokens", res

@@ -40,14 +40,14 @@ from distillctl.distillation.synthetic import SyntheticSet
 from distillctl.distillation.tokens import (InnerSteps, TokenRows, TokenSpace, attention_targets, finetune_and_score,
                                             initial_attention, initial_rows)
 from distillctl.errors import Interrupted, RunError, UserError
-from distillctl.evaluation.protocol import check_ipc_fits, check_split_sizes, split_of
+from distillctl.evaluation.protocol import check_ipc_fits, check_split_sizes, fixed_val_rows, split_of
 from distillctl.evaluation import training  # training.train_and_score: looked up per call (tests script it)
 from distillctl.evaluation.training import TrainBudget, student_builder
 from distillctl.methods import Learnables, Method, MethodContext, PerStudent, student_labels
 from distillctl.plugins import get_registry, with_registry
 from distillctl.runs import (RunDir, atomic_write_text, create_run_dir, new_run_path, open_run_dir, read_jsonl,
                              record_set, refuse_existing_run, run_lock)
-from distillctl.seeds import stage_seed, val_seeds as derive_val_seeds
+from distillctl.seeds import stage_seed, token_init_seed, val_seeds as derive_val_seeds
 from distillctl.verified import sha256_of
 from distillctl.tracking import track_distill
 
@@ -547,10 +547,9 @@ def _real_rows(recipe, embeddings, device) -> tuple:
         X_val = val.X.to(device, torch.float32)  # (m, d)
         return X_train, y_train, X_val, y_val, int(X_train.shape[1])
     X_train, X_val = TokenRows.of(train).to(device), TokenRows.of(val).to(device)
-    keep_rows = recipe.distill.tokens.val_rows
-    if keep_rows is not None and keep_rows < len(X_val):  # a fixed draw of val rows
-        keep = torch.randperm(len(X_val), generator=torch.Generator().manual_seed(recipe.seed))
-        keep = keep[:keep_rows].sort().values.to(device)
+    keep = fixed_val_rows(len(X_val), recipe.distill.tokens.val_rows, recipe.seed)  # (val_rows,) or None
+    if keep is not None:
+        keep = keep.to(device)
         X_val, y_val = X_val[keep], y_val[keep]
     return X_train, y_train, X_val, y_val, int(embeddings.dim)
 
@@ -567,7 +566,7 @@ def _token_space(recipe, build, method, device, embeddings, *, seq_len: int) -> 
     ``init_seed``: the initial model every stage fine-tunes, and its head pool) and what every saved set
     records about it."""
     ds, tk = recipe.distill, recipe.distill.tokens
-    init_seed = recipe.seed if tk.init_seed is None else tk.init_seed
+    init_seed = token_init_seed(recipe.seed) if tk.init_seed is None else tk.init_seed
     space = TokenSpace.build(build, init_seed=init_seed, head_pool=tk.head_pool, attention=tk.attention_labels,
                              attention_weight=tk.attention_weight, device=device)
     meta = dict(level="tokens", init_seed=init_seed, head_seeds=space.head_seeds, seq_len=seq_len,

@@ -51,6 +51,18 @@ def eval_seeds(recipe: Any, k: int | None = None) -> list[int]:
     return seeding.eval_seeds(recipe.seed, k)
 
 
+def fixed_val_rows(n: int, keep: int | None, seed: int) -> "torch.Tensor | None":
+    """(keep,) sorted indices of a fixed random draw of ``keep`` of ``n`` val rows (seed ``seed``), or None for
+    all of them: the rows that choose a token-level set while distilling and the steps of token-level
+    ``full-earlystop`` (``distill.tokens.val_rows``), since running a transformer over all of val at every check
+    would cost more than the training it chooses."""
+    import torch
+
+    if keep is None or keep >= n:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:keep].sort().values
+
+
 def split_of(embeddings: Any, name: str):
     """``embeddings.splits[name]``, or a :class:`UserError` naming the splits there are."""
     splits = getattr(embeddings, "splits", {}) or {}

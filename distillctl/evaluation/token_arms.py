@@ -11,7 +11,14 @@ memory; the students fine-tune a pretrained transformer (:mod:`distillctl.evalua
 - ``distilled-init``: the initial model the set was distilled for (the set's ``init_seed``: pretrained body
   + that seed's head) trained with the inner steps it was distilled with (:func:`inner_replay`: the
   learned inner lr when there is one), one run (it is deterministic up to the inner batches), labels as
-  distilled. This is the number the set was optimised for; ``distilled`` is how it transfers to new heads.
+  distilled. This is the number the set was optimised for;
+- ``distilled-heads``: the same inner steps, labels as distilled, from K fresh heads (the pretrained body +
+  eval seed k's head): does the set hold across initialisations, the thing a user fine-tuning their own copy
+  of the model needs. A head the set was distilled on (its ``head_seeds``) is named in the record
+  (``heads_seen``) and in the output: it is not fresh.
+
+``distilled`` and ``distilled-heads`` both start from fresh heads; the first trains with the recipe's eval
+budget (the set as a small training set), the second with the steps it was made for.
 
 ``baseline`` at the token level: ``random`` (a stratified draw per seed), ``herding`` / ``kcenter`` (chosen on
 the pretrained student's pooled features of the training texts: the representation that is fine-tuned,
@@ -30,10 +37,11 @@ from distillctl.evaluation.subsets import (EARLYSTOP_MAX_FACTOR, EARLYSTOP_PATIE
                                            earlystop_every, random_subsets)
 from distillctl.evaluation.finetuning import (DevicePlan, InnerReplay, TokenData, copy_budget, finetune_and_score,
                                               pooled_features)
-from distillctl.evaluation.protocol import (TEST_SPLIT, check_ipc_fits, check_sets_fit, distilled_with, majority_line,
-                                            result_record, split_of)
+from distillctl.evaluation.protocol import (TEST_SPLIT, check_ipc_fits, check_sets_fit, distilled_with,
+                                            fixed_val_rows, majority_line, result_record, split_of)
 from distillctl.evaluation.training import Scores, TrainBudget, student_builder
 from distillctl.recipe import validate_plugin_section
+from distillctl.seeds import token_init_seed
 
 
 def _record_extra(scores: Any) -> dict:
@@ -43,7 +51,8 @@ def _record_extra(scores: Any) -> dict:
 
 def _plan(recipe: Any):
 
-    return DevicePlan.resolve(getattr(recipe.eval, "device", "auto"), field="eval.device")
+    return DevicePlan.resolve(getattr(recipe.eval, "device", "auto"), field="eval.device",
+                              precision=getattr(recipe.eval, "precision", "auto"))
 
 
 def _info(quiet: bool, text: str) -> None:
@@ -89,16 +98,17 @@ def inner_replay(recipe: Any, syn: Any):
 
 def init_seed_of(recipe: Any, syn: Any) -> int:
     """The seed of the initial model a set was distilled for: the set's ``init_seed``, else the recipe's
-    ``distill.tokens.init_seed``, else the recipe's seed (the distillation default)."""
+    ``distill.tokens.init_seed``, else the distillation default (:func:`distillctl.seeds.token_init_seed`)."""
     if syn.meta.get("init_seed") is not None:
         return int(syn.meta["init_seed"])
     configured = getattr(getattr(recipe.distill, "tokens", None), "init_seed", None)
-    return int(recipe.seed if configured is None else configured)
+    return int(token_init_seed(recipe.seed) if configured is None else configured)
 
 
 def evaluate_token_sets(recipe: Any, sets: list, embeddings: Any, sections: list, seed_list: list[int], *,
                         quiet: bool) -> list[dict]:
-    """Records of ``distilled`` (every student section x set x labels) and ``distilled-init`` (every set)."""
+    """Records of ``distilled`` (every student section x set x labels), ``distilled-init`` and
+    ``distilled-heads`` (every set)."""
 
     # 1. the test rows (token ids) and the checks that each set fits them
     test_split = split_of(embeddings, TEST_SPLIT)
@@ -130,13 +140,14 @@ def evaluate_token_sets(recipe: Any, sets: list, embeddings: Any, sections: list
                 _info(quiet, f"ipc {s.ipc}, {section.name}, {kind} labels: accuracy {scores.mean():.4f} ± "
                       f"{scores.std():.4f} ({len(seed_list)} seeds, {scores.seconds:.1f} s)")
 
-    # 3. distilled-init: the initial model the set was made for, with the inner steps it was made with
+    # 3. distilled-init (the initial model the set was made for) and distilled-heads (K fresh heads), both
+    #    with the inner steps it was made with
     for stage, (f, s) in enumerate(sets):
         init_seed = init_seed_of(recipe, s)
         replay = inner_replay(recipe, s)
         if replay is None:
-            _info(quiet, f"{Path(f).name}: no distilled-init arm (neither the set nor its method records how many "
-                  "inner steps it was distilled for)")
+            _info(quiet, f"{Path(f).name}: no distilled-init or distilled-heads arm (neither the set nor its method "
+                  "records how many inner steps it was distilled for)")
             continue
         attention = None
         if getattr(s, "attention_labels", None) is not None:  # the inner loss had the attention-label term
@@ -145,23 +156,35 @@ def evaluate_token_sets(recipe: Any, sets: list, embeddings: Any, sections: list
             attention = (s.attention_labels.float(), float(weight))
         section = distilled_for(recipe, s)
         build = student_builder(recipe, d, C, section)
-        data = TokenData(mask=s.mask.float(), x=s.x.float())
+        data = TokenData(mask=s.mask.float(), x=s.x.float())  # (n, T, d), (n, T)
         labels = s.labels.float() if s.soft else s.labels.long()
         rows = len(data) if replay.batch_per_class is None else min(len(data), replay.batch_per_class * C)
         replay_budget = TrainBudget(steps=replay.steps, optimizer=replay.optimizer, lr=replay.lr,
                                     momentum=replay.momentum, batch_size=max(rows, 1), betas=replay.betas)
-        scores = finetune_and_score(build, data, labels, test, y_test, seeds=[int(init_seed)], budget=budget,
-                                    num_classes=C, plan=plan, quiet=quiet, replay=replay, attention=attention,
-                                    description=f"eval ipc {s.ipc} from the initial model")
-        records.append(result_record(
-            "distilled-init", s.ipc, recipe, replay_budget, scores, majority=majority, n_test=len(y_test),
-            student=section, labels="soft" if s.soft else "hard", distilled_with=made_with,
-            set=str(Path(f).resolve()), stage=s.meta.get("stage", stage), soft_labels=s.soft, n_train=len(data),
-            init_seed=int(init_seed), inner_replay=replay.as_dict(), learned_lr=s.inner_lr is not None,
-            attention_labels=attention is not None,
-            val_accuracy=s.meta.get("val_accuracy"), **_record_extra(scores)))
-        _info(quiet, f"ipc {s.ipc}, from the initial model (seed {init_seed}, {replay.steps} inner steps, lr "
-              f"{replay.lr:.3g}): accuracy {scores.mean():.4f} ({scores.seconds:.1f} s)")
+        common = dict(recipe=recipe, majority=majority, n_test=len(y_test), student=section,
+                      labels="soft" if s.soft else "hard", distilled_with=made_with, set=str(Path(f).resolve()),
+                      stage=s.meta.get("stage", stage), soft_labels=s.soft, n_train=len(data),
+                      init_seed=int(init_seed), inner_replay=replay.as_dict(), learned_lr=s.inner_lr is not None,
+                      attention_labels=attention is not None, val_accuracy=s.meta.get("val_accuracy"))
+        arms = (("distilled-init", [int(init_seed)], "from the initial model"),
+                ("distilled-heads", seed_list, "from fresh heads, its inner steps"))
+        for arm, arm_seeds, words in arms:
+            scores = finetune_and_score(build, data, labels, test, y_test, seeds=arm_seeds, budget=budget,
+                                        num_classes=C, plan=plan, quiet=quiet, replay=replay, attention=attention,
+                                        description=f"eval ipc {s.ipc} {words}")
+            seen = sorted(set(arm_seeds) & {int(h) for h in (s.meta.get("head_seeds") or [init_seed])})
+            extra = {} if arm == "distilled-init" else {"heads_seen": seen}
+            records.append(result_record(arm, s.ipc, budget=replay_budget, scores=scores, **common, **extra,
+                                         **_record_extra(scores)))
+            if arm == "distilled-init":
+                _info(quiet, f"ipc {s.ipc}, from the initial model (seed {init_seed}, {replay.steps} inner steps, "
+                      f"lr {replay.lr:.3g}): accuracy {scores.mean():.4f} ({scores.seconds:.1f} s)")
+                continue
+            _info(quiet, f"ipc {s.ipc}, from {len(arm_seeds)} fresh heads, the same steps: accuracy "
+                  f"{scores.mean():.4f} ± {scores.std():.4f} ({scores.seconds:.1f} s)")
+            if seen:  # said even under --json (stderr): the arm's name claims fresh heads
+                info(f"note: eval seeds {seen} are heads the set was distilled on (its head_seeds), not "
+                      "fresh ones; distill with another distill.tokens.init_seed or recipe seed")
     return records
 
 
@@ -212,7 +235,10 @@ def baseline_tokens(recipe: Any, kind: str, ipcs: Sequence[int], ipc_field: str,
                                      level="tokens", **{"class": majority["class"]}))
     elif kind == "full":
         val_split = split_of(embeddings, "val")
-        val, y_val = TokenData.of_split(val_split), val_split.y.long()
+        val, y_val = TokenData.of_split(val_split), val_split.y.long()  # (m, T), (m,)
+        keep = fixed_val_rows(len(val), recipe.distill.tokens.val_rows, recipe.seed)  # the rows distill checks on
+        if keep is not None:
+            val, y_val = val.take(keep), y_val[keep]
         long_budget = copy_budget(budget, steps=EARLYSTOP_MAX_FACTOR * budget.steps)
         every = earlystop_every(budget.steps)
         for section in sections:
@@ -220,7 +246,8 @@ def baseline_tokens(recipe: Any, kind: str, ipcs: Sequence[int], ipc_field: str,
             records.append(score(section, "full-earlystop", None, train, y, long_budget, n_train=len(train),
                                  reference="val-steps", select_on=(val, y_val), select_every=every,
                                  select_patience=EARLYSTOP_PATIENCE, patience_checks=EARLYSTOP_PATIENCE,
-                                 max_steps=long_budget.steps, select_every_steps=every, select_split="val"))
+                                 max_steps=long_budget.steps, select_every_steps=every, select_split="val",
+                                 select_rows=len(val)))
     elif kind == "random":
         for section in sections:
             for k in ipcs:

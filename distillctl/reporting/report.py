@@ -40,9 +40,11 @@ from distillctl.tracking import track_report
 
 #: per-ipc arms, in table order: (key in a row, header). `distilled-hard` is a soft-label set scored with
 #: its labels' argmax instead; `distilled-init` (token level) is the set fine-tuning the initial model it was
-#: distilled for, with its inner steps, where `distilled` starts from fresh heads.
+#: distilled for, with its inner steps, where `distilled` starts from fresh heads (the eval budget) and
+#: `distilled-heads` from fresh heads with the set's inner steps.
 ARM_COLUMNS = (("distilled", "distilled"), ("distilled-hard", "distilled, hard labels"),
-               ("distilled-init", "distilled, from its initial model"), ("random", "random"),
+               ("distilled-init", "distilled, from its initial model"),
+               ("distilled-heads", "distilled, fresh heads, its steps"), ("random", "random"),
                ("herding", "herding"), ("kcenter", "k-center"))
 #: full-data references (one value per table: no ipc), in table order
 REFERENCE_HEADERS = {"full": "full, same budget", "full-earlystop": "full, steps on val",
@@ -105,6 +107,7 @@ def build_tables(records: list[dict], student: str | None = None, run_path: Path
         by_ipc[ipc] = {"distilled": own,
                        "distilled-hard": cell("distilled", ipc, "hard") if own and labels_of(own) == "soft" else None,
                        "distilled-init": cell("distilled-init", ipc),
+                       "distilled-heads": cell("distilled-heads", ipc),
                        **{arm: cell(arm, ipc) for arm in SUBSET_ARMS[1:]}}
     refs = {arm: cell(arm, None) for arm in ("full", "full-earlystop")}
     refs["full-logreg"] = next((r for r in records if r["arm"] == "full-logreg"), None)  # student-free

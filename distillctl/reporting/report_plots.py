@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: the same colour and marker per arm in every report
 ARM_STYLE = {"distilled": ("o", "C0"), "distilled-hard": ("D", "C4"), "distilled-init": ("P", "C5"),
-             "random": ("s", "C1"), "herding": ("^", "C2"), "kcenter": ("v", "C3")}
+             "distilled-heads": ("X", "C6"), "random": ("s", "C1"), "herding": ("^", "C2"), "kcenter": ("v", "C3")}
 #: real training rows drawn behind the synthetic ones in the PCA picture (a random subsample: speed, legibility)
 PCA_REAL_ROWS = 2000
 
