@@ -27,14 +27,15 @@ def _bptt(total: int):
     return get_registry().build("method", section)
 
 
-def _setup(total: int, *, attention: str, optimizer: str = "sgd", head_pool: int = 1, dtype=torch.float64):
+def _setup(total: int, *, attention: str, optimizer: str = "sgd", head_pool: int = 1, dtype=torch.float64,
+           head_first: bool = False):
     """A bptt method set up at the token level on a float64 tiny BERT, and its starting learnables."""
     opts = TinyBertOptions(dtype="float64" if dtype == torch.float64 else "float32")
     build = lambda: build_tiny_bert(8, 2, opts)  # noqa: E731
     data = token_embeddings()
     train = TokenRows(data.splits["train"].ids, data.splits["train"].mask)
     space = TokenSpace.build(build, init_seed=5, head_pool=head_pool, attention=attention, attention_weight=0.7,
-                             dtype=dtype)
+                             dtype=dtype, head_first=head_first)
     gen = torch.Generator().manual_seed(0)
     x, mask, _ = initial_rows(space, train, data.splits["train"].y, 2, 2, gen)  # ipc 2: (4, T, 8)
     space = space.for_stage(mask)
@@ -59,12 +60,14 @@ def _setup(total: int, *, attention: str, optimizer: str = "sgd", head_pool: int
 
 # sgd with momentum (its state carried through the steps); Adam's first steps are ~lr*sign(g), too sharp
 # for central differences to check
-@pytest.mark.parametrize("total,attention,optimizer", [(1, "none", "sgd"), (1, "all", "sgd"), (2, "cls", "sgd"),
-                                                      (3, "all", "sgd")])
-def test_meta_gradient_matches_finite_differences(total, attention, optimizer):
+@pytest.mark.parametrize("total,attention,optimizer,head_first", [
+    (1, "none", "sgd", False), (1, "all", "sgd", False), (2, "cls", "sgd", False), (3, "all", "sgd", False),
+    (1, "none", "sgd", True), (2, "cls", "sgd", True)])
+def test_meta_gradient_matches_finite_differences(total, attention, optimizer, head_first):
     """d outer / d (x, label logits, log lr, attention logits) from bptt.step against central differences
-    of bptt.step's own outer loss along random directions (float64, tiny BERT, `total` inner steps)."""
-    method, learn, real, real_y = _setup(total, attention=attention, optimizer=optimizer)
+    of bptt.step's own outer loss along random directions (float64, tiny BERT, `total` inner steps, with and
+    without the head-only step first)."""
+    method, learn, real, real_y = _setup(total, attention=attention, optimizer=optimizer, head_first=head_first)
     out = method.step(learn, real, real_y, torch.Generator().manual_seed(7))
     out.check(learn, "bptt")
     assert all(float(g.abs().sum()) > 0 for g in out.grads.values())  # every learnable reaches the outer loss
@@ -98,6 +101,30 @@ def test_fine_tuning_step_moves_the_model_and_attention_loss_is_a_kl():
     before = method.step(learn, real, real_y, torch.Generator().manual_seed(0)).loss
     moved = Learnables.from_dict({**learn.detached().as_dict(), "x": learn.x.detach() * 3}).as_leaves()
     assert method.step(moved, real, real_y, torch.Generator().manual_seed(0)).loss != pytest.approx(before)
+
+
+def test_head_first_fits_the_head_alone_before_the_inner_steps():
+    """With head_first the space knows the head (what a seed draws); the head-only step moves the head by
+    -lr x its gradient and leaves the body as it was; the outer loss differs from the plain inner steps."""
+    from torch.nn import functional as F
+
+    from distillctl.distillation.tokens import head_first_step
+
+    method, learn, real, real_y = _setup(1, attention="none", head_first=True)
+    space = method.context.tokens
+    assert sorted(space.head_names) == ["head.bias", "head.weight"]
+    params = space.initial()
+    x, targets, lr = learn.x.detach(), learn.targets(method.context.hard_labels, 2).detach(), torch.tensor(0.3)
+    moved = head_first_step(space, params, x, space.mask, targets, lr, graph=False)
+    p = {k: v.detach().requires_grad_(k in space.head_names) for k, v in params.items()}
+    loss = F.cross_entropy(space.logits(p, x, space.mask), targets)
+    grads = dict(zip(space.head_names, torch.autograd.grad(loss, [p[k] for k in space.head_names])))
+    for k, v in params.items():
+        expected = v - 0.3 * grads[k] if k in space.head_names else v
+        assert torch.allclose(moved[k], expected, atol=1e-12), k
+    plain, _, _, _ = _setup(1, attention="none", head_first=False)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert method.step(learn, real, real_y, gen()).loss != pytest.approx(plain.step(learn, real, real_y, gen()).loss)
 
 
 def test_head_pool_draws_other_heads_with_the_same_body():

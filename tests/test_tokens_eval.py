@@ -137,6 +137,39 @@ def test_replay_of_the_distilled_inner_steps_is_functional_sgd_from_the_initial_
     assert scores.accuracy[0] == pytest.approx(float((pred == ty).float().mean()))
 
 
+@pytest.mark.parametrize("head_first", [False, True])
+def test_eval_replay_equals_distillations_own_inner_steps(head_first):
+    """eval's replay of a set (module, in place, finetuning._Student) and distill's functional inner steps
+    (tokens.train_steps, what the set was optimised through) give the same model: with the head-only step first
+    and without, soft labels, two SGD steps with momentum."""
+    import math
+
+    from distillctl.distillation.tokens import InnerSteps, TokenSpace, train_steps
+    from distillctl.evaluation.finetuning import InnerReplay, TokenData, _Student
+    from distillctl.evaluation.training import TrainBudget
+
+    build = tiny_build()
+    x, mask, _ = synthetic()  # (6, T, d): ipc 2 x 3 classes, class-major
+    logits = torch.randn(6, C, generator=torch.Generator().manual_seed(4))
+    soft = logits.softmax(-1)
+    ids, tmask, _ = real()
+    # distill's path
+    space = TokenSpace.build(build, init_seed=7, head_first=head_first).for_stage(mask)
+    inner = InnerSteps(optimizer="sgd", lr=0.2, momentum=0.5)
+    learn = {"x": x, "label_logits": logits, "log_lr": torch.tensor(math.log(0.2))}
+    params = train_steps(space, space.initial(), learn, torch.arange(6) // 2, C, inner, 2, None,
+                         graph_from=3)
+    want = space.logits(params, space.embed(type("R", (), {"ids": ids, "types": None})()), tmask.float())
+    # eval's path
+    replay = InnerReplay(steps=2, lr=0.2, optimizer="sgd", momentum=0.5, head_first=head_first)
+    student = _Student(build, 7, cpu_plan(), TrainBudget(), 6, replay, C)
+    for _ in range(2):
+        student.step(TokenData(mask=mask, x=x), soft, True)
+    with torch.no_grad():
+        got = student.module(student.module.embed_tokens(ids), tmask.float())
+    assert torch.allclose(got, want.detach(), atol=1e-5)
+
+
 # -- end to end on the bundled MiniLM (one layer, 16 tokens, a handful of rows) ---------------------------
 
 LABELS = ["neg", "pos", "neu"]

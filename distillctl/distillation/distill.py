@@ -568,8 +568,9 @@ def _token_space(recipe, build, method, device, embeddings, *, seq_len: int) -> 
     ds, tk = recipe.distill, recipe.distill.tokens
     init_seed = token_init_seed(recipe.seed) if tk.init_seed is None else tk.init_seed
     space = TokenSpace.build(build, init_seed=init_seed, head_pool=tk.head_pool, attention=tk.attention_labels,
-                             attention_weight=tk.attention_weight, device=device)
-    meta = dict(level="tokens", init_seed=init_seed, head_seeds=space.head_seeds, seq_len=seq_len,
+                             attention_weight=tk.attention_weight, device=device, head_first=tk.head_first)
+    meta = dict(level="tokens", init_seed=init_seed, head_seeds=space.head_seeds, head_first=tk.head_first,
+                seq_len=seq_len,
                 student_source=getattr(space.module, "source", None), inner_steps=_inner_steps(method),
                 inner=ds.inner.model_dump(mode="json"), attention_labels=tk.attention_labels,
                 attention_weight=tk.attention_weight, token_mask=tk.mask,

@@ -81,12 +81,14 @@ class TokenSpace:
     attention: str = "none"  # none | cls | all
     attention_weight: float = 1.0
     mask: "torch.Tensor | None" = None  # (n, T) float, 1 = attend (the stage's synthetic mask)
+    head_first: bool = False  # one head-only SGD step before the inner steps (see train_steps)
+    head_names: list[str] = field(default_factory=list)  # the trainable parameters a seed draws: the head
     _heads: dict = field(default_factory=dict, repr=False)  # seed -> {name: tensor} that differ from the init
 
     @classmethod
     def build(cls, build_student: Callable[[], Any], *, init_seed: int, head_pool: int = 1,
               attention: str = "none", attention_weight: float = 1.0, device="cpu",
-              dtype=None) -> "TokenSpace":
+              dtype=None, head_first: bool = False) -> "TokenSpace":
         import torch
 
 
@@ -104,10 +106,11 @@ class TokenSpace:
         constants = {k: v.detach() for k, v in named.items() if k not in trainable}
         constants.update({k: b.detach() for k, b in module.named_buffers()})
         seeds = [init_seed] + [derive_seed(init_seed, 7000 + i) for i in range(1, max(head_pool, 1))]
+        heads = head_names(build_student, trainable, init_seed) if head_first else []
         return cls(module=module, build_student=build_student, init_seed=init_seed, head_seeds=seeds,
                    trainable=trainable, constants=constants,
                    init_params={k: named[k].detach() for k in trainable}, attention=attention,
-                   attention_weight=attention_weight)
+                   attention_weight=attention_weight, head_first=head_first, head_names=heads)
 
     def for_stage(self, mask: "torch.Tensor") -> "TokenSpace":
         """The same space (module shared) with a stage's synthetic mask (n, T)."""
@@ -177,6 +180,20 @@ class TokenSpace:
             return torch.cat([self.module.features(x[i:i + batch].to(self.device, self.dtype),
                                                    mask[i:i + batch].to(self.device))
                               for i in range(0, x.shape[0], batch)])
+
+
+def head_names(build_student: Callable[[], Any], trainable: list[str], seed: int) -> list[str]:
+    """The trainable parameters that a student's seed draws (its head): those that differ between the student
+    built under ``seed`` and under another seed. The pretrained body is the same for every seed."""
+    import torch
+
+    a = dict(build_seeded(build_student, seed).named_parameters())
+    b = dict(build_seeded(build_student, derive_seed(seed, 6998)).named_parameters())
+    names = [k for k in trainable if not torch.equal(a[k].detach(), b[k].detach())]
+    if not names:
+        raise UserError("distill.tokens.head_first: the student's seed changes none of its trainable parameters, "
+                        "so it has no fresh head to fit first; set head_first: false")
+    return names
 
 
 # -- the inner problem -------------------------------------------------------------------------------
@@ -251,7 +268,8 @@ def train_steps(space: TokenSpace, params: dict, learnables: Mapping[str, "torch
 
     learnables: ``x`` (n, T, d) and optionally ``label_logits``, ``log_lr``, ``attention_logits``.
     Steps before ``graph_from`` run detached (no memory grows with them); a parameter the loss does not
-    reach (the word-embedding table, unused with input embeddings) keeps its value.
+    reach (the word-embedding table, unused with input embeddings) keeps its value. With
+    ``space.head_first`` a head-only step on the whole set comes first (:func:`head_first_step`).
     """
     import torch
 
@@ -264,6 +282,8 @@ def train_steps(space: TokenSpace, params: dict, learnables: Mapping[str, "torch
     attn = learnables.get("attention_logits")
     names = list(params)
     state = {k: (torch.zeros_like(p), torch.zeros_like(p)) for k, p in params.items()}
+    if space.head_first:  # 0. fit the fresh head first (a linear probe): see head_first_step
+        params = head_first_step(space, params, x, mask, targets, lr, graph=graph_from <= 1)
     for t in range(1, steps + 1):
         graph = t >= graph_from
         rows = batch_rows(x.shape[0], num_classes, inner.batch_per_class, generator)
@@ -290,6 +310,34 @@ def train_steps(space: TokenSpace, params: dict, learnables: Mapping[str, "torch
                 new[k] = new[k].detach()
         params = new
     return params
+
+
+def head_first_step(space: TokenSpace, params: dict, x: "torch.Tensor", mask: "torch.Tensor",
+                    targets: "torch.Tensor", lr: "torch.Tensor", *, graph: bool) -> dict:
+    """One plain SGD step of the head alone (``space.head_names``) at the inner lr, on the whole set, before the
+    inner steps (``distill.tokens.head_first``; linear probing then fine-tuning, Kumar et al., ICLR 2022).
+
+    Why: the body's gradient in a fine-tuning step passes through the head, ``dL/dh = W^T (p - y)``, so from a
+    random head the body moves in a direction that head chose, and a set distilled for one initial model
+    steers a fresh head's body the wrong way (AG News ipc 1, BENCHMARKS.md). After this step the head is
+    dominated by lr x (set features weighted by label errors), which the set decides, and the body's update
+    that follows hardly depends on the head it started from. x (n, T, d), mask (n, T), targets (n, C).
+    """
+    import torch
+    from torch.nn import functional as F
+
+    heads = space.head_names
+    if not graph:
+        x, targets, lr = x.detach(), targets.detach(), lr.detach()
+    with torch.enable_grad():
+        p = {k: (v if (graph and v.requires_grad) else v.detach().requires_grad_()) if k in heads else v
+             for k, v in params.items()}
+        loss = F.cross_entropy(space.logits(p, x, mask), targets)
+        grads = torch.autograd.grad(loss, [p[k] for k in heads], create_graph=graph)
+    out = dict(params)
+    for k, g in zip(heads, grads):
+        out[k] = p[k] - lr * g if graph else (p[k] - lr * g).detach()
+    return out
 
 
 def meta_step(space: TokenSpace, learnables: Mapping[str, "torch.Tensor"], hard: "torch.Tensor",

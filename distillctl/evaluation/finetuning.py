@@ -194,6 +194,7 @@ class InnerReplay:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     batch_per_class: int | None = None
+    head_first: bool = False  # a head-only SGD step on the whole set first (distill.tokens.head_first)
 
     def as_dict(self) -> dict:
         from dataclasses import asdict
@@ -220,6 +221,12 @@ class _Student:
         self.t = 0
         if replay is not None:  # the distilled-for inner steps: functional optimiser state
             self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
+            self.heads = []
+            if replay.head_first:  # the head, fitted alone before the first step (as distill did)
+                from distillctl.distillation.tokens import head_names
+
+                heads = set(head_names(build, [k for k, p in self.module.named_parameters() if k in trainable], seed))
+                self.heads = [p for k, p in self.module.named_parameters() if k in heads]
             self.gen = torch.Generator().manual_seed(seed)
             self.n, self.C = n, int(num_classes or 1)
             self.module.eval()  # as distillation's inner steps: no dropout
@@ -252,6 +259,8 @@ class _Student:
         from torch.nn import functional as F
 
         self.t += 1
+        if self.replay is not None and self.replay.head_first and self.t == 1:
+            self._head_first(data, targets, soft)
         rows = self._rows()  # (B,)
         attn_targets = None if self.attention is None else self.attention[0][rows].to(self.plan.device)
         # (B, T', d), (B, T'); with attention labels the whole T (the targets are (B, L, H, Q, T))
@@ -284,6 +293,23 @@ class _Student:
                                                     momentum=r.momentum, betas=r.betas, eps=r.eps)
                 p.copy_(new)
         return float(loss.detach())
+
+    def _head_first(self, data: TokenData, targets: "torch.Tensor", soft: bool) -> None:
+        """The head-only SGD step on the whole set at the replay's lr that distillation took before its inner
+        steps (:func:`distillctl.distillation.tokens.head_first_step`)."""
+        import torch
+        from torch.nn import functional as F
+
+        rows = torch.arange(len(data))
+        x, mask = data.batch(self.module, rows, self.plan.device, torch.float32, trim=False)
+        with self.plan.context():
+            logits = self.module(x, mask).float()  # (n, C)
+        y = targets.to(self.plan.device)
+        loss = F.cross_entropy(logits, y) if not soft else -(y * logits.log_softmax(-1)).sum(-1).mean()
+        grads = torch.autograd.grad(loss, self.heads)
+        with torch.no_grad():
+            for p, g in zip(self.heads, grads):
+                p.sub_(self.replay.lr * g)
 
     def predict(self, data: TokenData) -> "torch.Tensor":
         """(m,) predicted classes of every row, eval mode, length-sorted batches."""

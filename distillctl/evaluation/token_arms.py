@@ -93,7 +93,8 @@ def inner_replay(recipe: Any, syn: Any):
     return InnerReplay(steps=int(steps), lr=float(lr), optimizer=inner.get("optimizer", settings.optimizer),
                        momentum=float(inner.get("momentum", settings.momentum)),
                        betas=tuple(inner.get("betas", settings.betas)),
-                       batch_per_class=inner.get("batch_per_class", settings.batch_per_class))
+                       batch_per_class=inner.get("batch_per_class", settings.batch_per_class),
+                       head_first=bool(syn.meta.get("head_first", False)))
 
 
 def init_seed_of(recipe: Any, syn: Any) -> int:
