@@ -243,11 +243,13 @@ class TokenSettings(Section):
         1, ge=1, description="Heads the inner fine-tuning starts from: 1 = always the initial model (as Maekawa et "
         "al.); N > 1 = each outer step draws one of N head seeds (the initial model's first), so the set must "
         "fine-tune models it was not made for (validation: the mean over the first `outer.val_seeds` of them).")
-    head_first: bool = Field(
-        False, description="Before the inner steps, one plain SGD step of the head alone at the inner lr on the "
-        "whole set (linear probing, then fine-tuning). The body's fine-tuning gradient passes through the head, so "
-        "from a random head it follows that head; after a head-only step it follows the set, and a set holds "
-        "across fresh heads (`eval`'s `distilled-heads` arm). Recorded in the set; `eval` replays it.")
+    head_first: Literal["none", "sgd", "ridge"] = Field(
+        "none", description="Fit the head alone on the whole set before the inner steps (linear probing, then "
+        "fine-tuning): `sgd` = one plain SGD step of the head at the inner lr; `ridge` = the head replaced by the "
+        "ridge-regression fit of the set's targets on the initial body's features (closed form), so the inner "
+        "steps no longer depend on the head a model starts from; `none` = as Maekawa et al. The body's "
+        "fine-tuning gradient passes through the head: from a random head it follows that head. Recorded in the "
+        "set; `eval` replays it (`distilled-heads`: fresh heads).")
     mask: Literal["real", "full"] = Field(
         "real", description="Attention mask of the synthetic sequences: `real` = the masks of the real texts they "
         "start from (padding stays padding); `full` = every one of the T positions is attended and learned.")

@@ -28,7 +28,7 @@ def _bptt(total: int):
 
 
 def _setup(total: int, *, attention: str, optimizer: str = "sgd", head_pool: int = 1, dtype=torch.float64,
-           head_first: bool = False):
+           head_first: str = "none"):
     """A bptt method set up at the token level on a float64 tiny BERT, and its starting learnables."""
     opts = TinyBertOptions(dtype="float64" if dtype == torch.float64 else "float32")
     build = lambda: build_tiny_bert(8, 2, opts)  # noqa: E731
@@ -61,8 +61,8 @@ def _setup(total: int, *, attention: str, optimizer: str = "sgd", head_pool: int
 # sgd with momentum (its state carried through the steps); Adam's first steps are ~lr*sign(g), too sharp
 # for central differences to check
 @pytest.mark.parametrize("total,attention,optimizer,head_first", [
-    (1, "none", "sgd", False), (1, "all", "sgd", False), (2, "cls", "sgd", False), (3, "all", "sgd", False),
-    (1, "none", "sgd", True), (2, "cls", "sgd", True)])
+    (1, "none", "sgd", "none"), (1, "all", "sgd", "none"), (2, "cls", "sgd", "none"), (3, "all", "sgd", "none"),
+    (1, "none", "sgd", "sgd"), (2, "cls", "sgd", "sgd"), (1, "none", "sgd", "ridge"), (2, "all", "sgd", "ridge")])
 def test_meta_gradient_matches_finite_differences(total, attention, optimizer, head_first):
     """d outer / d (x, label logits, log lr, attention logits) from bptt.step against central differences
     of bptt.step's own outer loss along random directions (float64, tiny BERT, `total` inner steps, with and
@@ -110,7 +110,7 @@ def test_head_first_fits_the_head_alone_before_the_inner_steps():
 
     from distillctl.distillation.tokens import head_first_step
 
-    method, learn, real, real_y = _setup(1, attention="none", head_first=True)
+    method, learn, real, real_y = _setup(1, attention="none", head_first="sgd")
     space = method.context.tokens
     assert sorted(space.head_names) == ["head.bias", "head.weight"]
     params = space.initial()
@@ -122,9 +122,42 @@ def test_head_first_fits_the_head_alone_before_the_inner_steps():
     for k, v in params.items():
         expected = v - 0.3 * grads[k] if k in space.head_names else v
         assert torch.allclose(moved[k], expected, atol=1e-12), k
-    plain, _, _, _ = _setup(1, attention="none", head_first=False)
+    plain, _, _, _ = _setup(1, attention="none")
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     assert method.step(learn, real, real_y, gen()).loss != pytest.approx(plain.step(learn, real, real_y, gen()).loss)
+
+
+def test_ridge_head_first_is_the_closed_form_fit_and_forgets_the_starting_head():
+    """head_first: ridge replaces the head by the ridge fit of the centred targets on the head's inputs (checked
+    against the primal solution), and after it the model is the same from every starting head."""
+    from distillctl.distillation.tokens import RIDGE, head_first_step, head_inputs
+
+    method, learn, real, real_y = _setup(1, attention="none", head_first="ridge", head_pool=3)
+    space = method.context.tokens
+    x, targets = learn.x.detach(), learn.targets(method.context.hard_labels, 2).detach()
+    lr = torch.tensor(0.3, dtype=x.dtype)
+    fitted = [head_first_step(space, space.initial(seed), x, space.mask, targets, lr, graph=False)
+              for seed in space.head_seeds]
+    for other in fitted[1:]:
+        for k in fitted[0]:
+            assert torch.allclose(other[k], fitted[0][k], atol=1e-10), k
+    feats = head_inputs(space.module, "head", lambda: space.logits(space.initial(), x, space.mask))  # (n, h)
+    F1 = torch.cat([feats, torch.ones(len(feats), 1, dtype=feats.dtype)], 1)
+    lam = RIDGE * (F1 * F1).sum(1).mean()
+    primal = torch.linalg.solve(F1.T @ F1 + lam * torch.eye(F1.shape[1], dtype=F1.dtype), F1.T @ (targets - 0.5))
+    assert torch.allclose(fitted[0]["head.weight"], primal[:-1].T, atol=1e-8)
+    assert torch.allclose(fitted[0]["head.bias"], primal[-1], atol=1e-8)
+    losses = {round(method.step(learn, real, real_y, torch.Generator().manual_seed(s)).loss, 10) for s in range(6)}
+    assert len(losses) == 1  # whichever pool head the generator picks, the outer loss is the same
+
+
+def test_ridge_needs_a_linear_head():
+    from distillctl.distillation.tokens import linear_head
+    from distillctl.errors import UserError
+
+    method, _, _, _ = _setup(1, attention="none", head_first="sgd")
+    with pytest.raises(UserError, match="ridge needs a head that is one linear layer"):
+        linear_head(method.context.tokens.module, ["head.weight"])
 
 
 def test_head_pool_draws_other_heads_with_the_same_body():

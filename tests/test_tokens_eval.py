@@ -137,7 +137,7 @@ def test_replay_of_the_distilled_inner_steps_is_functional_sgd_from_the_initial_
     assert scores.accuracy[0] == pytest.approx(float((pred == ty).float().mean()))
 
 
-@pytest.mark.parametrize("head_first", [False, True])
+@pytest.mark.parametrize("head_first", ["none", "sgd", "ridge"])
 def test_eval_replay_equals_distillations_own_inner_steps(head_first):
     """eval's replay of a set (module, in place, finetuning._Student) and distill's functional inner steps
     (tokens.train_steps, what the set was optimised through) give the same model: with the head-only step first

@@ -81,14 +81,14 @@ class TokenSpace:
     attention: str = "none"  # none | cls | all
     attention_weight: float = 1.0
     mask: "torch.Tensor | None" = None  # (n, T) float, 1 = attend (the stage's synthetic mask)
-    head_first: bool = False  # one head-only SGD step before the inner steps (see train_steps)
+    head_first: str = "none"  # none | sgd | ridge: fit the head before the inner steps (see head_first_step)
     head_names: list[str] = field(default_factory=list)  # the trainable parameters a seed draws: the head
     _heads: dict = field(default_factory=dict, repr=False)  # seed -> {name: tensor} that differ from the init
 
     @classmethod
     def build(cls, build_student: Callable[[], Any], *, init_seed: int, head_pool: int = 1,
               attention: str = "none", attention_weight: float = 1.0, device="cpu",
-              dtype=None, head_first: bool = False) -> "TokenSpace":
+              dtype=None, head_first: str = "none") -> "TokenSpace":
         import torch
 
 
@@ -106,7 +106,11 @@ class TokenSpace:
         constants = {k: v.detach() for k, v in named.items() if k not in trainable}
         constants.update({k: b.detach() for k, b in module.named_buffers()})
         seeds = [init_seed] + [derive_seed(init_seed, 7000 + i) for i in range(1, max(head_pool, 1))]
-        heads = head_names(build_student, trainable, init_seed) if head_first else []
+        if head_first not in ("none", "sgd", "ridge"):
+            raise UserError(f"distill.tokens.head_first: {head_first!r} is not one of none, sgd, ridge")
+        heads = head_names(build_student, trainable, init_seed) if head_first != "none" else []
+        if head_first == "ridge":
+            linear_head(module, heads)  # refuses a head that is not one linear layer
         return cls(module=module, build_student=build_student, init_seed=init_seed, head_seeds=seeds,
                    trainable=trainable, constants=constants,
                    init_params={k: named[k].detach() for k in trainable}, attention=attention,
@@ -192,8 +196,57 @@ def head_names(build_student: Callable[[], Any], trainable: list[str], seed: int
     names = [k for k in trainable if not torch.equal(a[k].detach(), b[k].detach())]
     if not names:
         raise UserError("distill.tokens.head_first: the student's seed changes none of its trainable parameters, "
-                        "so it has no fresh head to fit first; set head_first: false")
+                        "so it has no fresh head to fit first; set head_first: none")
     return names
+
+
+def linear_head(module: Any, heads: list[str]) -> tuple[str, str, str]:
+    """(submodule, weight name, bias name) of a head that is one linear layer ``weight (C, h)``, ``bias (C,)``;
+    a :class:`UserError` for any other head (``head_first: ridge`` solves for exactly these two tensors)."""
+    owners = {n.rsplit(".", 1)[0] for n in heads}
+    named = dict(module.named_parameters())
+    if len(owners) == 1:
+        owner = owners.pop()
+        weight, bias = f"{owner}.weight", f"{owner}.bias"
+        if sorted(heads) == sorted([weight, bias]) and named[weight].ndim == 2 and named[bias].ndim == 1:
+            return owner, weight, bias
+    raise UserError(f"distill.tokens.head_first: ridge needs a head that is one linear layer (weight and bias); "
+                    f"this student's seed draws {sorted(heads)}. Use head_first: sgd or none")
+
+
+def ridge_head(features: "torch.Tensor", targets: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """The linear head that fits the set in closed form: ridge regression of the centred targets on the head's
+    input features, solved in the dual (n x n: a set has few rows), differentiable.
+
+    features (n, h), targets (n, C) probabilities -> weight (C, h), bias (C,). The ridge is RIDGE x the mean
+    squared norm of the (bias-augmented) features, so it does not depend on their scale.
+    """
+    import torch
+
+    n = features.shape[0]
+    F1 = torch.cat([features, torch.ones(n, 1, dtype=features.dtype, device=features.device)], 1)  # (n, h+1)
+    K = F1 @ F1.T  # (n, n)
+    ridge = RIDGE * K.diagonal().mean()
+    A = torch.linalg.solve(K + ridge * torch.eye(n, dtype=K.dtype, device=K.device),
+                           targets - 1.0 / targets.shape[1])  # (n, C)
+    W = F1.T @ A  # (h+1, C)
+    return W[:-1].T, W[-1]
+
+
+#: ridge of :func:`ridge_head`, relative to the features' mean squared norm
+RIDGE = 1e-2
+
+
+def head_inputs(module: Any, owner: str, run: Callable[[], Any]) -> "torch.Tensor":
+    """(n, h) what the head submodule ``owner`` receives while ``run()`` does a forward pass (a pre-hook:
+    the student's own forward, functional or not, and its graph)."""
+    seen = []
+    handle = module.get_submodule(owner).register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen[0]
 
 
 # -- the inner problem -------------------------------------------------------------------------------
@@ -269,7 +322,7 @@ def train_steps(space: TokenSpace, params: dict, learnables: Mapping[str, "torch
     learnables: ``x`` (n, T, d) and optionally ``label_logits``, ``log_lr``, ``attention_logits``.
     Steps before ``graph_from`` run detached (no memory grows with them); a parameter the loss does not
     reach (the word-embedding table, unused with input embeddings) keeps its value. With
-    ``space.head_first`` a head-only step on the whole set comes first (:func:`head_first_step`).
+    ``space.head_first`` the head is fitted alone on the whole set first (:func:`head_first_step`).
     """
     import torch
 
@@ -282,7 +335,7 @@ def train_steps(space: TokenSpace, params: dict, learnables: Mapping[str, "torch
     attn = learnables.get("attention_logits")
     names = list(params)
     state = {k: (torch.zeros_like(p), torch.zeros_like(p)) for k, p in params.items()}
-    if space.head_first:  # 0. fit the fresh head first (a linear probe): see head_first_step
+    if space.head_first != "none":  # 0. fit the fresh head first (a linear probe): see head_first_step
         params = head_first_step(space, params, x, mask, targets, lr, graph=graph_from <= 1)
     for t in range(1, steps + 1):
         graph = t >= graph_from
@@ -314,14 +367,19 @@ def train_steps(space: TokenSpace, params: dict, learnables: Mapping[str, "torch
 
 def head_first_step(space: TokenSpace, params: dict, x: "torch.Tensor", mask: "torch.Tensor",
                     targets: "torch.Tensor", lr: "torch.Tensor", *, graph: bool) -> dict:
-    """One plain SGD step of the head alone (``space.head_names``) at the inner lr, on the whole set, before the
-    inner steps (``distill.tokens.head_first``; linear probing then fine-tuning, Kumar et al., ICLR 2022).
+    """Fit the head (``space.head_names``) alone on the whole set before the inner steps
+    (``distill.tokens.head_first``; linear probing, then fine-tuning: Kumar et al., ICLR 2022).
 
     Why: the body's gradient in a fine-tuning step passes through the head, ``dL/dh = W^T (p - y)``, so from a
     random head the body moves in a direction that head chose, and a set distilled for one initial model
-    steers a fresh head's body the wrong way (AG News ipc 1, BENCHMARKS.md). After this step the head is
-    dominated by lr x (set features weighted by label errors), which the set decides, and the body's update
-    that follows hardly depends on the head it started from. x (n, T, d), mask (n, T), targets (n, C).
+    steers a fresh head's body the wrong way (AG News ipc 1, BENCHMARKS.md).
+
+    - ``sgd``: one plain SGD step of the head at the inner lr: the head becomes W0 + lr x (set features
+      weighted by label errors); the set's part dominates more as lr grows, W0 never leaves;
+    - ``ridge``: the head is replaced by :func:`ridge_head` on the initial body's features of the set: the
+      model after it, and so every inner step, no longer depends on the head it started from at all.
+
+    x (n, T, d), mask (n, T), targets (n, C).
     """
     import torch
     from torch.nn import functional as F
@@ -329,12 +387,18 @@ def head_first_step(space: TokenSpace, params: dict, x: "torch.Tensor", mask: "t
     heads = space.head_names
     if not graph:
         x, targets, lr = x.detach(), targets.detach(), lr.detach()
+    out = dict(params)
+    with torch.enable_grad() if graph else torch.no_grad():
+        if space.head_first == "ridge":
+            owner, weight, bias = linear_head(space.module, heads)
+            feats = head_inputs(space.module, owner, lambda: space.logits(params, x, mask))  # (n, h)
+            out[weight], out[bias] = ridge_head(feats, targets)
+            return out
     with torch.enable_grad():
         p = {k: (v if (graph and v.requires_grad) else v.detach().requires_grad_()) if k in heads else v
              for k, v in params.items()}
         loss = F.cross_entropy(space.logits(p, x, mask), targets)
         grads = torch.autograd.grad(loss, [p[k] for k in heads], create_graph=graph)
-    out = dict(params)
     for k, g in zip(heads, grads):
         out[k] = p[k] - lr * g if graph else (p[k] - lr * g).detach()
     return out

@@ -194,7 +194,7 @@ class InnerReplay:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     batch_per_class: int | None = None
-    head_first: bool = False  # a head-only SGD step on the whole set first (distill.tokens.head_first)
+    head_first: str = "none"  # none | sgd | ridge: fit the head on the whole set first (distill.tokens.head_first)
 
     def as_dict(self) -> dict:
         from dataclasses import asdict
@@ -222,11 +222,12 @@ class _Student:
         if replay is not None:  # the distilled-for inner steps: functional optimiser state
             self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
             self.heads = []
-            if replay.head_first:  # the head, fitted alone before the first step (as distill did)
+            if replay.head_first != "none":  # the head, fitted alone before the first step (as distill did)
                 from distillctl.distillation.tokens import head_names
 
-                heads = set(head_names(build, [k for k, p in self.module.named_parameters() if k in trainable], seed))
-                self.heads = [p for k, p in self.module.named_parameters() if k in heads]
+                self.head_names = head_names(build, [k for k, _ in self.module.named_parameters() if k in trainable],
+                                             seed)
+                self.heads = [p for k, p in self.module.named_parameters() if k in set(self.head_names)]
             self.gen = torch.Generator().manual_seed(seed)
             self.n, self.C = n, int(num_classes or 1)
             self.module.eval()  # as distillation's inner steps: no dropout
@@ -259,7 +260,7 @@ class _Student:
         from torch.nn import functional as F
 
         self.t += 1
-        if self.replay is not None and self.replay.head_first and self.t == 1:
+        if self.replay is not None and self.replay.head_first != "none" and self.t == 1:
             self._head_first(data, targets, soft)
         rows = self._rows()  # (B,)
         attn_targets = None if self.attention is None else self.attention[0][rows].to(self.plan.device)
@@ -295,16 +296,29 @@ class _Student:
         return float(loss.detach())
 
     def _head_first(self, data: TokenData, targets: "torch.Tensor", soft: bool) -> None:
-        """The head-only SGD step on the whole set at the replay's lr that distillation took before its inner
-        steps (:func:`distillctl.distillation.tokens.head_first_step`)."""
+        """Fit the head alone on the whole set, as distillation did before its inner steps
+        (:func:`distillctl.distillation.tokens.head_first_step`): one SGD step at the replay's lr, or the ridge
+        fit on the head's input features."""
         import torch
         from torch.nn import functional as F
 
+        from distillctl.distillation.tokens import head_inputs, linear_head, ridge_head
+
         rows = torch.arange(len(data))
         x, mask = data.batch(self.module, rows, self.plan.device, torch.float32, trim=False)
+        y = targets.to(self.plan.device)
+        if self.replay.head_first == "ridge":
+            probs = y.float() if soft else F.one_hot(y, self.C).float()  # (n, C)
+            owner, weight, bias = linear_head(self.module, self.head_names)
+            with torch.no_grad():
+                feats = head_inputs(self.module, owner, lambda: self.module(x, mask))  # (n, h)
+                w, b = ridge_head(feats.float(), probs)
+                named = dict(self.module.named_parameters())
+                named[weight].copy_(w)
+                named[bias].copy_(b)
+            return
         with self.plan.context():
             logits = self.module(x, mask).float()  # (n, C)
-        y = targets.to(self.plan.device)
         loss = F.cross_entropy(logits, y) if not soft else -(y * logits.log_softmax(-1)).sum(-1).mean()
         grads = torch.autograd.grad(loss, self.heads)
         with torch.no_grad():

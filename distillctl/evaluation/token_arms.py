@@ -94,7 +94,12 @@ def inner_replay(recipe: Any, syn: Any):
                        momentum=float(inner.get("momentum", settings.momentum)),
                        betas=tuple(inner.get("betas", settings.betas)),
                        batch_per_class=inner.get("batch_per_class", settings.batch_per_class),
-                       head_first=bool(syn.meta.get("head_first", False)))
+                       head_first=_head_first(syn.meta.get("head_first")))
+
+
+def _head_first(recorded) -> str:
+    """A set's ``head_first``: none | sgd | ridge (absent: none)."""
+    return str(recorded or "none")
 
 
 def init_seed_of(recipe: Any, syn: Any) -> int:
