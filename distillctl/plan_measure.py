@@ -37,6 +37,8 @@ from typing import Any, Sequence
 MEASURE_STEPS = 3
 #: each measured stage stops after this many seconds (a Transformer population, a fine-tuned student)
 MEASURE_STAGE_SECONDS = 4.0
+#: bptt's inner population is measured with at most this many students and scaled to the recipe's
+MEASURE_POPULATION = 2
 #: a student primitive times at least MIN_TIMED_STEPS steps after one warm-up step, and at most this long
 PRIMITIVE_SECONDS = 0.25
 MIN_TIMED_STEPS = 2
@@ -45,6 +47,8 @@ PREDICT_ROWS = 4096
 #: token level: rows scored to time scoring (spread over the length distribution), val rows during the stage
 TOKEN_SCORE_ROWS = 128
 TOKEN_VAL_ROWS = 32
+#: token level: training texts the report's readout searches during the measurement (the rest: forecast)
+REPORT_REAL_ROWS = 64
 #: texts encoded to time the encoder when the embedding cache is missing, in batches of SAMPLE_BATCH; one
 #: more batch of the longest texts at the recipe's embed.batch_size gives the job's peak memory
 EMBED_SAMPLE, SAMPLE_BATCH = 64, 16
@@ -488,7 +492,8 @@ def stage_rows(recipe: Any, ipc: int, C: int) -> int:
     return (min(ipc, per) if per else ipc) * C
 
 
-def measure_stages(recipe: Any, emb: Any, tmp: Path) -> tuple[dict[int, StageMeasure], Path | None]:
+def measure_stages(recipe: Any, emb: Any, tmp: Path, only: Sequence[int] | None = None
+                   ) -> tuple[dict[int, StageMeasure], Path | None]:
     """The first and the last stage of the chain, each as a one-stage distill of MEASURE_STEPS outer steps
     (validating with one training step, or at the token level on TOKEN_VAL_ROWS val rows: validations are
     forecast from the student primitives); the stages between them interpolated by :func:`stage_rows`.
@@ -498,11 +503,18 @@ def measure_stages(recipe: Any, emb: Any, tmp: Path) -> tuple[dict[int, StageMea
 
     chain = list(recipe.distill.ipc)
     tokens = _level(recipe) == "tokens"
-    measured = sorted({chain[0], chain[-1]})
+    measured = sorted(set(only) if only else {chain[0], chain[-1]})
     sets = [f"distill.outer.iterations={MEASURE_STEPS}", f"distill.outer.val_every={MEASURE_STEPS}",
             f"distill.outer.ckpt_every={MEASURE_STEPS}", "distill.outer.patience=null",
             f"distill.outer.max_seconds={MEASURE_STAGE_SECONDS}"]
     sets += [f"distill.tokens.val_rows={TOKEN_VAL_ROWS}"] if tokens else ["eval.steps=1"]  # validations: forecast apart
+    # bptt's inner population trains vmapped, each student on its own: measured with MEASURE_POPULATION of them,
+    # its step time and memory scaled to the recipe's (a population of 12 Transformers: one step ~10 s here)
+    pop = recipe.distill.inner.population
+    scale = 1.0
+    if recipe.distill.method.name == "bptt" and pop > MEASURE_POPULATION:
+        sets.append(f"distill.inner.population={MEASURE_POPULATION}")
+        scale = pop / MEASURE_POPULATION
     out: dict[int, StageMeasure] = {}
     run = None
     for ipc in measured:
@@ -513,7 +525,10 @@ def measure_stages(recipe: Any, emb: Any, tmp: Path) -> tuple[dict[int, StageMea
             distill(r, run_dir=run, embeddings=emb, quiet=True)
             wall = time.perf_counter() - t0
         step, warm, val_one, elapsed, n = stage_times(read_jsonl(run / "metrics.jsonl"), ipc)
-        out[ipc] = StageMeasure(ipc, step, warm, max(0.0, wall - elapsed), val_one, n, mem.extra)
+        out[ipc] = StageMeasure(ipc, step * scale, warm * scale, max(0.0, wall - elapsed), val_one, n,
+                                int(mem.extra * scale))
+    if only:
+        return out, run
     return interpolate_stages(recipe, out, chain, int(emb.num_classes)), run
 
 
@@ -555,12 +570,12 @@ class StudentCost:
     param_bytes: int = 0
 
 
-def _timed_steps(step_once) -> float:
-    """Seconds per call of ``step_once`` after one warm-up call: at least MIN_TIMED_STEPS calls, more until
+def _timed_steps(step_once, least: int = MIN_TIMED_STEPS) -> float:
+    """Seconds per call of ``step_once`` after one warm-up call: at least ``least`` calls, more until
     PRIMITIVE_SECONDS have passed (a cheap step is timed over many)."""
     step_once()
     n, t0 = 0, time.perf_counter()
-    while n < MIN_TIMED_STEPS or (time.perf_counter() - t0 < PRIMITIVE_SECONDS and n < 200):
+    while n < least or (time.perf_counter() - t0 < PRIMITIVE_SECONDS and n < 200):
         step_once()
         n += 1
     return (time.perf_counter() - t0) / n
@@ -633,7 +648,7 @@ def token_student(recipe: Any, section: Any, emb: Any, needs: set[int], score_ro
             student = _Student(build, 0, plan, budget, len(data))
             built = time.perf_counter() - t0
             cost.setup[1] = min(cost.setup.get(1, math.inf), built)
-            cost.step[(1, B)] = _timed_steps(lambda: student.step(data, y, False))
+            cost.step[(1, B)] = _timed_steps(lambda: student.step(data, y, False), least=1)  # ~1 s a step
         cost.peak[(1, B)] = mem.extra
         if not cost.param_bytes:
             cost.param_bytes = sum(p.numel() * p.element_size() for p in student.params)
@@ -694,11 +709,17 @@ def coreset_seconds(emb: Any, kind: str, ipc: int) -> float:
     return time.perf_counter() - t0
 
 
-def measure_report(recipe: Any, run: Path | None, emb: Any) -> tuple[float, int]:
+def measure_report(recipe: Any, run: Path | None, emb: Any, row_seconds: float = 0.0) -> tuple[float, int]:
     """(seconds, extra bytes) of the real report of the last measured stage's run, after results to report were
-    put in it: the majority arm, and (vectors) its set scored by one student trained one step."""
+    put in it: the majority arm, and (vectors) its set scored by one student trained one step. At the token level
+    the readout's nearest real texts are searched among REPORT_REAL_ROWS training texts instead of up to
+    ``readable.MAX_REAL``: the others are forecast at ``row_seconds`` each (the student's scoring cost)."""
+    import copy
+
     from distillctl.evaluation.baselines import baseline
     from distillctl.evaluation.evaluate import evaluate
+    from distillctl.evaluation.protocol import split_of
+    from distillctl.reporting.readable import MAX_REAL
     from distillctl.reporting.report import report
     from distillctl.runs import open_run_dir
 
@@ -706,10 +727,21 @@ def measure_report(recipe: Any, run: Path | None, emb: Any) -> tuple[float, int]
         return 0.0, 0
     stored = open_run_dir(run).load_recipe()
     baseline(stored, "majority", embeddings=emb, quiet=True, run_dir=run)
+    extra_rows = 0
     if _level(recipe) != "tokens":  # a fine-tuned student would score every test text: not for a plan
         evaluate(run, seeds=1, embeddings=emb, quiet=True)
+        shown = emb
+    else:
+        train = split_of(emb, "train")
+        n = len(train.y)
+        k = min(n, REPORT_REAL_ROWS)
+        extra_rows = min(n, MAX_REAL) - k
+        shown = copy.copy(emb)
+        pick = lambda t: None if t is None else t[:k]  # noqa: E731
+        shown.splits = {**emb.splits, "train": _Split(pick(train.X), train.y[:k], pick(train.ids), pick(train.mask),
+                                                      pick(getattr(train, "type_ids", None)))}
     with PeakMemory() as mem:
         t0 = time.perf_counter()
-        report(run, quiet=True, embeddings=emb)
+        report(run, quiet=True, embeddings=shown)
         seconds = time.perf_counter() - t0
-    return seconds, mem.extra
+    return seconds + extra_rows * row_seconds, mem.extra

@@ -298,7 +298,10 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
     with tempfile.TemporaryDirectory(prefix="distillctl-plan-") as tmp:
         # 1. the first and the last stage of the chain, a few outer steps each
         t0 = time.perf_counter()
-        m.stages, run = pm.measure_stages(recipe, emb, Path(tmp))
+        chain = list(recipe.distill.ipc)
+        # a fine-tuned student's outer step takes seconds: the last stage alone, the others scaled by the cost
+        # of their inner step (step 2)
+        m.stages, run = pm.measure_stages(recipe, emb, Path(tmp), only=[chain[-1]] if tokens else None)
         phases["distill"] = time.perf_counter() - t0
         # 2. every student primitive any job needs, once
         t0 = time.perf_counter()
@@ -313,6 +316,8 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
         for key, need in needs.items():
             m.students[key] = (pm.token_student(recipe, sections[key], emb, need) if tokens
                                else pm.vector_student(recipe, sections[key], emb, need))
+        if tokens:
+            scale_token_stages(recipe, m)
         phases["students"] = time.perf_counter() - t0
         # 3. what some arms add: choosing coresets, the logistic regression
         t0 = time.perf_counter()
@@ -331,11 +336,32 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
         phases["arms"] = time.perf_counter() - t0
         # 4. the report of the last measured stage's run
         t0 = time.perf_counter()
-        m.report = pm.measure_report(recipe, run, emb)
+        row = m.students[student_key(_distill_sections(recipe)[0])].row if tokens else 0.0
+        m.report = pm.measure_report(recipe, run, emb, row)
         phases["report"] = time.perf_counter() - t0
     m.phases = phases
     m.seconds = time.perf_counter() - t_start
     return m
+
+
+def scale_token_stages(recipe: Any, m: Measurement) -> None:
+    """Token level: the stages not measured, from the last one in proportion to what one outer step trains:
+    an inner step on the set's rows and the real batch through the adapted student (the student primitives)."""
+    from distillctl.plan_measure import StageMeasure
+
+    cost = m.students[student_key(_distill_sections(recipe)[0])]
+    real = recipe.distill.outer.real_batch
+    last = max(m.stages)
+    s = m.stages[last]
+
+    def work(ipc: int) -> float:
+        return cost.step.get((1, ipc * m.sizes.C), 0.0) + cost.step.get((1, real), 0.0)
+
+    for ipc in recipe.distill.ipc:
+        if ipc not in m.stages:
+            f = work(ipc) / work(last) if work(last) > 0 else 1.0
+            m.stages[ipc] = StageMeasure(ipc, s.step_seconds * f, s.warmup_seconds * f, s.overhead_seconds,
+                                         s.val_seconds, 0, s.peak_bytes, measured=False)
 
 
 # -- forecasting -----------------------------------------------------------------------------------------
@@ -404,7 +430,8 @@ def forecast_job(job: Any, recipe: Any, m: Measurement) -> JobForecast:
         if ds.outer.patience:
             notes.append("distill.outer.patience may stop the stage earlier (forecast: every iteration)")
         if not s.measured:
-            notes.append("outer step interpolated between the measured first and last stages")
+            notes.append("outer step not measured: scaled from the measured stages" + (
+                " by the cost of its inner step" if m.level == "tokens" else " by its inner-batch rows"))
         parts = {**start, **load, "set-up": s.overhead_seconds,
                  f"{iters} outer steps x {s.step_seconds:.3f} s": steps_s,
                  f"{n_val} validations x {val_one:.2f} s": n_val * val_one}
