@@ -242,12 +242,20 @@ class EmbedMeasure:
     peak: int  # bytes above a fresh process the embed job needs
     load_seconds: float  # loading the rows in a later job
     base_bytes: int  # bytes above a fresh process that holding the rows needs
+    pending: Any = None  # a cache miss's sample child still running: :meth:`finish` waits for it
+
+    def finish(self) -> None:
+        if self.pending is not None:
+            self.seconds, self.peak = self.pending()
+            self.pending = None
 
 
-def embeddings(recipe: Any) -> tuple[Any, EmbedMeasure]:
+def embeddings(recipe: Any, *, beside: bool = False) -> tuple[Any, EmbedMeasure]:
     """(embeddings, what the embed job and loading cost). A cache hit is loaded (what every later job does); a
-    miss measures a sample in a child process (:func:`_sample_child`) and stands in rows of the real shapes:
-    random vectors, or at the token level a tokenised sample repeated to every split's size."""
+    miss measures a sample in a child process (:class:`_SampleChild`) and stands in rows of the real shapes:
+    random vectors, or at the token level a tokenised sample repeated to every split's size. With ``beside``
+    the child goes on while the caller measures the rest (on another core: the caller's jobs use fewer threads
+    than there are cores); call ``finish()`` on the result before reading the embed job's cost."""
     from distillctl.data import embed as embed_mod
 
     _, _, _, _, key = embed_mod._identities(recipe)
@@ -261,41 +269,77 @@ def embeddings(recipe: Any) -> tuple[Any, EmbedMeasure]:
     from distillctl.data.embed import _load_dataset
 
     source, encoder, _, _, _ = embed_mod._identities(recipe)
+    child = _SampleChild(recipe)
     data = _load_dataset(source, recipe.embed.bad_rows)
     n_rows = sum(len(sp) for sp in data.splits.values())
-    child = _sample_child(recipe)
     tokens = _level(recipe) == "tokens"
-    if child is not None:  # a fresh process, as the embed job: its own peak, no libraries left in this one
-        seconds, peak, dim = child["seconds"], child["peak"], child["dim"]
-        fresh = child.get("fresh", 0)
-        width = 2 * recipe.embed.max_length * 8 if tokens else dim * 4  # bytes per row: ids + mask (int64) / float32
-        extra = max(0, peak - fresh) + 2 * n_rows * width  # every row held twice while saved
-    else:  # plugins this process has but a child would not (tests, embedding applications)
+    dim = child.dim()
+    if dim is None:  # plugins this process has but a child would not (tests, embedding applications)
         seconds, extra, dim = _sample_embed(recipe, encoder, data, n_rows)
+        pending = None
+    else:
+        width = 2 * recipe.embed.max_length * 8 if tokens else dim * 4  # bytes per row: ids + mask / float32
+
+        def pending() -> tuple[float, int]:
+            out = child.result()
+            if out is None:
+                return _sample_embed(recipe, encoder, data, n_rows)[:2]
+            return out["seconds"], max(0, out["peak"] - out["fresh"]) + 2 * n_rows * width  # rows held twice
+        seconds, extra = 0.0, 0
     emb = _stand_in_tokens(recipe, encoder, data) if tokens else _stand_in(data, dim, recipe)
     width = (2 * recipe.embed.max_length * 8) if tokens else dim * 4
     held = n_rows * width
-    return emb, EmbedMeasure(False, seconds, extra, held / 200e6, held)  # reading + checksumming: ~200 MB/s
+    em = EmbedMeasure(False, seconds, extra, held / 200e6, held, pending)  # reading + checksumming: ~200 MB/s
+    if not beside:
+        em.finish()
+    return emb, em
 
 
-def _sample_child(recipe: Any) -> dict | None:
-    """:func:`_sample_embed` in a fresh interpreter (the recipe as a resolved YAML file): {seconds, peak, dim,
-    fresh (its peak before the encoder)}; None when the child cannot (a plugin only this process has)."""
-    import json
+class _SampleChild:
+    """:func:`_sample_embed` in a fresh interpreter (the recipe as a resolved YAML file), as the embed job: its
+    own peak, no encoder left in this process. It prints its output width as soon as the encoder is loaded,
+    then {seconds, peak, dim, fresh (its peak before the encoder)}."""
 
-    with tempfile.TemporaryDirectory(prefix="distillctl-plan-") as tmp:
-        path = Path(tmp) / "recipe.yaml"
+    def __init__(self, recipe: Any):
+        import shutil
+
+        self.tmp = tempfile.mkdtemp(prefix="distillctl-plan-")
+        self._cleanup = lambda: shutil.rmtree(self.tmp, ignore_errors=True)
+        path = Path(self.tmp) / "recipe.yaml"
         path.write_text(recipe.to_yaml(), encoding="utf-8")
         code = "import sys; from distillctl.plan_measure import _embed_child; _embed_child(sys.argv[1])"
         try:
-            out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=900)
-            return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            self.proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL, text=True)
+        except OSError:
+            self.proc = None
+
+    def dim(self) -> int | None:
+        import json
+
+        try:
+            return int(json.loads(self.proc.stdout.readline())["dim"]) if self.proc else None
+        except (ValueError, KeyError, TypeError):
+            self.result()
             return None
+
+    def result(self) -> dict | None:
+        import json
+
+        try:
+            if self.proc is None:
+                return None
+            out, _ = self.proc.communicate(timeout=900)
+            return json.loads(out.strip().splitlines()[-1]) if self.proc.returncode == 0 else None
+        except (subprocess.SubprocessError, ValueError, IndexError):
+            self.proc.kill()
+            return None
+        finally:
+            self._cleanup()
 
 
 def _embed_child(recipe_file: str) -> None:
-    """The child of :func:`_sample_child`: prints one JSON line."""
+    """The child of :class:`_SampleChild`: prints its output width, then one JSON line."""
     import json
 
     import torch  # noqa: F401 - a job holds it before it embeds: its pages are in the fresh peak
@@ -311,7 +355,8 @@ def _embed_child(recipe_file: str) -> None:
     source, encoder, _, _, _ = embed_mod._identities(recipe)
     data = _load_dataset(source, recipe.embed.bad_rows)
     n_rows = sum(len(sp) for sp in data.splits.values())
-    seconds, _, dim = _sample_embed(recipe, encoder, data, n_rows)
+    say = lambda dim: print(json.dumps({"dim": dim}), flush=True)  # noqa: E731
+    seconds, _, dim = _sample_embed(recipe, encoder, data, n_rows, loaded=say)
     print(json.dumps({"seconds": seconds, "peak": own_peak_bytes(), "dim": dim, "fresh": fresh}))
 
 
@@ -328,14 +373,15 @@ def batch_cost(lengths: Sequence[float], batch_size: int) -> float:
     return sum(len(ls[i:i + batch_size]) * ls[i:i + batch_size][-1] for i in range(0, len(ls), batch_size))
 
 
-def _sample_embed(recipe: Any, encoder: Any, data: Any, n_rows: int) -> tuple[float, int, int]:
+def _sample_embed(recipe: Any, encoder: Any, data: Any, n_rows: int, loaded: Any = None) -> tuple[float, int, int]:
     """(embed job seconds, bytes the embed job needs above this process, output width) from EMBED_SAMPLE texts
     encoded, plus one batch of the longest texts at ``embed.batch_size`` (the job's largest activations).
 
     The sample is spread over the length distribution (evenly spaced in the sorted texts) and encoded in sorted
     batches of SAMPLE_BATCH; seconds per unit of :func:`batch_cost` then scale to every text of every split in
     batches of ``embed.batch_size`` (second sentences of pairs are texts too). A tokenizer (token level) is
-    timed on the sample the same way (its cost is per text, not per padded batch)."""
+    timed on the sample the same way (its cost is per text, not per padded batch). ``loaded(width)`` is called
+    as soon as the encoder is loaded."""
     from distillctl.devices import resolve_device
     from distillctl.encoding import output_dim
 
@@ -349,6 +395,8 @@ def _sample_embed(recipe: Any, encoder: Any, data: Any, n_rows: int) -> tuple[fl
         t_load = time.perf_counter() - t0
         cap = getattr(encoder, "max_tokens", None)
         train = data.splits["train"]
+        if loaded is not None:  # the output width, for whoever waits on it
+            loaded(int(encoder.dim) if tokens else output_dim(encoder, train.pairs is not None))
         order = sorted(range(len(train.texts)), key=lambda i: len(train.texts[i]))
         k = min(EMBED_SAMPLE, len(order))
         pick = [order[round(j * (len(order) - 1) / max(1, k - 1))] for j in range(k)]
