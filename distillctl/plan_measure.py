@@ -126,6 +126,7 @@ class Startup:
     peak_bytes: int  # its peak resident set then (without data)
     cold_bytes: int = 0  # its peak before training anything (jobs that train no student: embed, majority)
     how: str = "probe"  # "this process" (plan ran as a command) or "probe" (a child process)
+    cold_seconds: float | None = None  # its age before training anything
 
 
 #: the modules every job imports before its work (the stages and what they import)
@@ -161,9 +162,9 @@ def startup_here(recipe: Any) -> Startup:
     from distillctl.plugins import get_registry
 
     get_registry()
-    cold = own_peak_bytes()
+    cold, cold_age = own_peak_bytes(), process_age()
     warm_up(recipe)
-    return Startup(process_age() or 0.0, own_peak_bytes(), cold, "this process")
+    return Startup(process_age() or 0.0, own_peak_bytes(), cold, "this process", cold_age)
 
 
 #: the probe does what every job does before its work: start Python, import torch and the stages, load the
@@ -177,7 +178,7 @@ _STARTUP_CODE = ("import sys, time, torch, distillctl.cli, distillctl.distillati
 
 
 def _startup_child(started: float, argv: list[str]) -> None:
-    cold = own_peak_bytes()
+    cold, cold_age = own_peak_bytes(), time.time() - started
     try:
         if argv:
             from distillctl.recipe import load_recipe
@@ -185,7 +186,7 @@ def _startup_child(started: float, argv: list[str]) -> None:
             warm_up(load_recipe(argv[0]))
     except Exception:  # a plugin only the parent has (tests): the imports alone
         pass
-    print(own_peak_bytes() // 1024, time.time() - started, cold // 1024)
+    print(own_peak_bytes() // 1024, time.time() - started, cold // 1024, cold_age)
 
 
 def startup_probe(recipe: Any = None) -> Startup:
@@ -199,8 +200,8 @@ def startup_probe(recipe: Any = None) -> Startup:
         out = subprocess.run([sys.executable, "-c", _STARTUP_CODE, repr(time.time()), *args], capture_output=True,
                              text=True, timeout=600)
     try:
-        kib, seconds, cold = out.stdout.strip().splitlines()[-1].split()
-        return Startup(float(seconds), int(kib) * 1024, int(cold) * 1024, "probe")
+        kib, seconds, cold, cold_age = out.stdout.strip().splitlines()[-1].split()
+        return Startup(float(seconds), int(kib) * 1024, int(cold) * 1024, "probe", float(cold_age))
     except (ValueError, IndexError):
         return Startup(0.0, 0)
 
@@ -618,15 +619,19 @@ class StudentCost:
     param_bytes: int = 0
 
 
-def _timed_steps(step_once, least: int = MIN_TIMED_STEPS) -> float:
-    """Seconds per call of ``step_once`` after one warm-up call: at least ``least`` calls, more until
-    PRIMITIVE_SECONDS have passed (a cheap step is timed over many)."""
+def _timed_steps(step_once, least: int = MIN_TIMED_STEPS) -> tuple[float, float]:
+    """(seconds per call, what the first call took beyond that) of ``step_once``: the first call, then at least
+    ``least`` calls, more until PRIMITIVE_SECONDS have passed (a cheap step is timed over many). The first call
+    of a training makes its optimiser and lays its tensors out: every training pays it once."""
+    t0 = time.perf_counter()
     step_once()
+    first = time.perf_counter() - t0
     n, t0 = 0, time.perf_counter()
     while n < least or (time.perf_counter() - t0 < PRIMITIVE_SECONDS and n < 200):
         step_once()
         n += 1
-    return (time.perf_counter() - t0) / n
+    each = (time.perf_counter() - t0) / n
+    return each, max(0.0, first - each)
 
 
 def vector_student(recipe: Any, section: Any, emb: Any, needs: set[tuple[int, int]]) -> StudentCost:
@@ -651,13 +656,14 @@ def vector_student(recipe: Any, section: Any, emb: Any, needs: set[tuple[int, in
             data = _TrainData.check(X[rows], y[rows], test.X[:1].float(), test.y[:1], seeds, C, None, None)
             students = _Stacked(build, seeds, data.x_train)
             batches = _Batches(data, budget.batch_size)
-            cost.setup[K] = min(cost.setup.get(K, math.inf), time.perf_counter() - t0)
+            built = time.perf_counter() - t0
 
             def once():
                 xb, yb, x_dim = batches.next()
                 students.step(xb, yb, x_dim, False, batches.B, budget)
 
-            cost.step[(K, B)] = _timed_steps(once)
+            cost.step[(K, B)], first = _timed_steps(once)
+            cost.setup[K] = min(cost.setup.get(K, math.inf), built + first)
         cost.peak[(K, B)] = mem.extra
         if not cost.row:  # scoring: one student on one chunk of test rows (the loop scores K one after another)
             m = min(PREDICT_ROWS, len(test.y))
@@ -666,7 +672,7 @@ def vector_student(recipe: Any, section: Any, emb: Any, needs: set[tuple[int, in
             with PeakMemory() as mem:
                 students.K = 1
                 students.buffers = {k: v[:1] for k, v in students.buffers.items()}
-                cost.row = _timed_steps(lambda: students.predict(one, x_eval)) / m
+                cost.row = _timed_steps(lambda: students.predict(one, x_eval))[0] / m
             cost.predict_peak = mem.extra
         del students, batches, data
     return cost
@@ -695,8 +701,8 @@ def token_student(recipe: Any, section: Any, emb: Any, needs: set[int], score_ro
             t0 = time.perf_counter()
             student = _Student(build, 0, plan, budget, len(data))
             built = time.perf_counter() - t0
-            cost.setup[1] = min(cost.setup.get(1, math.inf), built)
-            cost.step[(1, B)] = _timed_steps(lambda: student.step(data, y, False), least=1)  # ~1 s a step
+            cost.step[(1, B)], first = _timed_steps(lambda: student.step(data, y, False), least=1)  # ~1 s a step
+            cost.setup[1] = min(cost.setup.get(1, math.inf), built + first)
         cost.peak[(1, B)] = mem.extra
         if not cost.param_bytes:
             cost.param_bytes = sum(p.numel() * p.element_size() for p in student.params)

@@ -418,8 +418,9 @@ def forecast_job(job: Any, recipe: Any, m: Measurement) -> JobForecast:
     upper = None
     loaded = m.startup.peak_bytes + m.embed.base_bytes  # a fresh process with the rows loaded
     load = {"load rows": m.embed.load_seconds}
-    if job.kind == "embed":
-        parts = {**start, ("load + verify cached rows" if m.embed.cached else "encode every text"): m.embed.seconds}
+    cold_start = {"startup": m.startup.cold_seconds if m.startup.cold_seconds is not None else m.startup.seconds}
+    if job.kind == "embed":  # trains nothing: a process's start without torch's first training
+        parts = {**cold_start, ("load + verify cached rows" if m.embed.cached else "encode every text"): m.embed.seconds}
         peak = (m.startup.cold_bytes or m.startup.peak_bytes) + m.embed.peak
     elif job.kind == "distill":
         ipc = _stage_of(job)
@@ -473,14 +474,14 @@ def forecast_job(job: Any, recipe: Any, m: Measurement) -> JobForecast:
                                             else sum(v for (k, _), v in m.coreset.items() if k == kind))
             parts[_students_label(calls, recipe)] = seconds
         elif kind == "majority":
-            parts["count classes"] = 0.0
+            parts = {**cold_start, **load, "count classes": 0.0}
         else:
             parts[_students_label(calls, recipe)] = seconds
         peak = ((m.startup.cold_bytes or m.startup.peak_bytes) + m.embed.base_bytes if kind == "majority"
                 else loaded + extra)
     else:  # report (and a sweep's comparison): tables and plots of the run
         seconds, extra = m.report
-        parts = {**start, **load, "tables and plots": seconds}
+        parts = {**cold_start, **load, "tables and plots": seconds}
         peak = (m.startup.cold_bytes or m.startup.peak_bytes) + m.embed.base_bytes + extra  # it trains nothing
     return JobForecast(job.id, job.kind, round(sum(parts.values()), 2), int(peak),
                        {k: round(v, 3) for k, v in parts.items()}, _dominant(parts), notes,
