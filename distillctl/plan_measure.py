@@ -127,6 +127,13 @@ class Startup:
     cold_bytes: int = 0  # its peak before training anything (jobs that train no student: embed, majority)
     how: str = "probe"  # "this process" (plan ran as a command) or "probe" (a child process)
     cold_seconds: float | None = None  # its age before training anything
+    job_seconds: float | None = None  # wall time of a whole job that trains nothing (a real majority job:
+    #                                   start, loading the rows, writing its results, exit)
+
+    @property
+    def warm_seconds(self) -> float:
+        """What torch's first training adds to a job's start."""
+        return max(0.0, self.seconds - (self.cold_seconds if self.cold_seconds is not None else self.seconds))
 
 
 #: the modules every job imports before its work (the stages and what they import)
@@ -204,6 +211,46 @@ def startup_probe(recipe: Any = None) -> Startup:
         return Startup(float(seconds), int(kib) * 1024, int(cold) * 1024, "probe", float(cold_age))
     except (ValueError, IndexError):
         return Startup(0.0, 0)
+
+
+class JobProbe:
+    """A real job that trains nothing, as ``submit`` starts it: ``distillctl baseline RECIPE --kind majority``
+    into a temporary run folder (the embedding cache must be there: it would embed otherwise). Started with
+    :meth:`start` (beside the measurement, on an idle core) and read with :meth:`seconds`."""
+
+    def __init__(self, recipe: Any):
+        import shutil
+
+        self.tmp = tempfile.mkdtemp(prefix="distillctl-plan-")
+        self._cleanup = lambda: shutil.rmtree(self.tmp, ignore_errors=True)
+        self.recipe_file = Path(self.tmp) / "recipe.yaml"
+        self.recipe_file.write_text(recipe.to_yaml(), encoding="utf-8")
+        self.proc = None
+        self.t0 = 0.0
+
+    def start(self) -> "JobProbe":
+        script = Path(sys.executable).parent / "distillctl"
+        cmd = [str(script)] if script.exists() else [sys.executable, "-m", "distillctl.cli"]
+        self.t0 = time.perf_counter()
+        try:
+            self.proc = subprocess.Popen([*cmd, "baseline", str(self.recipe_file), "--kind", "majority", "--run-dir",
+                                          str(Path(self.tmp) / "run")], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+        except OSError:
+            self.proc = None
+        return self
+
+    def seconds(self) -> float | None:
+        if self.proc is None:
+            return None
+        try:
+            code = self.proc.wait(timeout=600)
+            return time.perf_counter() - self.t0 if code == 0 else None
+        except subprocess.SubprocessError:
+            self.proc.kill()
+            return None
+        finally:
+            self._cleanup()
 
 
 def warm_up(recipe: Any) -> None:

@@ -264,6 +264,7 @@ class Measurement:
     features_seconds: float = 0.0  # token level: herding/kcenter's pooled features of every training text
     logreg: tuple[float, int] = (0.0, 0)  # full-logreg: seconds, bytes on top
     report: tuple[float, int] = (0.0, 0)
+    job_seconds: float | None = None  # a whole job that trains nothing (pm.JobProbe), when measured
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)  # seconds the measurement spent per part
@@ -293,6 +294,11 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
     t0 = time.perf_counter()
     emb, em = pm.embeddings(recipe, beside=threads < cores)
     phases["embeddings"] = time.perf_counter() - t0
+    # a whole job that trains nothing (its start, loading the rows, writing, exit), beside the rest on an idle
+    # core, else after it; only with the cache there (a missing cache: the start measured plus loading)
+    probe = pm.JobProbe(recipe) if em.cached else None
+    if probe is not None and threads < cores:
+        probe.start()
     tokens = _level(recipe) == "tokens"
     z = _sizes(recipe, emb)
     m = Measurement(startup or Startup(0.0, 0), em, z, _level(recipe))
@@ -345,6 +351,12 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
         row = m.students[student_key(_distill_sections(recipe)[0])].row if tokens else 0.0
         m.report = pm.measure_report(recipe, run, emb, row)
         phases["report"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if probe is not None:
+        if probe.proc is None:
+            probe.start()
+        m.job_seconds = probe.seconds()
+        phases["job probe (beside)" if threads < cores else "job probe"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     em.finish()  # the sample's child, if it is still encoding
     if not em.cached:
@@ -412,15 +424,19 @@ def val_seconds(recipe: Any, ipc: int, m: Measurement) -> float:
 
 def forecast_job(job: Any, recipe: Any, m: Measurement) -> JobForecast:
     """One job of the graph from its point's measurement, scaled by the recipe."""
-    start = {"startup": m.startup.seconds}
     eval_steps = recipe.eval.steps
     notes: list[str] = []
     upper = None
     loaded = m.startup.peak_bytes + m.embed.base_bytes  # a fresh process with the rows loaded
-    load = {"load rows": m.embed.load_seconds}
-    cold_start = {"startup": m.startup.cold_seconds if m.startup.cold_seconds is not None else m.startup.seconds}
+    if m.job_seconds is not None:  # a real job's start, loading, writing and exit, measured whole
+        cold_start, load = {"startup, rows, exit": m.job_seconds}, {}
+    else:
+        cold_start = {"startup": m.startup.cold_seconds if m.startup.cold_seconds is not None else m.startup.seconds}
+        load = {"load rows": m.embed.load_seconds}
+    start = {**cold_start, "first training": m.startup.warm_seconds}
     if job.kind == "embed":  # trains nothing: a process's start without torch's first training
-        parts = {**cold_start, ("load + verify cached rows" if m.embed.cached else "encode every text"): m.embed.seconds}
+        parts = {**cold_start, ("load + verify cached rows" if m.embed.cached else "encode every text"):
+                 0.0 if m.job_seconds is not None else m.embed.seconds}  # a probe's job loaded and verified them
         peak = (m.startup.cold_bytes or m.startup.peak_bytes) + m.embed.peak
     elif job.kind == "distill":
         ipc = _stage_of(job)
