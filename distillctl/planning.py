@@ -281,22 +281,31 @@ def _sizes(recipe: Any, emb: Any) -> Sizes:
 
 
 def measure(recipe: Any, *, device: str | None = None, startup: Startup | None = None, threads: int = 1,
-            cores: int = 1) -> Measurement:
+            cores: int = 1, shared: dict | None = None) -> Measurement:
     """Run the short measurement of one recipe (see :mod:`distillctl.plan_measure`) in a temporary folder.
     ``startup``: a job's start measured already (this process's own, or a probe's). ``threads`` per job on
-    ``cores``: where a core is left over, a missing cache's sample is encoded there beside the rest."""
+    ``cores``: where a core is left over, a missing cache's sample is encoded there beside the rest.
+    ``shared``: what earlier points of a sweep measured (rows, students, arms), reused where they have the
+    same data and eval sections (a sweep over the method measures its students once)."""
     from distillctl import plan_measure as pm
 
     t_start = time.perf_counter()
     if device:
         recipe = pm.small(recipe, [f"distill.device={device}", f"embed.device={device}", f"eval.device={device}"])
     phases: dict[str, float] = {}
+    shared = {} if shared is None else shared
+    data = recipe.to_dict()
+    ekey = json.dumps([data.get(k) for k in ("seed", "dataset", "encoder", "embed")]
+                      + ([data.get("student")] if _level(recipe) == "tokens" else []), sort_keys=True, default=str)
     t0 = time.perf_counter()
-    emb, em = pm.embeddings(recipe, beside=threads < cores)
+    if ("emb", ekey) in shared:
+        emb, em = shared[("emb", ekey)]
+    else:
+        emb, em = shared[("emb", ekey)] = pm.embeddings(recipe, beside=threads < cores)
     phases["embeddings"] = time.perf_counter() - t0
     # a whole job that trains nothing (its start, loading the rows, writing, exit), beside the rest on an idle
     # core, else after it; only with the cache there (a missing cache: the start measured plus loading)
-    probe = pm.JobProbe(recipe) if em.cached else None
+    probe = pm.JobProbe(recipe) if em.cached and ("probe", ekey) not in shared else None
     if probe is not None and threads < cores:
         probe.start()
     tokens = _level(recipe) == "tokens"
@@ -325,9 +334,21 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
             needs.setdefault(student_key(_distill_sections(recipe)[0]), set())
             needs[student_key(_distill_sections(recipe)[0])] |= {_batch(ipc * z.C, 10**9) for ipc in recipe.distill.ipc} \
                 | {recipe.distill.outer.real_batch}
+        ev = json.dumps(data.get("eval"), sort_keys=True, default=str)
         for key, need in needs.items():
-            m.students[key] = (pm.token_student(recipe, sections[key], emb, need) if tokens
-                               else pm.vector_student(recipe, sections[key], emb, need))
+            cost = shared.setdefault(("student", ekey, ev, key), StudentCost())
+            missing = {n for n in need if ((1, n) if tokens else n) not in cost.step}
+            if missing:
+                new = (pm.token_student(recipe, sections[key], emb, missing) if tokens
+                       else pm.vector_student(recipe, sections[key], emb, missing))
+                for name in ("setup", "step", "peak"):
+                    getattr(cost, name).update({k: v for k, v in getattr(new, name).items()
+                                                if k not in getattr(cost, name)})
+                cost.row = cost.row or new.row
+                cost.predict_peak = cost.predict_peak or new.predict_peak
+                cost.state_bytes = cost.state_bytes or new.state_bytes
+                cost.param_bytes = cost.param_bytes or new.param_bytes
+            m.students[key] = cost
         if tokens:
             scale_token_stages(recipe, m)
         phases["students"] = time.perf_counter() - t0
@@ -337,14 +358,17 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
         for kind in ("herding", "kcenter"):
             if kind in recipe.baseline.kinds and not tokens:
                 top = max(ipcs)
-                seconds = pm.coreset_seconds(emb, kind, top)
+                if ("coreset", ekey, kind, top) not in shared:
+                    shared[("coreset", ekey, kind, top)] = pm.coreset_seconds(emb, kind, top)
+                seconds = shared[("coreset", ekey, kind, top)]
                 for k in ipcs:  # greedy: one pick per row per class, each a pass over the class
                     m.coreset[(kind, k)] = seconds * k / top
         if tokens and {"herding", "kcenter"} & set(recipe.baseline.kinds):
             m.features_seconds = z.train * next(iter(m.students.values())).row
         if "full" in recipe.baseline.kinds and not tokens:
-            seconds, extra, _ = pm.logreg(emb)
-            m.logreg = (seconds, extra)
+            if ("logreg", ekey) not in shared:
+                shared[("logreg", ekey)] = pm.logreg(emb)[:2]
+            m.logreg = shared[("logreg", ekey)]
         phases["arms"] = time.perf_counter() - t0
         # 4. the report of the last measured stage's run
         t0 = time.perf_counter()
@@ -355,8 +379,9 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
     if probe is not None:
         if probe.proc is None:
             probe.start()
-        m.job_seconds = probe.seconds()
+        shared[("probe", ekey)] = probe.seconds()
         phases["job probe (beside)" if threads < cores else "job probe"] = time.perf_counter() - t0
+    m.job_seconds = shared.get(("probe", ekey))
     t0 = time.perf_counter()
     em.finish()  # the sample's child, if it is still encoding
     if not em.cached:
@@ -570,12 +595,14 @@ def plan(recipe_path: str | Path, *, overrides: Sequence[str] = (), sweeps: Sequ
     single = len(points) == 1 and not points[0].values
     forecasts: list[JobForecast] = []
     measured: dict[str, Measurement] = {}
+    shared: dict = {}  # what the points of a sweep share (their rows, students, arms)
     notes: list[str] = []
     for p in points:
         if not quiet:
             info(f"plan: measuring {p.name or p.recipe.name} on {device or 'the recipe devices'} ({threads} "
                  f"thread{'s' if threads > 1 else ''} per job) ...")
-        measured[p.name] = measure(p.recipe, device=device, startup=startup, threads=threads, cores=cores)
+        measured[p.name] = measure(p.recipe, device=device, startup=startup, threads=threads, cores=cores,
+                                   shared=shared)
         notes += [n for n in measured[p.name].notes if n not in notes]
     if startup is None:  # alone, after the measurement: a probe beside it would slow both
         t_probe = time.perf_counter()
@@ -597,7 +624,11 @@ def plan(recipe_path: str | Path, *, overrides: Sequence[str] = (), sweeps: Sequ
                  threads=threads)
     if fresh:  # the whole command, its own start included
         plan_.measured_seconds = pm.process_age() or plan_.measured_seconds
-    plan_.phases = {k: round(v, 2) for m in measured.values() for k, v in m.phases.items()}
+    phases: dict[str, float] = {}
+    for m in measured.values():  # summed over the points of a sweep
+        for k, v in m.phases.items():
+            phases[k] = phases.get(k, 0.0) + v
+    plan_.phases = {k: round(v, 2) for k, v in phases.items()}
     return plan_
 
 
