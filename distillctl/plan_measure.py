@@ -770,6 +770,18 @@ def token_student(recipe: Any, section: Any, emb: Any, needs: set[int], score_ro
     return cost
 
 
+def student_libraries(recipe: Any, emb: Any) -> int:
+    """Bytes the libraries of the recipe's fine-tuned student add to a process (transformers and the model's
+    code): one student built, less its weights (those are in each primitive's own peak)."""
+    from distillctl.evaluation.training import student_builder
+
+    with PeakMemory() as mem:
+        module = student_builder(recipe, int(emb.dim), int(emb.num_classes), recipe.student)()
+        weights = sum(p.numel() * p.element_size() for p in module.parameters())
+        del module
+    return max(0, mem.extra - weights)
+
+
 # -- the rest -------------------------------------------------------------------------------------------
 
 def logreg(emb: Any) -> tuple[float, int, int]:

@@ -244,6 +244,8 @@ def call_bytes(c: Call, cost: StudentCost, tokens: bool) -> int:
         train = cost.peak.get((1, c.B), 0)
         if c.lockstep:  # K students and a snapshot of each one's trained weights at once
             train += (c.K - 1) * cost.state_bytes + c.K * cost.param_bytes
+        elif c.K > 1:  # one after another: the next one is built while the last one is still held
+            train += cost.state_bytes
         return max(train, cost.predict_peak)
     return max(cost.peak.get((c.K, c.B), 0), cost.predict_peak)
 
@@ -265,6 +267,7 @@ class Measurement:
     logreg: tuple[float, int] = (0.0, 0)  # full-logreg: seconds, bytes on top
     report: tuple[float, int] = (0.0, 0)
     job_seconds: float | None = None  # a whole job that trains nothing (pm.JobProbe), when measured
+    lib_bytes: int = 0  # token level: what loading a fine-tuned student's libraries adds to a process
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)  # seconds the measurement spent per part
@@ -316,6 +319,10 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
                        f"jobs measured on stand-in {'token rows' if tokens else 'random vectors'} of the same shape")
     if startup is None:
         pm.warm_up(recipe)  # torch's first training: in the start-up probe's footprint, not in a measured part
+    if tokens:  # the libraries a fine-tuned student loads (transformers...): every job that builds one holds them
+        t0 = time.perf_counter()
+        m.lib_bytes = pm.student_libraries(recipe, emb)
+        phases["libraries"] = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="distillctl-plan-") as tmp:
         # 1. the first and the last stage of the chain, a few outer steps each
         t0 = time.perf_counter()
@@ -407,8 +414,10 @@ def scale_token_stages(recipe: Any, m: Measurement) -> None:
     for ipc in recipe.distill.ipc:
         if ipc not in m.stages:
             f = work(ipc) / work(last) if work(last) > 0 else 1.0
+            # memory: the last stage's less what its set's rows need more than this one's (a step on them)
+            rows = cost.peak.get((1, ipc * m.sizes.C), 0) - cost.peak.get((1, last * m.sizes.C), 0)
             m.stages[ipc] = StageMeasure(ipc, s.step_seconds * f, s.warmup_seconds * f, s.overhead_seconds,
-                                         s.val_seconds, 0, s.peak_bytes, measured=False)
+                                         s.val_seconds, 0, max(0, s.peak_bytes + rows), measured=False)
 
 
 # -- forecasting -----------------------------------------------------------------------------------------
@@ -452,7 +461,7 @@ def forecast_job(job: Any, recipe: Any, m: Measurement) -> JobForecast:
     eval_steps = recipe.eval.steps
     notes: list[str] = []
     upper = None
-    loaded = m.startup.peak_bytes + m.embed.base_bytes  # a fresh process with the rows loaded
+    loaded = m.startup.peak_bytes + m.embed.base_bytes + m.lib_bytes  # a fresh process with the rows loaded
     if m.job_seconds is not None:  # a real job's start, loading, writing and exit, measured whole
         cold_start, load = {"startup, rows, exit": m.job_seconds}, {}
     else:
@@ -523,7 +532,7 @@ def forecast_job(job: Any, recipe: Any, m: Measurement) -> JobForecast:
     else:  # report (and a sweep's comparison): tables and plots of the run
         seconds, extra = m.report
         parts = {**cold_start, **load, "tables and plots": seconds}
-        peak = (m.startup.cold_bytes or m.startup.peak_bytes) + m.embed.base_bytes + extra  # it trains nothing
+        peak = (m.startup.cold_bytes or m.startup.peak_bytes) + m.embed.base_bytes + m.lib_bytes + extra  # no training
     return JobForecast(job.id, job.kind, round(sum(parts.values()), 2), int(peak),
                        {k: round(v, 3) for k, v in parts.items()}, _dominant(parts), notes,
                        None if upper is None else round(upper, 1))

@@ -131,7 +131,9 @@ def test_token_calls_are_per_student_and_hold_k_students_in_lockstep():
     c = planning.Call("s", K=5, B=32, steps=100, rows=500, what="full-earlystop", lockstep=True)
     assert planning.call_seconds(c, cost, tokens=True) == pytest.approx(5 * (2.0 + 100 * 0.5 + 500 * 0.01))
     assert planning.call_bytes(c, cost, tokens=True) == 300 + 4 * 1000 + 5 * 200
-    c.lockstep = False
+    c.lockstep = False  # one after another: the next built while the last is held
+    assert planning.call_bytes(c, cost, tokens=True) == 300 + 1000
+    c.K = 1
     assert planning.call_bytes(c, cost, tokens=True) == 300
 
 
