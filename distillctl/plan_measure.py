@@ -738,7 +738,8 @@ def token_student(recipe: Any, section: Any, emb: Any, needs: set[int], score_ro
     train, test = split_of(emb, "train"), split_of(emb, "test")
     data, y = TokenData.of_split(train), train.y.long()
     C, d = int(emb.num_classes), int(emb.dim)
-    plan = DevicePlan.resolve(getattr(recipe.eval, "device", "auto"), field="eval.device")
+    plan = DevicePlan.resolve(getattr(recipe.eval, "device", "auto"), field="eval.device",  # as token_arms does
+                              precision=getattr(recipe.eval, "precision", "auto"))
     build = student_builder(recipe, d, C, section)
     cost = StudentCost()
     base = TrainBudget.from_eval(recipe.eval)

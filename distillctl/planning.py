@@ -10,7 +10,7 @@ job as a sum of parts measured once on this machine (:mod:`distillctl.plan_measu
                  the stage's set-up), and every validation: the students it trains (``outer.val_seeds`` x
                  ``eval.steps`` steps on the set) and the val rows they score
     eval         per student, set and labels (soft-label sets twice): K students x ``eval.steps`` steps on the
-                 set, each scoring the test rows (token level: plus the ``distilled-init`` replay)
+                 set, each scoring the test rows (token level: plus the ``distilled-init`` and ``distilled-heads`` replays)
     baseline     the same per arm and ipc (``full``: all training rows, ``full-earlystop`` with its val checks
                  and ``full-logreg``; ``herding``/``kcenter``: choosing the rows; ``majority``: nothing)
     report       measured as it is (it does not scale with the recipe)
@@ -189,11 +189,13 @@ def eval_calls(recipe: Any, ipc: int, z: Sizes) -> list[Call]:
     variants = ("soft", "hard") if recipe.distill.soft_labels else ("hard",)
     calls = [Call(student_key(s), ev.seeds, B, ev.steps, z.test, f"{s.name} {v}")
              for s in _sections(recipe) for v in variants]
-    if tokens:  # distilled-init: the initial model, the inner steps it was distilled for
+    if tokens:  # distilled-init (the initial model) and distilled-heads (K fresh heads): the inner steps it
+        #         was distilled for
         per = recipe.distill.inner.batch_per_class
         rows = min(n_set, per * z.C) if per else n_set
-        calls.append(Call(student_key(_distill_sections(recipe)[0]), 1, rows, _inner_steps(recipe), z.test,
-                          "distilled-init"))
+        made_for = student_key(_distill_sections(recipe)[0])
+        calls.append(Call(made_for, 1, rows, _inner_steps(recipe), z.test, "distilled-init"))
+        calls.append(Call(made_for, ev.seeds, rows, _inner_steps(recipe), z.test, "distilled-heads"))
     return calls
 
 
@@ -204,10 +206,12 @@ def baseline_calls(recipe: Any, kind: str, z: Sizes) -> list[Call]:
         return []
     if kind == "full":
         steps, checks, _ = earlystop_steps(recipe)
+        # token level: its checks score distill.tokens.val_rows' fixed draw of val (vectors: all of val)
+        val = z.distill_val if _level(recipe) == "tokens" else z.val
         out = []
         for s in _sections(recipe):
             out.append(Call(student_key(s), ev.seeds, ev.batch_size, ev.steps, z.test, f"full {s.name}"))
-            out.append(Call(student_key(s), ev.seeds, ev.batch_size, steps, z.test + checks * z.val,
+            out.append(Call(student_key(s), ev.seeds, ev.batch_size, steps, z.test + checks * val,
                             f"full-earlystop {s.name}", lockstep=True))
         return out
     ipcs = list(recipe.baseline.ipc or recipe.distill.ipc)
