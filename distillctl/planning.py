@@ -3,7 +3,9 @@
 :func:`plan` builds the job graph ``submit`` would run (:mod:`distillctl.jobs.jobgraph`) and forecasts every
 job as a sum of parts measured once on this machine (:mod:`distillctl.plan_measure`) and scaled by the recipe:
 
-    startup      a fresh process importing torch and the stages (every job pays it)
+    startup      a real job that trains nothing, measured whole (``baseline --kind majority``: its start, loading
+                 the rows, writing, exit), plus what torch's first training adds (every job pays it); without
+                 the cache, the ``plan`` process's own start (or a probe's) and the rows' load estimated
     embed        cache hit: loading and verifying the cached rows; miss: a sample encoded (or tokenised),
                  scaled to every text
     distill      per Boost-DD stage: the measured outer step x ``iterations`` (+ the first step's warm-up and
@@ -17,8 +19,9 @@ job as a sum of parts measured once on this machine (:mod:`distillctl.plan_measu
 
 A student's cost is measured once per (student, K seeds, batch rows) however many jobs train it: a training
 step (K stacked students for vectors, one fine-tuned student at a time for tokens), building the students, and
-scoring one row. Peak memory is the process's peak resident set (a fresh process with the rows loaded, plus
-the most any part of the job holds on top).
+scoring one row; the points of a sweep share what they have in common (data, students, eval). Peak memory is
+the process's peak resident set (a fresh process with the rows loaded, plus the most any part of the job
+holds on top).
 
 ``distill.outer.patience`` can end a stage early: forecasts take every iteration (an upper bound there), and
 ``distill.outer.max_seconds`` caps a stage. ``full-earlystop`` stops after ``EARLYSTOP_PATIENCE`` checks
