@@ -284,3 +284,25 @@ def test_a_plan_that_fails_leaves_the_scheduler_defaults(env, cli, monkeypatch):
     r = cli("submit", str(env.write(scheduler={"name": "slurm", "setup": []})), "--dry-run")
     assert r.code == 0 and "--time and --mem: the scheduler's defaults (no plan: UserError: dataset.train" in r.out
     assert "#SBATCH --time=60" in r.out and "#SBATCH --mem" not in r.out
+
+
+@pytest.mark.slow  # the job probe is a new process importing torch
+def test_the_points_of_a_sweep_share_what_they_have_in_common(text_env, cli, monkeypatch):
+    """A sweep over the method: each point's stages are measured, its students, logreg and job probe once."""
+    env = text_env
+    assert cli("embed", str(env.path)).code == 0
+    monkeypatch.setattr(plan_measure, "MEASURE_STAGE_SECONDS", 2.0)
+    calls = {"vector_student": 0, "logreg": 0, "measure_stages": 0}
+    for name in calls:
+        real = getattr(plan_measure, name)
+
+        def counted(*a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            return _real(*a, **k)
+
+        monkeypatch.setattr(plan_measure, name, counted)
+    p = planning.plan(env.path, sweeps=["distill.method.unroll.window=2,3"], quiet=True)
+    assert calls == {"vector_student": 1, "logreg": 1, "measure_stages": 2}
+    ids = [j.id for j in p.jobs]
+    assert "window=2/eval-ipc1" in ids and "window=3/eval-ipc1" in ids
+    assert p.job("window=2/eval-ipc1").seconds == p.job("window=3/eval-ipc1").seconds  # the same students
