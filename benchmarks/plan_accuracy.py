@@ -1,7 +1,8 @@
 """Honest forecasts: `distillctl plan` each recipe, then run its jobs, and compare forecast with actual.
 
-For every recipe given: (1) ``distillctl.planning.plan`` forecasts every job of the graph ``submit`` would run
-(wall time and peak resident memory; the time plan itself takes is recorded); (2) the same jobs (the same
+For every recipe given: (1) ``distillctl plan RECIPE --json`` (with the same ``--set`` overrides, in the jobs'
+environment) forecasts every job of the graph ``submit`` would run (wall time and peak resident memory; the
+wall time of the plan command itself is recorded); (2) the same jobs (the same
 command lines, run directories and environment as a ``submit`` with the local scheduler and ``threads: 1``) run
 one after another, each a child process whose wall time and peak resident set (``ru_maxrss`` of the job's command, read by a small launcher process)
 are recorded; (3) a table of forecast vs actual per job, with the error in %.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -54,11 +56,53 @@ def run_job(job, env: dict) -> tuple[float, int, int]:
     return wall, peak, proc.returncode
 
 
+def job_env() -> dict:
+    """The environment of the jobs (and of plan): one thread, quiet, this interpreter's scripts first."""
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", DISTILLCTL_QUIET="1")
+    return env
+
+
+def run_plan(recipe_path: str, sets: list[str], env: dict) -> tuple[dict | None, float, str]:
+    """(the plan's JSON, wall seconds of the command, error text) of `distillctl plan RECIPE --set ... --json`."""
+    cmd = [os.path.join(os.path.dirname(sys.executable), "distillctl"), "plan", recipe_path, "--json"]
+    for s in sets:
+        cmd += ["--set", s]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if out.returncode != 0:
+        return None, seconds, f"exit {out.returncode}: {out.stderr.strip()[-400:]}"
+    return json.loads(out.stdout), seconds, ""
+
+
+def plan_only(recipes: list[str], sets: list[str], out: Path | None) -> str:
+    """Time `distillctl plan` alone on each recipe (one after another); a markdown table."""
+    env = job_env()
+    lines = ["| recipe | `plan` wall s | load avg before → after | measurement phases (s) | result |",
+             "|---|---:|---|---|---|"]
+    for recipe in recipes:
+        l0 = os.getloadavg()[0]
+        forecast, seconds, err = run_plan(recipe, sets, env)
+        l1 = os.getloadavg()[0]
+        phases = ", ".join(f"{k} {v:g}" for k, v in (forecast or {}).get("measurement_phases", {}).items())
+        total = "" if forecast is None else f"{len(forecast['jobs'])} jobs, {forecast['total_seconds'] / 60:.1f} min forecast"
+        lines.append(f"| {Path(recipe).name} | {seconds:.1f} | {l0:.1f} → {l1:.1f} | {phases} | {total or err} |")
+        print(lines[-1], flush=True)
+        if out is not None:
+            with open(out, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"recipe": recipe, "sets": sets, "kind": "plan-only", "plan_seconds": round(seconds, 2),
+                                     "load_before": l0, "load_after": l1, "error": err, "plan": forecast,
+                                     "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n")
+    return "\n".join(lines)
+
+
 def bench(recipe_path: str, sets: list[str], out: Path | None, runs_dir: Path) -> list[dict]:
     from distillctl.jobs.jobgraph import build_graph
     from distillctl.jobs.submit import _write_run_dirs
     from distillctl.jobs.sweeps import expand_points
-    from distillctl.planning import format_bytes, plan
+    from distillctl.planning import format_bytes
     from distillctl.runs import new_run_id
 
     overrides = [*sets, f"runs_dir={runs_dir}"]
@@ -66,29 +110,33 @@ def bench(recipe_path: str, sets: list[str], out: Path | None, runs_dir: Path) -
     recipe = points[0].recipe
     folder = (runs_dir / recipe.name / new_run_id()).resolve()
     graph = build_graph(points, folder)
-    # 1. The plan (before anything runs: the embedding cache is as the embed job will find it).
-    t0 = time.perf_counter()
-    forecast = plan(None, points=points, jobs=graph.jobs, quiet=True)
-    plan_seconds = time.perf_counter() - t0
-    print(f"# {recipe_path}: plan took {plan_seconds:.1f} s (measurement phases {forecast.phases})", flush=True)
+    # 1. The plan (before anything runs: the embedding cache is as the embed job will find it), as a user runs
+    #    it: `distillctl plan RECIPE --set ... --json`, a fresh process with the jobs' environment.
+    env = job_env()
+    forecast, plan_seconds, err = run_plan(recipe_path, overrides, env)
+    if forecast is None:
+        print(f"# {recipe_path}: plan failed: {err}", flush=True)
+        return []
+    by_id = {j["id"]: j for j in forecast["jobs"]}
+    print(f"# {recipe_path}: plan took {plan_seconds:.1f} s (measurement phases {forecast['measurement_phases']}, "
+          f"load average {os.getloadavg()[0]:.1f})", flush=True)
     # 2. The jobs, one at a time, in the order of the graph (dependencies come first).
     _write_run_dirs(points, graph, folder, argv=["benchmarks/plan_accuracy.py", recipe_path])
-    env = dict(os.environ)
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", DISTILLCTL_QUIET="1")
     rows = []
     for job in graph.jobs:
-        f = forecast.job(job.id)
+        f = by_id[job.id]
+        load = os.getloadavg()[0]
         wall, peak, code = run_job(job, env)
         row = {"recipe": recipe_path, "sets": sets, "job": job.id, "kind": job.kind, "exit_code": code,
-               "forecast_seconds": f.seconds, "actual_seconds": round(wall, 2),
-               "forecast_peak_bytes": f.peak_bytes, "actual_peak_bytes": peak,
-               "wall_error": round(f.seconds / wall - 1, 3), "mem_error": round(f.peak_bytes / peak - 1, 3),
-               "dominant": f.dominant, "plan_seconds": round(plan_seconds, 1), "machine": forecast.machine,
+               "forecast_seconds": f["seconds"], "actual_seconds": round(wall, 2),
+               "forecast_peak_bytes": f["peak_bytes"], "actual_peak_bytes": peak,
+               "wall_error": round(f["seconds"] / wall - 1, 3), "mem_error": round(f["peak_bytes"] / peak - 1, 3),
+               "dominant": f["dominant"], "plan_seconds": round(plan_seconds, 1), "machine": forecast["machine"],
+               "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run": str(folder)}
         rows.append(row)
-        print(f"{job.id:<22} wall {f.seconds:8.1f} vs {wall:8.1f} s ({100 * row['wall_error']:+5.0f} %)   "
-              f"peak {format_bytes(f.peak_bytes):>9} vs {format_bytes(peak):>9} ({100 * row['mem_error']:+5.0f} %)"
+        print(f"{job.id:<22} wall {f['seconds']:8.1f} vs {wall:8.1f} s ({100 * row['wall_error']:+5.0f} %)   "
+              f"peak {format_bytes(f['peak_bytes']):>9} vs {format_bytes(peak):>9} ({100 * row['mem_error']:+5.0f} %)"
               f"{'' if code == 0 else f'   exit {code}'}", flush=True)
         if out is not None:
             with open(out, "a", encoding="utf-8") as fh:
@@ -130,10 +178,15 @@ def main() -> None:
                     help="override for every recipe (as distillctl --set)")
     ap.add_argument("--out", type=Path, help="append one JSON line per job here")
     ap.add_argument("--runs-dir", type=Path, default=Path("runs") / "plan-accuracy", help="where the runs go")
+    ap.add_argument("--plan-only", action="store_true", help="only time `distillctl plan` on each recipe")
     ap.add_argument("--table", type=Path, metavar="JSONL", help="print the table of an earlier --out file and exit")
     args = ap.parse_args()
+    if args.plan_only:
+        print(plan_only(args.recipes, args.sets, args.out))
+        return
     if args.table:
         rows = [json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if r.get("kind") != "plan-only"]
         print(table(rows))
         return
     from distillctl.threads import configure_threads

@@ -1,24 +1,33 @@
 """plan: what each job of a recipe's graph will need (wall time, peak memory) before it runs.
 
 :func:`plan` builds the job graph ``submit`` would run (:mod:`distillctl.jobs.jobgraph`) and forecasts every
-job from a short measurement of the real stage functions on this machine, scaled by the recipe::
+job as a sum of parts measured once on this machine (:mod:`distillctl.plan_measure`) and scaled by the recipe:
 
-    startup      a fresh ``python`` importing torch and distillctl (every job pays it)
-    embed        cache hit: loading and verifying the cached vectors; miss: encoding a sample of the texts,
-                 scaled to every row, plus loading the dataset and the encoder
-    distill      per Boost-DD stage: ``distill --stage IPC`` for MEASURE_STEPS outer steps (the recipe's method,
-                 population, unroll, students, real batch, ipc), validating with a short eval budget; the
-                 steady step time x ``iterations``, validations x the time of one at the full eval budget
-    eval         ``eval`` of each stage's set with two short budgets (fixed + per-step cost) -> ``eval.steps``
-    baseline     each arm the same way (``full``'s early-stopping budget scales with ``eval.steps`` too)
+    startup      a real job that trains nothing, measured whole (``baseline --kind majority``: its start, loading
+                 the rows, writing, exit), plus what torch's first training adds (every job pays it); without
+                 the cache, the ``plan`` process's own start (or a probe's) and the rows' load estimated
+    embed        cache hit: loading and verifying the cached rows; miss: a sample encoded (or tokenised),
+                 scaled to every text
+    distill      per Boost-DD stage: the measured outer step x ``iterations`` (+ the first step's warm-up and
+                 the stage's set-up), and every validation: the students it trains (``outer.val_seeds`` x
+                 ``eval.steps`` steps on the set) and the val rows they score
+    eval         per student, set and labels (soft-label sets twice): K students x ``eval.steps`` steps on the
+                 set, each scoring the test rows (token level: plus the ``distilled-init`` and ``distilled-heads`` replays)
+    baseline     the same per arm and ipc (``full``: all training rows, ``full-earlystop`` with its val checks
+                 and ``full-logreg``; ``herding``/``kcenter``: choosing the rows; ``majority``: nothing)
     report       measured as it is (it does not scale with the recipe)
 
-Peak memory is the peak resident set of the measuring process over each step (Linux ``VmHWM``, reset before
-each; the job's own process holds the same imports and vectors), so a job's forecast includes torch and the
-vectors it loads. Forecasts are for the device measured on: this machine's (``auto``), or ``device``.
+A student's cost is measured once per (student, K seeds, batch rows) however many jobs train it: a training
+step (K stacked students for vectors, one fine-tuned student at a time for tokens), building the students, and
+scoring one row; the points of a sweep share what they have in common (data, students, eval). Peak memory is
+the process's peak resident set (a fresh process with the rows loaded, plus the most any part of the job
+holds on top).
 
-``distill.outer.patience`` can end a stage early and full-earlystop's patience its training: forecasts take the
-full budget (an upper bound there). ``distill.outer.max_seconds`` caps a stage's forecast.
+``distill.outer.patience`` can end a stage early: forecasts take every iteration (an upper bound there), and
+``distill.outer.max_seconds`` caps a stage. ``full-earlystop`` stops after ``EARLYSTOP_PATIENCE`` checks
+without a better val score, which no measurement short of the run can tell: its forecast takes
+EARLYSTOP_EXPECTED x ``eval.steps`` (the best at the budget, then the patience: one budget more), and
+``upper_seconds`` its cap (10 x ``eval.steps``), which SLURM's ``--time`` covers.
 
 The measurement runs in a temporary folder with the recipe's embedding cache (it is filled by the embed job
 otherwise: plan never embeds a whole dataset) and writes nothing else.
@@ -26,26 +35,29 @@ otherwise: plan never embeds a whole dataset) and writes nothing else.
 
 from __future__ import annotations
 
+import json
 import math
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-#: outer steps measured per Boost-DD stage (the first is a warm-up; steps 2..N give the steady step time)
-MEASURE_STEPS = 4
-#: each stage's measured steps stop after this many seconds (a slow Transformer population: fewer steps)
-MEASURE_STAGE_SECONDS = 6.0
-#: the two short eval budgets (optimiser steps) that separate a student's fixed cost from its per-step cost
-SHORT_STEPS = (20, 100)
-#: texts encoded to time the encoder when the embedding cache is missing, in batches of SAMPLE_BATCH
-EMBED_SAMPLE, SAMPLE_BATCH = 64, 16
+from distillctl.plan_measure import (MEASURE_STAGE_SECONDS, MEASURE_STEPS, TOKEN_VAL_ROWS, EmbedMeasure,  # noqa: F401
+                                     PeakMemory, StageMeasure, Startup, StudentCost, batch_cost, own_peak_bytes,
+                                     stage_times)
+
+#: full-earlystop's forecast steps, in eval budgets: the best score near the budget, then EARLYSTOP_PATIENCE
+#: checks (one more budget) without a better one
+EARLYSTOP_EXPECTED = 2
+#: token level: an outer step costs ~ INNER_STEP_WEIGHT plain fine-tuning steps on the set's rows (the inner step,
+#: differentiated twice) + one on the real batch (measured here on agnews-finetune: 2.27 s at ipc 1 and 5.16 s
+#: at ipc 10 against plain steps of 0.14 s on 4 rows, 1.16 s on 40 and 1.84 s on 64: a weight of 2.8)
+INNER_STEP_WEIGHT = 3
 #: the margins ``submit`` adds to a forecast for SLURM's --time and --mem (a killed job costs more than a
-#: bigger allocation): time x TIME_FACTOR + TIME_EXTRA_MIN minutes, memory x MEM_FACTOR + MEM_EXTRA_MIB
+#: bigger allocation): time x TIME_FACTOR + TIME_EXTRA_MIN minutes (at least a job's upper bound), memory x
+#: MEM_FACTOR + MEM_EXTRA_MIB
 TIME_FACTOR, TIME_EXTRA_MIN = 1.5, 5
 MEM_FACTOR, MEM_EXTRA_MIB = 1.25, 512
 
@@ -53,7 +65,8 @@ MEM_FACTOR, MEM_EXTRA_MIB = 1.25, 512
 @dataclass
 class JobForecast:
     """One job: ``seconds`` of wall time, ``peak_bytes`` of resident memory, and where the time goes
-    (``parts``: seconds per part, ``dominant``: the largest one, in words)."""
+    (``parts``: seconds per part, ``dominant``: the largest one, in words). ``upper_seconds``: the most it can
+    take where that is more than the forecast (an early stop that may not come)."""
 
     id: str
     kind: str
@@ -62,6 +75,7 @@ class JobForecast:
     parts: dict[str, float] = field(default_factory=dict)
     dominant: str = ""
     notes: list[str] = field(default_factory=list)
+    upper_seconds: float | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -77,7 +91,8 @@ class Plan:
     jobs: list[JobForecast]
     measured_seconds: float
     notes: list[str] = field(default_factory=list)
-    phases: dict[str, float] = field(default_factory=dict)  # seconds the measurement spent per stage
+    phases: dict[str, float] = field(default_factory=dict)  # seconds the measurement spent per part
+    threads: int | None = None  # torch threads the measurement (and each job) used
 
     def job(self, job_id: str) -> JobForecast:
         return next(j for j in self.jobs if j.id == job_id)
@@ -92,476 +107,324 @@ class Plan:
         return max((j.peak_bytes for j in self.jobs), default=0)
 
     def to_json(self) -> dict:
-        return {"recipe": self.recipe, "device": self.device, "machine": self.machine,
+        return {"recipe": self.recipe, "device": self.device, "machine": self.machine, "threads": self.threads,
                 "measured_seconds": round(self.measured_seconds, 2), "total_seconds": round(self.total_seconds, 1),
                 "peak_bytes": self.peak_bytes, "jobs": [j.to_json() for j in self.jobs], "notes": self.notes,
                 "measurement_phases": self.phases}
 
 
-# -- measuring ---------------------------------------------------------------------------------------------
+# -- what each job trains: the calls a forecast adds up ------------------------------------------------------
 
-def _status_kib(field_name: str) -> int | None:
-    try:
-        m = re.search(rf"{field_name}:\s+(\d+) kB", Path("/proc/self/status").read_text())
-    except OSError:
-        return None
-    return int(m.group(1)) if m else None
+@dataclass
+class Sizes:
+    """Rows per split and classes: what scoring and the full-data arms scale with."""
 
-
-def own_peak_bytes() -> int:
-    """This process's peak resident set since its ``exec``: ``VmHWM`` (``ru_maxrss`` where there is no /proc,
-    which also counts a forked parent's pages)."""
-    kib = _status_kib("VmHWM")
-    if kib is None:
-        import resource
-
-        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(kib) * 1024
-
-
-class PeakMemory:
-    """The peak resident set over a block: ``VmHWM`` reset at the start (Linux ``clear_refs``); elsewhere
-    the process's peak so far (``ru_maxrss``, an upper bound). ``extra`` is the peak above the resident set
-    at the start: what the block itself needed on top of what the process already held."""
-
-    def __enter__(self) -> "PeakMemory":
-        _trim()
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
-        self.start = (_status_kib("VmRSS") or 0) * 1024
-        self.peak = 0
-        self.extra = 0
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        kib = _status_kib("VmHWM")
-        if kib is None:
-            import resource
-
-            kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux (bytes on macOS: upper bound)
-        self.peak = int(kib) * 1024
-        self.extra = max(0, self.peak - self.start)
-
-
-def _trim() -> None:
-    """Give freed memory back to the OS (gc, then glibc's malloc_trim), so a step's peak is not inflated by
-    what an earlier step of the measurement left in the heap."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-#: the child does what every job does before its work: start Python, import torch and the stages, load the plugins,
-#: read the recipe and (when cached) load and verify the vectors; it prints its peak resident set (KiB, VmHWM: its
-#: own, unlike ru_maxrss, which counts the pages of the parent it was forked from), the seconds since the parent
-#: started it (argv[1]) and whether it loaded the vectors
-_STARTUP_CODE = ("import sys, time, torch, distillctl.cli, distillctl.distillation.distill, "
-                 "distillctl.evaluation.evaluate; from distillctl.plugins import get_registry; get_registry();"
-                 "from distillctl.planning import _startup_child; _startup_child(float(sys.argv[1]), sys.argv[2:])")
-
-
-def _startup_child(started: float, argv: list[str]) -> None:
-    loaded = False
-    if argv:
-        try:
-            from distillctl.data import embed as embed_mod
-            from distillctl.recipe import load_recipe
-
-            recipe = load_recipe(argv[0])
-            _, _, _, _, key = embed_mod._identities(recipe)
-            if embed_mod._read_verified(embed_mod.entry_dir(key), key)[0] is not None:
-                embed_mod.load_embeddings(recipe, quiet=True)
-                loaded = True
-        except Exception:  # a plugin only the parent has (tests): the imports alone
-            recipe = None
-    cold = own_peak_bytes()  # before any training: what embed and the majority arm need
-    try:
-        if argv and recipe is not None:
-            warm_up(recipe)
-    except Exception:
-        pass
-    print(own_peak_bytes() // 1024, time.time() - started, int(loaded), cold // 1024)
-
-
-def warm_up(recipe: Any) -> None:
-    """Train two tiny students of the recipe's kind for two steps: what torch sets up the first time a process
-    trains (allocator pools, vmapped autograd), which every stage job pays once. The start-up probe pays it
-    (its peak holds it) and the measuring process pays it before its first measured step (so no step counts it)."""
-    import dataclasses
-
-    import torch
-
-    from distillctl.evaluation.training import TrainBudget, student_builder, train_and_score
-
-    C, d = 2, 16
-    build = student_builder(recipe, d, C, recipe.student)
-    x, y = torch.randn(8, d), torch.arange(8) % C  # (8, d), (8,)
-    budget = dataclasses.replace(TrainBudget.from_eval(recipe.eval), steps=2)
-    train_and_score(build, x, y, x, y, seeds=[0, 1], budget=budget, num_classes=C, quiet=True)
+    C: int
+    train: int
+    val: int
+    test: int
+    distill_val: int  # rows distill validates on (token level: ``distill.tokens.val_rows`` of val)
 
 
 @dataclass
-class _Startup:
-    seconds: float
-    peak_bytes: int
-    loaded: bool = False  # the probe loaded the cached vectors (its time and peak include them)
-    cold_bytes: int = 0  # its peak before training anything (jobs that train no student: embed, majority)
+class Call:
+    """One training of K students (one ``train_and_score`` / ``finetune_and_score``): ``steps`` steps on ``B``
+    rows per step, each student then scoring ``rows`` rows (test, and val at every check)."""
+
+    student: str  # key of the student section (its options as JSON)
+    K: int
+    B: int
+    steps: int
+    rows: int
+    what: str
+    lockstep: bool = False  # token level: the K students held at once (full-earlystop)
 
 
-#: the imports-only probe, measured once per process
-_STARTUP: list[_Startup] = []
+def student_key(section: Any) -> str:
+    return json.dumps(section.model_dump(mode="json"), sort_keys=True)
 
 
-def measure_startup(recipe: Any = None) -> _Startup:
-    """A job's fixed cost in a fresh interpreter (see ``_STARTUP_CODE``); without a recipe, the imports alone
-    (measured once per process)."""
-    cache_key = None if recipe is None else recipe.fingerprint()
-    if cache_key is None and _STARTUP:
-        return _STARTUP[0]
-    with tempfile.TemporaryDirectory(prefix="distillctl-plan-") as tmp:
-        args = []
-        if recipe is not None:
-            path = Path(tmp) / "recipe.yaml"
-            path.write_text(recipe.to_yaml(), encoding="utf-8")
-            args = [str(path)]
-        out = subprocess.run([sys.executable, "-c", _STARTUP_CODE, repr(time.time()), *args], capture_output=True,
-                             text=True, timeout=600)
-    try:
-        kib, seconds, loaded, cold = out.stdout.strip().splitlines()[-1].split()
-        result = _Startup(float(seconds), int(kib) * 1024, loaded == "1", int(cold) * 1024)
-    except (ValueError, IndexError):
-        result = _Startup(0.0, 0)
-    if recipe is None:
-        _STARTUP.append(result)
-    return result
+def _level(recipe: Any) -> str:
+    return getattr(recipe.embed, "level", "vectors")
 
 
-def _small(recipe: Any, steps: int, **distill_outer: Any) -> Any:
-    """A copy of ``recipe`` with eval.steps = ``steps`` (and outer settings), validated again."""
-    from distillctl.recipe import apply_overrides, validate_recipe
-
-    data = recipe.to_dict()
-    data["tracking"] = []
-    sets = [f"eval.steps={steps}"] + [f"distill.outer.{k}={'null' if v is None else v}" for k, v in distill_outer.items()]
-    return validate_recipe(apply_overrides(data, sets), source="plan")
+def _batch(rows: int, batch_size: int) -> int:
+    """Rows per training step: the whole set when it fits one batch."""
+    return rows if rows <= batch_size else batch_size
 
 
-def _fit(short: tuple[float, float]) -> tuple[float, float]:
-    """(fixed seconds, seconds per step) through the two short budgets' times."""
-    (s1, s2), (t1, t2) = SHORT_STEPS, short
-    b = max(0.0, (t2 - t1) / (s2 - s1))
-    return max(0.0, t1 - b * s1), b
+def _inner_steps(recipe: Any) -> int:
+    """Inner steps of the method (the token level's distilled-init replays them): its ``inner_steps``, else its
+    unroll's ``total``, else 1."""
+    opts = recipe.distill.method.options
+    steps = getattr(opts, "inner_steps", None)
+    if steps is None:
+        steps = getattr(getattr(getattr(opts, "unroll", None), "options", None), "total", None)
+    return int(steps or 1)
 
 
-@dataclass
-class _StageMeasure:
-    ipc: int
-    step_seconds: float
-    warmup_seconds: float
-    overhead_seconds: float
-    val_seconds_short: float  # one validation at SHORT_STEPS[1]
-    steps_measured: int
-    peak_bytes: int  # above a fresh process with the vectors loaded
+def earlystop_steps(recipe: Any) -> tuple[int, int, int]:
+    """(forecast steps, checks, cap) of full-earlystop."""
+    from distillctl.evaluation.subsets import EARLYSTOP_MAX_FACTOR, earlystop_every
+
+    S = recipe.eval.steps
+    cap = EARLYSTOP_MAX_FACTOR * S
+    steps = min(cap, EARLYSTOP_EXPECTED * S)
+    every = earlystop_every(S)
+    return steps, -(-steps // every), cap
 
 
-def _stage_times(records: list[dict], ipc: int) -> tuple[float, float, float, float, int]:
-    """(steady step s, warm-up extra s, one validation s, stage elapsed s, steps) from a stage's metrics."""
-    rows = [r for r in records if r.get("ipc") == ipc]
-    steps = sorted((r for r in rows if "loss" in r), key=lambda r: r["step"])
-    vals = [r for r in rows if "val_accuracy" in r]
-    val_total = max((r.get("val_seconds") or 0.0) for r in vals) if vals else 0.0
-    n_val = max(1, len(vals))
-    first_val = min(vals, key=lambda r: r["step"]).get("val_seconds", 0.0) if vals else 0.0
-    end = max((r.get("elapsed") or 0.0) for r in rows) if rows else 0.0
-    plain = [r for r in steps if "val_accuracy" not in r]  # steps without a validation in their elapsed
-    if len(plain) >= 2:
-        a, b = plain[0], plain[-1]
-        step = (b["elapsed"] - a["elapsed"]) / max(1, b["step"] - a["step"])
-        warm = max(0.0, a["elapsed"] - first_val - step * a["step"])
-    elif steps:
-        step = max(0.0, (end - val_total) / len(steps))
-        warm = 0.0
-    else:
-        step, warm = 0.0, 0.0
-    return step, warm, val_total / n_val, end, len(steps)
+def _sections(recipe: Any) -> list:
+    from distillctl.evaluation.protocol import student_sections
 
+    return student_sections(recipe, None)
+
+
+def _distill_sections(recipe: Any) -> list:
+    return list(recipe.distill.students or [recipe.student])
+
+
+def eval_calls(recipe: Any, ipc: int, z: Sizes) -> list[Call]:
+    """Calls of ``eval`` on the set of stage ``ipc``."""
+    ev, tokens = recipe.eval, _level(recipe) == "tokens"
+    n_set = ipc * z.C
+    B = _batch(n_set, ev.batch_size)
+    variants = ("soft", "hard") if recipe.distill.soft_labels else ("hard",)
+    calls = [Call(student_key(s), ev.seeds, B, ev.steps, z.test, f"{s.name} {v}")
+             for s in _sections(recipe) for v in variants]
+    if tokens:  # distilled-init (the initial model) and distilled-heads (K fresh heads): the inner steps it
+        #         was distilled for
+        per = recipe.distill.inner.batch_per_class
+        rows = min(n_set, per * z.C) if per else n_set
+        made_for = student_key(_distill_sections(recipe)[0])
+        calls.append(Call(made_for, 1, rows, _inner_steps(recipe), z.test, "distilled-init"))
+        calls.append(Call(made_for, ev.seeds, rows, _inner_steps(recipe), z.test, "distilled-heads"))
+    return calls
+
+
+def baseline_calls(recipe: Any, kind: str, z: Sizes) -> list[Call]:
+    """Calls of ``baseline --kind KIND``."""
+    ev = recipe.eval
+    if kind == "majority":
+        return []
+    if kind == "full":
+        steps, checks, _ = earlystop_steps(recipe)
+        # token level: its checks score distill.tokens.val_rows' fixed draw of val (vectors: all of val)
+        val = z.distill_val if _level(recipe) == "tokens" else z.val
+        out = []
+        for s in _sections(recipe):
+            out.append(Call(student_key(s), ev.seeds, ev.batch_size, ev.steps, z.test, f"full {s.name}"))
+            out.append(Call(student_key(s), ev.seeds, ev.batch_size, steps, z.test + checks * val,
+                            f"full-earlystop {s.name}", lockstep=True))
+        return out
+    ipcs = list(recipe.baseline.ipc or recipe.distill.ipc)
+    return [Call(student_key(s), ev.seeds, _batch(k * z.C, ev.batch_size), ev.steps, z.test, f"{kind} ipc {k} {s.name}")
+            for s in _sections(recipe) for k in ipcs]
+
+
+def validation_calls(recipe: Any, ipc: int, z: Sizes) -> list[Call]:
+    """Calls of one vector-level validation of stage ``ipc`` (its students on the set, scored on val)."""
+    ev = recipe.eval
+    B = _batch(ipc * z.C, ev.batch_size)
+    return [Call(student_key(s), recipe.distill.outer.val_seeds, B, ev.steps, z.distill_val, f"val {s.name}")
+            for s in _distill_sections(recipe)]
+
+
+def all_calls(recipe: Any, z: Sizes) -> list[Call]:
+    """Every call any job of the recipe's graph makes (what the student primitives must cover)."""
+    calls = [c for ipc in recipe.distill.ipc for c in eval_calls(recipe, ipc, z)]
+    calls += [c for kind in recipe.baseline.kinds for c in baseline_calls(recipe, kind, z)]
+    if _level(recipe) != "tokens":
+        calls += [c for ipc in recipe.distill.ipc for c in validation_calls(recipe, ipc, z)]
+    return calls
+
+
+def call_seconds(c: Call, cost: StudentCost, tokens: bool) -> float:
+    if tokens:  # K students one after another (or in lockstep: the same work), each built, trained, scoring
+        return c.K * (cost.setup.get(1, 0.0) + c.steps * cost.step.get((1, c.B), 0.0) + c.rows * cost.row)
+    return cost.setup.get(c.K, 0.0) + c.steps * cost.step.get((c.K, c.B), 0.0) + c.K * c.rows * cost.row
+
+
+def call_bytes(c: Call, cost: StudentCost, tokens: bool) -> int:
+    """What the call holds on top of the loaded process at its peak."""
+    if tokens:
+        train = cost.peak.get((1, c.B), 0)
+        if c.lockstep:  # K students and a snapshot of each one's trained weights at once
+            train += (c.K - 1) * cost.state_bytes + c.K * cost.param_bytes
+        elif c.K > 1:  # one after another: the next one is built while the last one is still held
+            train += cost.state_bytes
+        return max(train, cost.predict_peak)
+    return max(cost.peak.get((c.K, c.B), 0), cost.predict_peak)
+
+
+# -- the measurement ---------------------------------------------------------------------------------------
 
 @dataclass
 class Measurement:
-    """What one sweep point's measurement found (seconds and bytes), the input of :func:`forecast`."""
+    """What one sweep point's measurement found (seconds and bytes), the input of :func:`forecast_job`."""
 
-    startup: _Startup
-    cached: bool
-    embed_seconds: float  # the embed job's work (load + verify on a hit; encode everything on a miss)
-    embed_peak: int  # bytes above a fresh process (startup) the embed job needs
-    load_seconds: float  # loading the vectors in a later job
-    base_bytes: int  # bytes above a fresh process that loading the vectors needs
-    stages: dict[int, _StageMeasure] = field(default_factory=dict)
-    eval_fit: dict[int, tuple[float, float, int]] = field(default_factory=dict)  # ipc -> (fixed, per step, peak)
-    baseline_fit: dict[str, tuple[float, float, int]] = field(default_factory=dict)
+    startup: Startup
+    embed: EmbedMeasure
+    sizes: Sizes
+    level: str = "vectors"
+    stages: dict[int, StageMeasure] = field(default_factory=dict)
+    students: dict[str, StudentCost] = field(default_factory=dict)
+    coreset: dict[tuple[str, int], float] = field(default_factory=dict)  # (kind, ipc) -> seconds
+    features_seconds: float = 0.0  # token level: herding/kcenter's pooled features of every training text
+    logreg: tuple[float, int] = (0.0, 0)  # full-logreg: seconds, bytes on top
     report: tuple[float, int] = (0.0, 0)
+    job_seconds: float | None = None  # a whole job that trains nothing (pm.JobProbe), when measured
+    lib_bytes: int = 0  # token level: what loading a fine-tuned student's libraries adds to a process
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
-    phases: dict[str, float] = field(default_factory=dict)  # seconds the measurement spent per stage
+    phases: dict[str, float] = field(default_factory=dict)  # seconds the measurement spent per part
 
 
-def _embeddings(recipe: Any) -> tuple[Any, bool, float, int, float, int]:
-    """(embeddings, cached, embed job seconds, embed job peak bytes, load seconds, peak after loading).
+def _sizes(recipe: Any, emb: Any) -> Sizes:
+    from distillctl.evaluation.protocol import split_of
 
-    A cache hit is loaded (what every later job does). A miss encodes EMBED_SAMPLE texts to time the encoder
-    (:func:`_sample_embed`; the encoder is dropped and the heap trimmed after it) and stands in random vectors
-    of the real shape for the other measurements.
-    """
-    from distillctl.data import embed as embed_mod
-    from distillctl.data.embed import _load_dataset
-
-    source, encoder, _, _, key = embed_mod._identities(recipe)
-    manifest, _, _ = embed_mod._read_verified(embed_mod.entry_dir(key), key)
-    if manifest is not None:
-        with PeakMemory() as mem:
-            t0 = time.perf_counter()
-            emb = embed_mod.load_embeddings(recipe, quiet=True)
-            load = time.perf_counter() - t0
-        return emb, True, load, mem.extra, load, mem.extra
-    t0 = time.perf_counter()
-    data = _load_dataset(source, recipe.embed.bad_rows)
-    t_data = time.perf_counter() - t0
-    n_rows = sum(len(sp) for sp in data.splits.values())
-    child = _sample_embed_child(recipe)
-    if child is not None:  # a fresh process, as the embed job: its own peak, no libraries left in this one
-        seconds, peak, dim = child
-        extra = max(0, peak - measure_startup().peak_bytes) + 2 * n_rows * dim * 4
-    else:  # plugins this process has but a child would not (tests, embedding applications)
-        seconds, extra, dim = _sample_embed(recipe, encoder, data, t_data, n_rows)
-    del encoder, source
-    emb = _stand_in(data, dim, recipe)
-    vectors = n_rows * dim * 4
-    load = vectors / 200e6  # reading and checksumming the cached vectors: ~200 MB/s
-    return emb, False, seconds, extra, load, vectors
+    n = {s: len(split_of(emb, s).y) for s in ("train", "val", "test")}
+    dv = n["val"]
+    if _level(recipe) == "tokens" and recipe.distill.tokens.val_rows is not None:
+        dv = min(dv, recipe.distill.tokens.val_rows)
+    return Sizes(int(emb.num_classes), n["train"], n["val"], n["test"], dv)
 
 
-def _sample_embed_child(recipe: Any) -> tuple[float, int, int] | None:
-    """:func:`_sample_embed` in a fresh interpreter (the recipe as a resolved YAML file): (seconds, its peak
-    resident bytes, output width); None when the child cannot (a plugin only this process has)."""
-    import json
-
-    with tempfile.TemporaryDirectory(prefix="distillctl-plan-") as tmp:
-        path = Path(tmp) / "recipe.yaml"
-        path.write_text(recipe.to_yaml(), encoding="utf-8")
-        code = "import sys; from distillctl.planning import _embed_child; _embed_child(sys.argv[1])"
-        try:
-            out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=900)
-            data = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-            data = None
-    return (data["seconds"], data["peak"], data["dim"]) if data else None
-
-
-def _embed_child(recipe_file: str) -> None:
-    """The child of :func:`_sample_embed_child`: prints one JSON line."""
-    import json
-
-    from distillctl.data import embed as embed_mod
-    from distillctl.data.embed import _load_dataset
-    from distillctl.recipe import load_recipe
-    from distillctl.threads import configure_threads
-
-    configure_threads(None)
-    recipe = load_recipe(recipe_file)
-    source, encoder, _, _, _ = embed_mod._identities(recipe)
-    t0 = time.perf_counter()
-    data = _load_dataset(source, recipe.embed.bad_rows)
-    t_data = time.perf_counter() - t0
-    n_rows = sum(len(sp) for sp in data.splits.values())
-    seconds, _, dim = _sample_embed(recipe, encoder, data, t_data, n_rows)
-    print(json.dumps({"seconds": seconds, "peak": own_peak_bytes(), "dim": dim}))
-
-
-def _tokens(text: str, cap: int | None) -> float:
-    """A text's tokens, estimated from its characters (~4 per token for English) and capped where the encoder
-    stops reading; what a batch costs is its size x its longest text (padding)."""
-    n = len(text) / 4 + 2
-    return min(n, cap) if cap else n
-
-
-def batch_cost(lengths: Sequence[float], batch_size: int) -> float:
-    """Sum over batches of (rows x longest row) when texts are encoded sorted by length, as the embed stage does."""
-    ls = sorted(lengths)
-    return sum(len(ls[i:i + batch_size]) * ls[i:i + batch_size][-1] for i in range(0, len(ls), batch_size))
-
-
-def _sample_embed(recipe: Any, encoder: Any, data: Any, t_data: float, n_rows: int) -> tuple[float, int, int]:
-    """(embed job seconds, bytes the embed job needs above a fresh process, output width) from EMBED_SAMPLE
-    texts encoded (the encoder's weights and libraries, the texts, and every vector, held twice while saved).
-
-    The sample is spread over the length distribution (evenly spaced in the sorted texts) and encoded in sorted
-    batches of SAMPLE_BATCH; seconds per unit of :func:`batch_cost` then scale to every text of every split in
-    batches of ``embed.batch_size`` (second sentences of pairs are texts too)."""
-    from distillctl.devices import resolve_device
-    from distillctl.encoding import output_dim
-
-    with PeakMemory() as mem:
-        t0 = time.perf_counter()
-        encoder.load(str(resolve_device(recipe.embed.device, field="embed.device")))
-        t_load = time.perf_counter() - t0
-        cap = getattr(encoder, "max_tokens", None)
-        train = data.splits["train"]
-        order = sorted(range(len(train.texts)), key=lambda i: len(train.texts[i]))
-        k = min(EMBED_SAMPLE, len(order))
-        pick = [order[round(j * (len(order) - 1) / max(1, k - 1))] for j in range(k)]
-        texts = [train.texts[i] for i in pick]
-        pairs = None if train.pairs is None else [train.pairs[i] for i in pick]
-        encoder.encode(texts[:4], None if pairs is None else pairs[:4], batch_size=SAMPLE_BATCH)  # warm-up
-        t0 = time.perf_counter()
-        encoder.encode(texts, pairs, batch_size=SAMPLE_BATCH)
-        seconds = time.perf_counter() - t0
-    sample_lengths = [_tokens(t, cap) for t in texts + (pairs or [])]
-    all_lengths = [_tokens(t, cap) for sp in data.splits.values() for t in list(sp.texts) + list(sp.pairs or [])]
-    per_unit = seconds / max(1e-9, batch_cost(sample_lengths, SAMPLE_BATCH))
-    encode = per_unit * batch_cost(all_lengths, recipe.embed.batch_size)
-    dim = output_dim(encoder, pairs is not None)
-    return t_data + t_load + encode, mem.extra + 2 * n_rows * dim * 4, dim
-
-
-class _Split:
-    def __init__(self, X, y):
-        self.X, self.y = X, y
-
-
-class _StandIn:
-    """Random vectors with the shape and class balance of the recipe's data (embedding cache missing)."""
-
-    def __init__(self, splits, label_names, dim):
-        self.splits, self.label_names, self.num_classes, self.dim = splits, label_names, len(label_names), dim
-        self.fingerprint = "plan-stand-in"
-        self.notes: list[str] = []
-
-    def texts(self, split):
-        return [f"{split} {i}" for i in range(len(self.splits[split].y))]
-
-
-def _stand_in(data: Any, dim: int, recipe: Any) -> _StandIn:
-    import torch
-
-    g = torch.Generator().manual_seed(0)
-    splits = {}
-    labels = {name: torch.as_tensor(list(s.labels)) for name, s in data.splits.items() if len(s) > 0}
-    if "test" not in labels:
-        n = len(labels["train"])
-        cut = int(recipe.embed.test_size if recipe.embed.test_size >= 1 else recipe.embed.test_size * n)
-        labels["test"], labels["train"] = labels["train"][:cut], labels["train"][cut:]
-    if "val" not in labels:
-        n = len(labels["train"])
-        cut = int(recipe.embed.val_size if recipe.embed.val_size >= 1 else recipe.embed.val_size * n)
-        labels["val"], labels["train"] = labels["train"][:cut], labels["train"][cut:]
-    for name, y in labels.items():
-        splits[name] = _Split(torch.randn(len(y), dim, generator=g), y.long())
-    return _StandIn(splits, list(data.label_names), dim)
-
-
-def measure(recipe: Any, *, device: str | None = None, quiet: bool = True) -> Measurement:
-    """Run the short measurement of one recipe (see the module doc) in a temporary folder."""
-    from distillctl.distillation.distill import distill
-    from distillctl.evaluation.baselines import baseline
-    from distillctl.evaluation.evaluate import evaluate
-    from distillctl.reporting.report import report
-    from distillctl.runs import read_jsonl
+def measure(recipe: Any, *, device: str | None = None, startup: Startup | None = None, threads: int = 1,
+            cores: int = 1, shared: dict | None = None) -> Measurement:
+    """Run the short measurement of one recipe (see :mod:`distillctl.plan_measure`) in a temporary folder.
+    ``startup``: a job's start measured already (this process's own, or a probe's). ``threads`` per job on
+    ``cores``: where a core is left over, a missing cache's sample is encoded there beside the rest.
+    ``shared``: what earlier points of a sweep measured (rows, students, arms), reused where they have the
+    same data and eval sections (a sweep over the method measures its students once)."""
+    from distillctl import plan_measure as pm
 
     t_start = time.perf_counter()
     if device:
-        from distillctl.recipe import apply_overrides, validate_recipe
-
-        recipe = validate_recipe(apply_overrides(recipe.to_dict(), [f"distill.device={device}",
-                                                                    f"embed.device={device}"]), source="plan")
+        recipe = pm.small(recipe, [f"distill.device={device}", f"embed.device={device}", f"eval.device={device}"])
     phases: dict[str, float] = {}
+    shared = {} if shared is None else shared
+    data = recipe.to_dict()
+    ekey = json.dumps([data.get(k) for k in ("seed", "dataset", "encoder", "embed")]
+                      + ([data.get("student")] if _level(recipe) == "tokens" else []), sort_keys=True, default=str)
     t0 = time.perf_counter()
-    emb, cached, embed_s, embed_peak, load_s, base = _embeddings(recipe)
+    if ("emb", ekey) in shared:
+        emb, em = shared[("emb", ekey)]
+    else:
+        emb, em = shared[("emb", ekey)] = pm.embeddings(recipe, beside=threads < cores)
     phases["embeddings"] = time.perf_counter() - t0
-    m = Measurement(_Startup(0.0, 0), cached, embed_s, embed_peak, load_s, base)
-    if not cached:
-        m.notes.append(f"embedding cache missing: the embed job is forecast from {EMBED_SAMPLE} texts encoded, the "
-                       "other jobs on random vectors of the same shape")
-    chain = list(recipe.distill.ipc)
-    warm_up(recipe)  # torch's first-training set-up: in the start-up probe's footprint, not in a measured step
-    with tempfile.TemporaryDirectory(prefix="distillctl-plan-") as tmp:
-        run = Path(tmp) / "run"
-        # 1. distill: each stage for MEASURE_STEPS outer steps (or MEASURE_STAGE_SECONDS), validating at the
-        #    start and the end with the second short eval budget.
-        small = _small(recipe, SHORT_STEPS[1], iterations=MEASURE_STEPS, val_every=MEASURE_STEPS,
-                       ckpt_every=MEASURE_STEPS, patience=None, max_seconds=MEASURE_STAGE_SECONDS)
-        t_distill = time.perf_counter()
-        for i, ipc in enumerate(chain):
-            with PeakMemory() as mem:
-                t0 = time.perf_counter()
-                distill(small, run_dir=None if i else run, resume=run if i else None,
-                        stage=ipc if len(chain) > 1 else None, embeddings=emb, quiet=True)
-                wall = time.perf_counter() - t0
-            step, warm, val_one, elapsed, n = _stage_times(read_jsonl(run / "metrics.jsonl"), ipc)
-            m.stages[ipc] = _StageMeasure(ipc, step, warm, max(0.0, wall - elapsed), val_one, n, mem.extra)
-        phases["distill"] = time.perf_counter() - t_distill
-        # 2. eval of each stage's set at the second short budget; the largest stage's set also at the first,
-        #    which splits a student's time into fixed and per-step parts (the same split for every stage).
+    # a whole job that trains nothing (its start, loading the rows, writing, exit), beside the rest on an idle
+    # core, else after it; only with the cache there (a missing cache: the start measured plus loading)
+    probe = pm.JobProbe(recipe) if em.cached and ("probe", ekey) not in shared else None
+    if probe is not None and threads < cores:
+        probe.start()
+    tokens = _level(recipe) == "tokens"
+    z = _sizes(recipe, emb)
+    m = Measurement(startup or Startup(0.0, 0), em, z, _level(recipe))
+    if not em.cached:
+        m.notes.append("embedding cache missing: the embed job is forecast from a sample of the texts, the other "
+                       f"jobs measured on stand-in {'token rows' if tokens else 'random vectors'} of the same shape")
+    if startup is None:
+        pm.warm_up(recipe)  # torch's first training: in the start-up probe's footprint, not in a measured part
+    if tokens:  # the libraries a fine-tuned student loads (transformers...): every job that builds one holds them
         t0 = time.perf_counter()
-        short: dict[int, float] = {}
-        for ipc in chain:
-            with PeakMemory() as mem:
-                t1 = time.perf_counter()
-                evaluate(run / "distilled" / f"ipc{ipc}.safetensors", _small(recipe, SHORT_STEPS[1]), embeddings=emb,
-                         quiet=True)
-                short[ipc] = time.perf_counter() - t1
-            m.eval_fit[ipc] = (0.0, 0.0, mem.extra)
-        t1 = time.perf_counter()
-        evaluate(run / "distilled" / f"ipc{chain[-1]}.safetensors", _small(recipe, SHORT_STEPS[0]), embeddings=emb,
-                 quiet=True)
-        fixed, per_step = _fit((time.perf_counter() - t1, short[chain[-1]]))
-        at_short = fixed + per_step * SHORT_STEPS[1] or 1e-9
-        for ipc in chain:  # each stage's time in the largest stage's proportions
-            scale = short[ipc] / at_short
-            m.eval_fit[ipc] = (fixed * scale, per_step * scale, m.eval_fit[ipc][2])
-        phases["eval"] = time.perf_counter() - t0
-        # 3. each baseline arm at both short budgets; 4. the report.
-        t_base = time.perf_counter()
-        for kind in recipe.baseline.kinds:
-            # `full` has large fixed costs of its own (the logistic-regression reference, early-stopping checks):
-            # both short budgets; subset arms train like eval (its split of fixed and per-step time); majority
-            # trains nothing (one run, no per-step part).
-            budgets = SHORT_STEPS if kind == "full" else SHORT_STEPS[1:]
-            times, peak = [], 0
-            for steps in budgets:
-                r = _small(recipe, steps)
-                with PeakMemory() as mem:
-                    t1 = time.perf_counter()
-                    baseline(r, kind, embeddings=emb, quiet=True, run_dir=run if steps == SHORT_STEPS[1] else None)
-                    times.append(time.perf_counter() - t1)
-                peak = max(peak, mem.extra)
-            if kind == "full":
-                m.baseline_fit[kind] = (*_fit(tuple(times)), peak)
-            elif kind == "majority":
-                m.baseline_fit[kind] = (times[0], 0.0, peak)
-            else:
-                scale = times[0] / at_short
-                m.baseline_fit[kind] = (fixed * scale, per_step * scale, peak)
-        phases["baseline"] = time.perf_counter() - t_base
-        with PeakMemory() as mem:
-            t0 = time.perf_counter()
-            report(run, quiet=True, embeddings=emb)  # the report's PCA: the vectors already in memory
-            m.report = (time.perf_counter() - t0, mem.extra)
-        phases["report"] = m.report[0]
+        m.lib_bytes = pm.student_libraries(recipe, emb)
+        phases["libraries"] = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="distillctl-plan-") as tmp:
+        # 1. the first and the last stage of the chain, a few outer steps each
+        t0 = time.perf_counter()
+        chain = list(recipe.distill.ipc)
+        # a fine-tuned student's outer step takes seconds: the last stage alone, the others scaled by the cost
+        # of their inner step (step 2)
+        m.stages, run = pm.measure_stages(recipe, emb, Path(tmp), only=[chain[-1]] if tokens else None)
+        phases["distill"] = time.perf_counter() - t0
+        # 2. every student primitive any job needs, once
+        t0 = time.perf_counter()
+        sections = {student_key(s): s for s in _sections(recipe) + _distill_sections(recipe)}
+        needs: dict[str, set] = {}
+        for c in all_calls(recipe, z):
+            needs.setdefault(c.student, set()).add(c.B if tokens else (c.K, c.B))
+        if tokens:
+            needs.setdefault(student_key(_distill_sections(recipe)[0]), set())
+            needs[student_key(_distill_sections(recipe)[0])] |= {_batch(ipc * z.C, 10**9) for ipc in recipe.distill.ipc} \
+                | {recipe.distill.outer.real_batch}
+        ev = json.dumps(data.get("eval"), sort_keys=True, default=str)
+        for key, need in needs.items():
+            cost = shared.setdefault(("student", ekey, ev, key), StudentCost())
+            missing = {n for n in need if ((1, n) if tokens else n) not in cost.step}
+            if missing:
+                new = (pm.token_student(recipe, sections[key], emb, missing) if tokens
+                       else pm.vector_student(recipe, sections[key], emb, missing))
+                for name in ("setup", "step", "peak"):
+                    getattr(cost, name).update({k: v for k, v in getattr(new, name).items()
+                                                if k not in getattr(cost, name)})
+                cost.row = cost.row or new.row
+                cost.predict_peak = cost.predict_peak or new.predict_peak
+                cost.state_bytes = cost.state_bytes or new.state_bytes
+                cost.param_bytes = cost.param_bytes or new.param_bytes
+            m.students[key] = cost
+        if tokens:
+            scale_token_stages(recipe, m)
+        phases["students"] = time.perf_counter() - t0
+        # 3. what some arms add: choosing coresets, the logistic regression
+        t0 = time.perf_counter()
+        ipcs = list(recipe.baseline.ipc or recipe.distill.ipc)
+        for kind in ("herding", "kcenter"):
+            if kind in recipe.baseline.kinds and not tokens:
+                top = max(ipcs)
+                if ("coreset", ekey, kind, top) not in shared:
+                    shared[("coreset", ekey, kind, top)] = pm.coreset_seconds(emb, kind, top)
+                seconds = shared[("coreset", ekey, kind, top)]
+                for k in ipcs:  # greedy: one pick per row per class, each a pass over the class
+                    m.coreset[(kind, k)] = seconds * k / top
+        if tokens and {"herding", "kcenter"} & set(recipe.baseline.kinds):
+            m.features_seconds = z.train * next(iter(m.students.values())).row
+        if "full" in recipe.baseline.kinds and not tokens:
+            if ("logreg", ekey) not in shared:
+                shared[("logreg", ekey)] = pm.logreg(emb)[:2]
+            m.logreg = shared[("logreg", ekey)]
+        phases["arms"] = time.perf_counter() - t0
+        # 4. the report of the last measured stage's run
+        t0 = time.perf_counter()
+        row = m.students[student_key(_distill_sections(recipe)[0])].row if tokens else 0.0
+        m.report = pm.measure_report(recipe, run, emb, row)
+        phases["report"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    m.startup = measure_startup(recipe)  # alone: a probe beside the measurement would slow both
-    if m.startup.loaded:  # its time and peak include loading the cached vectors, as a job's start does
-        m.load_seconds, m.base_bytes = 0.0, 0
-    phases["startup"] = time.perf_counter() - t0
+    if probe is not None:
+        if probe.proc is None:
+            probe.start()
+        shared[("probe", ekey)] = probe.seconds()
+        phases["job probe (beside)" if threads < cores else "job probe"] = time.perf_counter() - t0
+    m.job_seconds = shared.get(("probe", ekey))
+    t0 = time.perf_counter()
+    em.finish()  # the sample's child, if it is still encoding
+    if not em.cached:
+        phases["embed sample (beside)" if threads < cores else "embed sample"] = time.perf_counter() - t0
     m.phases = phases
     m.seconds = time.perf_counter() - t_start
     return m
+
+
+def scale_token_stages(recipe: Any, m: Measurement) -> None:
+    """Token level: the stages not measured, from the last one in proportion to what one outer step trains:
+    an inner step on the set's rows and the real batch through the adapted student (the student primitives)."""
+    from distillctl.plan_measure import StageMeasure
+
+    cost = m.students[student_key(_distill_sections(recipe)[0])]
+    real = recipe.distill.outer.real_batch
+    last = max(m.stages)
+    s = m.stages[last]
+
+    def work(ipc: int) -> float:  # the inner step is second order: ~3 plain steps (AG News, here: 2.8)
+        return INNER_STEP_WEIGHT * cost.step.get((1, ipc * m.sizes.C), 0.0) + cost.step.get((1, real), 0.0)
+
+    for ipc in recipe.distill.ipc:
+        if ipc not in m.stages:
+            f = work(ipc) / work(last) if work(last) > 0 else 1.0
+            # memory: the last stage's less what its set's rows need more than this one's (a step on them)
+            rows = cost.peak.get((1, ipc * m.sizes.C), 0) - cost.peak.get((1, last * m.sizes.C), 0)
+            m.stages[ipc] = StageMeasure(ipc, s.step_seconds * f, s.warmup_seconds * f, s.overhead_seconds,
+                                         s.val_seconds, 0, max(0, s.peak_bytes + rows), measured=False)
 
 
 # -- forecasting -----------------------------------------------------------------------------------------
@@ -577,68 +440,113 @@ def _dominant(parts: dict[str, float]) -> str:
     return f"{name} ({100 * seconds / total:.0f} %)"
 
 
+def _calls_part(calls: list[Call], m: Measurement) -> tuple[float, int, str]:
+    """(seconds, peak bytes on top, a label) of a list of calls."""
+    tokens = m.level == "tokens"
+    seconds = sum(call_seconds(c, m.students[c.student], tokens) for c in calls)
+    peak = max((call_bytes(c, m.students[c.student], tokens) for c in calls), default=0)
+    return seconds, peak, ""
+
+
+def _students_label(calls: list[Call], recipe: Any) -> str:
+    K = max((c.K for c in calls), default=0)
+    return f"{len(calls)} x {K} students x {recipe.eval.steps} steps" if calls else "students"
+
+
+def val_seconds(recipe: Any, ipc: int, m: Measurement) -> float:
+    """One validation of stage ``ipc`` at the recipe's budget."""
+    if m.level == "tokens":  # measured on TOKEN_VAL_ROWS val rows: the rest of the rows scored at the same cost
+        s = m.stages[ipc]
+        heads = max(1, min(recipe.distill.outer.val_seeds, recipe.distill.tokens.head_pool))
+        cost = m.students[student_key(_distill_sections(recipe)[0])]
+        return s.val_seconds + max(0, m.sizes.distill_val - TOKEN_VAL_ROWS) * cost.row * heads
+    return sum(call_seconds(c, m.students[c.student], False) for c in validation_calls(recipe, ipc, m.sizes))
+
+
 def forecast_job(job: Any, recipe: Any, m: Measurement) -> JobForecast:
     """One job of the graph from its point's measurement, scaled by the recipe."""
-    start = {"startup": m.startup.seconds}
     eval_steps = recipe.eval.steps
     notes: list[str] = []
-    loaded = m.startup.peak_bytes + m.base_bytes  # a fresh process with the vectors loaded
-    if job.kind == "embed":
-        parts = {**start, ("load + verify cached vectors" if m.cached else "encode every text"): m.embed_seconds}
-        peak = (m.startup.cold_bytes or m.startup.peak_bytes) + m.embed_peak
+    upper = None
+    loaded = m.startup.peak_bytes + m.embed.base_bytes + m.lib_bytes  # a fresh process with the rows loaded
+    if m.job_seconds is not None:  # a real job's start, loading, writing and exit, measured whole
+        cold_start, load = {"startup, rows, exit": m.job_seconds}, {}
+    else:
+        cold_start = {"startup": m.startup.cold_seconds if m.startup.cold_seconds is not None else m.startup.seconds}
+        load = {"load rows": m.embed.load_seconds}
+    start = {**cold_start, "first training": m.startup.warm_seconds}
+    if job.kind == "embed":  # trains nothing: a process's start without torch's first training
+        parts = {**cold_start, ("load + verify cached rows" if m.embed.cached else "encode every text"):
+                 0.0 if m.job_seconds is not None else m.embed.seconds}  # a probe's job loaded and verified them
+        peak = (m.startup.cold_bytes or m.startup.peak_bytes) + m.embed.peak
     elif job.kind == "distill":
         ipc = _stage_of(job)
         s = m.stages[ipc]
         ds = recipe.distill
         iters = ds.outer.iterations
         n_val = _validations(iters, ds.outer.val_every)
-        fixed, per_step = _val_scale(m)
-        val_one = s.val_seconds_short * (fixed + per_step * eval_steps) / max(1e-9, fixed + per_step * SHORT_STEPS[1])
+        val_one = val_seconds(recipe, ipc, m)
         steps_s = iters * s.step_seconds + s.warmup_seconds
         if ds.outer.max_seconds:
             if steps_s + n_val * val_one > ds.outer.max_seconds:
                 notes.append(f"capped by distill.outer.max_seconds ({ds.outer.max_seconds:g} s)")
-            steps_s = min(steps_s, ds.outer.max_seconds)
-            n_val = min(n_val, 2 + int(ds.outer.max_seconds // max(1e-9, val_one + ds.outer.val_every * s.step_seconds)))
+                # the stage stops at the first step past the cap: its validations so far, then the last one
+                per_val = ds.outer.val_every * s.step_seconds + val_one
+                done = min(n_val - 1, int(ds.outer.max_seconds // max(1e-9, per_val)))
+                steps_s = min(steps_s, max(0.0, ds.outer.max_seconds - done * val_one))
+                n_val = done + 1
         if ds.outer.patience:
             notes.append("distill.outer.patience may stop the stage earlier (forecast: every iteration)")
-        parts = {**start, "load vectors": m.load_seconds, "set-up": s.overhead_seconds,
+        if not s.measured:
+            notes.append("outer step not measured: scaled from the measured stages" + (
+                " by the cost of its inner step" if m.level == "tokens" else " by its inner-batch rows"))
+        parts = {**start, **load, "set-up": s.overhead_seconds,
                  f"{iters} outer steps x {s.step_seconds:.3f} s": steps_s,
                  f"{n_val} validations x {val_one:.2f} s": n_val * val_one}
         peak = loaded + s.peak_bytes
     elif job.kind == "eval":
-        ipc = _stage_of(job)
-        fixed, per_step, extra = m.eval_fit[ipc]
-        parts = {**start, "load vectors": m.load_seconds,
-                 f"students x {eval_steps} steps": fixed + per_step * eval_steps}
+        calls = eval_calls(recipe, _stage_of(job), m.sizes)
+        seconds, extra, _ = _calls_part(calls, m)
+        parts = {**start, **load, _students_label(calls, recipe): seconds}
         peak = loaded + extra
     elif job.kind == "baseline":
         kind = job.argv[job.argv.index("--kind") + 1]
-        fixed, per_step, extra = m.baseline_fit[kind]
-        parts = {**start, "load vectors": m.load_seconds, f"{kind} students x {eval_steps} steps": fixed + per_step * eval_steps}
+        calls = baseline_calls(recipe, kind, m.sizes)
+        seconds, extra, _ = _calls_part(calls, m)
+        parts = {**start, **load}
         if kind == "full":
-            notes.append("full-earlystop's patience may stop it earlier (forecast: its whole step budget)")
-        peak = (m.startup.cold_bytes or m.startup.peak_bytes) + m.base_bytes + extra if kind == "majority" \
-            else loaded + extra
-    else:  # report (and a sweep's comparison): its PCA plot loads the vectors
+            es = [c for c in calls if c.lockstep]
+            es_s, _, _ = _calls_part(es, m)
+            parts[f"full x {eval_steps} steps"] = seconds - es_s
+            steps, _, cap = earlystop_steps(recipe)
+            parts[f"full-earlystop x {steps} steps"] = es_s
+            if m.level != "tokens":
+                parts["full-logreg"] = m.logreg[0]
+                extra = max(extra, m.logreg[1])
+            upper = sum(parts.values()) + es_s * (cap / steps - 1)
+            notes.append(f"full-earlystop forecast at {steps} steps ({EARLYSTOP_EXPECTED} x eval.steps); it stops "
+                         f"when val stops improving, at most {cap} steps (upper bound {upper:.0f} s)")
+        elif kind in ("herding", "kcenter"):
+            parts[f"choose {kind} rows"] = (m.features_seconds if m.level == "tokens"
+                                            else sum(v for (k, _), v in m.coreset.items() if k == kind))
+            parts[_students_label(calls, recipe)] = seconds
+        elif kind == "majority":
+            parts = {**cold_start, **load, "count classes": 0.0}
+        else:
+            parts[_students_label(calls, recipe)] = seconds
+        peak = ((m.startup.cold_bytes or m.startup.peak_bytes) + m.embed.base_bytes if kind == "majority"
+                else loaded + extra)
+    else:  # report (and a sweep's comparison): tables and plots of the run
         seconds, extra = m.report
-        parts = {**start, "load vectors": m.load_seconds, "tables and plots": seconds}
-        peak = loaded + extra
+        parts = {**cold_start, **load, "tables and plots": seconds}
+        peak = (m.startup.cold_bytes or m.startup.peak_bytes) + m.embed.base_bytes + m.lib_bytes + extra  # no training
     return JobForecast(job.id, job.kind, round(sum(parts.values()), 2), int(peak),
-                       {k: round(v, 3) for k, v in parts.items()}, _dominant(parts), notes)
+                       {k: round(v, 3) for k, v in parts.items()}, _dominant(parts), notes,
+                       None if upper is None else round(upper, 1))
 
 
 def _stage_of(job: Any) -> int:
     return int(re.search(r"ipc(\d+)$", job.id).group(1))
-
-
-def _val_scale(m: Measurement) -> tuple[float, float]:
-    """(fixed, per step) seconds of training and scoring students: eval's fit (the same code validates)."""
-    if not m.eval_fit:
-        return 0.0, 1.0
-    fixed = sum(f for f, _, _ in m.eval_fit.values()) / len(m.eval_fit)
-    per_step = sum(b for _, b, _ in m.eval_fit.values()) / len(m.eval_fit)
-    return (fixed, per_step) if per_step > 0 else (0.0, 1.0)
 
 
 def machine() -> str:
@@ -648,33 +556,79 @@ def machine() -> str:
     return f"{platform.node()} ({os.cpu_count()} CPU cores, {platform.machine()})"
 
 
+def job_threads(recipe: Any) -> int:
+    """Torch threads one job of the recipe gets (as the jobs resolve them: ``OMP_NUM_THREADS`` when set, else
+    the scheduler's ``threads``, else this machine's cores shared by its ``workers``)."""
+    import os
+
+    from distillctl.threads import JOBS_VARIABLE, THREAD_VARIABLES, machine_threads
+
+    given = os.environ.get(THREAD_VARIABLES[0])
+    if given and given.strip().isdigit() and int(given) >= 1:
+        return int(given)
+    opts = getattr(recipe.scheduler, "options", None)
+    threads = getattr(opts, "threads", None)
+    if threads:
+        return int(threads)
+    workers = getattr(opts, "workers", None) or 1
+    return machine_threads({**os.environ, JOBS_VARIABLE: str(workers)})[0]
+
+
 def plan(recipe_path: str | Path, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = (),
          device: str | None = None, quiet: bool | None = None, points: Sequence[Any] | None = None,
          jobs: Sequence[Any] | None = None) -> Plan:
     """Forecast every job of the graph ``submit`` would run for the recipe (and sweeps): wall time, peak
     resident memory, what dominates. ``device`` measures there (``cpu``, ``cuda``) instead of the recipe's
     devices. ``points`` / ``jobs``: an already expanded sweep and its graph (``submit`` passes them)."""
+    from distillctl import plan_measure as pm
     from distillctl.console import info, is_quiet
     from distillctl.jobs.jobgraph import build_graph
     from distillctl.jobs.sweeps import expand_points
-    from distillctl.threads import configure_threads
 
-    configure_threads(None)
+    fresh = pm.fresh_process()  # before anything imports torch: this process's start is a job's start
     quiet = is_quiet() if quiet is None else quiet
     t0 = time.perf_counter()
     if points is None:
         points = expand_points(recipe_path, list(overrides), list(sweeps), None)
     if jobs is None:
         jobs = build_graph(points, Path(tempfile.gettempdir()) / "distillctl-plan").jobs
+    threads = job_threads(points[0].recipe)
+    from distillctl.threads import allowed_cores, busy_cores
+
+    # cores free for the measurement: a missing cache's sample is encoded beside it only on a core left idle
+    cores = allowed_cores(__import__("os").environ)[0] - (busy_cores() or 0)
+    if fresh:
+        import os
+
+        from distillctl.threads import THREAD_VARIABLES
+
+        for name in THREAD_VARIABLES:  # before torch starts its thread pool
+            os.environ[name] = str(threads)
+    startup = pm.startup_here(points[0].recipe) if fresh else None
+    import torch
+
+    torch.set_num_threads(threads)
     single = len(points) == 1 and not points[0].values
     forecasts: list[JobForecast] = []
     measured: dict[str, Measurement] = {}
+    shared: dict = {}  # what the points of a sweep share (their rows, students, arms)
     notes: list[str] = []
     for p in points:
         if not quiet:
-            info(f"plan: measuring {p.name or p.recipe.name} on {device or 'the recipe devices'} ...")
-        measured[p.name] = measure(p.recipe, device=device)
+            info(f"plan: measuring {p.name or p.recipe.name} on {device or 'the recipe devices'} ({threads} "
+                 f"thread{'s' if threads > 1 else ''} per job) ...")
+        measured[p.name] = measure(p.recipe, device=device, startup=startup, threads=threads, cores=cores,
+                                   shared=shared)
         notes += [n for n in measured[p.name].notes if n not in notes]
+    if startup is None:  # alone, after the measurement: a probe beside it would slow both
+        t_probe = time.perf_counter()
+        startup = pm.startup_probe(points[0].recipe)
+        for m in measured.values():
+            m.startup = startup
+            m.phases["startup"] = time.perf_counter() - t_probe
+    else:
+        for m in measured.values():
+            m.phases["startup (this process)"] = startup.seconds
     for job in jobs:
         point = _point_of(job, points, single)
         forecasts.append(forecast_job(job, point.recipe, measured[point.name]))
@@ -682,8 +636,15 @@ def plan(recipe_path: str | Path, *, overrides: Sequence[str] = (), sweeps: Sequ
 
     dev = describe_device(device or points[0].recipe.distill.device)
     plan_ = Plan(recipe=points[0].recipe.name, device=str(dev.get("name", dev) if isinstance(dev, dict) else dev),
-                 machine=machine(), jobs=forecasts, measured_seconds=time.perf_counter() - t0, notes=notes)
-    plan_.phases = {k: round(v, 2) for m in measured.values() for k, v in m.phases.items()}
+                 machine=machine(), jobs=forecasts, measured_seconds=time.perf_counter() - t0, notes=notes,
+                 threads=threads)
+    if fresh:  # the whole command, its own start included
+        plan_.measured_seconds = pm.process_age() or plan_.measured_seconds
+    phases: dict[str, float] = {}
+    for m in measured.values():  # summed over the points of a sweep
+        for k, v in m.phases.items():
+            phases[k] = phases.get(k, 0.0) + v
+    plan_.phases = {k: round(v, 2) for k, v in phases.items()}
     return plan_
 
 
@@ -698,15 +659,16 @@ def _point_of(job: Any, points: Sequence[Any], single: bool) -> Any:
 # -- what submit does with a plan ----------------------------------------------------------------------------
 
 def slurm_limits(f: JobForecast) -> tuple[int, str]:
-    """(--time minutes, --mem) for a forecast, with the stated margins."""
-    minutes = math.ceil(f.seconds * TIME_FACTOR / 60) + TIME_EXTRA_MIN
+    """(--time minutes, --mem) for a forecast, with the stated margins; --time covers the job's upper bound
+    where it has one (full-earlystop's cap)."""
+    minutes = math.ceil(max(f.seconds * TIME_FACTOR, f.upper_seconds or 0.0) / 60) + TIME_EXTRA_MIN
     mib = math.ceil(f.peak_bytes * MEM_FACTOR / 2**20) + MEM_EXTRA_MIB
     return minutes, f"{mib}M"
 
 
 def margin_text() -> str:
-    return (f"forecast x {TIME_FACTOR:g} + {TIME_EXTRA_MIN} min for --time, peak memory x {MEM_FACTOR:g} + "
-            f"{MEM_EXTRA_MIB} MiB for --mem")
+    return (f"forecast x {TIME_FACTOR:g} + {TIME_EXTRA_MIN} min for --time (at least a job's upper bound + "
+            f"{TIME_EXTRA_MIN} min), peak memory x {MEM_FACTOR:g} + {MEM_EXTRA_MIB} MiB for --mem")
 
 
 def format_bytes(n: int) -> str:
@@ -718,7 +680,8 @@ def plan_text(p: Plan) -> str:
     from distillctl.scheduling import format_seconds
 
     width = max([len(j.id) for j in p.jobs] + [3])
-    lines = [f"plan for {p.recipe} on {p.machine}, device {p.device} (measured in {p.measured_seconds:.1f} s)", "",
+    lines = [f"plan for {p.recipe} on {p.machine}, device {p.device}, "
+             f"{p.threads or '?'} thread{'' if p.threads == 1 else 's'} per job (measured in {p.measured_seconds:.1f} s)", "",
              f"{'job':<{width}}  {'wall':>8}  {'peak memory':>11}  dominated by"]
     for j in p.jobs:
         lines.append(f"{j.id:<{width}}  {format_seconds(j.seconds):>8}  {format_bytes(j.peak_bytes):>11}  {j.dominant}")

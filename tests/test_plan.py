@@ -8,22 +8,30 @@ import math
 
 import pytest
 
-from distillctl import planning
+from distillctl import plan_measure, planning
 from distillctl.jobs.jobgraph import build_graph
 from distillctl.jobs.sweeps import expand_points
-from distillctl.planning import JobForecast, Measurement, Plan, _StageMeasure, _Startup
+from distillctl.plan_measure import EmbedMeasure, StageMeasure, Startup, StudentCost
+from distillctl.planning import JobForecast, Measurement, Plan
 from distillctl.scheduling import Job
 from fakes.submit import env  # noqa: F401 - fixture
 
 
-def measurement(**over) -> Measurement:
-    m = Measurement(startup=_Startup(3.0, 200 * 2**20), cached=True, embed_seconds=1.5, embed_peak=10 * 2**20,
-                    load_seconds=0.5, base_bytes=20 * 2**20)
-    m.stages = {1: _StageMeasure(1, step_seconds=0.2, warmup_seconds=0.1, overhead_seconds=0.4,
-                                 val_seconds_short=0.3, steps_measured=4, peak_bytes=50 * 2**20),
-                2: _StageMeasure(2, 0.25, 0.1, 0.4, 0.35, 4, 60 * 2**20)}
-    m.eval_fit = {1: (1.0, 0.01, 30 * 2**20), 2: (1.2, 0.012, 31 * 2**20)}
-    m.baseline_fit = {"random": (0.5, 0.02, 5 * 2**20), "full": (2.0, 0.05, 40 * 2**20)}
+def measurement(r, **over) -> Measurement:
+    """A hand-made measurement of the tiny recipe ``r`` (C = 3 classes, eval K = 2, batch 256, 30 steps)."""
+    z = planning.Sizes(C=3, train=300, val=60, test=90, distill_val=60)
+    m = Measurement(startup=Startup(3.0, 200 * 2**20, 150 * 2**20, "probe", cold_seconds=2.0),
+                    embed=EmbedMeasure(True, 1.5, 10 * 2**20, 0.5, 20 * 2**20), sizes=z)
+    m.stages = {1: StageMeasure(1, step_seconds=0.2, warmup_seconds=0.1, overhead_seconds=0.4, val_seconds=0.01,
+                                steps_measured=3, peak_bytes=50 * 2**20),
+                2: StageMeasure(2, 0.25, 0.1, 0.4, 0.01, 3, 60 * 2**20)}
+    key = planning.student_key(r.student)
+    cost = StudentCost(setup={2: 0.05}, row=1e-4, predict_peak=4 * 2**20)
+    for K, B in [(2, 3), (2, 6), (2, 256)]:  # eval / validation (val_seeds 2) on ipc 1, 2 sets; full: batch 256
+        cost.step[(K, B)] = 0.001 * B ** 0.5
+        cost.peak[(K, B)] = (K + B // 100) * 2**20
+    m.students = {key: cost}
+    m.logreg = (2.0, 40 * 2**20)
     m.report = (2.5, 15 * 2**20)
     for k, v in over.items():
         setattr(m, k, v)
@@ -42,16 +50,17 @@ def recipe(env):
 
 
 def test_distill_forecast_scales_with_iterations_validations_and_eval_steps(recipe):
-    r = recipe()  # iterations 10, val_every 5, eval.steps 30
-    m = measurement()
+    r = recipe()  # iterations 10, val_every 5, eval.steps 30, val_seeds 2, C = 3
+    m = measurement(r)
     f = planning.forecast_job(job("distill", "distill-ipc2"), r, m)
-    fixed, per_step = planning._val_scale(m)  # the mean of the eval fits: (1.1, 0.011)
-    val_one = 0.35 * (fixed + per_step * 30) / (fixed + per_step * planning.SHORT_STEPS[1])
+    # one validation: 2 stacked students (set-up 0.05 s), 30 steps on the 6 rows of the ipc-2 set, each
+    # student scoring the 60 val rows
+    val_one = 0.05 + 30 * 0.001 * 6 ** 0.5 + 2 * 60 * 1e-4
     n_val = 1 + 10 // 5  # step 0, 5, 10
     assert f.parts["10 outer steps x 0.250 s"] == pytest.approx(10 * 0.25 + 0.1, abs=1e-3)
     assert f.parts[f"{n_val} validations x {val_one:.2f} s"] == pytest.approx(n_val * val_one, abs=1e-3)
     assert f.seconds == pytest.approx(3.0 + 0.5 + 0.4 + 10 * 0.25 + 0.1 + n_val * val_one, abs=0.01)
-    assert f.peak_bytes == (200 + 20 + 60) * 2**20  # fresh process + vectors + what the stage needed on top
+    assert f.peak_bytes == (200 + 20 + 60) * 2**20  # fresh process + rows + what the stage needed on top
     r4 = recipe(distill={**r.to_dict()["distill"], "outer": {**r.to_dict()["distill"]["outer"], "iterations": 40}})
     f4 = planning.forecast_job(job("distill", "distill-ipc2"), r4, m)
     assert f4.parts["40 outer steps x 0.250 s"] == pytest.approx(40 * 0.25 + 0.1, abs=1e-3)
@@ -59,24 +68,97 @@ def test_distill_forecast_scales_with_iterations_validations_and_eval_steps(reci
     assert f4.dominant.startswith("40 outer steps")
 
 
-def test_validations_and_max_seconds_cap():
+def test_max_seconds_caps_a_stage_with_its_validations_so_far(recipe):
+    r = recipe()
+    outer = {**r.to_dict()["distill"]["outer"], "iterations": 1000, "max_seconds": 20}
+    r = recipe(distill={**r.to_dict()["distill"], "outer": outer})
+    m = measurement(r)
+    f = planning.forecast_job(job("distill", "distill-ipc1"), r, m)
+    val_one = 0.05 + 30 * 0.001 * 3 ** 0.5 + 2 * 60 * 1e-4
+    done = int(20 // (5 * 0.2 + val_one))  # validations every 5 steps of 0.2 s until the cap
+    steps = [v for k, v in f.parts.items() if "outer steps" in k][0]
+    assert steps == pytest.approx(20 - done * val_one, abs=1e-3)
+    assert f.parts[f"{done + 1} validations x {val_one:.2f} s"] == pytest.approx((done + 1) * val_one, abs=1e-3)
+    assert any("max_seconds" in n for n in f.notes)
+
+
+def test_validations_and_earlystop_steps(recipe):
     assert planning._validations(400, 50) == 9 and planning._validations(100, 30) == 1 + 3 + 1
     assert planning._validations(10, 50) == 2
+    # eval.steps 30: checked every 6 steps (earlystop_every), 60 steps forecast, cap 300
+    assert planning.earlystop_steps(recipe()) == (60, 10, 300)
 
 
-def test_eval_baseline_report_and_embed_forecasts(recipe):
-    r = recipe()
-    m = measurement()
-    e = planning.forecast_job(job("eval", "eval-ipc1"), r, m)
-    assert e.seconds == pytest.approx(3.0 + 0.5 + 1.0 + 0.01 * 30, abs=0.01)
-    assert e.peak_bytes == (200 + 20 + 30) * 2**20
-    b = planning.forecast_job(job("baseline", "baseline-full", ["x", "baseline", "r", "--kind", "full"]), r, m)
-    assert b.seconds == pytest.approx(3.0 + 0.5 + 2.0 + 0.05 * 30, abs=0.01) and b.notes
+def test_eval_baseline_report_and_embed_forecasts_add_up_the_students_calls(recipe):
+    r = recipe()  # eval K = 2, 30 steps, batch 256; C = 3; baseline random (ipc 1, 2) and full
+    m = measurement(r)
+    step = lambda B: 0.001 * B ** 0.5  # noqa: E731
+    e = planning.forecast_job(job("eval", "eval-ipc2"), r, m)
+    assert e.seconds == pytest.approx(3.0 + 0.5 + 0.05 + 30 * step(6) + 2 * 90 * 1e-4, abs=0.01)
+    assert e.peak_bytes == (200 + 20 + 4) * 2**20  # scoring (4 MiB) needs more than training (2 MiB)
+    rnd = planning.forecast_job(job("baseline", "baseline-random", ["x", "baseline", "r", "--kind", "random"]), r, m)
+    assert rnd.seconds == pytest.approx(3.5 + sum(0.05 + 30 * step(B) + 2 * 90 * 1e-4 for B in (3, 6)), abs=0.01)
+    full = planning.forecast_job(job("baseline", "baseline-full", ["x", "baseline", "r", "--kind", "full"]), r, m)
+    same = 0.05 + 30 * step(256) + 2 * 90 * 1e-4
+    early = 0.05 + 60 * step(256) + 2 * (90 + 10 * 60) * 1e-4  # 60 steps, 10 checks of the 60 val rows
+    assert full.parts["full x 30 steps"] == pytest.approx(same, abs=1e-3)
+    assert full.parts["full-earlystop x 60 steps"] == pytest.approx(early, abs=1e-3)
+    assert full.seconds == pytest.approx(3.5 + same + early + 2.0, abs=0.01)
+    assert full.upper_seconds == pytest.approx(full.seconds + early * (300 / 60 - 1), abs=0.1)
+    assert full.peak_bytes == (200 + 20 + 40) * 2**20 and full.notes  # the logistic regression's copies
     rep = planning.forecast_job(job("report", "report"), r, m)
-    assert rep.seconds == pytest.approx(3.0 + 0.5 + 2.5, abs=0.01)
+    # report, majority and embed train nothing: a process's start before torch's first training (2.0 s)
+    assert rep.seconds == pytest.approx(2.0 + 0.5 + 2.5, abs=0.01)
+    assert rep.peak_bytes == (150 + 20 + 15) * 2**20  # the cold process + rows + its own
+    maj = planning.forecast_job(job("baseline", "baseline-majority", ["x", "baseline", "r", "--kind", "majority"]), r, m)
+    assert maj.seconds == pytest.approx(2.0 + 0.5) and maj.peak_bytes == (150 + 20) * 2**20
     emb = planning.forecast_job(job("embed", "embed"), r, m)
-    assert emb.seconds == pytest.approx(4.5) and emb.peak_bytes == 210 * 2**20
+    assert emb.seconds == pytest.approx(3.5) and emb.peak_bytes == 160 * 2**20
     assert "load + verify" in emb.dominant or "startup" in emb.dominant
+
+
+def test_soft_labels_score_each_set_twice(recipe):
+    r = recipe()
+    soft = recipe(distill={**r.to_dict()["distill"], "soft_labels": True})
+    z = planning.Sizes(3, 300, 60, 90, 60)
+    assert [c.what.split()[-1] for c in planning.eval_calls(soft, 2, z)] == ["soft", "hard"]
+    assert len(planning.eval_calls(r, 2, z)) == 1 and planning.eval_calls(r, 2, z)[0].B == 6
+
+
+def test_token_calls_are_per_student_and_hold_k_students_in_lockstep():
+    cost = StudentCost(setup={1: 2.0}, step={(1, 32): 0.5}, row=0.01, peak={(1, 32): 300}, predict_peak=100,
+                       state_bytes=1000, param_bytes=200)
+    c = planning.Call("s", K=5, B=32, steps=100, rows=500, what="full-earlystop", lockstep=True)
+    assert planning.call_seconds(c, cost, tokens=True) == pytest.approx(5 * (2.0 + 100 * 0.5 + 500 * 0.01))
+    assert planning.call_bytes(c, cost, tokens=True) == 300 + 4 * 1000 + 5 * 200
+    c.lockstep = False  # one after another: the next built while the last is held
+    assert planning.call_bytes(c, cost, tokens=True) == 300 + 1000
+    c.K = 1
+    assert planning.call_bytes(c, cost, tokens=True) == 300
+
+
+def test_stages_between_the_measured_ones_are_interpolated_by_their_inner_rows(recipe):
+    from distillctl.plan_measure import interpolate_stages, stage_rows
+
+    r = recipe(distill={**recipe().to_dict()["distill"], "ipc": [1, 5, 10, 20]})
+    a = StageMeasure(1, 0.1, 0.0, 0.2, 0.0, 3, 100)
+    b = StageMeasure(20, 0.5, 0.0, 0.4, 0.0, 3, 300)
+    out = interpolate_stages(r, {1: a, 20: b}, [1, 5, 10, 20], C=4)
+    # inner.batch_per_class 10 (the default): rows per inner step 4, 20, 40, 40
+    assert [stage_rows(r, k, 4) for k in (1, 5, 10, 20)] == [4, 20, 40, 40]
+    assert out[5].step_seconds == pytest.approx(0.1 + (20 - 4) / (40 - 4) * 0.4) and not out[5].measured
+    assert out[10].step_seconds == pytest.approx(0.5) and out[10].peak_bytes == 300 and out[20] is b
+    whole = recipe(distill={**r.to_dict()["distill"], "inner": {"optimizer": "adam", "lr": 0.01,
+                                                                 "batch_per_class": None}})
+    out = interpolate_stages(whole, {1: a, 20: b}, [1, 5, 10, 20], C=4)
+    assert stage_rows(whole, 20, 4) == 80 and out[10].peak_bytes == int(100 + (40 - 4) / (80 - 4) * 200)
+
+
+def test_job_threads_follow_the_environment_then_the_scheduler(recipe, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert planning.job_threads(recipe()) == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert planning.job_threads(recipe(scheduler={"name": "local", "workers": 1, "threads": 2})) == 2
 
 
 def test_stage_times_from_metrics_records():
@@ -87,7 +169,7 @@ def test_stage_times_from_metrics_records():
             {"ipc": 1, "step": 3, "loss": 1.0, "elapsed": 2.7},
             {"ipc": 1, "step": 4, "loss": 1.0, "val_accuracy": 0.6, "elapsed": 4.2, "val_seconds": 2.0},
             {"ipc": 2, "step": 1, "loss": 9.0, "elapsed": 99.0}]
-    step, warm, val_one, end, n = planning._stage_times(rows, 1)
+    step, warm, val_one, end, n = planning.stage_times(rows, 1)
     assert (step, val_one, end, n) == (pytest.approx(0.5), pytest.approx(1.0), 4.2, 4)
     assert warm == pytest.approx(0.2)
 
@@ -98,6 +180,8 @@ def test_slurm_limits_state_their_margin():
     assert minutes == math.ceil(600 * planning.TIME_FACTOR / 60) + planning.TIME_EXTRA_MIN
     assert mem == f"{math.ceil(1000 * planning.MEM_FACTOR) + planning.MEM_EXTRA_MIB}M"
     assert "x 1.5 + 5 min" in planning.margin_text() and "x 1.25 + 512 MiB" in planning.margin_text()
+    f.upper_seconds = 3000.0  # an early stop that may not come: --time covers the cap
+    assert planning.slurm_limits(f)[0] == 50 + planning.TIME_EXTRA_MIN
 
 
 def fake_plan(jobs, seconds=60.0, peak=300 * 2**20):
@@ -119,8 +203,8 @@ def test_submit_dry_run_takes_time_and_mem_from_the_plan_unless_the_recipe_sets_
     assert r.code == 0, r.err
     assert len(calls) == 1
     out = r.out
-    assert "--time and --mem from `distillctl plan` (forecast x 1.5 + 5 min for --time, peak memory x 1.25 + " \
-           "512 MiB for --mem)" in out
+    assert "--time and --mem from `distillctl plan` (forecast x 1.5 + 5 min for --time (at least a job's upper " \
+           "bound + 5 min), peak memory x 1.25 + 512 MiB for --mem)" in out
     assert "window=2/distill-ipc1: forecast" in out and "(time from the recipe)" in out
     jobs = calls[0]
     peaks = {jid: 300 + i for i, jid in enumerate(jobs)}  # MiB, as fake_plan makes them
@@ -159,7 +243,7 @@ def text_env(env):
 @pytest.mark.slow  # start-up and encoder probes are new processes importing torch
 def test_plan_measures_the_tiny_recipe_and_forecasts_every_job(text_env, cli, monkeypatch):
     env = text_env
-    monkeypatch.setattr(planning, "MEASURE_STAGE_SECONDS", 3.0)
+    monkeypatch.setattr(plan_measure, "MEASURE_STAGE_SECONDS", 3.0)
     path = env.path
     points = expand_points(path)
     graph = build_graph(points, env.tmp / "x")
@@ -176,7 +260,7 @@ def test_plan_measures_the_tiny_recipe_and_forecasts_every_job(text_env, cli, mo
         assert all(any(k.startswith("10 outer steps") for k in j["parts"]) for j in distill)
         embed = p["jobs"][0]
         assert ("embedding cache missing" in " ".join(p["notes"])) is not cached
-        assert ("load + verify cached vectors" in embed["parts"]) is cached
+        assert ("load + verify cached rows" in embed["parts"]) is cached
         assert not any(env.tmp.glob("runs/**/recipe.resolved.yaml"))  # plan writes no run
         if not cached:
             assert cli("embed", str(path)).code == 0
@@ -200,3 +284,25 @@ def test_a_plan_that_fails_leaves_the_scheduler_defaults(env, cli, monkeypatch):
     r = cli("submit", str(env.write(scheduler={"name": "slurm", "setup": []})), "--dry-run")
     assert r.code == 0 and "--time and --mem: the scheduler's defaults (no plan: UserError: dataset.train" in r.out
     assert "#SBATCH --time=60" in r.out and "#SBATCH --mem" not in r.out
+
+
+@pytest.mark.slow  # the job probe is a new process importing torch
+def test_the_points_of_a_sweep_share_what_they_have_in_common(text_env, cli, monkeypatch):
+    """A sweep over the method: each point's stages are measured, its students, logreg and job probe once."""
+    env = text_env
+    assert cli("embed", str(env.path)).code == 0
+    monkeypatch.setattr(plan_measure, "MEASURE_STAGE_SECONDS", 2.0)
+    calls = {"vector_student": 0, "logreg": 0, "measure_stages": 0}
+    for name in calls:
+        real = getattr(plan_measure, name)
+
+        def counted(*a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            return _real(*a, **k)
+
+        monkeypatch.setattr(plan_measure, name, counted)
+    p = planning.plan(env.path, sweeps=["distill.method.unroll.window=2,3"], quiet=True)
+    assert calls == {"vector_student": 1, "logreg": 1, "measure_stages": 2}
+    ids = [j.id for j in p.jobs]
+    assert "window=2/eval-ipc1" in ids and "window=3/eval-ipc1" in ids
+    assert p.job("window=2/eval-ipc1").seconds == p.job("window=3/eval-ipc1").seconds  # the same students
