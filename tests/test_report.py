@@ -325,3 +325,19 @@ def test_the_initial_model_arm_of_a_token_set_is_its_own_column(hand_run):
     assert ("| IPC | distilled | distilled, from its initial model | random | full, same budget | "
             "gain over random |") in md, md
     assert "| 1 | 60.00 ± 5.00 | 82.00 ± 0.00 | 40.00 ± 2.00 | 88.00 ± 1.00 | +20.00 pp |" in md, md
+
+
+def test_headline_has_a_row_for_each_replay_of_a_token_sets_own_steps():
+    from distillctl.reporting.summary import headline, headline_md
+
+    def rec(arm, labels, acc, std=0.0, ipc=1):
+        return {"arm": arm, "ipc": ipc, "student": "finetune", "labels": labels,
+                "accuracy": {"mean": acc, "std": std, "values": [acc]}, "time": f"2026-12-06T09:0{len(arm) % 10}"}
+
+    records = [rec("distilled-heads", "soft", 0.8496), rec("distilled", "hard", 0.724, 0.0249),
+               rec("distilled-init", "soft", 0.8496), rec("distilled", "soft", 0.7059, 0.0299)]
+    h = headline(records)
+    assert [(r["labels"], r["cells"][1][0]) for r in h["rows"]] == [
+        ("soft", 0.7059), ("hard", 0.724), ("soft, its steps, initial model", 0.8496),
+        ("soft, its steps, fresh heads", 0.8496)]
+    assert "| finetune | soft, its steps, fresh heads | 84.96 ± 0.00 |" in headline_md(h)

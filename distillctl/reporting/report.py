@@ -442,11 +442,14 @@ def _protocol_md(summary: dict, single_class: list[str]) -> list[str]:
     md, p = [], summary["protocol"]
     if p:
         seeds = p["seeds"] or []
-        run_arms = [h for _, h in summary["columns"]]
+        replays = [h for a, h in summary["columns"] if a in ("distilled-init", "distilled-heads")]
+        run_arms = [h for _, h in summary["columns"] if h not in replays]
         md += ["## Protocol", "",
                f"- Student: `{p['student']}` {_options(p.get('student_options'))}",
                f"- Budget (every same-protocol arm: {', '.join(run_arms + ['full, same budget'])}): "
                f"{TrainBudget(**p['budget']).describe()}",
+               *([f"- {' and '.join(replays)}: the inner steps each set was distilled with instead (its optimiser, "
+                  "steps and learned lr; `inner_replay` in report.json)"] if replays else []),
                f"- K = {len(seeds)} seeds per cell ({seeds[0]}..{seeds[-1]}); cells are mean ± std over seeds "
                f"(population std), in %",
                f"- Scored once on the `{p['split']}` split (n = {summary['n_test']}); nothing was selected on it",

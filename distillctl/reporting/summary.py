@@ -13,25 +13,35 @@ from pathlib import Path
 from distillctl.reporting.scores import best_reference, labels_of, mean, newest, reference_label, std
 
 
+#: token-level arms that replay a set's own inner steps, and how the headline labels their rows
+REPLAY_ARMS = {"distilled-init": "its steps, initial model", "distilled-heads": "its steps, fresh heads"}
+
+
 def headline(records: list[dict]) -> dict:
     """``{"ipcs", "rows": [{"student", "labels", "cells": {ipc: (mean, std)}}], "best": reference record}``:
     distilled test accuracy of every evaluating student, the set's own labels first (a soft-label set scored
-    with hard labels too gets its own row)."""
+    with hard labels too gets its own row); a token-level set's replays of its own inner steps (from its
+    initial model, from fresh heads) get a row each after them."""
     records = newest(records)
-    distilled = [r for r in records if r.get("arm") == "distilled" and r.get("ipc") is not None]
+    arms = ("distilled",) + tuple(REPLAY_ARMS)
+    distilled = [r for r in records if r.get("arm") in arms and r.get("ipc") is not None]
     ipcs = sorted({int(r["ipc"]) for r in distilled})
-    keys: list[tuple[str, str]] = []
+
+    def key(r: dict) -> tuple[str, str, str]:
+        suffix = REPLAY_ARMS.get(r["arm"])
+        return (r.get("student") or "?", labels_of(r) + (f", {suffix}" if suffix else ""), r["arm"])
+
+    keys: list[tuple[str, str, str]] = []
     for r in distilled:
-        k = (r.get("student") or "?", labels_of(r))
-        if k not in keys:
-            keys.append(k)
+        if key(r) not in keys:
+            keys.append(key(r))
     students = list(dict.fromkeys(k[0] for k in keys))  # first-seen order, the set's own (soft) labels first
-    keys.sort(key=lambda k: (students.index(k[0]), k[1] != "soft"))
+    keys.sort(key=lambda k: (students.index(k[0]), arms.index(k[2]), not k[1].startswith("soft")))
     rows = []
-    for student, labels in keys:
+    for student, labels, _ in keys:
         cells = {}
         for r in distilled:
-            if (r.get("student") or "?", labels_of(r)) == (student, labels) and mean(r) is not None:
+            if key(r)[:2] == (student, labels) and mean(r) is not None:
                 cells.setdefault(int(r["ipc"]), (mean(r), std(r)))
         rows.append({"student": student, "labels": labels, "cells": cells})
     return {"ipcs": ipcs, "rows": rows, "best": best_reference(records)}
