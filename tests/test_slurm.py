@@ -264,7 +264,8 @@ def test_timeout_requeues_distill_and_it_resumes_from_its_checkpoint(cluster, en
     path = env.write(scheduler={**SLURM, "time": 1, "signal_seconds": 50},
                      distill={**env.recipe_data()["distill"], "ipc": [2],
                               "outer": {"lr": 0.01, "iterations": 10_000_000, "real_batch": 48, "val_every": 1000,
-                                        "ckpt_every": 100, "val_seeds": 1, "max_seconds": 45}})
+                                        "ckpt_every": 100, "val_seeds": 1, "max_seconds": 45,
+                                        "patience": None}})  # on a quiet machine patience ended it first
     recipe = sweeps.expand_points(path)[0].recipe
     run = create_run_dir(recipe, stage="test", run_dir=env.tmp / "run").path
     job = Job(id="distill-ipc2", argv=[PY, "-m", "fakes.cli", "distill", str(run / "recipe.resolved.yaml"),
