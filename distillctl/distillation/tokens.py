@@ -388,12 +388,12 @@ def head_first_step(space: TokenSpace, params: dict, x: "torch.Tensor", mask: "t
     if not graph:
         x, targets, lr = x.detach(), targets.detach(), lr.detach()
     out = dict(params)
-    with torch.enable_grad() if graph else torch.no_grad():
-        if space.head_first == "ridge":
-            owner, weight, bias = linear_head(space.module, heads)
+    if space.head_first == "ridge":
+        owner, weight, bias = linear_head(space.module, heads)
+        with torch.enable_grad() if graph else torch.no_grad():
             feats = head_inputs(space.module, owner, lambda: space.logits(params, x, mask))  # (n, h)
             out[weight], out[bias] = ridge_head(feats, targets)
-            return out
+        return out
     with torch.enable_grad():
         p = {k: (v if (graph and v.requires_grad) else v.detach().requires_grad_()) if k in heads else v
              for k, v in params.items()}

@@ -26,8 +26,8 @@ from distillctl.distillation.synthetic import SyntheticSet
 from distillctl.errors import UserError
 from distillctl.evaluation import training  # training.train_and_score: looked up per call (tests script it)
 from distillctl.evaluation.protocol import (TEST_SPLIT, check_sets_fit, check_split_sizes, collapse_notes,
-                                            distilled_with, eval_seeds, majority_line, record_labels, result_record,
-                                            set_files, split_of, store_results, student_sections)
+                                            distilled_with, eval_seeds, label_variants, majority_line, record_labels,
+                                            result_record, set_files, split_of, store_results, student_sections)
 from distillctl.evaluation.training import TrainBudget, student_builder
 from distillctl.plugins import with_registry
 from distillctl.recipe import Recipe, load_recipe
@@ -130,9 +130,7 @@ def evaluate(target: str | Path, recipe: Any = None, *, seeds: int | None = None
     for section in sections:
         build = student_builder(recipe, d, C, section)
         for stage, (f, s) in enumerate(sets):
-            variants = [("soft", s.labels.float()), ("hard", s.labels.float().argmax(-1))] if s.soft \
-                else [("hard", s.labels.long())]  # (n, C) probabilities and their argmax (n,), or (n,)
-            for kind, labels in variants:
+            for kind, labels in label_variants(s):
                 scores = training.train_and_score(build, s.x.float(), labels, X_test, y_test, seeds=seed_list, budget=budget,
                                          num_classes=C, description=f"eval ipc {s.ipc} {section.name} {kind}",
                                          quiet=quiet)

@@ -142,6 +142,14 @@ def check_sets_fit(sets: list, embeddings: Any, *, level: str, width: int) -> No
                             f"cache is {fp[:12]}); evaluate it with the recipe it was distilled with")
 
 
+def label_variants(syn: Any) -> list[tuple[str, "torch.Tensor"]]:
+    """How every ``distilled`` arm trains on a set: a soft-label set with its (n, C) probabilities, then with
+    their argmax (n,) (how much the soft labels carry); a hard-label set with its (n,) classes."""
+    if syn.soft:
+        return [("soft", syn.labels.float()), ("hard", syn.labels.float().argmax(-1))]
+    return [("hard", syn.labels.long())]
+
+
 def majority_line(embeddings: Any) -> dict:
     """Majority class of train (by counts) scored on test, and the chance level 1/C."""
 

@@ -38,7 +38,7 @@ from distillctl.evaluation.subsets import (EARLYSTOP_MAX_FACTOR, EARLYSTOP_PATIE
 from distillctl.evaluation.finetuning import (DevicePlan, InnerReplay, TokenData, copy_budget, finetune_and_score,
                                               pooled_features)
 from distillctl.evaluation.protocol import (TEST_SPLIT, check_ipc_fits, check_sets_fit, distilled_with,
-                                            fixed_val_rows, majority_line, result_record, split_of)
+                                            fixed_val_rows, label_variants, majority_line, result_record, split_of)
 from distillctl.evaluation.training import Scores, TrainBudget, student_builder
 from distillctl.recipe import validate_plugin_section
 from distillctl.seeds import token_init_seed
@@ -132,9 +132,7 @@ def evaluate_token_sets(recipe: Any, sets: list, embeddings: Any, sections: list
         build = student_builder(recipe, d, C, section)
         for stage, (f, s) in enumerate(sets):
             data = TokenData(mask=s.mask.float(), x=s.x.float())  # (n, T, d), (n, T)
-            variants = [("soft", s.labels.float()), ("hard", s.labels.float().argmax(-1))] if s.soft \
-                else [("hard", s.labels.long())]
-            for kind, labels in variants:
+            for kind, labels in label_variants(s):
                 scores = finetune_and_score(build, data, labels, test, y_test, seeds=seed_list, budget=budget,
                                             num_classes=C, plan=plan, quiet=quiet,
                                             description=f"eval ipc {s.ipc} {section.name} {kind}")

@@ -359,18 +359,26 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
     return md_path
 
 
+def _cached_embeddings(recipe: Any, embeddings: Any, quiet: bool | None) -> tuple[Any, Exception | None]:
+    """(the run's embeddings, None): ``embeddings`` or the recipe's cache loaded; (None, why) when the cache
+    cannot give them (the report then says why instead of the parts that need them)."""
+    if embeddings is not None:
+        return embeddings, None
+    try:
+        return embed.load_embeddings(recipe, quiet=quiet), None
+    except (UserError, NotImplementedError) as exc:
+        return None, exc
+
+
 def _sets_among_real_rows(run: Any, recipe: Any, embeddings: Any, plots: dict, *, quiet: bool | None) -> dict:
     """The PCA picture of the sets among the real training rows (added to ``plots``) and each synthetic
     vector's nearest real texts; a note instead of either when the embedding cache cannot give it."""
     out = {"nearest": [], "nearest_note": None, "pca": None, "pca_note": None}
     if not set_files(run.path):
         return out
-    try:
-        if embeddings is None:
-            embeddings = embed.load_embeddings(recipe, quiet=quiet)
-    except (UserError, NotImplementedError) as exc:
-        out["nearest_note"] = out["pca_note"] = f"embeddings unavailable: {exc}"
+    embeddings, why = _cached_embeddings(recipe, embeddings, quiet)
     if embeddings is None:
+        out["nearest_note"] = out["pca_note"] = f"embeddings unavailable: {why}"
         return out
     try:
         path, out["pca"] = pca_picture(run, embeddings, f"{recipe.name}: distilled rows in the PCA plane of train")
@@ -393,11 +401,9 @@ def _sequences_readout(run: Any, recipe: Any, embeddings: Any, *, quiet: bool | 
     out = {"readout": [], "readout_note": None}
     if not set_files(run.path):
         return out
-    try:
-        if embeddings is None:
-            embeddings = embed.load_embeddings(recipe, quiet=quiet)
-    except (UserError, NotImplementedError) as exc:
-        out["readout_note"] = f"token cache unavailable ({exc}): no nearest real texts"
+    embeddings, why = _cached_embeddings(recipe, embeddings, quiet)
+    if embeddings is None:
+        out["readout_note"] = f"token cache unavailable ({why}): no nearest real texts"
     try:
         out["readout"] = token_readout(set_files(run.path), embeddings)
     except (UserError, NotImplementedError) as exc:
