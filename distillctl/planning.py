@@ -138,6 +138,8 @@ class Call:
     rows: int
     what: str
     lockstep: bool = False  # token level: the K students held at once (full-earlystop)
+    scoring: int | None = None  # students that run over ``rows`` (None: all K); a ridge-first replay ends at
+    #                             the model distilled-init already scored, so its K replays score none
 
 
 def student_key(section: Any) -> str:
@@ -197,8 +199,10 @@ def eval_calls(recipe: Any, ipc: int, z: Sizes) -> list[Call]:
         per = recipe.distill.inner.batch_per_class
         rows = min(n_set, per * z.C) if per else n_set
         made_for = student_key(_distill_sections(recipe)[0])
+        ridge = getattr(recipe.distill.tokens, "head_first", "none") == "ridge"
         calls.append(Call(made_for, 1, rows, _inner_steps(recipe), z.test, "distilled-init"))
-        calls.append(Call(made_for, ev.seeds, rows, _inner_steps(recipe), z.test, "distilled-heads"))
+        calls.append(Call(made_for, ev.seeds, rows, _inner_steps(recipe), z.test, "distilled-heads",
+                          scoring=0 if ridge else None))
     return calls
 
 
@@ -241,7 +245,8 @@ def all_calls(recipe: Any, z: Sizes) -> list[Call]:
 
 def call_seconds(c: Call, cost: StudentCost, tokens: bool) -> float:
     if tokens:  # K students one after another (or in lockstep: the same work), each built, trained, scoring
-        return c.K * (cost.setup.get(1, 0.0) + c.steps * cost.step.get((1, c.B), 0.0) + c.rows * cost.row)
+        scoring = c.K if c.scoring is None else c.scoring
+        return c.K * (cost.setup.get(1, 0.0) + c.steps * cost.step.get((1, c.B), 0.0)) + scoring * c.rows * cost.row
     return cost.setup.get(c.K, 0.0) + c.steps * cost.step.get((c.K, c.B), 0.0) + c.K * c.rows * cost.row
 
 

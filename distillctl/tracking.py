@@ -445,7 +445,9 @@ def _distill_locate(args: tuple, kwargs: dict) -> tuple[Any, Path | None]:
 
 
 def _distill_outputs(result: Any, run_dir: Path | None, args: tuple, kwargs: dict) -> tuple[list, list]:
-    return [], [Path(s["path"]) for s in result.sets]
+    """Each set file and its sidecar (``ipc5.json``: what ``load_set`` reads besides the tensors)."""
+    sets = [Path(s["path"]) for s in result.sets]
+    return [], [f for p in sets for f in (p, p.with_suffix(".json")) if f.exists()]
 
 
 def _baseline_locate(args: tuple, kwargs: dict) -> tuple[Any, Path | None]:
@@ -475,8 +477,18 @@ def _report_locate(args: tuple, kwargs: dict) -> tuple[Any, Path | None]:
 
 
 def _report_outputs(result: Any, run_dir: Path | None, args: tuple, kwargs: dict) -> tuple[list, list]:
+    """report.md / .json, its plots, and the result files it summarised with their records: a sweep point's
+    baselines are one job shared by the points (its folder links to the owner's files), so the report of
+    every point logs them into that point's run too."""
     md = Path(result)
     files = [md, md.with_suffix(".json")]
+    records: list[dict] = []
+    for f in sorted((md.parent / "eval").glob("*.json")):
+        try:
+            records += list(json.loads(f.read_text(encoding="utf-8")).get("results") or [])
+        except (OSError, ValueError, AttributeError):
+            continue
+        files.append(f)
     try:
         data = json.loads(md.with_suffix(".json").read_text(encoding="utf-8"))
         plots = list((data.get("plots") or {}).values()) or ([data["plot"]] if data.get("plot") else [])
@@ -484,7 +496,7 @@ def _report_outputs(result: Any, run_dir: Path | None, args: tuple, kwargs: dict
         plots = []
     base = md.parent
     files += [p if Path(p).is_absolute() else base / p for p in map(Path, plots)]
-    return [], files
+    return records, files
 
 
 track_distill = tracked("distill", _distill_locate, _distill_outputs)

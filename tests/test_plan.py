@@ -137,6 +137,23 @@ def test_token_calls_are_per_student_and_hold_k_students_in_lockstep():
     assert planning.call_bytes(c, cost, tokens=True) == 300
 
 
+def test_ridge_first_replays_from_fresh_heads_are_forecast_without_scoring():
+    """eval scores a bit-identical model once: a ridge-first set's K fresh-head replays end at the model that
+    distilled-init scored, so their forecast is K trainings and no pass over test."""
+    from distillctl.recipe import validate_recipe
+
+    base = {"name": "t", "dataset": {"name": "agnews", "source": "sample"}, "embed": {"level": "tokens"}, "student": {"name": "finetune"},
+            "distill": {"ipc": 1}, "eval": {"seeds": 5}}
+    z = planning.Sizes(C=4, train=100, val=50, test=1000, distill_val=50)
+    cost = StudentCost(setup={1: 2.0}, step={(1, 4): 0.5}, row=0.01)
+    for head_first, scoring in (("none", 5), ("ridge", 0)):
+        recipe = validate_recipe({**base, "distill": {
+            "ipc": 1, "method": {"name": "bptt", "unroll": {"name": "full", "total": 1}},
+            "tokens": {"head_first": head_first}}})
+        heads = [c for c in planning.eval_calls(recipe, 1, z) if c.what == "distilled-heads"][0]
+        assert planning.call_seconds(heads, cost, tokens=True) == pytest.approx(5 * (2.0 + 0.5) + scoring * 1000 * 0.01)
+
+
 def test_stages_between_the_measured_ones_are_interpolated_by_their_inner_rows(recipe):
     from distillctl.plan_measure import interpolate_stages, stage_rows
 

@@ -170,6 +170,33 @@ def test_eval_replay_equals_distillations_own_inner_steps(head_first):
     assert torch.allclose(got, want.detach(), atol=1e-5)
 
 
+@pytest.mark.parametrize("head_first,distinct", [("none", 3), ("ridge", 1)])
+def test_bit_identical_replays_are_scored_once_with_the_same_predictions(head_first, distinct):
+    """From three fresh heads a ridge-first replay ends at one model (the head is refitted before the step), so
+    test runs once and the other two take its predictions; without ridge each head is its own model. The
+    accuracies equal a scoring pass per seed either way, and a second call with the shared ``scored`` dict
+    (the distilled-init arm after distilled-heads) scores nothing new."""
+    from distillctl.evaluation.finetuning import InnerReplay, TokenData, _Student, finetune_and_score
+    from distillctl.evaluation.training import TrainBudget
+
+    build = tiny_build()
+    x, mask, y = synthetic()
+    ids, tmask, ty = real()
+    test = TokenData(mask=tmask, ids=ids)
+    replay = InnerReplay(steps=1, lr=0.2, optimizer="sgd", head_first=head_first)
+    scored: dict = {}
+    scores = finetune_and_score(build, TokenData(mask=mask, x=x), y, test, ty, seeds=[0, 1, 2], budget=TrainBudget(),
+                                num_classes=C, plan=cpu_plan(), quiet=True, replay=replay, scored=scored)
+    assert scores.models_scored == distinct == len(scored)
+    for k, seed in enumerate([0, 1, 2]):  # each seed's own pass over test
+        student = _Student(build, seed, cpu_plan(), TrainBudget(), 6, replay, C)
+        student.step(TokenData(mask=mask, x=x), y, False)
+        assert scores.accuracy[k] == pytest.approx(float((student.predict(test) == ty).float().mean()))
+    again = finetune_and_score(build, TokenData(mask=mask, x=x), y, test, ty, seeds=[1], budget=TrainBudget(),
+                               num_classes=C, plan=cpu_plan(), quiet=True, replay=replay, scored=scored)
+    assert again.models_scored == 0 and again.accuracy[0] == scores.accuracy[1]
+
+
 # -- end to end on the bundled MiniLM (one layer, 16 tokens, a handful of rows) ---------------------------
 
 LABELS = ["neg", "pos", "neu"]

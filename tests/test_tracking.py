@@ -117,7 +117,8 @@ def test_distill_eval_baseline_report_are_logged_and_match_the_run_folder(stages
         got_val = sorted((m.step, m.value) for m in c.get_metric_history(d.info.run_id, f"ipc{ipc}/val_accuracy"))
         assert same(got_val, want_val) and [s for s, _ in want_val] == [0, 3, 6]
     arts = {a.path for a in c.list_artifacts(d.info.run_id, "distilled")}
-    assert arts == {"distilled/ipc1.safetensors", "distilled/ipc2.safetensors"}
+    assert arts == {"distilled/ipc1.safetensors", "distilled/ipc1.json", "distilled/ipc2.safetensors",
+                    "distilled/ipc2.json"}  # each set with its sidecar
     local = Path(c.download_artifacts(d.info.run_id, "distilled/ipc2.safetensors", str(tmp / "dl")))
     assert local.read_bytes() == Path(result.sets[1]["path"]).read_bytes()
 
@@ -251,9 +252,12 @@ def test_a_sweep_submission_is_a_parent_run_with_a_child_per_point(env, monkeypa
         assert child.data.metrics["eval/ipc1/mlp/hard/accuracy"] == pytest.approx(results[0]["accuracy"]["mean"])
         top = {a.path for a in c.list_artifacts(child.info.run_id)}
         assert {"report.md", "distilled", "eval", "plots"} <= top, top
-    # the baseline arm is shared by both points (one job): it logs into the point that owns it
-    logged = [r for r in children.values() if any(k.startswith("baseline/random/") for k in r.data.metrics)]
-    assert len(logged) == 1
+    # the baseline arm is shared by both points (one job logging into the point that owns it; the other point's
+    # folder links to its file): each point's report logs the results it summarised, so both children have it
+    for name, child in children.items():
+        base = json.loads((Path(sub.path) / name / "eval" / "baseline-random.json").read_text())["results"]
+        assert child.data.metrics["baseline/random/ipc1/mlp/accuracy"] == pytest.approx(base[0]["accuracy"]["mean"])
+        assert "eval/baseline-random.json" in {a.path for a in c.list_artifacts(child.info.run_id, "eval")}
     # the jobs carried the run ids; status/retry keep them
     stored = json.loads((Path(sub.path) / "submission.json").read_text())
     assert all("DISTILLCTL_MLFLOW_RUN_ID" in j["env"] for j in stored["jobs"] if j["kind"] != "embed")

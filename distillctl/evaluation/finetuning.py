@@ -342,6 +342,19 @@ class _Student:
         self.module.train(was)
         return out
 
+    def digest(self) -> str:
+        """A hash of every parameter and buffer, bytes as stored (any dtype, any device): equal digests are
+        the same model, which predicts the same classes on the same rows."""
+        import hashlib
+
+        import torch
+
+        h = hashlib.blake2b(digest_size=16)
+        for name, t in [*self.module.named_parameters(), *self.module.named_buffers()]:
+            h.update(name.encode())
+            h.update(t.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes())
+        return h.hexdigest()
+
     def snapshot(self) -> list["torch.Tensor"]:
         return [p.detach().clone() for p in self.params]
 
@@ -360,7 +373,8 @@ def finetune_and_score(build_student: Callable[[], Any], train: TokenData, y_tra
                        num_classes: int, plan: DevicePlan | None = None, description: str | None = None,
                        quiet: bool | None = None, select_on: tuple | None = None, select_every: int | None = None,
                        select_patience: int | None = None, per_seed_rows: "torch.Tensor | None" = None,
-                       replay: InnerReplay | None = None, attention: tuple | None = None):
+                       replay: InnerReplay | None = None, attention: tuple | None = None,
+                       scored: dict | None = None):
     """Fine-tune one student per seed on ``train`` with ``budget``; score each on ``test`` once.
 
     ``y_train`` (n,) int64 classes or (n, C) probabilities (soft labels). ``per_seed_rows`` (K, k): seed k
@@ -371,8 +385,12 @@ def finetune_and_score(build_student: Callable[[], Any], train: TokenData, y_tra
     ``select_on=(val TokenData, y_val)``: the K students train in lockstep, are scored on val every
     ``select_every`` steps and after the last, and those of the step with the best mean val accuracy (the
     earliest of equal ones) are scored on test; ``select_patience`` checks in a row without a better mean
-    end training. Returns :class:`distillctl.evaluation.training.Scores` with ``peak_memory_mb`` and
-    ``device`` set as attributes.
+    end training. ``scored``: {parameter digest: test predictions} shared by the caller across calls on the
+    same ``test`` rows: a student whose trained parameters are bit-identical to one already scored (a
+    ``head_first: ridge`` set replays to the same model from every head) takes that model's predictions
+    instead of a second pass over test (same model, same rows, same predictions; the student is still
+    trained). Returns :class:`distillctl.evaluation.training.Scores` with ``peak_memory_mb``, ``device`` and
+    ``models_scored`` (distinct models that ran over test) set as attributes.
     """
     import torch
 
@@ -403,11 +421,15 @@ def finetune_and_score(build_student: Callable[[], Any], train: TokenData, y_tra
     with progress(description or "fine-tuning students", steps * (1 if select_on is not None else K),
                   unit="step", quiet=quiet) as bar:
         if select_on is None:
-            preds, losses, curve, best_step, done = _train_each(new_student, datas, steps, soft, test, bar)
+            scored = {} if scored is None else scored
+            before = len(scored)
+            preds, losses, curve, best_step, done = _train_each(new_student, datas, steps, soft, test, bar, scored)
+            models_scored = len(scored) - before
         else:
             preds, losses, curve, best_step, done = _train_in_lockstep(
                 new_student, datas, steps, soft, test, select_on, select_every, select_patience, C, bar,
                 description=description, quiet=quiet)
+            models_scored = K
 
     # 3. scores
     metrics = classification_scores(torch.stack(preds), y_test, C)
@@ -417,19 +439,24 @@ def finetune_and_score(build_student: Callable[[], Any], train: TokenData, y_tra
                     val_curve=curve, steps_run=done)
     scores.peak_memory_mb = round(peak_memory_mb(plan), 1)  # type: ignore[attr-defined]
     scores.device = plan.describe()  # type: ignore[attr-defined]
+    scores.models_scored = models_scored  # type: ignore[attr-defined]
     return scores
 
 
-def _train_each(new_student, datas, steps: int, soft: bool, test, bar):
+def _train_each(new_student, datas, steps: int, soft: bool, test, bar, scored: dict):
     """K students one after the other, ``steps`` each (only one model in memory at a time); each scored on
-    ``test`` once. Returns (preds, last losses, no val curve, no chosen step, steps run)."""
+    ``test`` once, or given the predictions of a bit-identical model in ``scored`` (digest -> predictions,
+    updated). Returns (preds, last losses, no val curve, no chosen step, steps run)."""
     preds, losses = [], []
     for k, (data, yk) in enumerate(datas):
         student, loss = new_student(k), float("nan")
         for _ in range(steps):
             loss = student.step(data, yk, soft)
             bar.advance(1, loss=loss)
-        preds.append(student.predict(test))  # the test split, once
+        digest = student.digest()
+        if digest not in scored:
+            scored[digest] = student.predict(test)  # the test split, once per distinct model
+        preds.append(scored[digest])
         losses.append(loss)
         del student
     return preds, losses, None, None, steps

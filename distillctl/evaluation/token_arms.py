@@ -46,7 +46,8 @@ from distillctl.seeds import token_init_seed
 
 def _record_extra(scores: Any) -> dict:
     return {"level": "tokens", "device": getattr(scores, "device", None),
-            "peak_memory_mb": getattr(scores, "peak_memory_mb", None)}
+            "peak_memory_mb": getattr(scores, "peak_memory_mb", None),
+            "models_scored": getattr(scores, "models_scored", None)}
 
 
 def _plan(recipe: Any):
@@ -172,10 +173,11 @@ def evaluate_token_sets(recipe: Any, sets: list, embeddings: Any, sections: list
                       attention_labels=attention is not None, val_accuracy=s.meta.get("val_accuracy"))
         arms = (("distilled-init", [int(init_seed)], "from the initial model"),
                 ("distilled-heads", seed_list, "from fresh heads, its inner steps"))
+        scored: dict = {}  # a ridge-first set replays to one model from every head: score it on test once
         for arm, arm_seeds, words in arms:
             scores = finetune_and_score(build, data, labels, test, y_test, seeds=arm_seeds, budget=budget,
                                         num_classes=C, plan=plan, quiet=quiet, replay=replay, attention=attention,
-                                        description=f"eval ipc {s.ipc} {words}")
+                                        description=f"eval ipc {s.ipc} {words}", scored=scored)
             seen = sorted(set(arm_seeds) & {int(h) for h in (s.meta.get("head_seeds") or [init_seed])})
             extra = {} if arm == "distilled-init" else {"heads_seen": seen}
             records.append(result_record(arm, s.ipc, budget=replay_budget, scores=scores, **common, **extra,
@@ -184,8 +186,10 @@ def evaluate_token_sets(recipe: Any, sets: list, embeddings: Any, sections: list
                 _info(quiet, f"ipc {s.ipc}, from the initial model (seed {init_seed}, {replay.steps} inner steps, "
                       f"lr {replay.lr:.3g}): accuracy {scores.mean():.4f} ({scores.seconds:.1f} s)")
                 continue
+            same = "" if scores.models_scored == len(arm_seeds) else (
+                f"; {len(arm_seeds) - scores.models_scored} ended bit-identical to a model already scored")
             _info(quiet, f"ipc {s.ipc}, from {len(arm_seeds)} fresh heads, the same steps: accuracy "
-                  f"{scores.mean():.4f} ± {scores.std():.4f} ({scores.seconds:.1f} s)")
+                  f"{scores.mean():.4f} ± {scores.std():.4f} ({scores.seconds:.1f} s{same})")
             if seen:  # said even under --json (stderr): the arm's name claims fresh heads
                 info(f"note: eval seeds {seen} are heads the set was distilled on (its head_seeds), not "
                       "fresh ones; distill with another distill.tokens.init_seed or recipe seed")

@@ -142,7 +142,8 @@ class MlflowTracker(Tracker):
             folder = None
             if run_dir is not None:
                 try:
-                    rel = Path(p).resolve().relative_to(Path(run_dir).resolve()).parent.as_posix()
+                    # the folder resolved, not the file: a point's shared baseline is a link to its owner's
+                    rel = Path(p).parent.resolve().relative_to(Path(run_dir).resolve()).as_posix()
                     folder = None if rel == "." else rel
                 except ValueError:
                     folder = None
