@@ -187,7 +187,8 @@ def evaluate_token_sets(recipe: Any, sets: list, embeddings: Any, sections: list
                       f"lr {replay.lr:.3g}): accuracy {scores.mean():.4f} ({scores.seconds:.1f} s)")
                 continue
             same = "" if scores.models_scored == len(arm_seeds) else (
-                f"; {len(arm_seeds) - scores.models_scored} ended bit-identical to a model already scored")
+                f"; {len(arm_seeds) - scores.models_scored} of {len(arm_seeds)} ended bit-identical to a model "
+                "already scored, whose test predictions they reuse")
             _info(quiet, f"ipc {s.ipc}, from {len(arm_seeds)} fresh heads, the same steps: accuracy "
                   f"{scores.mean():.4f} ± {scores.std():.4f} ({scores.seconds:.1f} s{same})")
             if seen:  # said even under --json (stderr): the arm's name claims fresh heads
