@@ -56,7 +56,9 @@ def main(argv: list[str]) -> int:
     C, steps = syn.num_classes, int(syn.meta["inner_steps"])
     build = student_builder(recipe, int(emb.dim), C)
     t0 = time.perf_counter()
-    space = TokenSpace.build(build, init_seed=int(syn.meta["init_seed"]), head_pool=1 + args.heads)
+    # the head fitted first as the set was distilled (meta head_first: none | sgd | ridge), in every arm
+    space = TokenSpace.build(build, init_seed=int(syn.meta["init_seed"]), head_pool=1 + args.heads,
+                             head_first=str(syn.meta.get("head_first") or "none"))
     inner = InnerSteps.from_settings(recipe.distill.inner)
     hard = torch.arange(C).repeat_interleave(syn.ipc)
     learn = {"x": syn.x, "log_lr": torch.tensor(syn.inner_lr).log()}
@@ -68,7 +70,8 @@ def main(argv: list[str]) -> int:
 
     # 2. the arms
     out = {"run_dir": str(args.run_dir), "ipc": syn.ipc, "inner_steps": steps, "inner_lr": syn.inner_lr,
-           "init_seed": syn.meta["init_seed"], "test_rows": len(rows)}
+           "init_seed": syn.meta["init_seed"], "head_first": syn.meta.get("head_first") or "none",
+           "test_rows": len(rows)}
     out["distilled-init"] = score(learn, syn.mask, space.head_seeds[:1])
     out["distilled, fresh heads"] = score(learn, syn.mask, space.head_seeds[1:])
     rnd = {"recipe lr": [], "learned lr": []}
@@ -87,6 +90,8 @@ def main(argv: list[str]) -> int:
 
     # 3. the table
     def cell(values):
+        if not values:  # --random 0 / --heads 0: the arm was not run
+            return "–"
         if len(values) == 1:
             return f"{values[0] * 100:.2f}"
         return f"{statistics.mean(values) * 100:.2f} ± {statistics.pstdev(values) * 100:.2f} (n={len(values)})"
