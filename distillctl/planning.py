@@ -454,8 +454,13 @@ def _calls_part(calls: list[Call], m: Measurement) -> tuple[float, int, str]:
 
 
 def _students_label(calls: list[Call], recipe: Any) -> str:
-    K = max((c.K for c in calls), default=0)
-    return f"{len(calls)} x {K} students x {recipe.eval.steps} steps" if calls else "students"
+    """``2 x 5 students x 200 steps`` (the trainings under the eval budget), ``+ 2 replays`` of a token-level
+    set's own inner steps (distilled-init, distilled-heads) when there are any."""
+    replays = [c for c in calls if c.what in ("distilled-init", "distilled-heads")]
+    budget = [c for c in calls if c not in replays]
+    K = max((c.K for c in budget), default=0)
+    label = f"{len(budget)} x {K} students x {recipe.eval.steps} steps" if budget else "students"
+    return label + (f" + {len(replays)} replays of the set's inner steps" if replays else "")
 
 
 def val_seconds(recipe: Any, ipc: int, m: Measurement) -> float:
