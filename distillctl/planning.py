@@ -318,10 +318,13 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
     else:
         emb, em = shared[("emb", ekey)] = pm.embeddings(recipe, beside=threads < cores)
     phases["embeddings"] = time.perf_counter() - t0
-    # a whole job that trains nothing (its start, loading the rows, writing, exit), beside the rest on an idle
-    # core, else after it; only with the cache there (a missing cache: the start measured plus loading)
+    # a whole job that trains nothing (its start, loading the rows, writing, exit), beside the rest when two
+    # cores beyond the measurement's are idle, else after it (on 2 cores, beside a 1-thread measurement, the
+    # probe took 10 s for a 2-s job: BENCHMARKS.md, "Plan accuracy"); only with the cache there (a missing
+    # cache: the start measured plus loading)
     probe = pm.JobProbe(recipe) if em.cached and ("probe", ekey) not in shared else None
-    if probe is not None and threads < cores:
+    probe_beside = threads + 2 <= cores
+    if probe is not None and probe_beside:
         probe.start()
     tokens = _level(recipe) == "tokens"
     z = _sizes(recipe, emb)
@@ -399,7 +402,7 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
         if probe.proc is None:
             probe.start()
         shared[("probe", ekey)] = probe.seconds()
-        phases["job probe (beside)" if threads < cores else "job probe"] = time.perf_counter() - t0
+        phases["job probe (beside)" if probe_beside else "job probe"] = time.perf_counter() - t0
     m.job_seconds = shared.get(("probe", ekey))
     t0 = time.perf_counter()
     em.finish()  # the sample's child, if it is still encoding

@@ -30,6 +30,7 @@ from distillctl.evaluation.protocol import collapse_notes, set_files, split_of
 from distillctl.evaluation.training import TrainBudget
 from distillctl.plugins import with_registry
 from distillctl.reporting.compare import submission_points, write_comparison
+from distillctl.reporting.frozen_path import frozen_path_md, frozen_vector_best
 from distillctl.reporting.report_plots import plot_accuracy, plot_pca, plot_transfer, plot_val_curve
 from distillctl.reporting.scores import dd_scores, labels_of, newest
 from distillctl.reporting.summary import headline, headline_md
@@ -342,6 +343,7 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
     parts.update(nearest=[], nearest_note=None, pca=None, pca_note=None, readout=[], readout_note=None)
     if getattr(recipe.embed, "level", "vectors") == "tokens":
         parts.update(_sequences_readout(run, recipe, embeddings, quiet=quiet))
+        parts["frozen_path"] = frozen_vector_best(run.path, recipe)  # vector-level runs on the same splits
     else:
         parts.update(_sets_among_real_rows(run, recipe, embeddings, plots, quiet=quiet))
 
@@ -354,6 +356,7 @@ def report(run_dir: str | Path, *, quiet: bool | None = None, embeddings: Any = 
                 "plot": str(plots["accuracy_vs_ipc"]), "plots": {k: str(v) for k, v in plots.items()},
                 **{k: parts[k] for k in ("claims", "scores", "transfer", "distillation", "pca", "nearest",
                                          "nearest_note", "pca_note", "readout", "readout_note", "single_class")},
+                "frozen_path": parts.get("frozen_path"),
                 "results": records})
     atomic_write_json(run.path / "report.json", out)
     return md_path
@@ -424,6 +427,8 @@ def _report_md(run: Any, recipe: Any, summary: dict, parts: dict, plots: dict) -
                "Test accuracy (%), mean ± std over the eval seeds, and the share of the strongest full-data "
                "reference.", ""] + headline_md(parts["headline"]) + [""]
     md += claims_md(parts["claims"])
+    if parts.get("frozen_path"):
+        md += frozen_path_md(parts["frozen_path"])
     for metric, title in METRICS:
         if metric not in summary["tables"]:
             continue
