@@ -26,6 +26,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from distillctl.reporting.sections import collect_results
 from distillctl.tracking import metrics_of_record, metrics_of_results
 
 
@@ -37,10 +38,8 @@ def expected_metrics(run_dir: Path) -> dict[str, dict[int, float]]:
             values, step = metrics_of_record(json.loads(line))
             for k, v in values.items():
                 want[k][step] = v
-    for f in sorted((run_dir / "eval").glob("*.json")) if (run_dir / "eval").is_dir() else []:
-        records = json.loads(f.read_text(encoding="utf-8")).get("results") or []
-        for k, v in metrics_of_results(records).items():
-            want[k].setdefault(0, v)
+    for k, v in metrics_of_results(collect_results(run_dir)).items():
+        want[k].setdefault(0, v)
     return want
 
 

@@ -477,26 +477,19 @@ def _report_locate(args: tuple, kwargs: dict) -> tuple[Any, Path | None]:
 
 
 def _report_outputs(result: Any, run_dir: Path | None, args: tuple, kwargs: dict) -> tuple[list, list]:
-    """report.md / .json, its plots, and the result files it summarised with their records: a sweep point's
-    baselines are one job shared by the points (its folder links to the owner's files), so the report of
-    every point logs them into that point's run too."""
+    """report.md / .json, its plots, and the result files it summarised with their records (report.json's
+    ``results``): a sweep point's baselines are one job shared by the points (its folder links to the owner's
+    files), so the report of every point logs them into that point's run too."""
     md = Path(result)
-    files = [md, md.with_suffix(".json")]
-    records: list[dict] = []
-    for f in sorted((md.parent / "eval").glob("*.json")):
-        try:
-            records += list(json.loads(f.read_text(encoding="utf-8")).get("results") or [])
-        except (OSError, ValueError, AttributeError):
-            continue
-        files.append(f)
+    base = md.parent
     try:
         data = json.loads(md.with_suffix(".json").read_text(encoding="utf-8"))
-        plots = list((data.get("plots") or {}).values()) or ([data["plot"]] if data.get("plot") else [])
     except (OSError, ValueError):
-        plots = []
-    base = md.parent
+        data = {}
+    plots = list((data.get("plots") or {}).values()) or ([data["plot"]] if data.get("plot") else [])
+    files = [md, md.with_suffix(".json"), *sorted((base / "eval").glob("*.json"))]
     files += [p if Path(p).is_absolute() else base / p for p in map(Path, plots)]
-    return records, files
+    return list(data.get("results") or []), files
 
 
 track_distill = tracked("distill", _distill_locate, _distill_outputs)

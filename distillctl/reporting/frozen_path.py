@@ -15,28 +15,34 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-#: the vector path's full-data reference arms
-REFERENCE_ARMS = ("full", "full-earlystop", "full-logreg")
+from distillctl.reporting.scores import best_reference, mean, newest, std
 
 
 def _dataset_of(resolved: Path) -> tuple[dict | None, str, str]:
-    """(dataset section, level, encoder) of a resolved recipe file, read as YAML without validating it (another
-    run's plugins need not be installed to read its numbers)."""
-    import yaml
+    """(dataset section, level, encoder) of a resolved recipe file, read without validating it (another run's
+    plugins need not be installed to read its numbers); (None, "", "") when it cannot be read."""
+    from distillctl.errors import UserError
+    from distillctl.recipe import read_recipe_file
 
     try:
-        data = yaml.safe_load(resolved.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
+        data = read_recipe_file(resolved) or {}
+    except UserError:
         return None, "", ""
     encoder = data.get("encoder") or {}
     return (data.get("dataset"), str((data.get("embed") or {}).get("level") or "vectors"),
             str(encoder.get("model") or encoder.get("name") or "?"))
 
 
+def _cell(r: dict) -> dict:
+    return {"accuracy": mean(r), "std": std(r), "seeds": len(r.get("seeds") or []), "student": r.get("student"),
+            "run": r["_run"], "encoder": r["_encoder"]}
+
+
 def frozen_vector_best(run_path: Path, recipe: Any) -> dict:
-    """``{"rows": [{ipc, accuracy, std, seeds, student, labels, run}], "reference": {...} | None, "runs": [...]}``
-    over the vector-level runs with ``recipe``'s dataset in ``run_path``'s runs folder (empty when none)."""
-    from distillctl.reporting.scores import newest
+    """``{"rows": [{ipc, accuracy, std, seeds, student, labels, run, encoder}], "reference": {arm, ...} | None,
+    "runs": [...]}`` over the vector-level runs with ``recipe``'s dataset in ``run_path``'s runs folder (empty
+    when none); the reference is :func:`best_reference` over all their full-data records."""
+    from distillctl.errors import UserError
     from distillctl.reporting.sections import collect_results
 
     want = recipe.dataset.model_dump(mode="json")
@@ -49,8 +55,7 @@ def frozen_vector_best(run_path: Path, recipe: Any) -> dict:
         return empty
     root = here.parents[names.index(recipe.name) + 1]
     resolved = sorted({*root.glob("*/*/recipe.resolved.yaml"), *root.glob("*/*/*/recipe.resolved.yaml")})
-    best: dict[int, dict] = {}
-    reference, runs = None, []
+    pool, runs = [], []  # the comparable runs' records, each tagged with its run and encoder
     for f in resolved:
         folder = f.parent
         if folder == here:
@@ -60,26 +65,20 @@ def frozen_vector_best(run_path: Path, recipe: Any) -> dict:
             continue
         try:
             records = newest(collect_results(folder))
-        except (OSError, ValueError):
+        except (OSError, UserError):
             continue
-        if not records:
-            continue
-        name = folder.relative_to(root).as_posix()
-        runs.append(name)
-        for r in records:
-            acc = (r.get("accuracy") or {}).get("mean")
-            if acc is None:
-                continue
-            cell = {"accuracy": float(acc), "std": (r.get("accuracy") or {}).get("std"),
-                    "seeds": len(r.get("seeds") or []), "student": r.get("student"), "run": name,
-                    "encoder": encoder}
-            if r.get("arm") == "distilled" and r.get("ipc") is not None:
-                ipc = int(r["ipc"])
-                if ipc not in best or cell["accuracy"] > best[ipc]["accuracy"]:
-                    best[ipc] = {"ipc": ipc, "labels": r.get("labels"), **cell}
-            elif r.get("arm") in REFERENCE_ARMS and (reference is None or cell["accuracy"] > reference["accuracy"]):
-                reference = {"arm": r["arm"], **cell}
-    return {"rows": [best[i] for i in sorted(best)], "reference": reference, "runs": runs}
+        if records:
+            runs.append(folder.relative_to(root).as_posix())
+            pool += [{**r, "_run": runs[-1], "_encoder": encoder} for r in records if mean(r) is not None]
+    best: dict[int, dict] = {}
+    for r in pool:
+        if r.get("arm") == "distilled" and r.get("ipc") is not None:
+            ipc = int(r["ipc"])
+            if ipc not in best or mean(r) > mean(best[ipc]):
+                best[ipc] = r
+    reference = best_reference(pool)
+    return {"rows": [{"ipc": i, "labels": best[i].get("labels"), **_cell(best[i])} for i in sorted(best)],
+            "reference": {"arm": reference["arm"], **_cell(reference)} if reference else None, "runs": runs}
 
 
 def frozen_path_md(frozen: dict) -> list[str]:
@@ -93,15 +92,13 @@ def frozen_path_md(frozen: dict) -> list[str]:
           f"results, not rerun ({len(frozen['runs'])} runs).", "",
           "| frozen vectors | accuracy (%) | encoder | student | labels | seeds | run |",
           "|---|---:|---|---|---|---:|---|"]
-    for r in frozen["rows"]:
-        std = f" ± {100 * r['std']:.2f}" if r.get("std") is not None else ""
-        md.append(f"| best set, ipc {r['ipc']} | {100 * r['accuracy']:.2f}{std} | {r['encoder']} | {r['student']} | "
-                  f"{r.get('labels') or '–'} | {r['seeds']} | `{r['run']}` |")
-    ref = frozen.get("reference")
-    if ref:
-        std = f" ± {100 * ref['std']:.2f}" if ref.get("std") is not None else ""
-        md.append(f"| full data, `{ref['arm']}` | {100 * ref['accuracy']:.2f}{std} | {ref['encoder']} | {ref['student']} | – | "
-                  f"{ref['seeds']} | `{ref['run']}` |")
+    def row(what: str, cell: dict, labels: str) -> str:
+        return (f"| {what} | {100 * cell['accuracy']:.2f} ± {100 * cell['std']:.2f} | {cell['encoder']} | "
+                f"{cell['student']} | {labels} | {cell['seeds']} | `{cell['run']}` |")
+
+    md += [row(f"best set, ipc {r['ipc']}", r, r.get("labels") or "–") for r in frozen["rows"]]
+    if frozen.get("reference"):
+        md.append(row(f"full data, `{frozen['reference']['arm']}`", frozen["reference"], "–"))
     return md + [""]
 
 
