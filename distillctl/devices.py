@@ -63,3 +63,24 @@ def describe_device(name: str = AUTO) -> dict:
     else:
         out["name"] = device.type
     return out
+
+
+_TRIM: list = []  # [libc.malloc_trim] once looked up, [None] where there is none
+
+
+def release_freed_memory() -> None:
+    """Hand the C heap's freed pages back to the system (glibc's ``malloc_trim(0)``; nothing elsewhere).
+
+    Several fine-tuned students trained in turn (``full-earlystop``'s lockstep) free a step's activations of
+    varying sizes (batches are cut at their longest text) between each other's optimiser states; glibc keeps
+    those pages, and the process grew step after step (AG News, 5 MiniLM students: 2.2 GB after 6 rounds and
+    still growing, against a flat 1.46 GB with a trim after each step, at the same speed: BENCHMARKS.md)."""
+    if not _TRIM:
+        try:
+            import ctypes
+
+            _TRIM.append(ctypes.CDLL("libc.so.6").malloc_trim)
+        except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+            _TRIM.append(None)
+    if _TRIM[0] is not None:
+        _TRIM[0](0)

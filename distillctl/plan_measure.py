@@ -655,7 +655,7 @@ class StudentCost:
     students, ``step[(K, B)]`` is one step of all K on B rows. Tokens (one fine-tuned student at a time):
     ``setup[1]`` builds one, ``step[(1, B)]`` is its step. ``row``: seconds to score one row with one student.
     ``peak[(K, B)]``: bytes on top of the loaded process while training; ``predict_peak`` while scoring;
-    ``state_bytes``: what one trained student holds (tokens: weights and optimiser state)."""
+    ``state_bytes``: what one trained student holds (tokens: :func:`held_bytes`)."""
 
     setup: dict[int, float] = field(default_factory=dict)
     step: dict[tuple[int, int], float] = field(default_factory=dict)
@@ -725,6 +725,14 @@ def vector_student(recipe: Any, section: Any, emb: Any, needs: set[tuple[int, in
     return cost
 
 
+def held_bytes(student: Any) -> int:
+    """Bytes a trained fine-tuned student (``finetuning._Student``) holds between its steps: all its weights, and
+    for each trained one its gradient (kept from one step to the next: ``zero_grad`` frees it only before the
+    next backward) and Adam's two moments (``full-earlystop`` holds K of these at once)."""
+    trained = sum(p.numel() * p.element_size() for p in student.params)
+    return sum(p.numel() * p.element_size() for p in student.module.parameters()) + 3 * trained
+
+
 def token_student(recipe: Any, section: Any, emb: Any, needs: set[int], score_rows: bool = True) -> StudentCost:
     """One fine-tuned student (the real code of :mod:`distillctl.evaluation.finetuning`): building it, a step on
     B real training rows for every B in ``needs`` (batches cut after their last attended position, as
@@ -759,8 +767,7 @@ def token_student(recipe: Any, section: Any, emb: Any, needs: set[int], score_ro
         cost.peak[(1, B)] = mem.extra
         if not cost.param_bytes:
             cost.param_bytes = sum(p.numel() * p.element_size() for p in student.params)
-            cost.state_bytes = sum(p.numel() * p.element_size() for p in student.module.parameters()) \
-                + 2 * cost.param_bytes  # weights + Adam's two moments of the trained ones
+            cost.state_bytes = held_bytes(student)
         if score_rows and not cost.row:
             tdata = TokenData.of_split(test)
             order = torch.argsort(tdata.lengths())

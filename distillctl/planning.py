@@ -165,15 +165,59 @@ def _inner_steps(recipe: Any) -> int:
     return int(steps or 1)
 
 
-def earlystop_steps(recipe: Any) -> tuple[int, int, int]:
-    """(forecast steps, checks, cap) of full-earlystop."""
+def earlystop_steps(recipe: Any, ran: int | None = None) -> tuple[int, int, int]:
+    """(forecast steps, checks, cap) of full-earlystop: ``ran``, the steps an earlier run of the same arm took
+    (:func:`earlier_earlystop`), else EARLYSTOP_EXPECTED x eval.steps."""
     from distillctl.evaluation.subsets import EARLYSTOP_MAX_FACTOR, earlystop_every
 
     S = recipe.eval.steps
     cap = EARLYSTOP_MAX_FACTOR * S
-    steps = min(cap, EARLYSTOP_EXPECTED * S)
+    steps = min(cap, int(ran) if ran else EARLYSTOP_EXPECTED * S)
     every = earlystop_every(S)
     return steps, -(-steps // every), cap
+
+
+#: what makes two runs' full-earlystop the same training: its rows, their features, its seeds and budget (and,
+#: for the token level, the fixed draw of val it checks)
+_SAME_ARM = ("seed", "dataset", "encoder", "embed", "eval")
+
+
+def _same_arm_view(data: dict) -> dict:
+    view = {k: data.get(k) for k in _SAME_ARM}
+    view["val_rows"] = ((data.get("distill") or {}).get("tokens") or {}).get("val_rows")
+    return view
+
+
+def earlier_earlystop(recipe: Any) -> dict[str, tuple[int, str]]:
+    """``student_key -> (steps run, run folder)`` of the newest ``full-earlystop`` record among the earlier runs
+    of this recipe (``runs_dir/<name>/<id>[/<point>]``) whose seed, dataset, encoder, embed and eval sections
+    equal this recipe's: the same training, so it stops at the same step (where it stops cannot be measured in
+    a few steps). Runs that cannot be read are skipped."""
+    from distillctl.errors import UserError
+    from distillctl.recipe import read_recipe_file
+    from distillctl.reporting.scores import newest
+    from distillctl.reporting.sections import collect_results
+
+    root = Path(recipe.runs_dir) / recipe.name
+    if not root.is_dir():
+        return {}
+    want = _same_arm_view(recipe.model_dump(mode="json"))
+    found: dict[str, tuple[str, int, str]] = {}  # key -> (time, steps, run)
+    for f in sorted({*root.glob("*/recipe.resolved.yaml"), *root.glob("*/*/recipe.resolved.yaml")}):
+        try:
+            if _same_arm_view(read_recipe_file(f) or {}) != want:
+                continue
+            records = newest(collect_results(f.parent))
+        except (OSError, UserError, ValueError, AttributeError):
+            continue
+        for r in records:
+            if r.get("arm") != "full-earlystop" or not r.get("steps_run") or not r.get("student_options"):
+                continue
+            key = json.dumps(r["student_options"], sort_keys=True)
+            seen = (str(r.get("time") or ""), int(r["steps_run"]), f.parent.relative_to(root).as_posix())
+            if key not in found or seen[0] >= found[key][0]:
+                found[key] = seen
+    return {k: (steps, run) for k, (_, steps, run) in found.items()}
 
 
 def _sections(recipe: Any) -> list:
@@ -206,17 +250,17 @@ def eval_calls(recipe: Any, ipc: int, z: Sizes) -> list[Call]:
     return calls
 
 
-def baseline_calls(recipe: Any, kind: str, z: Sizes) -> list[Call]:
-    """Calls of ``baseline --kind KIND``."""
+def baseline_calls(recipe: Any, kind: str, z: Sizes, earlier: dict | None = None) -> list[Call]:
+    """Calls of ``baseline --kind KIND`` (``earlier``: :func:`earlier_earlystop`)."""
     ev = recipe.eval
     if kind == "majority":
         return []
     if kind == "full":
-        steps, checks, _ = earlystop_steps(recipe)
         # token level: its checks score distill.tokens.val_rows' fixed draw of val (vectors: all of val)
         val = z.distill_val if _level(recipe) == "tokens" else z.val
         out = []
         for s in _sections(recipe):
+            steps, checks, _ = earlystop_steps(recipe, (earlier or {}).get(student_key(s), (None,))[0])
             out.append(Call(student_key(s), ev.seeds, ev.batch_size, ev.steps, z.test, f"full {s.name}"))
             out.append(Call(student_key(s), ev.seeds, ev.batch_size, steps, z.test + checks * val,
                             f"full-earlystop {s.name}", lockstep=True))
@@ -279,6 +323,7 @@ class Measurement:
     logreg: tuple[float, int] = (0.0, 0)  # full-logreg: seconds, bytes on top
     report: tuple[float, int] = (0.0, 0)
     job_seconds: float | None = None  # a whole job that trains nothing (pm.JobProbe), when measured
+    earlystop_runs: dict[str, tuple[int, str]] = field(default_factory=dict)  # earlier_earlystop()
     lib_bytes: int = 0  # token level: what loading a fine-tuned student's libraries adds to a process
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -524,21 +569,27 @@ def forecast_job(job: Any, recipe: Any, m: Measurement) -> JobForecast:
         peak = loaded + extra
     elif job.kind == "baseline":
         kind = job.argv[job.argv.index("--kind") + 1]
-        calls = baseline_calls(recipe, kind, m.sizes)
+        calls = baseline_calls(recipe, kind, m.sizes, m.earlystop_runs)
         seconds, extra, _ = _calls_part(calls, m)
         parts = {**start, **load}
         if kind == "full":
             es = [c for c in calls if c.lockstep]
             es_s, _, _ = _calls_part(es, m)
             parts[f"full x {eval_steps} steps"] = seconds - es_s
-            steps, _, cap = earlystop_steps(recipe)
+            lo, hi = min((c.steps for c in es), default=0), max((c.steps for c in es), default=0)
+            steps = str(lo) if lo == hi else f"{lo}-{hi}"
+            _, _, cap = earlystop_steps(recipe)
             parts[f"full-earlystop x {steps} steps"] = es_s
             if m.level != "tokens":
                 parts["full-logreg"] = m.logreg[0]
                 extra = max(extra, m.logreg[1])
-            upper = sum(parts.values()) + es_s * (cap / steps - 1)
-            notes.append(f"full-earlystop forecast at {steps} steps ({EARLYSTOP_EXPECTED} x eval.steps); it stops "
-                         f"when val stops improving, at most {cap} steps (upper bound {upper:.0f} s)")
+            upper = sum(parts.values()) + sum(c_s * (cap / c.steps - 1) for c in es
+                                              for c_s in [_calls_part([c], m)[0]])
+            runs = sorted({m.earlystop_runs[c.student][1] for c in es if c.student in m.earlystop_runs})
+            why = (f"as it ran in {', '.join(runs)} (the same rows, seeds and budget)" if runs
+                   else f"{EARLYSTOP_EXPECTED} x eval.steps")
+            notes.append(f"full-earlystop forecast at {steps} steps ({why}); it stops when val stops improving, "
+                         f"at most {cap} steps (upper bound {upper:.0f} s)")
         elif kind in ("herding", "kcenter"):
             parts[f"choose {kind} rows"] = (m.features_seconds if m.level == "tokens"
                                             else sum(v for (k, _), v in m.coreset.items() if k == kind))
@@ -632,6 +683,7 @@ def plan(recipe_path: str | Path, *, overrides: Sequence[str] = (), sweeps: Sequ
                  f"thread{'s' if threads > 1 else ''} per job) ...")
         measured[p.name] = measure(p.recipe, device=device, startup=startup, threads=threads, cores=cores,
                                    shared=shared)
+        measured[p.name].earlystop_runs = earlier_earlystop(p.recipe)
         notes += [n for n in measured[p.name].notes if n not in notes]
     if startup is None:  # alone, after the measurement: a probe beside it would slow both
         t_probe = time.perf_counter()

@@ -89,6 +89,44 @@ def test_validations_and_earlystop_steps(recipe):
     assert planning.earlystop_steps(recipe()) == (60, 10, 300)
 
 
+def test_full_earlystop_is_forecast_at_the_steps_an_identical_earlier_run_took(recipe, tmp_path, monkeypatch):
+    """Where full-earlystop stops cannot be measured in a few steps; an earlier run of the recipe with the same
+    seed, data, embedding and eval sections ran the same training, so the plan takes its steps (and names the
+    run); a run that differs in any of them (here eval.seeds), or none, leaves the 2 x eval.steps guess."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    r = recipe()
+    key = planning.student_key(r.student)
+
+    def earlier(run_id: str, steps_run: int, **over) -> None:
+        run = tmp_path / r.runs_dir / r.name / run_id
+        (run / "eval").mkdir(parents=True)
+        data = r.model_dump(mode="json")
+        for k, v in over.items():
+            data[k] = {**data[k], **v}
+        (run / "recipe.resolved.yaml").write_text(yaml.safe_dump(data))
+        record = {"arm": "full-earlystop", "ipc": None, "student": r.student.name, "labels": "hard",
+                  "student_options": json.loads(key), "steps_run": steps_run, "chosen_steps": steps_run - 24,
+                  "time": f"2026-12-06T1{len(run_id) % 10}:00:00+00:00", "accuracy": {"mean": 0.5, "values": [0.5]}}
+        (run / "eval" / "baseline-full.json").write_text(json.dumps({"results": [record]}))
+
+    full = lambda: planning.forecast_job(  # noqa: E731
+        job("baseline", "baseline-full", ["x", "baseline", "r", "--kind", "full"]), r,
+        measurement(r, earlystop_runs=planning.earlier_earlystop(r)))
+    assert planning.earlier_earlystop(r) == {} and "full-earlystop x 60 steps" in full().parts
+    earlier("20261206-100000-aaaa", 102, eval={"seeds": r.eval.seeds + 1})  # not the same training
+    assert planning.earlier_earlystop(r) == {}
+    earlier("20261206-110000-bbbb", 84)
+    assert planning.earlier_earlystop(r) == {key: (84, "20261206-110000-bbbb")}
+    f = full()
+    step = 0.001 * 256 ** 0.5
+    early = 0.05 + 84 * step + 2 * (90 + 14 * 60) * 1e-4  # 84 steps, checked every 6: 14 checks of 60 val rows
+    assert f.parts["full-earlystop x 84 steps"] == pytest.approx(early, abs=1e-3)
+    assert any("as it ran in 20261206-110000-bbbb" in n for n in f.notes)
+    assert f.upper_seconds == pytest.approx(f.seconds + early * (300 / 84 - 1), abs=0.1)
+
+
 def test_eval_baseline_report_and_embed_forecasts_add_up_the_students_calls(recipe):
     r = recipe()  # eval K = 2, 30 steps, batch 256; C = 3; baseline random (ipc 1, 2) and full
     m = measurement(r)

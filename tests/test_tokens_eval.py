@@ -85,6 +85,28 @@ def test_finetuning_matches_a_hand_written_loop():
     assert scores.peak_memory_mb > 0 and scores.device == "cpu"
 
 
+@pytest.mark.parametrize("train", ["all", "head"])
+def test_plan_counts_what_a_trained_student_holds(train):
+    """plan's memory of full-earlystop (K students held at once) counts each student as plan_measure.held_bytes:
+    equal to the tensors a real student holds after Adam steps (weights, the trained ones' gradients, both
+    moments), counted here one by one, the storage of each tensor once."""
+    from distillctl.evaluation.finetuning import TokenData, _Student
+    from distillctl.evaluation.training import TrainBudget
+    from distillctl.plan_measure import held_bytes
+
+    x, mask, y = synthetic()
+    student = _Student(tiny_build(train=train), 0, cpu_plan(), TrainBudget(steps=3, optimizer="adam", lr=1e-3,
+                                                                            batch_size=4), len(y))
+    for _ in range(3):
+        student.step(TokenData(mask=mask, x=x), y, False)
+    tensors = [p for p in student.module.parameters()] + [p.grad for p in student.module.parameters()
+                                                           if p.grad is not None]
+    tensors += [v for st in student.opt.state.values() for v in st.values() if torch.is_tensor(v) and v.dim()]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    assert held_bytes(student) == sum(storages.values())
+    assert sum(p.grad is not None for p in student.module.parameters()) == len(student.params)
+
+
 def test_steps_chosen_on_val_equal_a_plain_run_of_that_many_steps():
     from distillctl.evaluation.finetuning import TokenData, finetune_and_score
     from distillctl.evaluation.training import TrainBudget

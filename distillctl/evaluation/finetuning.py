@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from distillctl.console import info, is_quiet, progress
-from distillctl.devices import resolve_device
+from distillctl.devices import release_freed_memory, resolve_device
 from distillctl.distillation.tokens import attention_loss
 from distillctl.errors import UserError
 from distillctl.evaluation.training import ADAM_EPS, BatchStream, Scores, build_seeded, classification_scores
@@ -459,6 +459,7 @@ def _train_each(new_student, datas, steps: int, soft: bool, test, bar, scored: d
         preds.append(scored[digest])
         losses.append(loss)
         del student
+        release_freed_memory()  # before the next student is built
     return preds, losses, None, None, steps
 
 
@@ -478,6 +479,7 @@ def _train_in_lockstep(new_student, datas, steps: int, soft: bool, test, select_
     for step in range(1, steps + 1):
         for k, student in enumerate(students):
             losses[k] = student.step(datas[k][0], datas[k][1], soft)
+            release_freed_memory()  # the K students' states interleave with each step's freed activations
         bar.advance(1, loss=sum(losses) / K)
         done = step
         if step % select_every == 0 or step == steps:
