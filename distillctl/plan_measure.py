@@ -108,14 +108,12 @@ class PeakMemory:
 def _trim() -> None:
     """Give freed memory back to the OS (gc, then glibc's malloc_trim), so a block's peak is not inflated by
     what an earlier block left in the heap."""
-    import ctypes
     import gc
 
+    from distillctl.devices import release_freed_memory
+
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    release_freed_memory()
 
 
 # -- start-up ----------------------------------------------------------------------------------------------
