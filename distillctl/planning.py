@@ -194,29 +194,28 @@ def earlier_earlystop(recipe: Any) -> dict[str, tuple[int, str]]:
     equal this recipe's: the same training, so it stops at the same step (where it stops cannot be measured in
     a few steps). Runs that cannot be read are skipped."""
     from distillctl.errors import UserError
-    from distillctl.recipe import read_recipe_file
     from distillctl.reporting.scores import newest
-    from distillctl.reporting.sections import collect_results
+    from distillctl.reporting.sections import collect_results, resolved_runs
 
     root = Path(recipe.runs_dir) / recipe.name
     if not root.is_dir():
         return {}
     want = _same_arm_view(recipe.model_dump(mode="json"))
     found: dict[str, tuple[str, int, str]] = {}  # key -> (time, steps, run)
-    for f in sorted({*root.glob("*/recipe.resolved.yaml"), *root.glob("*/*/recipe.resolved.yaml")}):
-        try:
-            if _same_arm_view(read_recipe_file(f) or {}) != want:
-                continue
-            records = newest(collect_results(f.parent))
-        except (OSError, UserError, ValueError, AttributeError):
+    for folder, data in resolved_runs(root, 1):  # runs/<recipe>/<id>[/<point>]
+        if _same_arm_view(data) != want:
             continue
-        for r in records:
-            if r.get("arm") != "full-earlystop" or not r.get("steps_run") or not r.get("student_options"):
-                continue
-            key = json.dumps(r["student_options"], sort_keys=True)
-            seen = (str(r.get("time") or ""), int(r["steps_run"]), f.parent.relative_to(root).as_posix())
-            if key not in found or seen[0] >= found[key][0]:
-                found[key] = seen
+        try:
+            records = newest(collect_results(folder))
+            for r in records:
+                if r.get("arm") != "full-earlystop" or not r.get("steps_run") or not r.get("student_options"):
+                    continue
+                key = json.dumps(r["student_options"], sort_keys=True)
+                seen = (str(r.get("time") or ""), int(r["steps_run"]), folder.relative_to(root).as_posix())
+                if key not in found or seen[0] >= found[key][0]:
+                    found[key] = seen
+        except (OSError, UserError, ValueError, AttributeError, TypeError):  # results that cannot be read
+            continue
     return {k: (steps, run) for k, (_, steps, run) in found.items()}
 
 
@@ -573,19 +572,18 @@ def forecast_job(job: Any, recipe: Any, m: Measurement) -> JobForecast:
         seconds, extra, _ = _calls_part(calls, m)
         parts = {**start, **load}
         if kind == "full":
-            es = [c for c in calls if c.lockstep]
-            es_s, _, _ = _calls_part(es, m)
+            es = [(c, _calls_part([c], m)[0]) for c in calls if c.lockstep]  # (call, seconds) per student
+            es_s = sum(c_s for _, c_s in es)
             parts[f"full x {eval_steps} steps"] = seconds - es_s
-            lo, hi = min((c.steps for c in es), default=0), max((c.steps for c in es), default=0)
+            lo, hi = min((c.steps for c, _ in es), default=0), max((c.steps for c, _ in es), default=0)
             steps = str(lo) if lo == hi else f"{lo}-{hi}"
             _, _, cap = earlystop_steps(recipe)
             parts[f"full-earlystop x {steps} steps"] = es_s
             if m.level != "tokens":
                 parts["full-logreg"] = m.logreg[0]
                 extra = max(extra, m.logreg[1])
-            upper = sum(parts.values()) + sum(c_s * (cap / c.steps - 1) for c in es
-                                              for c_s in [_calls_part([c], m)[0]])
-            runs = sorted({m.earlystop_runs[c.student][1] for c in es if c.student in m.earlystop_runs})
+            upper = sum(parts.values()) + sum(c_s * (cap / c.steps - 1) for c, c_s in es)
+            runs = sorted({m.earlystop_runs[c.student][1] for c, _ in es if c.student in m.earlystop_runs})
             why = (f"as it ran in {', '.join(runs)} (the same rows, seeds and budget)" if runs
                    else f"{EARLYSTOP_EXPECTED} x eval.steps")
             notes.append(f"full-earlystop forecast at {steps} steps ({why}); it stops when val stops improving, "

@@ -18,19 +18,9 @@ from typing import Any
 from distillctl.reporting.scores import best_reference, mean, newest, std
 
 
-def _dataset_of(resolved: Path) -> tuple[dict | None, str, str]:
-    """(dataset section, level, encoder) of a resolved recipe file, read without validating it (another run's
-    plugins need not be installed to read its numbers); (None, "", "") when it cannot be read."""
-    from distillctl.errors import UserError
-    from distillctl.recipe import read_recipe_file
-
-    try:
-        data = read_recipe_file(resolved) or {}
-    except UserError:
-        return None, "", ""
+def _encoder_of(data: dict) -> str:
     encoder = data.get("encoder") or {}
-    return (data.get("dataset"), str((data.get("embed") or {}).get("level") or "vectors"),
-            str(encoder.get("model") or encoder.get("name") or "?"))
+    return str(encoder.get("model") or encoder.get("name") or "?")
 
 
 def _cell(r: dict) -> dict:
@@ -43,7 +33,7 @@ def frozen_vector_best(run_path: Path, recipe: Any) -> dict:
     "runs": [...]}`` over the vector-level runs with ``recipe``'s dataset in ``run_path``'s runs folder (empty
     when none); the reference is :func:`best_reference` over all their full-data records."""
     from distillctl.errors import UserError
-    from distillctl.reporting.sections import collect_results
+    from distillctl.reporting.sections import collect_results, resolved_runs
 
     want = recipe.dataset.model_dump(mode="json")
     empty = {"rows": [], "reference": None, "runs": []}
@@ -54,15 +44,14 @@ def frozen_vector_best(run_path: Path, recipe: Any) -> dict:
     if getattr(recipe, "name", None) not in names:
         return empty
     root = here.parents[names.index(recipe.name) + 1]
-    resolved = sorted({*root.glob("*/*/recipe.resolved.yaml"), *root.glob("*/*/*/recipe.resolved.yaml")})
     pool, runs = [], []  # the comparable runs' records, each tagged with its run and encoder
-    for f in resolved:
-        folder = f.parent
+    for folder, data in resolved_runs(root, 2):  # runs/<recipe>/<id>[/<point>]
         if folder == here:
             continue
-        dataset, level, encoder = _dataset_of(f)
-        if level != "vectors" or dataset != want:
+        level = str((data.get("embed") or {}).get("level") or "vectors")
+        if level != "vectors" or data.get("dataset") != want:
             continue
+        encoder = _encoder_of(data)
         try:
             records = newest(collect_results(folder))
         except (OSError, UserError):

@@ -28,6 +28,25 @@ def collect_results(run_path: Path) -> list[dict]:
     return records
 
 
+def resolved_runs(root: Path, depth: int) -> list[tuple[Path, dict]]:
+    """``(folder, resolved recipe)`` of every run ``depth`` folders below ``root`` and of every sweep point of
+    one (a folder deeper), the recipe as written (not validated: another run's plugins need not be installed
+    to read its numbers); a folder whose ``recipe.resolved.yaml`` cannot be read is left out."""
+    from distillctl.errors import UserError
+    from distillctl.recipe import read_recipe_file
+
+    pattern = "*/" * depth + "recipe.resolved.yaml"
+    out = []
+    for f in sorted({*root.glob(pattern), *root.glob("*/" + pattern)}):
+        try:
+            data = read_recipe_file(f)
+        except (OSError, UserError):
+            continue
+        if isinstance(data, dict):
+            out.append((f.parent, data))
+    return out
+
+
 def set_selection(meta: dict) -> str:
     """Which set of a stage was kept, from its sidecar: distill saves the best-on-val set (a sidecar may say
     otherwise in ``selection``); ``best-on-val (= final)`` when the best was the last step run."""
