@@ -15,6 +15,11 @@ that is stopped keeps what it measured.
 
     nice -n 5 python benchmarks/plan_accuracy.py recipes/quickstart.yaml --out benchmarks/results/plan_accuracy.jsonl
     python benchmarks/plan_accuracy.py --table benchmarks/results/plan_accuracy.jsonl     # the table again
+    python benchmarks/plan_accuracy.py recipes/quickstart.yaml --replan benchmarks/results/plan_accuracy.jsonl
+
+``--replan`` checks a change to the forecasts without running the jobs again: it plans each recipe now and
+compares with the actual walls and peaks recorded earlier (the latest row per job with the same ``--set``).
+Peaks do not depend on the load; walls do, so compare those only on a machine as loaded as the record's.
 """
 
 from __future__ import annotations
@@ -147,6 +152,40 @@ def bench(recipe_path: str, sets: list[str], out: Path | None, runs_dir: Path) -
     return rows
 
 
+def replan(recipes: list[str], sets: list[str], record: Path) -> str:
+    """Plan each recipe now; a markdown table of the new and recorded forecasts against the recorded actuals."""
+    rows = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
+    env = job_env()
+    lines = ["| recipe | job | wall new / recorded / actual s | error new (recorded) | "
+             "peak new / recorded / actual MiB | error new (recorded) |", "|---|---|---:|---:|---:|---:|"]
+    summary = []
+    for recipe in recipes:
+        actual = {r["job"]: r for r in rows if r["recipe"] == recipe and r.get("sets", []) == sets
+                  and r.get("kind") != "plan-only" and r.get("exit_code") == 0}
+        if not actual:
+            summary.append(f"{Path(recipe).name}: no recorded jobs in {record} with these --set")
+            continue
+        forecast, seconds, err = run_plan(recipe, sets, env)
+        if forecast is None:
+            summary.append(f"{Path(recipe).name}: plan failed: {err}")
+            continue
+        wall_ok = mem_ok = n = 0
+        for f in forecast["jobs"]:
+            a = actual.get(f["id"])
+            if a is None:
+                continue
+            we, me = f["seconds"] / a["actual_seconds"] - 1, f["peak_bytes"] / a["actual_peak_bytes"] - 1
+            n, wall_ok, mem_ok = n + 1, wall_ok + (abs(we) <= WALL_TARGET), mem_ok + (abs(me) <= MEM_TARGET)
+            lines.append(f"| {Path(recipe).name} | {f['id']} | {f['seconds']:.1f} / {a['forecast_seconds']:.1f} / "
+                         f"{a['actual_seconds']:.1f} | {100 * we:+.0f} % ({100 * a['wall_error']:+.0f} %) | "
+                         f"{f['peak_bytes'] / 2**20:,.0f} / {a['forecast_peak_bytes'] / 2**20:,.0f} / "
+                         f"{a['actual_peak_bytes'] / 2**20:,.0f} | {100 * me:+.0f} % ({100 * a['mem_error']:+.0f} %) |")
+        summary.append(f"{Path(recipe).name}: replanned in {seconds:.1f} s; wall within +-30 % for {wall_ok}/{n} "
+                       f"recorded jobs, peak memory within +-20 % for {mem_ok}/{n}")
+        print(summary[-1], flush=True)
+    return "\n".join(lines + [""] + summary)
+
+
 def table(rows: list[dict]) -> str:
     """Markdown: one row per job, then per recipe how many jobs met each target."""
     def mib(n):
@@ -180,7 +219,12 @@ def main() -> None:
     ap.add_argument("--runs-dir", type=Path, default=Path("runs") / "plan-accuracy", help="where the runs go")
     ap.add_argument("--plan-only", action="store_true", help="only time `distillctl plan` on each recipe")
     ap.add_argument("--table", type=Path, metavar="JSONL", help="print the table of an earlier --out file and exit")
+    ap.add_argument("--replan", type=Path, metavar="JSONL",
+                    help="plan the recipes now and compare with the actuals recorded in an earlier --out file")
     args = ap.parse_args()
+    if args.replan:
+        print(replan(args.recipes, args.sets, args.replan))
+        return
     if args.plan_only:
         print(plan_only(args.recipes, args.sets, args.out))
         return

@@ -104,6 +104,11 @@ class PeakMemory:
         self.peak = int(kib) * 1024
         self.extra = max(0, self.peak - self.start)
 
+    def so_far(self) -> int:
+        """``extra`` up to now, inside the block (0 where the peak cannot be read without ending the block)."""
+        kib = _status_kib("VmHWM")
+        return max(0, int(kib) * 1024 - self.start) if kib is not None else 0
+
 
 def _trim() -> None:
     """Give freed memory back to the OS (gc, then glibc's malloc_trim), so a block's peak is not inflated by
@@ -652,14 +657,20 @@ class StudentCost:
     """What training and scoring one student section costs here. Vectors: ``setup[K]`` builds K stacked
     students, ``step[(K, B)]`` is one step of all K on B rows. Tokens (one fine-tuned student at a time):
     ``setup[1]`` builds one, ``step[(1, B)]`` is its step. ``row``: seconds to score one row with one student.
-    ``peak[(K, B)]``: bytes on top of the loaded process while training; ``predict_peak`` while scoring;
-    ``state_bytes``: what one trained student holds (tokens: :func:`held_bytes`)."""
+    ``peak[(K, B)]``: bytes on top of the loaded process while training; ``predict_peak`` while scoring
+    ``predict_rows`` rows alone (after a trim); ``scored_peak[(K, B)]`` (vectors) while training and then scoring
+    ``scored_rows`` test rows with one of the K students still held, as ``train_and_score`` does: what training
+    leaves behind and scoring stack, so neither alone is the job's peak; ``state_bytes``: what one trained
+    student holds (tokens: :func:`held_bytes`)."""
 
     setup: dict[int, float] = field(default_factory=dict)
     step: dict[tuple[int, int], float] = field(default_factory=dict)
     row: float = 0.0
     peak: dict[tuple[int, int], int] = field(default_factory=dict)
     predict_peak: int = 0
+    predict_rows: int = 0
+    scored_peak: dict[tuple[int, int], int] = field(default_factory=dict)
+    scored_rows: int = 0
     state_bytes: int = 0
     param_bytes: int = 0
 
@@ -685,7 +696,8 @@ def vector_student(recipe: Any, section: Any, emb: Any, needs: set[tuple[int, in
     import torch
 
     from distillctl.evaluation.protocol import split_of
-    from distillctl.evaluation.training import TrainBudget, _Batches, _Stacked, _TrainData, student_builder
+    from distillctl.evaluation.training import (EVAL_STUDENT_ROWS, TrainBudget, _Batches, _Stacked, _TrainData,
+                                                  student_builder)
 
     train, test = split_of(emb, "train"), split_of(emb, "test")
     X, y = train.X.float(), train.y.long()
@@ -693,6 +705,9 @@ def vector_student(recipe: Any, section: Any, emb: Any, needs: set[tuple[int, in
     build = student_builder(recipe, d, C, section)
     budget = TrainBudget.from_eval(recipe.eval)
     cost = StudentCost()
+    scored = min(len(test.y), EVAL_STUDENT_ROWS)  # train_and_score's chunk of test rows
+    x_scored = test.X[:scored].float()
+    cost.scored_rows = scored
     for K, B in sorted(needs):
         seeds = list(range(K))
         rows = torch.arange(min(B, len(y))) if B < budget.batch_size else torch.arange(len(y))
@@ -709,18 +724,29 @@ def vector_student(recipe: Any, section: Any, emb: Any, needs: set[tuple[int, in
 
             cost.step[(K, B)], first = _timed_steps(once)
             cost.setup[K] = min(cost.setup.get(K, math.inf), built + first)
-        cost.peak[(K, B)] = mem.extra
-        if not cost.row:  # scoring: one student on one chunk of test rows (the loop scores K one after another)
+            cost.peak[(K, B)] = mem.so_far()
+            _score_first(students, x_scored)  # the K students and what training left are still held
+        cost.scored_peak[(K, B)] = max(mem.extra, cost.peak[(K, B)])
+        if not cost.peak[(K, B)]:  # no VmHWM to read inside the block: the block's peak bounds training's
+            cost.peak[(K, B)] = mem.extra
+        if not cost.row:  # scoring alone: one student on one chunk of test rows (the loop scores K one after another)
             m = min(PREDICT_ROWS, len(test.y))
-            one = [v[:1] for v in students.plist]
             x_eval = test.X[:m].float()
             with PeakMemory() as mem:
-                students.K = 1
-                students.buffers = {k: v[:1] for k, v in students.buffers.items()}
-                cost.row = _timed_steps(lambda: students.predict(one, x_eval))[0] / m
-            cost.predict_peak = mem.extra
+                cost.row = _timed_steps(lambda: _score_first(students, x_eval))[0] / m
+            cost.predict_peak, cost.predict_rows = mem.extra, m
         del students, batches, data
     return cost
+
+
+def _score_first(students: Any, x: Any) -> Any:
+    """The first of the stacked students' classes for the rows ``x`` (m, d), through the real ``predict``."""
+    K, buffers = students.K, students.buffers
+    students.K, students.buffers = 1, {k: v[:1] for k, v in buffers.items()}
+    try:
+        return students.predict([v[:1] for v in students.plist], x)
+    finally:
+        students.K, students.buffers = K, buffers
 
 
 def held_bytes(student: Any) -> int:

@@ -302,7 +302,15 @@ def call_bytes(c: Call, cost: StudentCost, tokens: bool) -> int:
         elif c.K > 1:  # one after another: the next one is built while the last one is still held
             train += cost.state_bytes
         return max(train, cost.predict_peak)
-    return max(cost.peak.get((c.K, c.B), 0), cost.predict_peak)
+    train = cost.peak.get((c.K, c.B), 0)
+    scored = cost.scored_peak.get((c.K, c.B))
+    if scored is None or not cost.scored_rows:  # a measurement without it: each part alone
+        return max(train, cost.predict_peak)
+    # training, then scoring with the students still held: measured with scored_rows rows in one chunk, less
+    # what each row fewer needs (scoring alone, per row) where the call scores fewer rows at a time
+    fewer = max(0, cost.scored_rows - c.rows)  # scored_rows is at most one chunk (EVAL_STUDENT_ROWS)
+    per_row = cost.predict_peak / cost.predict_rows if cost.predict_rows else 0.0
+    return max(train, int(scored - fewer * per_row))
 
 
 # -- the measurement ---------------------------------------------------------------------------------------
@@ -407,11 +415,13 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
             if missing:
                 new = (pm.token_student(recipe, sections[key], emb, missing) if tokens
                        else pm.vector_student(recipe, sections[key], emb, missing))
-                for name in ("setup", "step", "peak"):
+                for name in ("setup", "step", "peak", "scored_peak"):
                     getattr(cost, name).update({k: v for k, v in getattr(new, name).items()
                                                 if k not in getattr(cost, name)})
                 cost.row = cost.row or new.row
                 cost.predict_peak = cost.predict_peak or new.predict_peak
+                cost.predict_rows = cost.predict_rows or new.predict_rows
+                cost.scored_rows = cost.scored_rows or new.scored_rows
                 cost.state_bytes = cost.state_bytes or new.state_bytes
                 cost.param_bytes = cost.param_bytes or new.param_bytes
             m.students[key] = cost

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 from distillctl import plan_measure, planning
 from distillctl.jobs.jobgraph import build_graph
 from distillctl.jobs.sweeps import expand_points
-from distillctl.plan_measure import EmbedMeasure, StageMeasure, Startup, StudentCost
+from distillctl.plan_measure import EmbedMeasure, PeakMemory, StageMeasure, Startup, StudentCost
 from distillctl.planning import JobForecast, Measurement, Plan
 from distillctl.scheduling import Job
 from fakes.submit import env  # noqa: F401 - fixture
+
+MiB_FLOATS = 2**20 // 4  # float32 numbers in one MiB
 
 
 def measurement(r, **over) -> Measurement:
@@ -173,6 +176,42 @@ def test_token_calls_are_per_student_and_hold_k_students_in_lockstep():
     assert planning.call_bytes(c, cost, tokens=True) == 300 + 1000
     c.K = 1
     assert planning.call_bytes(c, cost, tokens=True) == 300
+
+
+def test_vector_calls_hold_what_training_left_while_they_score():
+    """train_and_score scores with the K trained students (and what their training left) still held: the peak
+    is the one measured over training then scoring scored_rows test rows, less scoring's own bytes per row for
+    a call that scores fewer rows; a measurement without it falls back on the larger part."""
+    MiB = 2**20
+    cost = StudentCost(peak={(10, 40): 150 * MiB}, predict_peak=40 * MiB, predict_rows=4000,
+                       scored_peak={(10, 40): 340 * MiB}, scored_rows=7600)
+    c = planning.Call("s", K=10, B=40, steps=1000, rows=7600, what="eval")
+    assert planning.call_bytes(c, cost, tokens=False) == 340 * MiB  # not max(150, 40)
+    c.rows = 20000  # several chunks of at most scored_rows: the same peak
+    assert planning.call_bytes(c, cost, tokens=False) == 340 * MiB
+    c.rows = 3600  # 4,000 rows fewer at 10 KiB a row
+    assert planning.call_bytes(c, cost, tokens=False) == 300 * MiB
+    c.rows = 10
+    assert planning.call_bytes(c, cost, tokens=False) == int(340 * MiB - 7590 * 10 * 1024 * 1.024)
+    cost.scored_peak[(10, 40)] = 160 * MiB  # 160 MiB less 74 MiB of scoring: training's own peak is the floor
+    assert planning.call_bytes(c, cost, tokens=False) == 150 * MiB
+    old = StudentCost(peak={(10, 40): 150 * MiB}, predict_peak=40 * MiB)
+    assert planning.call_bytes(c, old, tokens=False) == 150 * MiB
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is Linux's")
+def test_peak_memory_reads_the_peak_so_far_inside_its_block():
+    import torch
+
+    with PeakMemory() as pm:
+        a = torch.ones(64 * MiB_FLOATS)  # 64 MiB, touched
+        first = pm.so_far()
+        del a
+        b = torch.ones(16 * MiB_FLOATS)  # 16 MiB more after the first was freed: the peak stays the first's
+        del b
+    assert first >= 60 * 2**20
+    # the kernel's resident-set counters lag by up to a few hundred KiB (per-thread caches)
+    assert first - 2**20 <= pm.extra < first + 8 * 2**20
 
 
 def test_ridge_first_replays_from_fresh_heads_are_forecast_without_scoring():
