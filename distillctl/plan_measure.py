@@ -848,15 +848,20 @@ def logreg(emb: Any) -> tuple[float, int, int]:
     return t_import + seconds * (n / k) ** LOGREG_EXPONENT, int(lib.extra + held + per_row * n), k
 
 
-def coreset_seconds(emb: Any, kind: str, ipc: int) -> float:
-    """Seconds to choose ``ipc`` rows per class by ``kind`` (herding, kcenter) on the training vectors."""
+def coreset_cost(emb: Any, kind: str, ipc: int) -> tuple[float, int]:
+    """(seconds, bytes on top of the loaded rows) to choose ``ipc`` rows per class by ``kind`` (herding, kcenter) on
+    the training vectors: the greedy passes hold float64 copies of a class's rows and temporaries of that size
+    (MRPC's 1,536-d pair features: ~170 MiB, more than its students' training)."""
     from distillctl.evaluation.protocol import split_of
     from distillctl.evaluation.subsets import coreset
 
     train = split_of(emb, "train")
-    t0 = time.perf_counter()
-    coreset(train.X.float(), train.y.long(), int(emb.num_classes), ipc, kind)
-    return time.perf_counter() - t0
+    X, y = train.X.float(), train.y.long()  # as the baseline holds them
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        coreset(X, y, int(emb.num_classes), ipc, kind)
+        seconds = time.perf_counter() - t0
+    return seconds, mem.extra
 
 
 def measure_report(recipe: Any, run: Path | None, emb: Any, row_seconds: float = 0.0) -> tuple[float, int]:

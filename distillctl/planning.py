@@ -326,6 +326,7 @@ class Measurement:
     stages: dict[int, StageMeasure] = field(default_factory=dict)
     students: dict[str, StudentCost] = field(default_factory=dict)
     coreset: dict[tuple[str, int], float] = field(default_factory=dict)  # (kind, ipc) -> seconds
+    coreset_bytes: dict[str, int] = field(default_factory=dict)  # kind -> bytes its choice holds at its peak
     features_seconds: float = 0.0  # token level: herding/kcenter's pooled features of every training text
     logreg: tuple[float, int] = (0.0, 0)  # full-logreg: seconds, bytes on top
     report: tuple[float, int] = (0.0, 0)
@@ -435,8 +436,8 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
             if kind in recipe.baseline.kinds and not tokens:
                 top = max(ipcs)
                 if ("coreset", ekey, kind, top) not in shared:
-                    shared[("coreset", ekey, kind, top)] = pm.coreset_seconds(emb, kind, top)
-                seconds = shared[("coreset", ekey, kind, top)]
+                    shared[("coreset", ekey, kind, top)] = pm.coreset_cost(emb, kind, top)
+                seconds, m.coreset_bytes[kind] = shared[("coreset", ekey, kind, top)]
                 for k in ipcs:  # greedy: one pick per row per class, each a pass over the class
                     m.coreset[(kind, k)] = seconds * k / top
         if tokens and {"herding", "kcenter"} & set(recipe.baseline.kinds):
@@ -601,6 +602,7 @@ def forecast_job(job: Any, recipe: Any, m: Measurement) -> JobForecast:
         elif kind in ("herding", "kcenter"):
             parts[f"choose {kind} rows"] = (m.features_seconds if m.level == "tokens"
                                             else sum(v for (k, _), v in m.coreset.items() if k == kind))
+            extra = max(extra, m.coreset_bytes.get(kind, 0))  # chosen before the students train, then freed
             parts[_students_label(calls, recipe)] = seconds
         elif kind == "majority":
             parts = {**cold_start, **load, "count classes": 0.0}

@@ -158,6 +158,19 @@ def test_eval_baseline_report_and_embed_forecasts_add_up_the_students_calls(reci
     assert "load + verify" in emb.dominant or "startup" in emb.dominant
 
 
+def test_a_coreset_baseline_peaks_at_the_larger_of_choosing_its_rows_and_training(recipe):
+    """herding / kcenter hold float64 copies of a class's rows while they choose (MRPC's 1,536-d pair features:
+    ~170 MiB, more than the students need), then free them before the students train."""
+    r = recipe()
+    argv = ["x", "baseline", "r", "--kind", "herding"]
+    m = measurement(r, coreset={("herding", 1): 0.3, ("herding", 2): 0.6}, coreset_bytes={"herding": 30 * 2**20})
+    f = planning.forecast_job(job("baseline", "baseline-herding", argv), r, m)
+    assert f.peak_bytes == (200 + 20 + 30) * 2**20
+    assert f.parts["choose herding rows"] == pytest.approx(0.9)
+    m.coreset_bytes = {"herding": 2**20}  # less than scoring (4 MiB): the students' peak
+    assert planning.forecast_job(job("baseline", "baseline-herding", argv), r, m).peak_bytes == (200 + 20 + 4) * 2**20
+
+
 def test_soft_labels_score_each_set_twice(recipe):
     r = recipe()
     soft = recipe(distill={**r.to_dict()["distill"], "soft_labels": True})
@@ -189,10 +202,10 @@ def test_vector_calls_hold_what_training_left_while_they_score():
     assert planning.call_bytes(c, cost, tokens=False) == 340 * MiB  # not max(150, 40)
     c.rows = 20000  # several chunks of at most scored_rows: the same peak
     assert planning.call_bytes(c, cost, tokens=False) == 340 * MiB
-    c.rows = 3600  # 4,000 rows fewer at 10 KiB a row
+    c.rows = 3600  # 4,000 rows fewer, at the 40 MiB per 4,000 rows that scoring alone needs
     assert planning.call_bytes(c, cost, tokens=False) == 300 * MiB
     c.rows = 10
-    assert planning.call_bytes(c, cost, tokens=False) == int(340 * MiB - 7590 * 10 * 1024 * 1.024)
+    assert planning.call_bytes(c, cost, tokens=False) == int(340 * MiB - 7590 * (40 * MiB / 4000))
     cost.scored_peak[(10, 40)] = 160 * MiB  # 160 MiB less 74 MiB of scoring: training's own peak is the floor
     assert planning.call_bytes(c, cost, tokens=False) == 150 * MiB
     old = StudentCost(peak={(10, 40): 150 * MiB}, predict_peak=40 * MiB)
