@@ -281,6 +281,21 @@ def test_stage_times_from_metrics_records():
     assert warm == pytest.approx(0.2)
 
 
+def test_the_steady_step_is_the_median_of_the_measured_intervals():
+    """One slow step (a page fault storm, another process) does not set the forecast of 400."""
+    el = [1.7, 2.2, 2.7, 4.7, 5.2, 5.7]  # steps 1-6 plain; the step 3 -> 4 interval took 2.0 s
+    rows = [{"ipc": 1, "step": 0, "val_accuracy": 0.5, "elapsed": 1.0, "val_seconds": 1.0}]
+    rows += [{"ipc": 1, "step": i + 1, "loss": 1.0, "elapsed": e} for i, e in enumerate(el)]
+    step, warm, _, _, n = planning.stage_times(rows, 1)
+    assert step == pytest.approx(0.5) and warm == pytest.approx(0.2) and n == 6
+    rows[-1]["elapsed"] = 4.7 + 0.5 + 1.1  # intervals 0.5, 0.5, 2.0, 0.5, 1.1: median 0.5
+    assert planning.stage_times(rows, 1)[0] == pytest.approx(0.5)
+    rows = rows[:-1]  # four intervals 0.5, 0.5, 2.0, 0.5: the mean of the middle two
+    assert planning.stage_times(rows, 1)[0] == pytest.approx(0.5)
+    rows[3]["elapsed"] = 2.2 + 0.7  # 0.5, 0.7, 1.8, 0.5 -> (0.5 + 0.7) / 2
+    assert planning.stage_times(rows, 1)[0] == pytest.approx(0.6)
+
+
 def test_slurm_limits_state_their_margin():
     f = JobForecast("distill-ipc1", "distill", seconds=600.0, peak_bytes=1000 * 2**20)
     minutes, mem = planning.slurm_limits(f)
