@@ -39,7 +39,9 @@ from typing import Any, Sequence
 MEASURE_STEPS = 6
 #: each measured stage stops after this many seconds (a Transformer population, a fine-tuned student)
 MEASURE_STAGE_SECONDS = 4.0
-#: bptt's inner population is measured with at most this many students and scaled to the recipe's
+#: bptt's inner population is measured with at most this many students and scaled to the recipe's (linearly: an
+#: upper bound, vmapped students share work: mrpc-transformer's 4 measured as 2 x 2 took 1.27 s a step, measured
+#: as 4 0.96 s, 0.92 s in the run; measuring 4 would keep agnews-transformer-ratbptt's plan at 35 s, not 31)
 MEASURE_POPULATION = 2
 #: a student primitive times at least MIN_TIMED_STEPS steps after one warm-up step, and at most this long
 PRIMITIVE_SECONDS = 0.25
@@ -664,8 +666,9 @@ class StudentCost:
     ``peak[(K, B)]``: bytes on top of the loaded process while training; ``predict_peak`` while scoring
     ``predict_rows`` rows alone (after a trim); ``scored_peak[(K, B)]`` (vectors) while training and then scoring
     ``scored_rows`` test rows with one of the K students still held, as ``train_and_score`` does: what training
-    leaves behind and scoring stack, so neither alone is the job's peak; ``state_bytes``: what one trained
-    student holds (tokens: :func:`held_bytes`)."""
+    leaves behind and scoring stack, so neither alone is the job's peak (what training leaves depends on B: one
+    increment per K measured at its largest B left agnews-mlp-transfer's evals 22-27 % under); ``state_bytes``:
+    what one trained student holds (tokens: :func:`held_bytes`)."""
 
     setup: dict[int, float] = field(default_factory=dict)
     step: dict[tuple[int, int], float] = field(default_factory=dict)
@@ -674,7 +677,7 @@ class StudentCost:
     predict_peak: int = 0
     predict_rows: int = 0
     scored_peak: dict[tuple[int, int], int] = field(default_factory=dict)
-    scored_rows: int = 0
+    scored_rows: dict[tuple[int, int], int] = field(default_factory=dict)
     state_bytes: int = 0
     param_bytes: int = 0
 
@@ -694,9 +697,11 @@ def _timed_steps(step_once, least: int = MIN_TIMED_STEPS) -> tuple[float, float]
     return each, max(0.0, first - each)
 
 
-def vector_student(recipe: Any, section: Any, emb: Any, needs: set[tuple[int, int]]) -> StudentCost:
+def vector_student(recipe: Any, section: Any, emb: Any, needs: set[tuple[int, int]],
+                   rows_scored: dict[tuple[int, int], int] | None = None) -> StudentCost:
     """Steps of K stacked students on B training rows for every (K, B) in ``needs``, and scoring (the real
-    code of :func:`distillctl.evaluation.training.train_and_score`, on the real rows)."""
+    code of :func:`distillctl.evaluation.training.train_and_score`, on the real rows). ``rows_scored[(K, B)]``:
+    the most rows a call of that (K, B) scores (default: the test split), for its peak after training."""
     import torch
 
     from distillctl.evaluation.protocol import split_of
@@ -709,10 +714,12 @@ def vector_student(recipe: Any, section: Any, emb: Any, needs: set[tuple[int, in
     build = student_builder(recipe, d, C, section)
     budget = TrainBudget.from_eval(recipe.eval)
     cost = StudentCost()
-    scored = min(len(test.y), EVAL_STUDENT_ROWS)  # train_and_score's chunk of test rows
-    x_scored = test.X[:scored].float()
-    cost.scored_rows = scored
     for K, B in sorted(needs):
+        # train_and_score's chunk: validations score val (fewer rows, and scoring a Transformer costs ~0.35 s
+        # per 7,600 rows, ~10 times a plan), stand-ins of the same width taken from test
+        scored = min((rows_scored or {}).get((K, B), len(test.y)), len(test.y), EVAL_STUDENT_ROWS)
+        x_scored = test.X[:scored].float()
+        cost.scored_rows[(K, B)] = scored
         seeds = list(range(K))
         rows = torch.arange(min(B, len(y))) if B < budget.batch_size else torch.arange(len(y))
         with PeakMemory() as mem:

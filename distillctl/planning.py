@@ -304,11 +304,11 @@ def call_bytes(c: Call, cost: StudentCost, tokens: bool) -> int:
         return max(train, cost.predict_peak)
     train = cost.peak.get((c.K, c.B), 0)
     scored = cost.scored_peak.get((c.K, c.B))
-    if scored is None or not cost.scored_rows:  # a measurement without it: each part alone
+    if scored is None or not cost.scored_rows.get((c.K, c.B)):  # a measurement without it: each part alone
         return max(train, cost.predict_peak)
     # training, then scoring with the students still held: measured with scored_rows rows in one chunk, less
     # what each row fewer needs (scoring alone, per row) where the call scores fewer rows at a time
-    fewer = max(0, cost.scored_rows - c.rows)  # scored_rows is at most one chunk (EVAL_STUDENT_ROWS)
+    fewer = max(0, cost.scored_rows[(c.K, c.B)] - c.rows)  # scored_rows is at most one chunk (EVAL_STUDENT_ROWS)
     per_row = cost.predict_peak / cost.predict_rows if cost.predict_rows else 0.0
     return max(train, int(scored - fewer * per_row))
 
@@ -403,8 +403,11 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
         t0 = time.perf_counter()
         sections = {student_key(s): s for s in _sections(recipe) + _distill_sections(recipe)}
         needs: dict[str, set] = {}
+        scored_rows: dict[tuple[str, int, int], int] = {}
         for c in all_calls(recipe, z):
             needs.setdefault(c.student, set()).add(c.B if tokens else (c.K, c.B))
+            if not tokens:  # the most rows a call of this (K, B) scores
+                scored_rows[(c.student, c.K, c.B)] = max(scored_rows.get((c.student, c.K, c.B), 0), c.rows)
         if tokens:
             needs.setdefault(student_key(_distill_sections(recipe)[0]), set())
             needs[student_key(_distill_sections(recipe)[0])] |= {_batch(ipc * z.C, 10**9) for ipc in recipe.distill.ipc} \
@@ -415,14 +418,14 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
             missing = {n for n in need if ((1, n) if tokens else n) not in cost.step}
             if missing:
                 new = (pm.token_student(recipe, sections[key], emb, missing) if tokens
-                       else pm.vector_student(recipe, sections[key], emb, missing))
-                for name in ("setup", "step", "peak", "scored_peak"):
+                       else pm.vector_student(recipe, sections[key], emb, missing,
+                                              {(K, B): n for (k, K, B), n in scored_rows.items() if k == key}))
+                for name in ("setup", "step", "peak", "scored_peak", "scored_rows"):
                     getattr(cost, name).update({k: v for k, v in getattr(new, name).items()
                                                 if k not in getattr(cost, name)})
                 cost.row = cost.row or new.row
                 cost.predict_peak = cost.predict_peak or new.predict_peak
                 cost.predict_rows = cost.predict_rows or new.predict_rows
-                cost.scored_rows = cost.scored_rows or new.scored_rows
                 cost.state_bytes = cost.state_bytes or new.state_bytes
                 cost.param_bytes = cost.param_bytes or new.param_bytes
             m.students[key] = cost

@@ -197,7 +197,7 @@ def test_vector_calls_hold_what_training_left_while_they_score():
     a call that scores fewer rows; a measurement without it falls back on the larger part."""
     MiB = 2**20
     cost = StudentCost(peak={(10, 40): 150 * MiB}, predict_peak=40 * MiB, predict_rows=4000,
-                       scored_peak={(10, 40): 340 * MiB}, scored_rows=7600)
+                       scored_peak={(10, 40): 340 * MiB}, scored_rows={(10, 40): 7600})
     c = planning.Call("s", K=10, B=40, steps=1000, rows=7600, what="eval")
     assert planning.call_bytes(c, cost, tokens=False) == 340 * MiB  # not max(150, 40)
     c.rows = 20000  # several chunks of at most scored_rows: the same peak
