@@ -51,8 +51,9 @@ PREDICT_ROWS = 4096
 #: token level: rows scored to time scoring (spread over the length distribution), val rows during the stage
 TOKEN_SCORE_ROWS = 128
 TOKEN_VAL_ROWS = 32
-#: token level: training texts the report's readout searches during the measurement (the rest: forecast)
-REPORT_REAL_ROWS = 64
+#: token level: training texts the report's readout searches during the measurement (the rest: forecast), one
+#: whole chunk of the readout (readable.READOUT_CHUNK), so its memory is the real one's
+REPORT_REAL_ROWS = 256
 #: texts encoded to time the encoder when the embedding cache is missing, in batches of SAMPLE_BATCH; one
 #: more batch of the longest texts at the recipe's embed.batch_size gives the job's peak memory
 EMBED_SAMPLE, SAMPLE_BATCH = 64, 16

@@ -19,6 +19,9 @@ from distillctl.evaluation.protocol import split_of
 
 #: vocabulary tokens per position, real texts per sequence, real texts embedded for the text readout
 TOKENS_PER_POSITION, TEXTS_PER_SEQUENCE, MAX_REAL = 3, 3, 2000
+#: real texts looked up and run through the model at a time (the input embeddings of all 2,000 texts of 64
+#: tokens at once held ~200 MB more)
+READOUT_CHUNK = 256
 
 
 def token_readout(files: list[Path], embeddings: Any, *, k_tokens: int = TOKENS_PER_POSITION,
@@ -83,10 +86,13 @@ def _real_features(module, embeddings, max_real: int, seed: int):
     n = int(train.ids.shape[0])
     rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_real].sort().values
     types = getattr(train, "type_ids", None)
+    feats = []
     with torch.no_grad():
-        x = module.embed_tokens(train.ids[rows]) if types is None else module.embed_tokens(train.ids[rows], types[rows])
-        mask = train.mask[rows]  # (m, T)
-        feats = torch.cat([module.features(x[i:i + 256], mask[i:i + 256]) for i in range(0, len(rows), 256)])
+        for part in rows.split(READOUT_CHUNK):
+            ids = train.ids[part]  # (c, T)
+            x = module.embed_tokens(ids) if types is None else module.embed_tokens(ids, types[part])  # (c, T, d)
+            feats.append(module.features(x, train.mask[part]))  # (c, h)
+    feats = torch.cat(feats)  # (m, h)
     texts = embeddings.texts("train") if callable(getattr(embeddings, "texts", None)) else None
     return (rows.tolist(), feats, [texts[int(j)] if texts else f"train row {int(j)}" for j in rows],
             train.y[rows].tolist())
