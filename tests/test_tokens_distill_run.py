@@ -170,11 +170,15 @@ def test_load_set_gives_what_fine_tunes_a_copy_to_the_validated_accuracy(env):
     assert acc == pytest.approx(s.meta["val_accuracy"]) and acc != 0.5  # 12 val rows: not the chance score
 
 
-def test_export_and_readout_of_a_token_set(env):
+def test_export_and_readout_of_a_token_set(env, monkeypatch):
     """export jsonl/csv of a token-level set: x is the (T, d) sequence flattened, the mask, the nearest token per
     position (a set left at its real starting texts reads back as those texts' token ids, cosine 1) and
-    the nearest real texts (the starting text itself first)."""
+    the nearest real texts (the starting text itself first), the real texts run through the model 3 at a time."""
     import csv
+
+    from distillctl.reporting import readable
+
+    monkeypatch.setattr(readable, "READOUT_CHUNK", 3)
 
     from distillctl.distillation.distill import distill
     from distillctl.reporting.export import export
@@ -186,6 +190,7 @@ def test_export_and_readout_of_a_token_set(env):
     s = SyntheticSet.load(res.sets[0]["path"])
     (read,) = token_readout([res.sets[0]["path"]], env.emb)
     train = env.emb.splits["train"]
+    assert read["real_rows_searched"] == min(len(train.y), readable.MAX_REAL) > 3 and read["real_seconds"] > 0
     texts = env.emb.texts("train")
     for q in read["sequences"]:
         row = q["neighbours"][0]["train_row"]

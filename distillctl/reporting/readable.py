@@ -9,6 +9,8 @@ all of AG News 12k on one CPU thread takes minutes). ``report`` and ``export`` s
 
 from __future__ import annotations
 
+import time
+
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +54,10 @@ def token_readout(files: list[Path], embeddings: Any, *, k_tokens: int = TOKENS_
         neighbours = [[] for _ in range(syn.x.shape[0])]
         if embeddings is not None:
             if real is None:
-                real = _real_features(module, embeddings, max_real, seed)
+                t0 = time.perf_counter()
+                real = (*_real_features(module, embeddings, max_real, seed), time.perf_counter() - t0)
                 models[key] = (module, tokenizer, real)
-            rows, feats, texts, ys = real
+            rows, feats, texts, ys, _ = real
             with torch.no_grad():
                 syn_feats = module.features(syn.x, syn.mask)  # (n, h)
             idx, cos = nearest_texts(syn_feats, feats, k=k_texts)
@@ -73,7 +76,9 @@ def token_readout(files: list[Path], embeddings: Any, *, k_tokens: int = TOKENS_
                 "cosines": [[round(float(v), 3) for v in pos] if tok else [] for pos, tok in zip(sims[r], tokens)],
                 "neighbours": neighbours[r]})
         out.append({"ipc": syn.ipc, "set": str(f), "level": "tokens", "tokenizer": tokenizer is not None,
-                    "real_rows_searched": None if real is None else len(real[0]), "sequences": sequences})
+                    "real_rows_searched": None if real is None else len(real[0]),
+                    # seconds the real texts took through the model (shared by a chain's sets): what a plan scales
+                    "real_seconds": None if real is None else round(real[4], 3), "sequences": sequences})
     return out
 
 
