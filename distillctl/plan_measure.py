@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -579,9 +580,8 @@ def stage_times(records: list[dict], ipc: int) -> tuple[float, float, float, flo
     end = max((r.get("elapsed") or 0.0) for r in rows) if rows else 0.0
     plain = [r for r in steps if "val_accuracy" not in r]  # steps without a validation in their elapsed
     if len(plain) >= 2:
-        gaps = sorted((b["elapsed"] - a["elapsed"]) / (b["step"] - a["step"])
-                      for a, b in zip(plain, plain[1:]) if b["step"] > a["step"])
-        step = gaps[(len(gaps) - 1) // 2] if len(gaps) % 2 else (gaps[len(gaps) // 2 - 1] + gaps[len(gaps) // 2]) / 2
+        step = statistics.median((b["elapsed"] - a["elapsed"]) / (b["step"] - a["step"])
+                                 for a, b in zip(plain, plain[1:]) if b["step"] > a["step"])
         a = plain[0]
         warm = max(0.0, a["elapsed"] - first_val - step * a["step"])
     elif steps:
@@ -667,10 +667,11 @@ class StudentCost:
     ``setup[1]`` builds one, ``step[(1, B)]`` is its step. ``row``: seconds to score one row with one student.
     ``peak[(K, B)]``: bytes on top of the loaded process while training; ``predict_peak`` while scoring
     ``predict_rows`` rows alone (after a trim); ``scored_peak[(K, B)]`` (vectors) while training and then scoring
-    ``scored_rows`` test rows with one of the K students still held, as ``train_and_score`` does: what training
-    leaves behind and scoring stack, so neither alone is the job's peak (what training leaves depends on B: one
-    increment per K measured at its largest B left agnews-mlp-transfer's evals 22-27 % under); ``state_bytes``:
-    what one trained student holds (tokens: :func:`held_bytes`)."""
+    ``scored_rows[(K, B)]`` rows (the most its calls score at a time) with one of the K students while all K are
+    still held, as ``train_and_score`` does: what training leaves behind and scoring stack, so neither alone is
+    the job's peak, and what training leaves depends on B (one increment per K, measured at its largest B, left
+    agnews-mlp-transfer's evals 22-27 % under); ``state_bytes``: what one trained student holds (tokens:
+    :func:`held_bytes`)."""
 
     setup: dict[int, float] = field(default_factory=dict)
     step: dict[tuple[int, int], float] = field(default_factory=dict)
@@ -716,11 +717,12 @@ def vector_student(recipe: Any, section: Any, emb: Any, needs: set[tuple[int, in
     build = student_builder(recipe, d, C, section)
     budget = TrainBudget.from_eval(recipe.eval)
     cost = StudentCost()
+    x_test = test.X[:EVAL_STUDENT_ROWS].float()  # (m, d) at most one chunk of train_and_score's scoring
     for K, B in sorted(needs):
-        # train_and_score's chunk: validations score val (fewer rows, and scoring a Transformer costs ~0.35 s
+        # the chunk this (K, B) scores: validations score val (fewer rows, and scoring a Transformer costs ~0.35 s
         # per 7,600 rows, ~10 times a plan), stand-ins of the same width taken from test
-        scored = min((rows_scored or {}).get((K, B), len(test.y)), len(test.y), EVAL_STUDENT_ROWS)
-        x_scored = test.X[:scored].float()
+        scored = min((rows_scored or {}).get((K, B), len(x_test)), len(x_test))
+        x_scored = x_test[:scored]  # a view, no copy
         cost.scored_rows[(K, B)] = scored
         seeds = list(range(K))
         rows = torch.arange(min(B, len(y))) if B < budget.batch_size else torch.arange(len(y))
@@ -743,8 +745,8 @@ def vector_student(recipe: Any, section: Any, emb: Any, needs: set[tuple[int, in
         if not cost.peak[(K, B)]:  # no VmHWM to read inside the block: the block's peak bounds training's
             cost.peak[(K, B)] = mem.extra
         if not cost.row:  # scoring alone: one student on one chunk of test rows (the loop scores K one after another)
-            m = min(PREDICT_ROWS, len(test.y))
-            x_eval = test.X[:m].float()
+            m = min(PREDICT_ROWS, len(x_test))
+            x_eval = x_test[:m]
             with PeakMemory() as mem:
                 cost.row = _timed_steps(lambda: _score_first(students, x_eval))[0] / m
             cost.predict_peak, cost.predict_rows = mem.extra, m
@@ -912,7 +914,7 @@ def measure_report(recipe: Any, run: Path | None, emb: Any, row_seconds: float =
         t0 = time.perf_counter()
         report(run, quiet=True, embeddings=shown)
         seconds = time.perf_counter() - t0
-    if extra_rows:  # the readout's own cost per real text (float32 passes: about twice eval's bfloat16 scoring)
+    if extra_rows:  # the readout's own cost per real text: it runs in float32, eval's scoring may use bfloat16
         try:
             read = json.loads((run / "report.json").read_text()).get("readout") or []
             timed = [(r["real_seconds"], r["real_rows_searched"]) for r in read

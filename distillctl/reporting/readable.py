@@ -10,7 +10,6 @@ all of AG News 12k on one CPU thread takes minutes). ``report`` and ``export`` s
 from __future__ import annotations
 
 import time
-
 from pathlib import Path
 from typing import Any
 
