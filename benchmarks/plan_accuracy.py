@@ -3,7 +3,7 @@
 For every recipe given: (1) ``distillctl plan RECIPE --json`` (with the same ``--set`` overrides, in the jobs'
 environment) forecasts every job of the graph ``submit`` would run (wall time and peak resident memory; the
 wall time of the plan command itself is recorded); (2) the same jobs (the same
-command lines, run directories and environment as a ``submit`` with the local scheduler and ``threads: 1``) run
+command lines, run directories and environment as a ``submit`` with the local scheduler: its ``threads``) run
 one after another, each a child process whose wall time and peak resident set (``ru_maxrss`` of the job's command, read by a small launcher process)
 are recorded; (3) a table of forecast vs actual per job, with the error in %.
 
@@ -61,11 +61,23 @@ def run_job(job, env: dict) -> tuple[float, int, int]:
     return wall, peak, proc.returncode
 
 
-def job_env() -> dict:
-    """The environment of the jobs (and of plan): one thread, quiet, this interpreter's scripts first."""
+def job_env(recipe) -> dict:
+    """The environment of the recipe's jobs, as its local scheduler gives it (its ``threads``, else each job's
+    share of the machine with ``workers`` at once), quiet."""
+    from distillctl_plugins.schedulers.local import job_environment
+
+    opts = recipe.scheduler.options
+    env = job_environment(os.environ, getattr(opts, "threads", None), getattr(opts, "workers", None) or 1)
+    env["DISTILLCTL_QUIET"] = "1"
+    return env
+
+
+def plan_env() -> dict:
+    """The environment of `distillctl plan`: a user's shell (no thread count forced: plan must find the jobs'
+    own, as the scheduler gives them), quiet, this interpreter's scripts first."""
     env = dict(os.environ)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", DISTILLCTL_QUIET="1")
+    env["DISTILLCTL_QUIET"] = "1"
     return env
 
 
@@ -84,12 +96,11 @@ def run_plan(recipe_path: str, sets: list[str], env: dict) -> tuple[dict | None,
 
 def plan_only(recipes: list[str], sets: list[str], out: Path | None) -> str:
     """Time `distillctl plan` alone on each recipe (one after another); a markdown table."""
-    env = job_env()
     lines = ["| recipe | `plan` wall s | load avg before → after | measurement phases (s) | result |",
              "|---|---:|---|---|---|"]
     for recipe in recipes:
         l0 = os.getloadavg()[0]
-        forecast, seconds, err = run_plan(recipe, sets, env)
+        forecast, seconds, err = run_plan(recipe, sets, plan_env())
         l1 = os.getloadavg()[0]
         phases = ", ".join(f"{k} {v:g}" for k, v in (forecast or {}).get("measurement_phases", {}).items())
         total = "" if forecast is None else f"{len(forecast['jobs'])} jobs, {forecast['total_seconds'] / 60:.1f} min forecast"
@@ -117,8 +128,8 @@ def bench(recipe_path: str, sets: list[str], out: Path | None, runs_dir: Path) -
     graph = build_graph(points, folder)
     # 1. The plan (before anything runs: the embedding cache is as the embed job will find it), as a user runs
     #    it: `distillctl plan RECIPE --set ... --json`, a fresh process with the jobs' environment.
-    env = job_env()
-    forecast, plan_seconds, err = run_plan(recipe_path, overrides, env)
+    env = job_env(recipe)
+    forecast, plan_seconds, err = run_plan(recipe_path, overrides, plan_env())
     if forecast is None:
         print(f"# {recipe_path}: plan failed: {err}", flush=True)
         return []
@@ -155,7 +166,6 @@ def bench(recipe_path: str, sets: list[str], out: Path | None, runs_dir: Path) -
 def replan(recipes: list[str], sets: list[str], record: Path) -> str:
     """Plan each recipe now; a markdown table of the new and recorded forecasts against the recorded actuals."""
     rows = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
-    env = job_env()
     lines = ["| recipe | job | wall new / recorded / actual s | error new (recorded) | "
              "peak new / recorded / actual MiB | error new (recorded) |", "|---|---|---:|---:|---:|---:|"]
     summary = []
@@ -165,7 +175,7 @@ def replan(recipes: list[str], sets: list[str], record: Path) -> str:
         if not actual:
             summary.append(f"{Path(recipe).name}: no recorded jobs in {record} with these --set")
             continue
-        forecast, seconds, err = run_plan(recipe, sets, env)
+        forecast, seconds, err = run_plan(recipe, sets, plan_env())
         if forecast is None:
             summary.append(f"{Path(recipe).name}: plan failed: {err}")
             continue

@@ -43,8 +43,10 @@ MEASURE_STEPS = 6
 MEASURE_STAGE_SECONDS = 4.0
 #: bptt's inner population is measured with at most this many students and scaled to the recipe's (linearly: an
 #: upper bound, vmapped students share work: mrpc-transformer's 4 measured as 2 x 2 took 1.27 s a step, measured
-#: as 4 0.96 s, 0.92 s in the run; measuring 4 would keep agnews-transformer-ratbptt's plan at 35 s, not 31)
-MEASURE_POPULATION = 2
+#: as 4 0.96 s, 0.92 s in the run; agnews-transformer's 12, one thread, ipc 10: 1.50 s at 2, 2.93 s at 4, 7.9 s
+#: at 12, so 4 x 3 is 11 % over). Recipes whose jobs run two at a time measure their stages beside the rest
+#: (:class:`StagesBeside`), which keeps agnews-transformer-ratbptt's plan at 24 s with 4 measured (35 s in turn)
+MEASURE_POPULATION = 4
 #: a student primitive times at least MIN_TIMED_STEPS steps after one warm-up step, and at most this long
 PRIMITIVE_SECONDS = 0.25
 MIN_TIMED_STEPS = 2
@@ -225,16 +227,19 @@ def startup_probe(recipe: Any = None) -> Startup:
 
 class JobProbe:
     """A real job that trains nothing, as ``submit`` starts it: ``distillctl baseline RECIPE --kind majority``
-    into a temporary run folder (the embedding cache must be there: it would embed otherwise). Started with
-    :meth:`start` (beside the measurement, on an idle core) and read with :meth:`seconds`."""
+    into a temporary run folder, or with ``embed=True`` the embed job itself (the cache must be there: it would
+    embed otherwise; a cache hit loads and verifies it, imports less and writes nothing, so it ends 15-25 %
+    sooner than a majority job). Started with :meth:`start` and read with :meth:`seconds`."""
 
-    def __init__(self, recipe: Any):
+    def __init__(self, recipe: Any, embed: bool = False):
         import shutil
 
         self.tmp = tempfile.mkdtemp(prefix="distillctl-plan-")
         self._cleanup = lambda: shutil.rmtree(self.tmp, ignore_errors=True)
         self.recipe_file = Path(self.tmp) / "recipe.yaml"
         self.recipe_file.write_text(recipe.to_yaml(), encoding="utf-8")
+        self.args = (["embed", str(self.recipe_file)] if embed else
+                     ["baseline", str(self.recipe_file), "--kind", "majority", "--run-dir", str(Path(self.tmp) / "run")])
         self.proc = None
         self.t0 = 0.0
 
@@ -243,24 +248,34 @@ class JobProbe:
         cmd = [str(script)] if script.exists() else [sys.executable, "-m", "distillctl.cli"]
         self.t0 = time.perf_counter()
         try:
-            self.proc = subprocess.Popen([*cmd, "baseline", str(self.recipe_file), "--kind", "majority", "--run-dir",
-                                          str(Path(self.tmp) / "run")], stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL)
+            self.proc = subprocess.Popen([*cmd, *self.args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         except OSError:
             self.proc = None
         return self
 
     def seconds(self) -> float | None:
-        if self.proc is None:
-            return None
-        try:
-            code = self.proc.wait(timeout=600)
-            return time.perf_counter() - self.t0 if code == 0 else None
-        except subprocess.SubprocessError:
-            self.proc.kill()
-            return None
-        finally:
-            self._cleanup()
+        return wait_probes([self])[0]
+
+
+def wait_probes(probes: Sequence[JobProbe], timeout: float = 600.0) -> list[float | None]:
+    """The wall seconds of each probe's job (None: not started, failed or past ``timeout``), each timed to its
+    own end: they are polled every 5 ms, so probes run at once are not timed to the slowest."""
+    out: list[float | None] = [None] * len(probes)
+    running = {i for i, p in enumerate(probes) if p.proc is not None}
+    deadline = time.perf_counter() + timeout
+    while running and time.perf_counter() < deadline:
+        for i in list(running):
+            code = probes[i].proc.poll()
+            if code is not None:
+                out[i] = time.perf_counter() - probes[i].t0 if code == 0 else None
+                running.discard(i)
+        if running:
+            time.sleep(0.005)
+    for i in running:
+        probes[i].proc.kill()
+    for p in probes:
+        p._cleanup()
+    return out
 
 
 def warm_up(recipe: Any) -> None:
@@ -637,6 +652,59 @@ def measure_stages(recipe: Any, emb: Any, tmp: Path, only: Sequence[int] | None 
     if only:
         return out, run
     return interpolate_stages(recipe, out, chain, int(emb.num_classes)), run
+
+
+class StagesBeside:
+    """:func:`measure_stages` in a child process on a core of its own, while the caller measures the students:
+    for recipes whose jobs run two at a time (``workers``) on cores that fit two of them (the stages are then
+    measured as the jobs run; beside a students' measurement on 2 cores a Transformer stage's step took 0-11 %
+    longer than alone). The child is a fresh process with the rows loaded and torch warmed up, as a distill job
+    is when its stage starts, so its memory is measured on a clean heap too. :meth:`result` returns the stages
+    and the last stage's run folder, or None if the child failed (the caller then measures in-process)."""
+
+    def __init__(self, recipe: Any, tmp: Path, threads: int):
+        import os
+
+        from distillctl.threads import MACHINE_VARIABLE, THREAD_VARIABLES
+
+        recipe_file = tmp / "stages-recipe.yaml"
+        recipe_file.write_text(recipe.to_yaml(), encoding="utf-8")
+        env = {k: v for k, v in os.environ.items() if k != MACHINE_VARIABLE}
+        env.update({name: str(threads) for name in THREAD_VARIABLES})
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-c", _STAGES_CODE, str(recipe_file), str(tmp)],
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+        except OSError:
+            self.proc = None
+
+    def result(self) -> tuple[dict[int, StageMeasure], Path] | None:
+        if self.proc is None:
+            return None
+        try:
+            out, _ = self.proc.communicate(timeout=600)
+        except subprocess.SubprocessError:
+            self.proc.kill()
+            return None
+        if self.proc.returncode != 0 or not out.strip():
+            return None
+        data = json.loads(out.strip().splitlines()[-1])
+        return {int(k): StageMeasure(**v) for k, v in data["stages"].items()}, Path(data["run"])
+
+
+_STAGES_CODE = "import sys; from distillctl.plan_measure import _stages_child; _stages_child(sys.argv[1], sys.argv[2])"
+
+
+def _stages_child(recipe_file: str, tmp: str) -> None:
+    """The child of :class:`StagesBeside`: prints the stages as one JSON line."""
+    import dataclasses
+
+    from distillctl.recipe import load_recipe
+
+    recipe = load_recipe(recipe_file)
+    emb, _ = embeddings(recipe)
+    warm_up(recipe)
+    stages, run = measure_stages(recipe, emb, Path(tmp))
+    print(json.dumps({"stages": {str(k): dataclasses.asdict(v) for k, v in stages.items()}, "run": str(run)}))
 
 
 def interpolate_stages(recipe: Any, measured: dict[int, StageMeasure], chain: Sequence[int], C: int

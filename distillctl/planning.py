@@ -25,9 +25,11 @@ holds on top).
 
 ``distill.outer.patience`` can end a stage early: forecasts take every iteration (an upper bound there), and
 ``distill.outer.max_seconds`` caps a stage. ``full-earlystop`` stops after ``EARLYSTOP_PATIENCE`` checks
-without a better val score, which no measurement short of the run can tell: its forecast takes
-EARLYSTOP_EXPECTED x ``eval.steps`` (the best at the budget, then the patience: one budget more), and
-``upper_seconds`` its cap (10 x ``eval.steps``), which SLURM's ``--time`` covers.
+without a better val score, which no measurement short of the run can tell: its forecast takes the steps an
+earlier run of the same training took (any recipe's under ``runs_dir``), else, for vector students, the earliest
+stop (the best at the first check, where the shipped recipes' MLPs and Transformers stopped) and, for
+fine-tuned ones, EARLYSTOP_EXPECTED x ``eval.steps``; ``upper_seconds`` is its cap (10 x ``eval.steps``), which
+SLURM's ``--time`` covers.
 
 The measurement runs in a temporary folder with the recipe's embedding cache (it is filled by the embed job
 otherwise: plan never embeds a whole dataset) and writes nothing else.
@@ -48,8 +50,13 @@ from distillctl.plan_measure import (MEASURE_STAGE_SECONDS, MEASURE_STEPS, TOKEN
                                      PeakMemory, StageMeasure, Startup, StudentCost, batch_cost, own_peak_bytes,
                                      stage_times)
 
-#: full-earlystop's forecast steps, in eval budgets: the best score near the budget, then EARLYSTOP_PATIENCE
-#: checks (one more budget) without a better one
+#: full-earlystop's forecast steps on a first run. Vector students: the earliest stop, the best at the first
+#: check then EARLYSTOP_PATIENCE checks without a better one (1.25 x eval.steps of 1000): where 8 of the 10
+#: full-earlystop trainings of the shipped vector recipes stopped (measured 2026-12-06; the default 2 x 512 MLP
+#: stopped at 3 and the linear student at 3.75 eval budgets), as the budget made for a few synthetic rows is
+#: many epochs of the whole training set. Fine-tuned students (an eval budget is under an epoch of the texts):
+#: EARLYSTOP_EXPECTED eval budgets, the best near the budget and then the patience (agnews-finetune's stopped
+#: at 3.75)
 EARLYSTOP_EXPECTED = 2
 #: token level: an outer step costs ~ INNER_STEP_WEIGHT plain fine-tuning steps on the set's rows (the inner step,
 #: differentiated twice) + one on the real batch (measured here on agnews-finetune: 2.27 s at ipc 1 and 5.16 s
@@ -167,14 +174,22 @@ def _inner_steps(recipe: Any) -> int:
 
 def earlystop_steps(recipe: Any, ran: int | None = None) -> tuple[int, int, int]:
     """(forecast steps, checks, cap) of full-earlystop: ``ran``, the steps an earlier run of the same arm took
-    (:func:`earlier_earlystop`), else EARLYSTOP_EXPECTED x eval.steps."""
-    from distillctl.evaluation.subsets import EARLYSTOP_MAX_FACTOR, earlystop_every
+    (:func:`earlier_earlystop`), else the first-run guess (EARLYSTOP_EXPECTED)."""
+    from distillctl.evaluation.subsets import EARLYSTOP_MAX_FACTOR, EARLYSTOP_PATIENCE, earlystop_every
 
     S = recipe.eval.steps
     cap = EARLYSTOP_MAX_FACTOR * S
-    steps = min(cap, int(ran) if ran else EARLYSTOP_EXPECTED * S)
     every = earlystop_every(S)
+    guess = EARLYSTOP_EXPECTED * S if _level(recipe) == "tokens" else every * (1 + EARLYSTOP_PATIENCE)
+    steps = min(cap, int(ran) if ran else guess)
     return steps, -(-steps // every), cap
+
+
+def earlystop_guess(recipe: Any) -> str:
+    """The first-run guess of :func:`earlystop_steps`, in words."""
+    if _level(recipe) == "tokens":
+        return f"{EARLYSTOP_EXPECTED} x eval.steps, no earlier run of this training"
+    return "the earliest stop: the best at the first check, no earlier run of this training"
 
 
 #: what makes two runs' full-earlystop the same training: its rows, their features, its seeds and budget (and,
@@ -190,24 +205,28 @@ def _same_arm_view(data: dict) -> dict:
 
 def earlier_earlystop(recipe: Any) -> dict[str, tuple[int, str]]:
     """``student_key -> (steps run, run folder)`` of the newest ``full-earlystop`` record among the earlier runs
-    of this recipe (``runs_dir/<name>/<id>[/<point>]``) whose seed, dataset, encoder, embed and eval sections
-    equal this recipe's: the same training, so it stops at the same step (where it stops cannot be measured in
-    a few steps). Runs that cannot be read are skipped."""
+    under ``runs_dir`` (``<recipe>/<id>[/<point>]``, any recipe's: a user distils many recipes on the same data)
+    whose seed, dataset, encoder, embed and eval sections equal this recipe's: the same training, so it stops at
+    the same step (where it stops cannot be measured in a few steps). Runs that cannot be read are skipped."""
     from distillctl.errors import UserError
+    from distillctl.recipe import read_recipe_file
     from distillctl.reporting.scores import newest
-    from distillctl.reporting.sections import collect_results, resolved_runs
+    from distillctl.reporting.sections import collect_results
 
-    root = Path(recipe.runs_dir) / recipe.name
+    root = Path(recipe.runs_dir)
     if not root.is_dir():
         return {}
     want = _same_arm_view(recipe.model_dump(mode="json"))
     found: dict[str, tuple[str, int, str]] = {}  # key -> (time, steps, run)
-    for folder, data in resolved_runs(root, 1):  # runs/<recipe>/<id>[/<point>]
-        if _same_arm_view(data) != want:
-            continue
+    # only the runs with a full baseline: their resolved recipes are read, not every run's
+    folders = sorted({f.parent.parent for pattern in ("*/*/eval/baseline-full.json", "*/*/*/eval/baseline-full.json")
+                      for f in root.glob(pattern)})
+    for folder in folders:
         try:
-            records = newest(collect_results(folder))
-            for r in records:
+            data = read_recipe_file(folder / "recipe.resolved.yaml")
+            if not isinstance(data, dict) or _same_arm_view(data) != want:
+                continue
+            for r in newest(collect_results(folder)):
                 if r.get("arm") != "full-earlystop" or not r.get("steps_run") or not r.get("student_options"):
                     continue
                 key = json.dumps(r["student_options"], sort_keys=True)
@@ -331,6 +350,7 @@ class Measurement:
     logreg: tuple[float, int] = (0.0, 0)  # full-logreg: seconds, bytes on top
     report: tuple[float, int] = (0.0, 0)
     job_seconds: float | None = None  # a whole job that trains nothing (pm.JobProbe), when measured
+    embed_job_seconds: float | None = None  # the embed job on its cache (pm.JobProbe(embed=True)), when measured
     earlystop_runs: dict[str, tuple[int, str]] = field(default_factory=dict)  # earlier_earlystop()
     lib_bytes: int = 0  # token level: what loading a fine-tuned student's libraries adds to a process
     seconds: float = 0.0
@@ -376,6 +396,9 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
     # probe took 10 s for a 2-s job: BENCHMARKS.md, "Plan accuracy"); only with the cache there (a missing
     # cache: the start measured plus loading)
     probe = pm.JobProbe(recipe) if em.cached and ("probe", ekey) not in shared else None
+    # and the embed job itself (a cache hit: loading and verifying, fewer imports, nothing written), at the same
+    # time as the first probe where there are two cores for the two (they are single-threaded starts)
+    embed_probe = pm.JobProbe(recipe, embed=True) if probe is not None else None
     probe_beside = threads + 2 <= cores
     if probe is not None and probe_beside:
         probe.start()
@@ -397,8 +420,13 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
         chain = list(recipe.distill.ipc)
         # a fine-tuned student's outer step takes seconds: the last stage alone, the others scaled by the cost
         # of their inner step (step 2)
-        m.stages, run = pm.measure_stages(recipe, emb, Path(tmp), only=[chain[-1]] if tokens else None)
-        phases["distill"] = time.perf_counter() - t0
+        # beside the students' measurement when the recipe's jobs run two at a time and two fit the cores
+        workers = getattr(getattr(recipe.scheduler, "options", None), "workers", None) or 1
+        beside = (pm.StagesBeside(recipe, Path(tmp), threads)
+                  if not tokens and em.cached and workers >= 2 and 2 * threads <= cores else None)
+        if beside is None:
+            m.stages, run = pm.measure_stages(recipe, emb, Path(tmp), only=[chain[-1]] if tokens else None)
+            phases["distill"] = time.perf_counter() - t0
         # 2. every student primitive any job needs, once
         t0 = time.perf_counter()
         sections = {student_key(s): s for s in _sections(recipe) + _distill_sections(recipe)}
@@ -450,6 +478,11 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
                 shared[("logreg", ekey)] = pm.logreg(emb)[:2]
             m.logreg = shared[("logreg", ekey)]
         phases["arms"] = time.perf_counter() - t0
+        if beside is not None:  # 1. again: the stages measured beside, or here if that child failed
+            t0 = time.perf_counter()
+            got = beside.result()
+            m.stages, run = got if got is not None else pm.measure_stages(recipe, emb, Path(tmp))
+            phases["distill (beside)" if got is not None else "distill"] = time.perf_counter() - t0
         # 4. the report of the last measured stage's run
         t0 = time.perf_counter()
         row = m.students[student_key(_distill_sections(recipe)[0])].row if tokens else 0.0
@@ -459,9 +492,15 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
     if probe is not None:
         if probe.proc is None:
             probe.start()
-        shared[("probe", ekey)] = probe.seconds()
-        phases["job probe (beside)" if probe_beside else "job probe"] = time.perf_counter() - t0
+        if cores >= 2:
+            embed_probe.start()
+            shared[("probe", ekey)], shared[("embed probe", ekey)] = pm.wait_probes([probe, embed_probe])
+        else:
+            shared[("probe", ekey)] = probe.seconds()
+            shared[("embed probe", ekey)] = embed_probe.start().seconds()
+        phases["job probe (beside)" if probe_beside else "job probes"] = time.perf_counter() - t0
     m.job_seconds = shared.get(("probe", ekey))
+    m.embed_job_seconds = shared.get(("embed probe", ekey))
     t0 = time.perf_counter()
     em.finish()  # the sample's child, if it is still encoding
     if not em.cached:
@@ -546,7 +585,10 @@ def forecast_job(job: Any, recipe: Any, m: Measurement) -> JobForecast:
         cold_start = {"startup": m.startup.cold_seconds if m.startup.cold_seconds is not None else m.startup.seconds}
         load = {"load rows": m.embed.load_seconds}
     start = {**cold_start, "first training": m.startup.warm_seconds}
-    if job.kind == "embed":  # trains nothing: a process's start without torch's first training
+    if job.kind == "embed" and m.embed_job_seconds is not None:  # the embed job itself, measured whole
+        parts = {"startup, load + verify cached rows, exit": m.embed_job_seconds}
+        peak = (m.startup.cold_bytes or m.startup.peak_bytes) + m.embed.peak
+    elif job.kind == "embed":  # trains nothing: a process's start without torch's first training
         parts = {**cold_start, ("load + verify cached rows" if m.embed.cached else "encode every text"):
                  0.0 if m.job_seconds is not None else m.embed.seconds}  # a probe's job loaded and verified them
         peak = (m.startup.cold_bytes or m.startup.peak_bytes) + m.embed.peak
@@ -599,7 +641,7 @@ def forecast_job(job: Any, recipe: Any, m: Measurement) -> JobForecast:
             upper = sum(parts.values()) + sum(c_s * (cap / c.steps - 1) for c, c_s in es)
             runs = sorted({m.earlystop_runs[c.student][1] for c, _ in es if c.student in m.earlystop_runs})
             why = (f"as it ran in {', '.join(runs)} (the same rows, seeds and budget)" if runs
-                   else f"{EARLYSTOP_EXPECTED} x eval.steps")
+                   else earlystop_guess(recipe))
             notes.append(f"full-earlystop forecast at {steps} steps ({why}); it stops when val stops improving, "
                          f"at most {cap} steps (upper bound {upper:.0f} s)")
         elif kind in ("herding", "kcenter"):
@@ -633,22 +675,29 @@ def machine() -> str:
     return f"{platform.node()} ({os.cpu_count()} CPU cores, {platform.machine()})"
 
 
-def job_threads(recipe: Any) -> int:
-    """Torch threads one job of the recipe gets (as the jobs resolve them: ``OMP_NUM_THREADS`` when set, else
-    the scheduler's ``threads``, else this machine's cores shared by its ``workers``)."""
+def job_threads(recipe: Any, environ: dict | None = None) -> int:
+    """Torch threads one job of the recipe gets, as its scheduler starts it: the local scheduler's ``threads``
+    (exported over any ``OMP_NUM_THREADS``), slurm's ``cpus`` (the job's ``OMP_NUM_THREADS``), else an
+    ``OMP_NUM_THREADS`` the user exported, else this machine's cores shared by ``workers``. A count the CLI
+    derived from the machine for this process (``MACHINE_VARIABLE`` beside it) is not the jobs': the local
+    scheduler drops it (a plain ``distillctl plan`` on a quiet 2-core machine measured 2 threads for a recipe
+    whose jobs run 1, and forecast its evals up to 45 % short)."""
     import os
 
-    from distillctl.threads import JOBS_VARIABLE, THREAD_VARIABLES, machine_threads
+    from distillctl.threads import JOBS_VARIABLE, MACHINE_VARIABLE, THREAD_VARIABLES, machine_threads
 
-    given = os.environ.get(THREAD_VARIABLES[0])
+    env = dict(os.environ if environ is None else environ)
+    opts = getattr(recipe.scheduler, "options", None)
+    for name in ("threads", "cpus"):
+        if getattr(opts, name, None):
+            return int(getattr(opts, name))
+    given = env.get(THREAD_VARIABLES[0])
+    if env.get(MACHINE_VARIABLE) is not None and env.get(MACHINE_VARIABLE) == given:
+        given = None  # the CLI's own machine-derived count (as the local scheduler drops it)
     if given and given.strip().isdigit() and int(given) >= 1:
         return int(given)
-    opts = getattr(recipe.scheduler, "options", None)
-    threads = getattr(opts, "threads", None)
-    if threads:
-        return int(threads)
     workers = getattr(opts, "workers", None) or 1
-    return machine_threads({**os.environ, JOBS_VARIABLE: str(workers)})[0]
+    return machine_threads({**env, JOBS_VARIABLE: str(workers)})[0]
 
 
 def plan(recipe_path: str | Path, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = (),
@@ -690,14 +739,19 @@ def plan(recipe_path: str | Path, *, overrides: Sequence[str] = (), sweeps: Sequ
     measured: dict[str, Measurement] = {}
     shared: dict = {}  # what the points of a sweep share (their rows, students, arms)
     notes: list[str] = []
-    for p in points:
-        if not quiet:
-            info(f"plan: measuring {p.name or p.recipe.name} on {device or 'the recipe devices'} ({threads} "
-                 f"thread{'s' if threads > 1 else ''} per job) ...")
-        measured[p.name] = measure(p.recipe, device=device, startup=startup, threads=threads, cores=cores,
-                                   shared=shared)
-        measured[p.name].earlystop_runs = earlier_earlystop(p.recipe)
-        notes += [n for n in measured[p.name].notes if n not in notes]
+    # the BLAS and OpenMP pools numpy / scikit-learn started before (at the CLI's own count: the logistic
+    # regression measured 3x slow at 2 BLAS threads beside a 1-thread stage child on 2 cores) get the jobs' count
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=threads):
+        for p in points:
+            if not quiet:
+                info(f"plan: measuring {p.name or p.recipe.name} on {device or 'the recipe devices'} ({threads} "
+                     f"thread{'s' if threads > 1 else ''} per job) ...")
+            measured[p.name] = measure(p.recipe, device=device, startup=startup, threads=threads, cores=cores,
+                                       shared=shared)
+            measured[p.name].earlystop_runs = earlier_earlystop(p.recipe)
+            notes += [n for n in measured[p.name].notes if n not in notes]
     if startup is None:  # alone, after the measurement: a probe beside it would slow both
         t_probe = time.perf_counter()
         startup = pm.startup_probe(points[0].recipe)

@@ -88,22 +88,27 @@ def test_max_seconds_caps_a_stage_with_its_validations_so_far(recipe):
 def test_validations_and_earlystop_steps(recipe):
     assert planning._validations(400, 50) == 9 and planning._validations(100, 30) == 1 + 3 + 1
     assert planning._validations(10, 50) == 2
-    # eval.steps 30: checked every 6 steps (earlystop_every), 60 steps forecast, cap 300
-    assert planning.earlystop_steps(recipe()) == (60, 10, 300)
+    # eval.steps 30: checked every 6 steps (earlystop_every); a first run is forecast at the earliest stop (the
+    # best at the first check, then 4 checks of patience): 30 steps, 5 checks; cap 300
+    assert planning.earlystop_steps(recipe()) == (30, 5, 300)
+    assert planning.earlystop_steps(recipe(), ran=84) == (84, 14, 300)
+    long = recipe(eval={**recipe().to_dict()["eval"], "steps": 1000})
+    assert planning.earlystop_steps(long) == (1250, 5, 10000)
 
 
 def test_full_earlystop_is_forecast_at_the_steps_an_identical_earlier_run_took(recipe, tmp_path, monkeypatch):
-    """Where full-earlystop stops cannot be measured in a few steps; an earlier run of the recipe with the same
-    seed, data, embedding and eval sections ran the same training, so the plan takes its steps (and names the
-    run); a run that differs in any of them (here eval.seeds), or none, leaves the 2 x eval.steps guess."""
+    """Where full-earlystop stops cannot be measured in a few steps; an earlier run (of any recipe under
+    runs_dir) with the same seed, data, embedding and eval sections ran the same training, so the plan takes its
+    steps (and names the run); a run that differs in any of them (here eval.seeds), or none, leaves the first-run
+    guess: the earliest stop (the best at the first check, every 6 steps, then 4 checks of patience)."""
     import yaml
 
     monkeypatch.chdir(tmp_path)
     r = recipe()
     key = planning.student_key(r.student)
 
-    def earlier(run_id: str, steps_run: int, **over) -> None:
-        run = tmp_path / r.runs_dir / r.name / run_id
+    def earlier(run_id: str, steps_run: int, name: str = r.name, **over) -> None:
+        run = tmp_path / r.runs_dir / name / run_id
         (run / "eval").mkdir(parents=True)
         data = r.model_dump(mode="json")
         for k, v in over.items():
@@ -111,22 +116,25 @@ def test_full_earlystop_is_forecast_at_the_steps_an_identical_earlier_run_took(r
         (run / "recipe.resolved.yaml").write_text(yaml.safe_dump(data))
         record = {"arm": "full-earlystop", "ipc": None, "student": r.student.name, "labels": "hard",
                   "student_options": json.loads(key), "steps_run": steps_run, "chosen_steps": steps_run - 24,
-                  "time": f"2026-12-06T1{len(run_id) % 10}:00:00+00:00", "accuracy": {"mean": 0.5, "values": [0.5]}}
+                  "time": f"2026-12-06T{run_id[9:11]}:00:00+00:00", "accuracy": {"mean": 0.5, "values": [0.5]}}
         (run / "eval" / "baseline-full.json").write_text(json.dumps({"results": [record]}))
 
     full = lambda: planning.forecast_job(  # noqa: E731
         job("baseline", "baseline-full", ["x", "baseline", "r", "--kind", "full"]), r,
         measurement(r, earlystop_runs=planning.earlier_earlystop(r)))
-    assert planning.earlier_earlystop(r) == {} and "full-earlystop x 60 steps" in full().parts
+    assert planning.earlier_earlystop(r) == {} and "full-earlystop x 30 steps" in full().parts
+    assert any("the earliest stop" in n for n in full().notes)
     earlier("20261206-100000-aaaa", 102, eval={"seeds": r.eval.seeds + 1})  # not the same training
     assert planning.earlier_earlystop(r) == {}
-    earlier("20261206-110000-bbbb", 84)
-    assert planning.earlier_earlystop(r) == {key: (84, "20261206-110000-bbbb")}
+    earlier("20261206-090000-cccc", 72, name="another-recipe")  # the same training, run by another recipe
+    assert planning.earlier_earlystop(r) == {key: (72, "another-recipe/20261206-090000-cccc")}
+    earlier("20261206-110000-bbbb", 84)  # newer
+    assert planning.earlier_earlystop(r) == {key: (84, f"{r.name}/20261206-110000-bbbb")}
     f = full()
     step = 0.001 * 256 ** 0.5
     early = 0.05 + 84 * step + 2 * (90 + 14 * 60) * 1e-4  # 84 steps, checked every 6: 14 checks of 60 val rows
     assert f.parts["full-earlystop x 84 steps"] == pytest.approx(early, abs=1e-3)
-    assert any("as it ran in 20261206-110000-bbbb" in n for n in f.notes)
+    assert any(f"as it ran in {r.name}/20261206-110000-bbbb" in n for n in f.notes)
     assert f.upper_seconds == pytest.approx(f.seconds + early * (300 / 84 - 1), abs=0.1)
 
 
@@ -141,11 +149,11 @@ def test_eval_baseline_report_and_embed_forecasts_add_up_the_students_calls(reci
     assert rnd.seconds == pytest.approx(3.5 + sum(0.05 + 30 * step(B) + 2 * 90 * 1e-4 for B in (3, 6)), abs=0.01)
     full = planning.forecast_job(job("baseline", "baseline-full", ["x", "baseline", "r", "--kind", "full"]), r, m)
     same = 0.05 + 30 * step(256) + 2 * 90 * 1e-4
-    early = 0.05 + 60 * step(256) + 2 * (90 + 10 * 60) * 1e-4  # 60 steps, 10 checks of the 60 val rows
+    early = 0.05 + 30 * step(256) + 2 * (90 + 5 * 60) * 1e-4  # 30 steps (the earliest stop), 5 checks of 60 val rows
     assert full.parts["full x 30 steps"] == pytest.approx(same, abs=1e-3)
-    assert full.parts["full-earlystop x 60 steps"] == pytest.approx(early, abs=1e-3)
+    assert full.parts["full-earlystop x 30 steps"] == pytest.approx(early, abs=1e-3)
     assert full.seconds == pytest.approx(3.5 + same + early + 2.0, abs=0.01)
-    assert full.upper_seconds == pytest.approx(full.seconds + early * (300 / 60 - 1), abs=0.1)
+    assert full.upper_seconds == pytest.approx(full.seconds + early * (300 / 30 - 1), abs=0.1)
     assert full.peak_bytes == (200 + 20 + 40) * 2**20 and full.notes  # the logistic regression's copies
     rep = planning.forecast_job(job("report", "report"), r, m)
     # report, majority and embed train nothing: a process's start before torch's first training (2.0 s)
@@ -156,6 +164,44 @@ def test_eval_baseline_report_and_embed_forecasts_add_up_the_students_calls(reci
     emb = planning.forecast_job(job("embed", "embed"), r, m)
     assert emb.seconds == pytest.approx(3.5) and emb.peak_bytes == 160 * 2**20
     assert "load + verify" in emb.dominant or "startup" in emb.dominant
+    # the embed job measured whole (its probe): that, not a majority job's start
+    m.job_seconds, m.embed_job_seconds = 2.25, 1.75
+    emb = planning.forecast_job(job("embed", "embed"), r, m)
+    assert emb.seconds == pytest.approx(1.75) and emb.peak_bytes == 160 * 2**20
+    assert planning.forecast_job(job("report", "report"), r, m).seconds == pytest.approx(2.25 + 2.5, abs=0.01)
+
+
+class _Probe:
+    """A stand-in JobProbe: a command started now."""
+
+    def __init__(self, *cmd):
+        import subprocess
+        import time
+
+        self.t0, self.proc = time.perf_counter(), subprocess.Popen(list(cmd))
+        self.cleaned = False
+
+    def _cleanup(self):
+        self.cleaned = True
+
+
+def test_probes_run_at_once_are_each_timed_to_their_own_end():
+    fast, slow, failing = _Probe("sleep", "0.1"), _Probe("sleep", "0.8"), _Probe("false")
+    got = plan_measure.wait_probes([fast, slow, failing])
+    assert got[0] is not None and got[1] is not None and got[0] < 0.5 <= got[1]  # not the slowest's end
+    assert got[2] is None and fast.cleaned and slow.cleaned and failing.cleaned
+
+
+def test_stages_measured_beside_come_back_as_stages_or_none(recipe, tmp_path, monkeypatch):
+    """The child prints the stages as one JSON line (read back as StageMeasure); a child that fails gives None,
+    and the caller measures in-process."""
+    stage = StageMeasure(5, 0.5, 0.2, 0.1, 0.05, 6, 123 * 2**20)
+    line = json.dumps({"stages": {"5": {**stage.__dict__}}, "run": str(tmp_path / "stage5")})
+    monkeypatch.setattr(plan_measure, "_STAGES_CODE", f"print('progress'); print({line!r})")
+    got = plan_measure.StagesBeside(recipe(), tmp_path, 1).result()
+    assert got == ({5: stage}, tmp_path / "stage5")
+    monkeypatch.setattr(plan_measure, "_STAGES_CODE", "raise SystemExit(3)")
+    assert plan_measure.StagesBeside(recipe(), tmp_path, 1).result() is None
 
 
 def test_a_coreset_baseline_peaks_at_the_larger_of_choosing_its_rows_and_training(recipe):
@@ -261,11 +307,23 @@ def test_stages_between_the_measured_ones_are_interpolated_by_their_inner_rows(r
     assert stage_rows(whole, 20, 4) == 80 and out[10].peak_bytes == int(100 + (40 - 4) / (80 - 4) * 200)
 
 
-def test_job_threads_follow_the_environment_then_the_scheduler(recipe, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert planning.job_threads(recipe()) == 3
-    monkeypatch.delenv("OMP_NUM_THREADS")
+def test_job_threads_are_what_the_scheduler_gives_its_jobs(recipe, monkeypatch):
+    from distillctl.threads import MACHINE_VARIABLE
+
+    monkeypatch.delenv(MACHINE_VARIABLE, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # exported by the user: the local scheduler passes it on
+    assert planning.job_threads(recipe(scheduler={"name": "local", "workers": 1})) == 3
+    # the local scheduler's threads are exported over the user's
     assert planning.job_threads(recipe(scheduler={"name": "local", "workers": 1, "threads": 2})) == 2
+    # the CLI's own count from the machine is dropped for the jobs: they take their share of the machine
+    monkeypatch.setenv(MACHINE_VARIABLE, "3")
+    import distillctl.threads as th
+
+    monkeypatch.setattr(th, "machine_threads", lambda env: (7 if env["DISTILLCTL_JOBS_AT_ONCE"] == "2" else 9, ""))
+    assert planning.job_threads(recipe(scheduler={"name": "local", "workers": 2})) == 7
+    assert planning.job_threads(recipe(scheduler={"name": "local", "workers": 2, "threads": 1})) == 1
+    # slurm exports SLURM_CPUS_PER_TASK as the job's OMP_NUM_THREADS
+    assert planning.job_threads(recipe(scheduler={"name": "slurm", "cpus": 4})) == 4
 
 
 def test_stage_times_from_metrics_records():

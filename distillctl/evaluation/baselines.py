@@ -77,6 +77,7 @@ def logreg_reference(X: "torch.Tensor", y: "torch.Tensor", X_val: "torch.Tensor"
     import torch
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
     t0 = time.perf_counter()
     # 1. the data as float64 numpy: train (n, d), val (n_val, d), test (m, d)
@@ -84,18 +85,21 @@ def logreg_reference(X: "torch.Tensor", y: "torch.Tensor", X_val: "torch.Tensor"
     yn, yv = y.long().cpu().numpy(), y_val.long().cpu().numpy()
     if len(np.unique(yn)) < 2:
         raise UserError("full-logreg: the training split has a single class; logistic regression needs two")
-    # 2. one fit per C on train, scored on val
+    # 2. one fit per C on train, scored on val. BLAS on one thread: lbfgs's products are small, and a second
+    #    OpenBLAS thread beside torch's pool made the fits 6x slower (AG News 12k, 2 threads: 15 s vs 2.5 s
+    #    for a quarter of the rows; BENCHMARKS.md, "The jobs' threads ...")
     val_by_C, best, best_model = [], -1.0, None
-    for C in sorted(float(c) for c in grid):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model = LogisticRegression(C=C, max_iter=max_iter, tol=1e-6).fit(Xn, yn)
-        acc = float((model.predict(Xv) == yv).mean())
-        val_by_C.append({"C": C, "accuracy": acc, "converged": bool(int(np.max(model.n_iter_)) < max_iter)})
-        if acc > best:  # strictly better: ties keep the smaller C
-            best, best_model = acc, model
-    # 3. the chosen model scored on test, once
-    pred = torch.as_tensor(best_model.predict(Xt)).long()[None]  # (1, m)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for C in sorted(float(c) for c in grid):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                model = LogisticRegression(C=C, max_iter=max_iter, tol=1e-6).fit(Xn, yn)
+            acc = float((model.predict(Xv) == yv).mean())
+            val_by_C.append({"C": C, "accuracy": acc, "converged": bool(int(np.max(model.n_iter_)) < max_iter)})
+            if acc > best:  # strictly better: ties keep the smaller C
+                best, best_model = acc, model
+        # 3. the chosen model scored on test, once
+        pred = torch.as_tensor(best_model.predict(Xt)).long()[None]  # (1, m)
     metrics = classification_scores(pred, y_test, num_classes)
     scores = Scores(seeds=[], accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],
                     positive_f1=metrics.get("positive_f1"), seconds=time.perf_counter() - t0,

@@ -27,7 +27,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from pydantic import Field
 
@@ -53,6 +53,30 @@ class LocalOptions(PluginOptions):
         "started: torch's waiting threads spin, and with 2 threads per job beside another torch job on a 2-core "
         "machine a distill ran ~40x slower (157 vs 4 s; BENCHMARKS.md, \"Torch threads on a busy machine\").",
     )
+
+
+def job_environment(base: Mapping[str, str], threads: Optional[int], workers: int) -> dict:
+    """The environment a job of this scheduler runs in (``base``: the submitting process's): ``threads`` exported
+    as its thread count when set (over any ``OMP_NUM_THREADS``); else each job measures its share of the machine
+    when it starts (it knows ``workers`` run at once), so the submitting process's own machine-derived count is
+    dropped (a count the user exported stays). ``distillctl plan`` forecasts with the same count
+    (:func:`distillctl.planning.job_threads`)."""
+    from distillctl.threads import JOBS_VARIABLE, MACHINE_VARIABLE, THREAD_VARIABLES
+
+    env = dict(base)
+    env.pop("PYTHONUNBUFFERED", None)
+    # `distillctl` resolves to the interpreter environment that submitted the graph.
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    if threads:
+        env.update({name: str(threads) for name in THREAD_VARIABLES})
+    else:
+        if env.get(MACHINE_VARIABLE) is not None and env.get(MACHINE_VARIABLE) == env.get("OMP_NUM_THREADS"):
+            for name in THREAD_VARIABLES:
+                env.pop(name, None)
+        env.pop(MACHINE_VARIABLE, None)
+        env[JOBS_VARIABLE] = str(workers)
+    return env
 
 
 def _now_iso() -> str:
@@ -270,25 +294,7 @@ class _Runner:
         _write_state(self.path, self.state)
 
     def env(self) -> dict:
-        from distillctl.threads import JOBS_VARIABLE, MACHINE_VARIABLE, THREAD_VARIABLES
-
-        threads = self.state.get("threads")
-        env = dict(os.environ)
-        env.pop("PYTHONUNBUFFERED", None)
-        # `distillctl` resolves to the interpreter environment that submitted the graph.
-        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-        env["PYTHONUNBUFFERED"] = "1"
-        if threads:
-            env.update({name: str(threads) for name in THREAD_VARIABLES})
-        else:
-            # each job measures its share when it starts: the submitting process's own machine-derived count
-            # is dropped (a count the user exported stays), and the job knows how many run at once
-            if env.get(MACHINE_VARIABLE) is not None and env.get(MACHINE_VARIABLE) == env.get("OMP_NUM_THREADS"):
-                for name in THREAD_VARIABLES:
-                    env.pop(name, None)
-            env.pop(MACHINE_VARIABLE, None)
-            env[JOBS_VARIABLE] = str(self.state.get("workers") or 1)
-        return env
+        return job_environment(os.environ, self.state.get("threads"), self.state.get("workers") or 1)
 
     def start(self, jid: str, base_env: dict) -> None:
         job, js = self.jobs[jid], self.state["states"][jid]
