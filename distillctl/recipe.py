@@ -351,11 +351,11 @@ class EvalSettings(OptimizerSettings):
         "sees it, else CPU; see `precision`). Vector students train where their embeddings are (CPU).",
     )
     precision: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="Number format of token-level evaluation: `auto` = bfloat16 autocast on a GPU that "
-        "supports it (training and scoring passes) and for the scoring passes on a CPU with native bfloat16 "
-        "(AVX512-BF16/AMX; about 2x faster scoring, a few predictions in thousands differ from float32's), float32 "
-        "otherwise; `float32` = never; `bfloat16` = always (on a CPU: scoring only). Each record names it "
-        "(`device`).",
+        "auto", description="Number format of token-level evaluation: `auto` = bfloat16 autocast (float32 weights "
+        "and optimiser) where the hardware multiplies bfloat16 natively: a GPU that supports it, a CPU with "
+        "AVX512-BF16/AMX (there a fine-tuning step takes ~0.55x as long and scoring ~0.5x; replays of a set's own "
+        "inner steps stay float32 on a CPU, as the distill ran them), float32 otherwise; `float32` = never; "
+        "`bfloat16` = always (on a CPU without native support: scoring only). Each record names it (`device`).",
     )
     students: Optional[list[PluginSection]] = Field(
         None, description="Evaluate with several students (transfer), e.g. `[mlp, transformer, linear]` (each a "

@@ -80,6 +80,22 @@ def test_deviating_protocol_is_flagged(run):
     assert "Different protocol" in md and "random ipc 2" in md and " †" in md
 
 
+def test_a_reference_trained_in_another_number_format_is_flagged(run):
+    """A token-level record's `device` names its number format; a full-earlystop reference trained in another
+    one than the arms (float32 against bfloat16 autocast) is not the same protocol, and the report says so."""
+    from distillctl.reporting.report import report
+
+    run, _ = run
+    path = run.eval / "baseline-full.json"
+    data = json.loads(path.read_text())
+    for r in data["results"]:
+        if r["arm"] == "full-earlystop":
+            r["device"] = "cpu (bfloat16 scoring)"
+    path.write_text(json.dumps(data))
+    md = report(run.path, quiet=True).read_text()
+    assert "Different protocol" in md and "trained on cpu (bfloat16 scoring) (the others: not recorded)" in md
+
+
 def test_cli_report_and_errors(run, cli, tmp_path):
     run, _ = run
     res = cli("report", run.path, "--json")

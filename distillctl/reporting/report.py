@@ -62,8 +62,10 @@ SEQUENCES_HEADING = "## What the synthetic sequences stand for"
 
 
 def _protocol(rec: dict) -> tuple:
+    # a token-level record's `device` says its number format (float32, bfloat16 scoring or autocast): arms
+    # trained in different formats are not the same protocol
     return (rec.get("student"), json.dumps(rec.get("student_options"), sort_keys=True),
-            json.dumps(rec.get("budget"), sort_keys=True), tuple(rec.get("seeds") or ()))
+            json.dumps(rec.get("budget"), sort_keys=True), tuple(rec.get("seeds") or ()), rec.get("device"))
 
 
 def _options(opts: dict | None) -> str:
@@ -123,6 +125,9 @@ def build_tables(records: list[dict], student: str | None = None, run_path: Path
     common = max(counts, key=counts.get) if counts else None
     ref = next((r for r in trained if _protocol(r) == common), None)
     deviating = [r for r in trained if _protocol(r) != common]
+    common_device = common[-1] if common else None
+    # the chosen-steps reference differs from the common protocol by design, but not in its number format
+    deviating += [r for r in (refs.get("full-earlystop"),) if r and r.get("device") != common_device]
 
     metrics = [m for m, _ in METRICS if any(m in r for r in records)]
     columns = [(arm, h) for arm, h in ARM_COLUMNS if any(by_ipc[i][arm] for i in ipcs)]
@@ -166,6 +171,9 @@ def build_tables(records: list[dict], student: str | None = None, run_path: Path
         },
         "deviations": [f"{r['arm']} ipc {r.get('ipc')}: student {r.get('student')}, "
                        f"{TrainBudget(**r['budget']).describe()}, K = {len(r.get('seeds') or [])}"
+                       + (f", trained on {r.get('device') or 'a device not recorded'} (the others: "
+                          f"{common_device or 'not recorded'})"
+                          if r.get("device") != common_device else "")
                        for r in deviating],
         "deviating": {(r["arm"], r.get("ipc")) for r in deviating},
     }
