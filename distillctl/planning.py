@@ -684,18 +684,16 @@ def job_threads(recipe: Any, environ: dict | None = None) -> int:
     whose jobs run 1, and forecast its evals up to 45 % short)."""
     import os
 
-    from distillctl.threads import JOBS_VARIABLE, MACHINE_VARIABLE, THREAD_VARIABLES, machine_threads
+    from distillctl.threads import JOBS_VARIABLE, exported_threads, machine_threads
 
     env = dict(os.environ if environ is None else environ)
     opts = getattr(recipe.scheduler, "options", None)
     for name in ("threads", "cpus"):
         if getattr(opts, name, None):
             return int(getattr(opts, name))
-    given = env.get(THREAD_VARIABLES[0])
-    if env.get(MACHINE_VARIABLE) is not None and env.get(MACHINE_VARIABLE) == given:
-        given = None  # the CLI's own machine-derived count (as the local scheduler drops it)
-    if given and given.strip().isdigit() and int(given) >= 1:
-        return int(given)
+    given = exported_threads(env)  # not the CLI's own machine-derived count: the local scheduler drops that
+    if given:
+        return given
     workers = getattr(opts, "workers", None) or 1
     return machine_threads({**env, JOBS_VARIABLE: str(workers)})[0]
 

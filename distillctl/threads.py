@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import MutableMapping, Optional
+from typing import Mapping, MutableMapping, Optional
 
 #: the fewest torch threads a process gets (and the answer where nothing about the machine can be read)
 DEFAULT_THREADS = 1
@@ -59,6 +59,19 @@ def _read(path: str) -> Optional[str]:
             return fh.read()
     except (OSError, ValueError):
         return None
+
+
+def machine_derived(environ: Mapping[str, str]) -> bool:
+    """Whether ``OMP_NUM_THREADS`` in ``environ`` is the count :func:`configure_threads` derived from the machine
+    for its own process (``MACHINE_VARIABLE`` beside it), not one the user exported: a scheduler's jobs measure
+    their own share instead."""
+    return environ.get(MACHINE_VARIABLE) is not None and environ.get(MACHINE_VARIABLE) == environ.get(THREAD_VARIABLES[0])
+
+
+def exported_threads(environ: Mapping[str, str]) -> Optional[int]:
+    """The thread count the user exported (``OMP_NUM_THREADS``, one positive integer), or None: unset, not one
+    positive integer, or :func:`machine_derived`."""
+    return None if machine_derived(environ) else _positive_int(environ.get(THREAD_VARIABLES[0]))
 
 
 def cgroup_cpus(root: str = "/sys/fs/cgroup") -> Optional[float]:

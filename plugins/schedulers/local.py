@@ -61,7 +61,7 @@ def job_environment(base: Mapping[str, str], threads: Optional[int], workers: in
     when it starts (it knows ``workers`` run at once), so the submitting process's own machine-derived count is
     dropped (a count the user exported stays). ``distillctl plan`` forecasts with the same count
     (:func:`distillctl.planning.job_threads`)."""
-    from distillctl.threads import JOBS_VARIABLE, MACHINE_VARIABLE, THREAD_VARIABLES
+    from distillctl.threads import JOBS_VARIABLE, MACHINE_VARIABLE, THREAD_VARIABLES, machine_derived
 
     env = dict(base)
     env.pop("PYTHONUNBUFFERED", None)
@@ -71,7 +71,7 @@ def job_environment(base: Mapping[str, str], threads: Optional[int], workers: in
     if threads:
         env.update({name: str(threads) for name in THREAD_VARIABLES})
     else:
-        if env.get(MACHINE_VARIABLE) is not None and env.get(MACHINE_VARIABLE) == env.get("OMP_NUM_THREADS"):
+        if machine_derived(env):
             for name in THREAD_VARIABLES:
                 env.pop(name, None)
         env.pop(MACHINE_VARIABLE, None)
