@@ -39,8 +39,13 @@ from typing import Any, Sequence
 #: of the intervals between the others is the steady step time (one interval alone varied by 2x between plans:
 #: mrpc-mlp's ipc-25 step measured at 0.71 and 1.1 s, 0.65 s in the run)
 MEASURE_STEPS = 6
-#: each measured stage stops after this many seconds (a Transformer population, a fine-tuned student)
+#: each measured stage stops after this many seconds (a Transformer population, a fine-tuned student); at the
+#: token level the first stage after TOKEN_FIRST_STAGE_SECONDS: its first outer step (~1-1.5 s here), which holds
+#: its peak and whose warm-up is small beside it (40 ms at ipc 1 on agnews-finetune), within plan's 30 s.
+#: (Scaling that stage from the last by its plain steps forecast agnews-finetune's ipc-1 distill at 1.71 GiB for
+#: 1.29: a plain step's activations are bfloat16 while the inner step holds a float32 graph differentiated twice)
 MEASURE_STAGE_SECONDS = 4.0
+TOKEN_FIRST_STAGE_SECONDS = 1.0
 #: bptt's inner population is measured with at most this many students and scaled to the recipe's (linearly: an
 #: upper bound, vmapped students share work: mrpc-transformer's 4 measured as 2 x 2 took 1.27 s a step, measured
 #: as 4 0.96 s, 0.92 s in the run; agnews-transformer's 12, one thread, ipc 10: 1.50 s at 2, 2.93 s at 4, 7.9 s
@@ -614,18 +619,18 @@ def stage_rows(recipe: Any, ipc: int, C: int) -> int:
     return (min(ipc, per) if per else ipc) * C
 
 
-def measure_stages(recipe: Any, emb: Any, tmp: Path, only: Sequence[int] | None = None
-                   ) -> tuple[dict[int, StageMeasure], Path | None]:
+def measure_stages(recipe: Any, emb: Any, tmp: Path) -> tuple[dict[int, StageMeasure], Path | None]:
     """The first and the last stage of the chain, each as a one-stage distill of MEASURE_STEPS outer steps
     (validating with one training step, or at the token level on TOKEN_VAL_ROWS val rows: validations are
-    forecast from the student primitives); the stages between them interpolated by :func:`stage_rows`.
+    forecast from the student primitives; the first stage for TOKEN_FIRST_STAGE_SECONDS); the stages between
+    them interpolated by :func:`stage_rows`.
     Returns the stages and the run folder of the last one (its sets feed the report's measurement)."""
     from distillctl.distillation.distill import distill
     from distillctl.runs import read_jsonl
 
     chain = list(recipe.distill.ipc)
     tokens = _level(recipe) == "tokens"
-    measured = sorted(set(only) if only else {chain[0], chain[-1]})
+    measured = sorted({chain[0], chain[-1]})
     sets = [f"distill.outer.iterations={MEASURE_STEPS}", f"distill.outer.val_every={MEASURE_STEPS}",
             f"distill.outer.ckpt_every={MEASURE_STEPS}", "distill.outer.patience=null",
             f"distill.outer.max_seconds={MEASURE_STAGE_SECONDS}"]
@@ -641,7 +646,8 @@ def measure_stages(recipe: Any, emb: Any, tmp: Path, only: Sequence[int] | None 
     run = None
     for ipc in measured:
         run = tmp / f"stage{ipc}"
-        r = small(recipe, sets + [f"distill.ipc=[{ipc}]"])
+        cap = [f"distill.outer.max_seconds={TOKEN_FIRST_STAGE_SECONDS}"] if tokens and ipc != measured[-1] else []
+        r = small(recipe, sets + cap + [f"distill.ipc=[{ipc}]"])
         with PeakMemory() as mem:
             t0 = time.perf_counter()
             distill(r, run_dir=run, embeddings=emb, quiet=True)
@@ -649,8 +655,6 @@ def measure_stages(recipe: Any, emb: Any, tmp: Path, only: Sequence[int] | None 
         step, warm, val_one, elapsed, n = stage_times(read_jsonl(run / "metrics.jsonl"), ipc)
         out[ipc] = StageMeasure(ipc, step * scale, warm * scale, max(0.0, wall - elapsed), val_one, n,
                                 int(mem.extra * scale))
-    if only:
-        return out, run
     return interpolate_stages(recipe, out, chain, int(emb.num_classes)), run
 
 
@@ -864,8 +868,9 @@ def token_student(recipe: Any, section: Any, emb: Any, needs: set[int], score_ro
             t0 = time.perf_counter()
             student = _Student(build, 0, plan, budget, len(data))
             built = time.perf_counter() - t0
-            if cost.setup:  # the fine-tuning code paths are warm from the first (smallest) batch: one step each
-                t0 = time.perf_counter()
+            if cost.setup:  # the code paths are warm from the first (smallest) batch: the second step of each B
+                student.step(data, y, False)  # a new student's first step lays out its optimiser state, and a new
+                t0 = time.perf_counter()      # batch shape creates its kernels: 15-25 % over a step at B=32 here
                 student.step(data, y, False)
                 cost.step[(1, B)] = time.perf_counter() - t0
             else:
@@ -882,7 +887,8 @@ def token_student(recipe: Any, section: Any, emb: Any, needs: set[int], score_ro
             pick = order[torch.linspace(0, len(order) - 1, k).round().long()]
             sample = tdata.take(pick)
             with PeakMemory() as pm:
-                t0 = time.perf_counter()
+                student.predict(sample)  # cold: each batch length a new shape; an eval scores its test rows with
+                t0 = time.perf_counter()  # every student, so all but the first find their kernels made
                 student.predict(sample)
                 cost.row = (time.perf_counter() - t0) / k
             cost.predict_peak = pm.extra

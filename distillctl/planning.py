@@ -58,10 +58,6 @@ from distillctl.plan_measure import (MEASURE_STAGE_SECONDS, MEASURE_STEPS, TOKEN
 #: EARLYSTOP_EXPECTED eval budgets, the best near the budget and then the patience (agnews-finetune's stopped
 #: at 3.75)
 EARLYSTOP_EXPECTED = 2
-#: token level: an outer step costs ~ INNER_STEP_WEIGHT plain fine-tuning steps on the set's rows (the inner step,
-#: differentiated twice) + one on the real batch (measured here on agnews-finetune: 2.27 s at ipc 1 and 5.16 s
-#: at ipc 10 against plain steps of 0.14 s on 4 rows, 1.16 s on 40 and 1.84 s on 64: a weight of 2.8)
-INNER_STEP_WEIGHT = 3
 #: the margins ``submit`` adds to a forecast for SLURM's --time and --mem (a killed job costs more than a
 #: bigger allocation): time x TIME_FACTOR + TIME_EXTRA_MIN minutes (at least a job's upper bound), memory x
 #: MEM_FACTOR + MEM_EXTRA_MIB
@@ -418,14 +414,12 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
         # 1. the first and the last stage of the chain, a few outer steps each
         t0 = time.perf_counter()
         chain = list(recipe.distill.ipc)
-        # a fine-tuned student's outer step takes seconds: the last stage alone, the others scaled by the cost
-        # of their inner step (step 2)
         # beside the students' measurement when the recipe's jobs run two at a time and two fit the cores
         workers = getattr(getattr(recipe.scheduler, "options", None), "workers", None) or 1
         beside = (pm.StagesBeside(recipe, Path(tmp), threads)
                   if not tokens and em.cached and workers >= 2 and 2 * threads <= cores else None)
         if beside is None:
-            m.stages, run = pm.measure_stages(recipe, emb, Path(tmp), only=[chain[-1]] if tokens else None)
+            m.stages, run = pm.measure_stages(recipe, emb, Path(tmp))
             phases["distill"] = time.perf_counter() - t0
         # 2. every student primitive any job needs, once
         t0 = time.perf_counter()
@@ -436,10 +430,9 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
             needs.setdefault(c.student, set()).add(c.B if tokens else (c.K, c.B))
             if not tokens:  # the most rows a call of this (K, B) scores
                 scored_rows[(c.student, c.K, c.B)] = max(scored_rows.get((c.student, c.K, c.B), 0), c.rows)
-        if tokens:
-            needs.setdefault(student_key(_distill_sections(recipe)[0]), set())
-            needs[student_key(_distill_sections(recipe)[0])] |= {_batch(ipc * z.C, 10**9) for ipc in recipe.distill.ipc} \
-                | {recipe.distill.outer.real_batch}
+        if tokens:  # the distilled-for student's scoring prices the stages' validations: one step's student
+            needs.setdefault(student_key(_distill_sections(recipe)[0]), set()).add(
+                _batch(min(recipe.distill.ipc) * z.C, recipe.eval.batch_size))
         ev = json.dumps(data.get("eval"), sort_keys=True, default=str)
         for key, need in needs.items():
             cost = shared.setdefault(("student", ekey, ev, key), StudentCost())
@@ -457,8 +450,6 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
                 cost.state_bytes = cost.state_bytes or new.state_bytes
                 cost.param_bytes = cost.param_bytes or new.param_bytes
             m.students[key] = cost
-        if tokens:
-            scale_token_stages(recipe, m)
         phases["students"] = time.perf_counter() - t0
         # 3. what some arms add: choosing coresets, the logistic regression
         t0 = time.perf_counter()
@@ -508,28 +499,6 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
     m.phases = phases
     m.seconds = time.perf_counter() - t_start
     return m
-
-
-def scale_token_stages(recipe: Any, m: Measurement) -> None:
-    """Token level: the stages not measured, from the last one in proportion to what one outer step trains:
-    an inner step on the set's rows and the real batch through the adapted student (the student primitives)."""
-    from distillctl.plan_measure import StageMeasure
-
-    cost = m.students[student_key(_distill_sections(recipe)[0])]
-    real = recipe.distill.outer.real_batch
-    last = max(m.stages)
-    s = m.stages[last]
-
-    def work(ipc: int) -> float:  # the inner step is second order: ~3 plain steps (AG News, here: 2.8)
-        return INNER_STEP_WEIGHT * cost.step.get((1, ipc * m.sizes.C), 0.0) + cost.step.get((1, real), 0.0)
-
-    for ipc in recipe.distill.ipc:
-        if ipc not in m.stages:
-            f = work(ipc) / work(last) if work(last) > 0 else 1.0
-            # memory: the last stage's less what its set's rows need more than this one's (a step on them)
-            rows = cost.peak.get((1, ipc * m.sizes.C), 0) - cost.peak.get((1, last * m.sizes.C), 0)
-            m.stages[ipc] = StageMeasure(ipc, s.step_seconds * f, s.warmup_seconds * f, s.overhead_seconds,
-                                         s.val_seconds, 0, max(0, s.peak_bytes + rows), measured=False)
 
 
 # -- forecasting -----------------------------------------------------------------------------------------
