@@ -96,6 +96,23 @@ def test_validations_and_earlystop_steps(recipe):
     assert planning.earlystop_steps(long) == (1250, 5, 10000)
 
 
+def test_a_fine_tuned_students_first_run_earlystop_is_its_best_epochs_then_the_patience():
+    """Token level, eval 200 steps at batch 32 (checks every 50, patience 4): the best after EARLYSTOP_EPOCHS
+    epochs of the training texts, at the next check, then 4 checks. AG News' 11,907 texts: 2 epochs = 744 steps
+    -> 750 + 200 (it stopped at 850); MRPC's 3,668 pairs: 229 -> 250 + 200 (it stopped at 500)."""
+    from distillctl.recipe import validate_recipe
+
+    r = validate_recipe({"name": "t", "dataset": {"name": "agnews", "source": "sample"}, "embed": {"level": "tokens"},
+                         "student": {"name": "finetune"}, "eval": {"steps": 200, "batch_size": 32}})
+    assert planning.EARLYSTOP_EPOCHS == 2
+    assert planning.earlystop_steps(r, train_rows=11907) == (950, 19, 2000)
+    assert planning.earlystop_steps(r, train_rows=3668) == (450, 9, 2000)
+    assert planning.earlystop_steps(r, train_rows=40) == (250, 5, 2000)  # never before the earliest stop
+    assert planning.earlystop_steps(r, train_rows=10**6) == (2000, 40, 2000)  # nor past the cap
+    assert planning.earlystop_steps(r, ran=850, train_rows=3668) == (850, 17, 2000)  # an earlier run wins
+    assert planning.earlystop_steps(r) == (400, 8, 2000)  # rows unknown: 2 eval budgets
+
+
 def test_full_earlystop_is_forecast_at_the_steps_an_identical_earlier_run_took(recipe, tmp_path, monkeypatch):
     """Where full-earlystop stops cannot be measured in a few steps; an earlier run (of any recipe under
     runs_dir) with the same seed, data, embedding and eval sections ran the same training, so the plan takes its
