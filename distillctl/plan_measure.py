@@ -39,13 +39,14 @@ from typing import Any, Sequence
 #: of the intervals between the others is the steady step time (one interval alone varied by 2x between plans:
 #: mrpc-mlp's ipc-25 step measured at 0.71 and 1.1 s, 0.65 s in the run)
 MEASURE_STEPS = 6
-#: each measured stage stops after this many seconds (a Transformer population, a fine-tuned student); at the
-#: token level the first stage after TOKEN_FIRST_STAGE_SECONDS: its first outer step (~1-1.5 s here), which holds
-#: its peak and whose warm-up is small beside it (40 ms at ipc 1 on agnews-finetune), within plan's 30 s.
-#: (Scaling that stage from the last by its plain steps forecast agnews-finetune's ipc-1 distill at 1.71 GiB for
-#: 1.29: a plain step's activations are bfloat16 while the inner step holds a float32 graph differentiated twice)
+#: each measured stage stops after this many seconds (a Transformer population, a fine-tuned student)
 MEASURE_STAGE_SECONDS = 4.0
-TOKEN_FIRST_STAGE_SECONDS = 1.0
+#: a token-level stage is measured for TOKEN_STAGE_STEPS outer step(s) (1-3.5 s each here): one holds the stage's
+#: peak, and its warm-up is small beside it (0.04 s at ipc 1, 0.2-0.4 s at ipc 10 on agnews-finetune: the step
+#: is forecast up to 13 % long), so plan stays well within 30 s with the first and the last stage both measured.
+#: (Scaling the first stage from the last by its plain steps forecast agnews-finetune's ipc-1 distill at 1.71 GiB
+#: for 1.29: a plain step's activations are bfloat16 while the inner step holds a float32 graph differentiated twice)
+TOKEN_STAGE_STEPS = 1
 #: bptt's inner population is measured with at most this many students and scaled to the recipe's (linearly: an
 #: upper bound, vmapped students share work: mrpc-transformer's 4 measured as 2 x 2 took 1.27 s a step, measured
 #: as 4 0.96 s, 0.92 s in the run; agnews-transformer's 12, one thread, ipc 10: 1.50 s at 2, 2.93 s at 4, 7.9 s
@@ -622,7 +623,7 @@ def stage_rows(recipe: Any, ipc: int, C: int) -> int:
 def measure_stages(recipe: Any, emb: Any, tmp: Path) -> tuple[dict[int, StageMeasure], Path | None]:
     """The first and the last stage of the chain, each as a one-stage distill of MEASURE_STEPS outer steps
     (validating with one training step, or at the token level on TOKEN_VAL_ROWS val rows: validations are
-    forecast from the student primitives; the first stage for TOKEN_FIRST_STAGE_SECONDS); the stages between
+    forecast from the student primitives; TOKEN_STAGE_STEPS outer steps); the stages between
     them interpolated by :func:`stage_rows`.
     Returns the stages and the run folder of the last one (its sets feed the report's measurement)."""
     from distillctl.distillation.distill import distill
@@ -631,8 +632,9 @@ def measure_stages(recipe: Any, emb: Any, tmp: Path) -> tuple[dict[int, StageMea
     chain = list(recipe.distill.ipc)
     tokens = _level(recipe) == "tokens"
     measured = sorted({chain[0], chain[-1]})
-    sets = [f"distill.outer.iterations={MEASURE_STEPS}", f"distill.outer.val_every={MEASURE_STEPS}",
-            f"distill.outer.ckpt_every={MEASURE_STEPS}", "distill.outer.patience=null",
+    steps = TOKEN_STAGE_STEPS if tokens else MEASURE_STEPS
+    sets = [f"distill.outer.iterations={steps}", f"distill.outer.val_every={steps}",
+            f"distill.outer.ckpt_every={steps}", "distill.outer.patience=null",
             f"distill.outer.max_seconds={MEASURE_STAGE_SECONDS}"]
     sets += [f"distill.tokens.val_rows={TOKEN_VAL_ROWS}"] if tokens else ["eval.steps=1"]  # validations: forecast apart
     # bptt's inner population trains vmapped, each student on its own: measured with MEASURE_POPULATION of them,
@@ -646,8 +648,7 @@ def measure_stages(recipe: Any, emb: Any, tmp: Path) -> tuple[dict[int, StageMea
     run = None
     for ipc in measured:
         run = tmp / f"stage{ipc}"
-        cap = [f"distill.outer.max_seconds={TOKEN_FIRST_STAGE_SECONDS}"] if tokens and ipc != measured[-1] else []
-        r = small(recipe, sets + cap + [f"distill.ipc=[{ipc}]"])
+        r = small(recipe, sets + [f"distill.ipc=[{ipc}]"])
         with PeakMemory() as mem:
             t0 = time.perf_counter()
             distill(r, run_dir=run, embeddings=emb, quiet=True)

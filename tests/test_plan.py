@@ -338,10 +338,9 @@ def test_stages_between_the_measured_ones_are_interpolated_by_their_inner_rows(r
     assert stage_rows(whole, 20, 4) == 80 and out[10].peak_bytes == int(100 + (40 - 4) / (80 - 4) * 200)
 
 
-def test_token_level_stages_are_measured_at_both_ends_the_first_briefly(tmp_path, monkeypatch):
+def test_token_level_stages_are_measured_at_both_ends_one_outer_step_each(tmp_path, monkeypatch):
     """A token-level chain measures its first stage too (its peak was 30 % below the last stage's scaled by plain
-    steps), capped at TOKEN_FIRST_STAGE_SECONDS; the last one at MEASURE_STAGE_SECONDS; those between
-    interpolated. Each stage's numbers come from its own run's metrics."""
+    steps), each for TOKEN_STAGE_STEPS outer steps (a second or more each); those between interpolated. Each stage's numbers come from its own run's metrics."""
     from distillctl.distillation import distill as distill_module
     from distillctl.recipe import validate_recipe
 
@@ -352,18 +351,19 @@ def test_token_level_stages_are_measured_at_both_ends_the_first_briefly(tmp_path
 
     def fake_distill(recipe, run_dir, embeddings, quiet):
         ipc = recipe.distill.ipc[0]
-        seen.append((ipc, recipe.distill.outer.max_seconds, recipe.distill.tokens.val_rows))
+        seen.append((ipc, recipe.distill.outer.iterations, recipe.distill.tokens.val_rows))
         Path(run_dir).mkdir(parents=True)
         step = {1: 1.0, 10: 2.5}[ipc]
-        rows = [{"ipc": ipc, "step": 0, "val_accuracy": 0.5, "elapsed": 0.3, "val_seconds": 0.3}]
-        rows += [{"ipc": ipc, "step": s, "loss": 1.0, "elapsed": 0.3 + 0.2 + s * step} for s in (1, 2, 3)]
+        rows = [{"ipc": ipc, "step": 0, "val_accuracy": 0.5, "elapsed": 0.3, "val_seconds": 0.3},  # as distill writes
+                {"ipc": ipc, "step": 1, "loss": 1.0, "elapsed": 0.3 + step},
+                {"ipc": ipc, "step": 1, "val_accuracy": 0.6, "elapsed": 0.6 + step, "val_seconds": 0.6}]
         (Path(run_dir) / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
 
     monkeypatch.setattr(distill_module, "distill", fake_distill)
     emb = type("E", (), {"num_classes": 4})()
     stages, run = plan_measure.measure_stages(r, emb, tmp_path)
-    assert seen == [(1, plan_measure.TOKEN_FIRST_STAGE_SECONDS, plan_measure.TOKEN_VAL_ROWS),
-                    (10, plan_measure.MEASURE_STAGE_SECONDS, plan_measure.TOKEN_VAL_ROWS)]
+    assert plan_measure.TOKEN_STAGE_STEPS == 1
+    assert seen == [(1, 1, plan_measure.TOKEN_VAL_ROWS), (10, 1, plan_measure.TOKEN_VAL_ROWS)]
     assert run == tmp_path / "stage10"
     assert stages[1].measured and stages[1].step_seconds == pytest.approx(1.0)
     assert stages[10].measured and stages[10].step_seconds == pytest.approx(2.5)
