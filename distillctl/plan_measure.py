@@ -622,9 +622,9 @@ def stage_rows(recipe: Any, ipc: int, C: int) -> int:
 
 def measure_stages(recipe: Any, emb: Any, tmp: Path) -> tuple[dict[int, StageMeasure], Path | None]:
     """The first and the last stage of the chain, each as a one-stage distill of MEASURE_STEPS outer steps
-    (validating with one training step, or at the token level on TOKEN_VAL_ROWS val rows: validations are
-    forecast from the student primitives; TOKEN_STAGE_STEPS outer steps); the stages between
-    them interpolated by :func:`stage_rows`.
+    (TOKEN_STAGE_STEPS at the token level), validating with one training step (at the token level on
+    TOKEN_VAL_ROWS val rows): validations are forecast from the student primitives. The stages between them
+    are interpolated by :func:`stage_rows`.
     Returns the stages and the run folder of the last one (its sets feed the report's measurement)."""
     from distillctl.distillation.distill import distill
     from distillctl.runs import read_jsonl

@@ -425,7 +425,6 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
     with tempfile.TemporaryDirectory(prefix="distillctl-plan-") as tmp:
         # 1. the first and the last stage of the chain, a few outer steps each
         t0 = time.perf_counter()
-        chain = list(recipe.distill.ipc)
         # beside the students' measurement when the recipe's jobs run two at a time and two fit the cores
         workers = getattr(getattr(recipe.scheduler, "options", None), "workers", None) or 1
         beside = (pm.StagesBeside(recipe, Path(tmp), threads)
