@@ -114,11 +114,11 @@ def plan_only(recipes: list[str], sets: list[str], out: Path | None) -> str:
     return "\n".join(lines)
 
 
-def bench(recipe_path: str, sets: list[str], out: Path | None, runs_dir: Path) -> list[dict]:
+def plan_recipe(recipe_path: str, sets: list[str], runs_dir: Path) -> dict | None:
+    """Plan one recipe as a user runs it and lay out its run folder; what `run_jobs` needs, None if plan failed."""
     from distillctl.jobs.jobgraph import build_graph
     from distillctl.jobs.submit import _write_run_dirs
     from distillctl.jobs.sweeps import expand_points
-    from distillctl.planning import format_bytes
     from distillctl.runs import new_run_id
 
     overrides = [*sets, f"runs_dir={runs_dir}"]
@@ -128,39 +128,70 @@ def bench(recipe_path: str, sets: list[str], out: Path | None, runs_dir: Path) -
     graph = build_graph(points, folder)
     # 1. The plan (before anything runs: the embedding cache is as the embed job will find it), as a user runs
     #    it: `distillctl plan RECIPE --set ... --json`, a fresh process with the jobs' environment.
-    env = job_env(recipe)
     forecast, plan_seconds, err = run_plan(recipe_path, overrides, plan_env())
     if forecast is None:
         print(f"# {recipe_path}: plan failed: {err}", flush=True)
-        return []
-    by_id = {j["id"]: j for j in forecast["jobs"]}
+        return None
     print(f"# {recipe_path}: plan took {plan_seconds:.1f} s (measurement phases {forecast['measurement_phases']}, "
           f"load average {os.getloadavg()[0]:.1f})", flush=True)
-    # 2. The jobs, one at a time, in the order of the graph (dependencies come first).
     _write_run_dirs(points, graph, folder, argv=["benchmarks/plan_accuracy.py", recipe_path])
+    return {"recipe_path": recipe_path, "sets": sets, "env": job_env(recipe), "graph": graph, "folder": folder,
+            "forecast": forecast, "plan_seconds": plan_seconds}
+
+
+def run_jobs(planned: dict, out: Path | None, lanes: int = 1, only: list[str] | None = None) -> list[dict]:
+    """2. The planned recipe's jobs, one at a time, in the order of the graph (dependencies come first); with
+    ``only``, just those job ids (what they need must be there already: a baseline needs the embedding cache)."""
+    from distillctl.planning import format_bytes
+
+    recipe_path, forecast = planned["recipe_path"], planned["forecast"]
+    by_id = {j["id"]: j for j in forecast["jobs"]}
+    prefix = f"{Path(recipe_path).stem}: " if lanes > 1 else ""
     rows = []
-    for job in graph.jobs:
+    for job in planned["graph"].jobs:
+        if only and job.id not in only:
+            continue
         f = by_id[job.id]
         load = os.getloadavg()[0]
-        wall, peak, code = run_job(job, env)
-        row = {"recipe": recipe_path, "sets": sets, "job": job.id, "kind": job.kind, "exit_code": code,
+        wall, peak, code = run_job(job, planned["env"])
+        row = {"recipe": recipe_path, "sets": planned["sets"], "job": job.id, "kind": job.kind, "exit_code": code,
                "forecast_seconds": f["seconds"], "actual_seconds": round(wall, 2),
                "forecast_peak_bytes": f["peak_bytes"], "actual_peak_bytes": peak,
                "wall_error": round(f["seconds"] / wall - 1, 3), "mem_error": round(f["peak_bytes"] / peak - 1, 3),
-               "dominant": f["dominant"], "plan_seconds": round(plan_seconds, 1), "machine": forecast["machine"],
+               "dominant": f["dominant"], "plan_seconds": round(planned["plan_seconds"], 1),
+               "machine": forecast["machine"], "lanes": lanes,
                "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
-               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run": str(folder)}
+               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run": str(planned["folder"])}
         rows.append(row)
-        print(f"{job.id:<22} wall {f['seconds']:8.1f} vs {wall:8.1f} s ({100 * row['wall_error']:+5.0f} %)   "
+        print(f"{prefix}{job.id:<22} wall {f['seconds']:8.1f} vs {wall:8.1f} s ({100 * row['wall_error']:+5.0f} %)   "
               f"peak {format_bytes(f['peak_bytes']):>9} vs {format_bytes(peak):>9} ({100 * row['mem_error']:+5.0f} %)"
               f"{'' if code == 0 else f'   exit {code}'}", flush=True)
         if out is not None:
             with open(out, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
         if code != 0:
-            print(f"# {job.id} failed (exit {code}); see {job.log}; stopping this recipe", flush=True)
+            print(f"# {prefix}{job.id} failed (exit {code}); see {job.log}; stopping this recipe", flush=True)
             break
     return rows
+
+
+def bench(recipes: list[str], sets: list[str], out: Path | None, runs_dir: Path, lanes: int = 1,
+          only: list[str] | None = None) -> list[dict]:
+    """Plan and run each recipe. With ``lanes`` > 1 every recipe is planned first, one after another on cores
+    nothing else uses, then up to ``lanes`` recipes run their jobs at once (each recipe's jobs still one at a
+    time): two recipes whose scheduler gives each job one thread of a 2-core machine then take the time of the
+    longer, and each job runs beside another, as in a `submit` with ``workers: 2``."""
+    if lanes <= 1:
+        rows = []
+        for recipe in recipes:
+            planned = plan_recipe(recipe, sets, runs_dir)
+            rows += run_jobs(planned, out, only=only) if planned else []
+        return rows
+    from concurrent.futures import ThreadPoolExecutor
+
+    planned = [p for p in (plan_recipe(r, sets, runs_dir) for r in recipes) if p]
+    with ThreadPoolExecutor(lanes) as pool:
+        return [row for rows in pool.map(lambda p: run_jobs(p, out, lanes, only), planned) for row in rows]
 
 
 def replan(recipes: list[str], sets: list[str], record: Path) -> str:
@@ -227,6 +258,12 @@ def main() -> None:
                     help="override for every recipe (as distillctl --set)")
     ap.add_argument("--out", type=Path, help="append one JSON line per job here")
     ap.add_argument("--runs-dir", type=Path, default=Path("runs") / "plan-accuracy", help="where the runs go")
+    ap.add_argument("--lanes", type=int, default=1,
+                    help="plan every recipe first, then run this many recipes' jobs at once (default 1: one recipe "
+                         "after another, planned just before its jobs)")
+    ap.add_argument("--only", action="append", metavar="JOB_ID",
+                    help="run only this job of each recipe (repeatable; e.g. baseline-herding): checks one job's "
+                         "forecast without its recipe's hours, when what it needs (the embedding cache) is there")
     ap.add_argument("--plan-only", action="store_true", help="only time `distillctl plan` on each recipe")
     ap.add_argument("--table", type=Path, metavar="JSONL", help="print the table of an earlier --out file and exit")
     ap.add_argument("--replan", type=Path, metavar="JSONL",
@@ -246,10 +283,8 @@ def main() -> None:
     from distillctl.threads import configure_threads
 
     configure_threads(None)
-    rows = []
-    for recipe in args.recipes:
-        rows += bench(recipe, args.sets, args.out, args.runs_dir.resolve())
-    print(table(rows))
+    print(table(bench(args.recipes, args.sets, args.out, args.runs_dir.resolve(), args.lanes,
+                      args.only)))
 
 
 if __name__ == "__main__":
