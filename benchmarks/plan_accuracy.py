@@ -114,8 +114,9 @@ def plan_only(recipes: list[str], sets: list[str], out: Path | None) -> str:
     return "\n".join(lines)
 
 
-def plan_recipe(recipe_path: str, sets: list[str], runs_dir: Path) -> dict | None:
-    """Plan one recipe as a user runs it and lay out its run folder; what `run_jobs` needs, None if plan failed."""
+def plan_recipe(recipe_path: str, sets: list[str], runs_dir: Path, only: list[str] | None = None) -> dict | None:
+    """Plan one recipe as a user runs it and lay out its run folder; what `run_jobs` needs. None if plan failed
+    or (``only``) the recipe has none of those jobs: each job id it lacks is named, with the ones it has."""
     from distillctl.jobs.jobgraph import build_graph
     from distillctl.jobs.submit import _write_run_dirs
     from distillctl.jobs.sweeps import expand_points
@@ -126,6 +127,12 @@ def plan_recipe(recipe_path: str, sets: list[str], runs_dir: Path) -> dict | Non
     recipe = points[0].recipe
     folder = (runs_dir / recipe.name / new_run_id()).resolve()
     graph = build_graph(points, folder)
+    missing = [j for j in only or [] if j not in {job.id for job in graph.jobs}]
+    if missing:
+        print(f"# {recipe_path}: no job {', '.join(missing)} (its jobs: {', '.join(j.id for j in graph.jobs)})",
+              flush=True)
+        if len(missing) == len(only):
+            return None
     # 1. The plan (before anything runs: the embedding cache is as the embed job will find it), as a user runs
     #    it: `distillctl plan RECIPE --set ... --json`, a fresh process with the jobs' environment.
     forecast, plan_seconds, err = run_plan(recipe_path, overrides, plan_env())
@@ -184,12 +191,12 @@ def bench(recipes: list[str], sets: list[str], out: Path | None, runs_dir: Path,
     if lanes <= 1:
         rows = []
         for recipe in recipes:
-            planned = plan_recipe(recipe, sets, runs_dir)
+            planned = plan_recipe(recipe, sets, runs_dir, only)
             rows += run_jobs(planned, out, only=only) if planned else []
         return rows
     from concurrent.futures import ThreadPoolExecutor
 
-    planned = [p for p in (plan_recipe(r, sets, runs_dir) for r in recipes) if p]
+    planned = [p for p in (plan_recipe(r, sets, runs_dir, only) for r in recipes) if p]
     with ThreadPoolExecutor(lanes) as pool:
         return [row for rows in pool.map(lambda p: run_jobs(p, out, lanes, only), planned) for row in rows]
 

@@ -340,7 +340,8 @@ def test_stages_between_the_measured_ones_are_interpolated_by_their_inner_rows(r
 
 def test_token_level_stages_are_measured_at_both_ends_one_outer_step_each(tmp_path, monkeypatch):
     """A token-level chain measures its first stage too (its peak was 30 % below the last stage's scaled by plain
-    steps), each for TOKEN_STAGE_STEPS outer steps (a second or more each); those between interpolated. Each stage's numbers come from its own run's metrics."""
+    steps), each for TOKEN_STAGE_STEPS outer steps (a second or more each); those between interpolated. Each
+    stage's numbers come from its own run's metrics."""
     from distillctl.distillation import distill as distill_module
     from distillctl.recipe import validate_recipe
 
