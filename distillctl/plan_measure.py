@@ -41,13 +41,14 @@ from typing import Any, Sequence
 MEASURE_STEPS = 6
 #: each measured stage stops after this many seconds (a Transformer population, a fine-tuned student)
 MEASURE_STAGE_SECONDS = 4.0
-#: a token-level stage is measured for TOKEN_STAGE_STEPS outer step(s) (1-3.5 s each here): one holds the stage's
-#: peak and keeps plan within 30 s with the first and the last stage both measured. The step carries the stage's
-#: warm-up: 0.04 s at ipc 1 and 0.2-0.4 s at ipc 10 on agnews-finetune, but on mrpc-finetune (full size,
-#: 2026-12-07) step 1 took 1.81 s against 1.24 s steady, and its ipc-1 distill was forecast +39 % (BENCHMARKS.md)
+#: a token-level stage is measured for TOKEN_STAGE_STEPS outer steps (1-3.5 s each here): the first carries the
+#: stage's warm-up, the second is the steady step (less its validation). One step alone forecast mrpc-finetune's
+#: ipc-1 distill +39 % at full size (2026-12-07: step 1 took 1.81 s against 1.24 s steady; BENCHMARKS.md).
+#: Measured for up to TOKEN_STAGE_SECONDS, so a slow first step still leaves time for the second
 #: (Scaling the first stage from the last by its plain steps forecast agnews-finetune's ipc-1 distill at 1.71 GiB
 #: for 1.29: a plain step's activations are bfloat16 while the inner step holds a float32 graph differentiated twice)
-TOKEN_STAGE_STEPS = 1
+TOKEN_STAGE_STEPS = 2
+TOKEN_STAGE_SECONDS = 20.0
 #: bptt's inner population is measured with at most this many students and scaled to the recipe's (linearly: an
 #: upper bound, vmapped students share work: mrpc-transformer's 4 measured as 2 x 2 took 1.27 s a step, measured
 #: as 4 0.96 s, 0.92 s in the run; agnews-transformer's 12, one thread, ipc 10: 1.50 s at 2, 2.93 s at 4, 7.9 s
@@ -606,6 +607,13 @@ def stage_times(records: list[dict], ipc: int) -> tuple[float, float, float, flo
                                  for a, b in zip(plain, plain[1:]) if b["step"] > a["step"])
         a = plain[0]
         warm = max(0.0, a["elapsed"] - first_val - step * a["step"])
+    elif len(plain) == 1 and steps[-1]["step"] > plain[0]["step"]:
+        # token level: a plain first step, then a step validated at its end (val_seconds is cumulative)
+        a, b = plain[0], steps[-1]
+        val_before = max((r.get("val_seconds") or 0.0) for r in vals if r["step"] <= a["step"]) if vals else 0.0
+        step = max(0.0, (b["elapsed"] - a["elapsed"] - ((b.get("val_seconds") or 0.0) - val_before))
+                   / (b["step"] - a["step"]))
+        warm = max(0.0, a["elapsed"] - val_before - step * a["step"])
     elif steps:
         step = max(0.0, (end - val_total) / len(steps))
         warm = 0.0
@@ -636,7 +644,7 @@ def measure_stages(recipe: Any, emb: Any, tmp: Path) -> tuple[dict[int, StageMea
     steps = TOKEN_STAGE_STEPS if tokens else MEASURE_STEPS
     sets = [f"distill.outer.iterations={steps}", f"distill.outer.val_every={steps}",
             f"distill.outer.ckpt_every={steps}", "distill.outer.patience=null",
-            f"distill.outer.max_seconds={MEASURE_STAGE_SECONDS}"]
+            f"distill.outer.max_seconds={TOKEN_STAGE_SECONDS if tokens else MEASURE_STAGE_SECONDS}"]
     sets += [f"distill.tokens.val_rows={TOKEN_VAL_ROWS}"] if tokens else ["eval.steps=1"]  # validations: forecast apart
     # bptt's inner population trains vmapped, each student on its own: measured with MEASURE_POPULATION of them,
     # its step time and memory scaled to the recipe's (a population of 12 Transformers: one step ~10 s here)

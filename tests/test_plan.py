@@ -338,10 +338,11 @@ def test_stages_between_the_measured_ones_are_interpolated_by_their_inner_rows(r
     assert stage_rows(whole, 20, 4) == 80 and out[10].peak_bytes == int(100 + (40 - 4) / (80 - 4) * 200)
 
 
-def test_token_level_stages_are_measured_at_both_ends_one_outer_step_each(tmp_path, monkeypatch):
+def test_token_level_stages_are_measured_at_both_ends_two_outer_steps_each(tmp_path, monkeypatch):
     """A token-level chain measures its first stage too (its peak was 30 % below the last stage's scaled by plain
     steps), each for TOKEN_STAGE_STEPS outer steps (a second or more each); those between interpolated. Each
-    stage's numbers come from its own run's metrics."""
+    stage's numbers come from its own run's metrics: the second step is the steady one (less the validation at
+    its end), the first step's excess is the warm-up."""
     from distillctl.distillation import distill as distill_module
     from distillctl.recipe import validate_recipe
 
@@ -354,20 +355,25 @@ def test_token_level_stages_are_measured_at_both_ends_one_outer_step_each(tmp_pa
         ipc = recipe.distill.ipc[0]
         seen.append((ipc, recipe.distill.outer.iterations, recipe.distill.tokens.val_rows))
         Path(run_dir).mkdir(parents=True)
-        step = {1: 1.0, 10: 2.5}[ipc]
-        rows = [{"ipc": ipc, "step": 0, "val_accuracy": 0.5, "elapsed": 0.3, "val_seconds": 0.3},  # as distill writes
-                {"ipc": ipc, "step": 1, "loss": 1.0, "elapsed": 0.3 + step},
-                {"ipc": ipc, "step": 1, "val_accuracy": 0.6, "elapsed": 0.6 + step, "val_seconds": 0.6}]
+        step, warm = {1: (1.0, 0.8), 10: (2.5, 0.2)}[ipc]
+        # as distill writes them: a validation at step 0 (0.3 s), a plain step 1 (warm-up and a steady step),
+        # step 2 validated at its end (another 0.4 s; val_seconds is cumulative, elapsed after the validation)
+        rows = [{"ipc": ipc, "step": 0, "val_accuracy": 0.5, "elapsed": 0.3, "val_seconds": 0.3},
+                {"ipc": ipc, "step": 1, "loss": 1.0, "elapsed": 0.3 + warm + step},
+                {"ipc": ipc, "step": 2, "loss": 1.0, "val_accuracy": 0.6, "elapsed": 0.7 + warm + 2 * step,
+                 "val_seconds": 0.7}]
         (Path(run_dir) / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
 
     monkeypatch.setattr(distill_module, "distill", fake_distill)
     emb = type("E", (), {"num_classes": 4})()
     stages, run = plan_measure.measure_stages(r, emb, tmp_path)
-    assert plan_measure.TOKEN_STAGE_STEPS == 1
-    assert seen == [(1, 1, plan_measure.TOKEN_VAL_ROWS), (10, 1, plan_measure.TOKEN_VAL_ROWS)]
+    assert plan_measure.TOKEN_STAGE_STEPS == 2
+    assert seen == [(1, 2, plan_measure.TOKEN_VAL_ROWS), (10, 2, plan_measure.TOKEN_VAL_ROWS)]
     assert run == tmp_path / "stage10"
     assert stages[1].measured and stages[1].step_seconds == pytest.approx(1.0)
+    assert stages[1].warmup_seconds == pytest.approx(0.8) and stages[1].val_seconds == pytest.approx(0.35)
     assert stages[10].measured and stages[10].step_seconds == pytest.approx(2.5)
+    assert stages[10].warmup_seconds == pytest.approx(0.2)
     assert not stages[5].measured and 1.0 < stages[5].step_seconds < 2.5
 
 
