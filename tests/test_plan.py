@@ -377,6 +377,36 @@ def test_token_level_stages_are_measured_at_both_ends_two_outer_steps_each(tmp_p
     assert not stages[5].measured and 1.0 < stages[5].step_seconds < 2.5
 
 
+@pytest.mark.parametrize("level", ["vectors", "tokens"])
+def test_the_measured_report_has_a_set_for_every_stage_of_the_chain(tmp_path, level):
+    """The report draws and reads out every set of a run: its measurement gets the chain's other stages as the
+    first rows of the last stage's set, verified and in the manifest, as distill writes them."""
+    import torch
+
+    from distillctl.distillation.synthetic import SyntheticSet
+    from distillctl.evaluation.protocol import set_files
+    from distillctl.runs import manifest_set_digest
+
+    run = tmp_path / "stage10"
+    (run / "distilled").mkdir(parents=True)
+    (run / "recipe.resolved.yaml").write_text("name: t\n")
+    C, g = 3, torch.Generator().manual_seed(0)
+    x = torch.randn(10 * C, 7, 5, generator=g) if level == "tokens" else torch.randn(10 * C, 5, generator=g)
+    mask = torch.ones(10 * C, 7) if level == "tokens" else None
+    last = SyntheticSet(x=x, labels=torch.softmax(torch.randn(10 * C, C, generator=g), -1), ipc=10, num_classes=C,
+                        inner_lr=0.1, mask=mask, meta={"label_names": ["a", "b", "c"], "stage": 1})
+    last.save(run / "distilled" / "ipc10.safetensors")
+    assert plan_measure.chain_sets(run, [1, 5, 10]) == [1, 5]
+    assert [f.name for f in set_files(run)] == ["ipc1.safetensors", "ipc5.safetensors", "ipc10.safetensors"]
+    for f, ipc in zip(set_files(run), (1, 5, 10)):
+        s = SyntheticSet.load(f)  # verified against its sidecar and the manifest
+        assert s.ipc == ipc and s.level == level and s.label_names == ["a", "b", "c"] and s.inner_lr == 0.1
+        assert torch.equal(s.x, x[: ipc * C]) and s.labels.shape == (ipc * C, C)
+        if ipc < 10:
+            assert manifest_set_digest(f)[1] == s.sha256
+    assert plan_measure.chain_sets(run, [1, 5, 10]) == []  # already there
+
+
 def test_job_threads_are_what_the_scheduler_gives_its_jobs(recipe, monkeypatch):
     from distillctl.threads import MACHINE_VARIABLE
 
