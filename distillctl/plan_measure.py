@@ -975,18 +975,17 @@ def chain_sets(run: Path, chain: Sequence[int]) -> list[int]:
     if not files:
         return []
     last = SyntheticSet.load(files[-1])
-    have = {SyntheticSet.load(f).ipc for f in files}
     added = []
-    for ipc in sorted(set(chain) - have):
-        if ipc > last.ipc:
+    for ipc in sorted(i for i in set(chain) if i < last.ipc):
+        path = run / "distilled" / f"ipc{ipc}.safetensors"  # set_files' naming
+        if path.exists():
             continue
         n = ipc * last.num_classes  # rows
         cut = (lambda t: None if t is None else t[:n].clone())  # noqa: E731
         part = dataclasses.replace(last, x=cut(last.x), labels=cut(last.labels), ipc=ipc, mask=cut(last.mask),
                                    attention_labels=cut(last.attention_labels),
                                    meta={k: v for k, v in last.meta.items() if k != "sha256"})
-        path = part.save(run / "distilled" / f"ipc{ipc}.safetensors")
-        record_set(open_run_dir(run), path, part.sha256)
+        record_set(open_run_dir(run), part.save(path), part.sha256)
         added.append(ipc)
     return added
 
