@@ -743,6 +743,10 @@ class StagesBeside:
         except OSError:
             self.proc = None
 
+    def succeeded(self) -> bool:
+        """Whether the child has finished, without an error (its result is then read without waiting)."""
+        return self.proc is not None and self.proc.poll() == 0
+
     def result(self) -> tuple[dict[int, StageMeasure], Path] | None:
         if self.proc is None:
             return None

@@ -464,6 +464,8 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
                 cost.param_bytes = cost.param_bytes or new.param_bytes
             m.students[key] = cost
         phases["students"] = time.perf_counter() - t0
+        if beside is not None and beside.succeeded():
+            em.go()  # the stages are measured: a missing cache's sample may encode beside the arms
         # 3. what some arms add: choosing coresets, the logistic regression
         t0 = time.perf_counter()
         ipcs = list(recipe.baseline.ipc or recipe.distill.ipc)

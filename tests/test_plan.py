@@ -215,14 +215,16 @@ def test_stages_measured_beside_come_back_as_stages_or_none(recipe, tmp_path, mo
     stage = StageMeasure(5, 0.5, 0.2, 0.1, 0.05, 6, 123 * 2**20)
     line = json.dumps({"stages": {"5": {**stage.__dict__}}, "run": str(tmp_path / "stage5")})
     monkeypatch.setattr(plan_measure, "_STAGES_CODE", f"print('progress'); print({line!r})")
-    got = plan_measure.StagesBeside(recipe(), tmp_path, 1).result()
-    assert got == ({5: stage}, tmp_path / "stage5")
+    child = plan_measure.StagesBeside(recipe(), tmp_path, 1)
+    got = child.result()
+    assert got == ({5: stage}, tmp_path / "stage5") and child.succeeded()  # done: the sample may encode
     # a missing cache: the child is told the stand-in rows' width (0: the cached rows)
     monkeypatch.setattr(plan_measure, "_STAGES_CODE", f"import sys; sys.argv[3] == '12' and print({line!r})")
     assert plan_measure.StagesBeside(recipe(), tmp_path, 1, dim=12).result() == got
     assert plan_measure.StagesBeside(recipe(), tmp_path, 1).result() is None
     monkeypatch.setattr(plan_measure, "_STAGES_CODE", "raise SystemExit(3)")
-    assert plan_measure.StagesBeside(recipe(), tmp_path, 1).result() is None
+    failed = plan_measure.StagesBeside(recipe(), tmp_path, 1)
+    assert failed.result() is None and not failed.succeeded()  # measured here instead: the sample still waits
 
 
 def test_a_coreset_baseline_peaks_at_the_larger_of_choosing_its_rows_and_training(recipe):
