@@ -832,11 +832,13 @@ def _timed_steps(step_once, least: int = MIN_TIMED_STEPS) -> tuple[float, float]
     t0 = time.perf_counter()
     step_once()
     first = time.perf_counter() - t0
-    n, t0 = 0, time.perf_counter()
-    while n < least or (time.perf_counter() - t0 < PRIMITIVE_SECONDS and n < 200):
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < least or (time.perf_counter() - start < PRIMITIVE_SECONDS and len(times) < 200):
+        t0 = time.perf_counter()
         step_once()
-        n += 1
-    each = (time.perf_counter() - t0) / n
+        times.append(time.perf_counter() - t0)
+    each = statistics.median(times)
     return each, max(0.0, first - each)
 
 
