@@ -237,12 +237,21 @@ class JobProbe:
     """A real job that trains nothing, as ``submit`` starts it: ``distillctl baseline RECIPE --kind majority``
     into a temporary run folder, or with ``embed=True`` the embed job itself (the cache must be there: it would
     embed otherwise; a cache hit loads and verifies it, imports less and writes nothing, so it ends 15-25 %
-    sooner than a majority job). Started with :meth:`start` and read with :meth:`seconds`."""
+    sooner than a majority job). Started with :meth:`start` and read with :meth:`seconds`. ``stand_in``: the
+    width of a stand-in cache entry to write first (:func:`~distillctl.data.embed.write_stand_in_entry`, in this
+    probe's own folder): the job then runs on it, where the real cache is missing."""
 
-    def __init__(self, recipe: Any, embed: bool = False):
+    def __init__(self, recipe: Any, embed: bool = False, stand_in: int | None = None):
         import shutil
 
         self.tmp = tempfile.mkdtemp(prefix="distillctl-plan-")
+        self.env = None
+        if stand_in:
+            from distillctl.data.cache import CACHE_ENV
+            from distillctl.data.embed import write_stand_in_entry
+
+            write_stand_in_entry(recipe, Path(self.tmp) / "cache", stand_in)
+            self.env = {**__import__("os").environ, CACHE_ENV: str(Path(self.tmp) / "cache")}
         self._cleanup = lambda: shutil.rmtree(self.tmp, ignore_errors=True)
         self.recipe_file = Path(self.tmp) / "recipe.yaml"
         self.recipe_file.write_text(recipe.to_yaml(), encoding="utf-8")
@@ -256,7 +265,8 @@ class JobProbe:
         cmd = [str(script)] if script.exists() else [sys.executable, "-m", "distillctl.cli"]
         self.t0 = time.perf_counter()
         try:
-            self.proc = subprocess.Popen([*cmd, *self.args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.proc = subprocess.Popen([*cmd, *self.args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         env=self.env)
         except OSError:
             self.proc = None
         return self
@@ -326,6 +336,7 @@ class EmbedMeasure:
     pending: Any = None  # a cache miss's sample child still running: :meth:`finish` waits for it
     release: Any = None  # a cache miss's sample child waiting to encode: :meth:`go` lets it start
     dim: int | None = None  # a cache miss's output width (the stand-in rows' width)
+    running: Any = None  # a cache miss: whether its sample child is still at work (a callable)
 
     def go(self) -> None:
         """Let a waiting sample child encode (it waits so the distill stages are measured without it beside:
@@ -387,7 +398,8 @@ def embeddings(recipe: Any, *, beside: bool = False) -> tuple[Any, EmbedMeasure]
     width = (2 * recipe.embed.max_length * 8) if tokens else dim * 4
     held = n_rows * width
     em = EmbedMeasure(False, seconds, extra, held / 200e6, held, pending,  # reading + checksumming: ~200 MB/s
-                      child.release if pending is not None else None, dim)
+                      child.release if pending is not None else None, dim,
+                      (lambda: child.proc is not None and child.proc.poll() is None) if pending is not None else None)
     if not beside:
         em.finish()
     return emb, em

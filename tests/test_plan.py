@@ -642,3 +642,27 @@ def test_a_primitive_is_timed_by_the_median_call_so_one_stall_does_not_move_it(m
     durations = iter([0.5, 0.3, 0.3, 0.3])
     each, _ = plan_measure._timed_steps(step_once, least=2)
     assert each == pytest.approx(0.3)
+
+
+def test_a_stand_in_cache_entry_loads_with_the_real_entrys_shapes_labels_and_splits(text_env, cli, monkeypatch,
+                                                                                     tmp_path):
+    """`plan` on a missing cache times a whole majority job on a stand-in entry: it must load, verified, as the
+    real one does (the same splits, carved the same way, the same labels; only the vectors are random)."""
+    import torch
+
+    from distillctl.data.embed import load_embeddings, write_stand_in_entry
+    from distillctl.recipe import load_recipe
+
+    recipe = load_recipe(text_env.path)
+    monkeypatch.setenv("DISTILLCTL_CACHE", str(tmp_path / "stand-in"))
+    write_stand_in_entry(recipe, tmp_path / "stand-in", 8)
+    fake = load_embeddings(recipe, quiet=True)
+    assert cli("baseline", str(text_env.path), "--kind", "majority", "--run-dir", str(tmp_path / "run")).code == 0
+    monkeypatch.setenv("DISTILLCTL_CACHE", str(tmp_path / "real"))
+    assert cli("embed", str(text_env.path)).code == 0
+    real = load_embeddings(recipe, quiet=True)
+    assert fake.label_names == real.label_names and set(fake.splits) == set(real.splits)
+    for name in real.splits:
+        assert fake.splits[name].X.shape == real.splits[name].X.shape
+        assert torch.equal(fake.splits[name].y, real.splits[name].y)
+        assert not torch.equal(fake.splits[name].X, real.splits[name].X)

@@ -338,13 +338,26 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
                            says=f"with {_describe(encoder, _encoder_name(recipe))}{where} -> {entry}")
 
     # 4. One safetensors file and one texts file per split, then the manifest (last: marks completion).
+    manifest, contents = _finish_entry(recipe, entry, key, data, splits, shards, source, encoder, ds_id, enc_id,
+                                       dim=dim, device=device, seconds=time.perf_counter() - t0)
+    shutil.rmtree(partial, ignore_errors=True)
+    return manifest, contents
+
+
+def _finish_entry(recipe, entry: Path, key: str, data, splits: dict, shards: dict[str, list], source, encoder,
+                  ds_id: dict, enc_id: dict, *, dim: int, device: str, seconds: float) -> tuple[dict, dict]:
+    """Write every split's files, then the manifest (last: it marks the entry complete); ``(manifest,
+    contents)`` as :func:`_build` returns them."""
+    settings = recipe.embed
+    tokens = _level(recipe) == "tokens"
+    is_pairs = any(s.pairs is not None for s in splits.values())
     files, contents = _write_splits(entry, key, splits, shards)
     manifest = {
         "format": CACHE_FORMAT,
         "key": key,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "distillctl_version": __version__,
-        "seconds": round(time.perf_counter() - t0, 2),
+        "seconds": round(seconds, 2),
         "dataset": {"plugin": recipe.dataset.name, "identity": ds_id, "description": _describe(source, recipe.dataset.name),
                     "label_names": list(data.label_names), "notes": list(data.notes), "pairs": is_pairs,
                     "splits": {n: {"n": len(s), "class_counts": s.class_counts(data.num_classes)}
@@ -360,8 +373,26 @@ def _build(recipe, entry: Path, key: str, source, encoder, ds_id: dict, enc_id: 
         "versions": _versions(),
     }
     atomic_write_json(entry / "manifest.json", manifest)
-    shutil.rmtree(partial, ignore_errors=True)
     return manifest, contents
+
+
+def write_stand_in_entry(recipe, root: Path, dim: int) -> Path:
+    """A complete, verified cache entry for a vector-level ``recipe`` under the cache folder ``root`` (as
+    ``$DISTILLCTL_CACHE``), keyed as the real one, with the dataset's real texts, labels and splits and random
+    vectors of width ``dim``: files of the real sizes, so a job run on it (``DISTILLCTL_CACHE=root``) loads and
+    verifies what the real job will. ``distillctl plan`` times a whole job on it when the real cache is missing."""
+    import torch
+
+    source, encoder, ds_id, enc_id, key = _identities(recipe)
+    data, splits = _read_splits(recipe, source)
+    dtype = torch.float16 if recipe.embed.dtype == "float16" else torch.float32
+    g = torch.Generator().manual_seed(0)
+    shards = {name: [{"X": torch.randn(len(sp), dim, generator=g).to(dtype)}] for name, sp in splits.items()}
+    entry = Path(root) / "embeddings" / key[:24]
+    entry.mkdir(parents=True, exist_ok=True)
+    _finish_entry(recipe, entry, key, data, splits, shards, source, encoder, ds_id, enc_id, dim=dim,
+                  device="cpu", seconds=0.0)
+    return entry
 
 
 def _read_splits(recipe, source) -> tuple[Any, dict]:
