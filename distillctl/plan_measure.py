@@ -245,17 +245,21 @@ class JobProbe:
         import shutil
 
         self.tmp = tempfile.mkdtemp(prefix="distillctl-plan-")
+        self._cleanup = lambda: shutil.rmtree(self.tmp, ignore_errors=True)
         self.env = None
         if stand_in:
             from distillctl.data.cache import CACHE_ENV, file_hashes_path
             from distillctl.data.embed import write_stand_in_entry
 
             root = Path(self.tmp) / "cache"
-            write_stand_in_entry(recipe, root, stand_in)
-            if file_hashes_path().exists():  # the model checksums a real job finds memoised (~0.3 s to redo)
-                shutil.copyfile(file_hashes_path(), root / file_hashes_path().name)
+            try:
+                write_stand_in_entry(recipe, root, stand_in)
+                if file_hashes_path().exists():  # the model checksums a real job finds memoised (~0.3 s to redo)
+                    shutil.copyfile(file_hashes_path(), root / file_hashes_path().name)
+            except OSError:
+                self._cleanup()
+                raise
             self.env = {**__import__("os").environ, CACHE_ENV: str(root)}
-        self._cleanup = lambda: shutil.rmtree(self.tmp, ignore_errors=True)
         self.recipe_file = Path(self.tmp) / "recipe.yaml"
         self.recipe_file.write_text(recipe.to_yaml(), encoding="utf-8")
         self.args = (["embed", str(self.recipe_file)] if embed else

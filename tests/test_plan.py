@@ -622,6 +622,11 @@ def test_a_missing_caches_sample_waits_for_go_before_it_loads_its_encoder(tmp_pa
     assert em.release is None and em.pending is None
     assert em.seconds > 0 and em.peak > 0
     assert child.proc.returncode == 0
+    # and a whole majority job, as submit starts it, on a stand-in entry of these shapes: it runs, then goes
+    probe = plan_measure.JobProbe(recipe, stand_in=em.dim)
+    assert len(list((Path(probe.tmp) / "cache" / "embeddings").glob("*/manifest.json"))) == 1
+    assert probe.start().seconds() is not None and not Path(probe.tmp).exists()
+    assert not (tmp_path / "cache" / "embeddings").exists()  # the user's cache is left alone
 
 
 def test_a_primitive_is_timed_by_the_median_call_so_one_stall_does_not_move_it(monkeypatch):
