@@ -242,6 +242,7 @@ class JobProbe:
     probe's own folder): the job then runs on it, where the real cache is missing."""
 
     def __init__(self, recipe: Any, embed: bool = False, stand_in: int | None = None):
+        import os
         import shutil
 
         self.tmp = tempfile.mkdtemp(prefix="distillctl-plan-")
@@ -259,7 +260,7 @@ class JobProbe:
             except OSError:
                 self._cleanup()
                 raise
-            self.env = {**__import__("os").environ, CACHE_ENV: str(root)}
+            self.env = {**os.environ, CACHE_ENV: str(root)}
         self.recipe_file = Path(self.tmp) / "recipe.yaml"
         self.recipe_file.write_text(recipe.to_yaml(), encoding="utf-8")
         self.args = (["embed", str(self.recipe_file)] if embed else
@@ -364,10 +365,10 @@ def embeddings(recipe: Any, *, beside: bool = False) -> tuple[Any, EmbedMeasure]
     miss measures a sample in a child process (:class:`_SampleChild`) and stands in rows of the real shapes:
     random vectors, or at the token level a tokenised sample repeated to every split's size. With ``beside``
     the child goes on while the caller measures the rest (on another core: the caller's jobs use fewer threads
-    than there are cores): it loads the encoder, then waits for ``go()`` (after the distill stages) to encode;
-    call ``finish()`` on the result before reading the embed job's cost. The stand-ins' width comes from the
-    encoder's configuration where it can tell (:meth:`Encoder.dim_from_config`), else from the child once
-    its encoder is loaded."""
+    than there are cores): it waits for ``go()`` (after the distill stages) before it loads its encoder, or,
+    where it must report the width first, once the encoder is loaded; call ``finish()`` on the result before
+    reading the embed job's cost. The stand-ins' width comes from the encoder's configuration where it can
+    tell (:meth:`Encoder.dim_from_config`), else from the child once its encoder is loaded."""
     from distillctl.data import embed as embed_mod
     from distillctl.encoding import output_dim
 

@@ -132,8 +132,8 @@ class STEncoder(BatchEncoder):
 
         try:
             folder = self.path()
-            if json.loads((folder / "config_sentence_transformers.json").read_text(encoding="utf-8")
-                          if (folder / "config_sentence_transformers.json").exists() else "{}").get("truncate_dim"):
+            settings = folder / "config_sentence_transformers.json"
+            if settings.exists() and json.loads(settings.read_text(encoding="utf-8")).get("truncate_dim"):
                 return None
             modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
             for module in sorted(modules, key=lambda m: m.get("idx", 0), reverse=True):
