@@ -50,10 +50,11 @@ from distillctl.plan_measure import (MEASURE_STAGE_SECONDS, MEASURE_STEPS, TOKEN
                                      PeakMemory, StageMeasure, Startup, StudentCost, batch_cost, own_peak_bytes,
                                      stage_times)
 
-#: a missing cache's job probe on stand-in rows (2-3.5 s, beside the sample's child, which it slows) runs only
-#: when the plan has taken less than this so far (its own start included), so that plan stays within 30 s on
-#: 2 cores: agnews-transformer-ratbptt reached it at 26 s and took 31.6 s with the probe; the quickstart at 11 s
-STAND_IN_PROBE_BEFORE = 20.0
+#: a missing cache's job probe on stand-in rows (2-3.5 s) that is left for the end of the plan (beside the
+#: sample's child where it still encodes, else alone) runs only when the plan has taken less than this so far
+#: (its own start included), so that plan stays within 30 s on 2 cores (agnews-mlp-ratbptt, whose jobs use both
+#: cores, reaches it at ~22 s). Recipes whose stages are measured beside run it while they wait for them.
+STAND_IN_PROBE_BEFORE = 25.0
 #: full-earlystop's forecast steps on a first run. Vector students: the earliest stop, the best at the first
 #: check then EARLYSTOP_PATIENCE checks without a better one (1.25 x eval.steps of 1000): where 8 of the 10
 #: full-earlystop trainings of the shipped vector recipes stopped (measured 2026-12-06; the default 2 x 512 MLP
@@ -420,6 +421,18 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
     if not em.cached:
         m.notes.append("embedding cache missing: the embed job is forecast from a sample of the texts, the other "
                        f"jobs measured on stand-in {'token rows' if tokens else 'random vectors'} of the same shape")
+    def wants_stand_in_probe() -> bool:
+        """A missing cache (vectors, the width known): a whole job that trains nothing is timed on a stand-in
+        cache entry. This process's own start plus loading left out the job's writing and exit: the
+        quickstart's 2-s majority job forecast at 1.5 s, agnews-mlp-defaults' at 1.8 s for 2.7."""
+        return not em.cached and not tokens and bool(em.dim) and ("probe", ekey) not in shared
+
+    def start_stand_in_probe() -> "pm.JobProbe | None":
+        try:
+            return pm.JobProbe(recipe, stand_in=em.dim, data=em.data).start()
+        except OSError:  # no room for the stand-in entry: the job's start plus loading, as before
+            return None
+
     if startup is None:
         pm.warm_up(recipe)  # torch's first training: in the start-up probe's footprint, not in a measured part
     if tokens:  # the libraries a fine-tuned student loads (transformers...): every job that builds one holds them
@@ -432,7 +445,7 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
         # beside the students' measurement when the recipe's jobs run two at a time and two fit the cores
         workers = getattr(getattr(recipe.scheduler, "options", None), "workers", None) or 1
         # (a missing cache: on stand-ins of the width the encoder's configuration gives, if it gives one)
-        beside = (pm.StagesBeside(recipe, Path(tmp), threads, None if em.cached else em.dim)
+        beside = (pm.StagesBeside(recipe, Path(tmp), threads, None if em.cached else emb)
                   if not tokens and (em.cached or em.dim) and workers >= 2 and 2 * threads <= cores else None)
         if beside is None:
             m.stages, run = pm.measure_stages(recipe, emb, Path(tmp))
@@ -488,12 +501,23 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
                 shared[("logreg", ekey)] = pm.logreg(emb)[:2]
             m.logreg = shared[("logreg", ekey)]
         phases["arms"] = time.perf_counter() - t0
+        stand_in_probe = None
+        if beside is not None and beside.running() and wants_stand_in_probe():
+            # this process would only wait for the stages: a whole job on a stand-in entry runs on its core now,
+            # not at the end beside the sample (where it kept the sample's largest batch to one thread)
+            t0 = time.perf_counter()
+            stand_in_probe = start_stand_in_probe()
+            phases["job probe started (stand-in rows, beside the stages)"] = time.perf_counter() - t0
         if beside is not None:  # 1. again: the stages measured beside, or here if that child failed
             t0 = time.perf_counter()
             got = beside.result()
             m.stages, run = got if got is not None else pm.measure_stages(recipe, emb, Path(tmp))
             phases["distill (beside)" if got is not None else "distill"] = time.perf_counter() - t0
             em.go()
+        if stand_in_probe is not None:  # (beside the sample now, as in the tail)
+            t0 = time.perf_counter()
+            shared[("probe", ekey)] = stand_in_probe.seconds()
+            phases["job probe (stand-in rows, beside the stages)"] = time.perf_counter() - t0
         # 4. the report of the last measured stage's run
         t0 = time.perf_counter()
         row = m.students[student_key(_distill_sections(recipe)[0])].row if tokens else 0.0
@@ -512,18 +536,16 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
         phases["job probe (beside)" if probe_beside else "job probes"] = time.perf_counter() - t0
     so_far = pm.process_age() if startup is not None and startup.how == "this process" else None
     so_far = so_far if so_far is not None else time.perf_counter() - t_start
-    if (not em.cached and not tokens and em.running is not None and em.running() and em.dim
-            and ("probe", ekey) not in shared and so_far < STAND_IN_PROBE_BEFORE):
-        # a missing cache: a whole job that trains nothing, on a stand-in cache entry, while the sample's child
-        # still encodes on the other core (this process waits for it anyway); this process's own start plus
-        # loading left out the job's writing and exit: the quickstart's 2-s majority job forecast at 1.5 s
+    if wants_stand_in_probe() and so_far < STAND_IN_PROBE_BEFORE:
+        # while the sample's child still encodes on the other core (this process waits for it anyway), else
+        # alone: the sample is encoded already where the jobs use every core
         t0 = time.perf_counter()
+        beside_sample = em.running is not None and em.running()
         em.go()
-        try:
-            shared[("probe", ekey)] = pm.JobProbe(recipe, stand_in=em.dim).start().seconds()
-        except OSError:  # no room for the stand-in entry: the job's start plus loading, as before
-            shared[("probe", ekey)] = None
-        phases["job probe (stand-in rows, beside the sample)"] = time.perf_counter() - t0
+        probe_now = start_stand_in_probe()
+        shared[("probe", ekey)] = None if probe_now is None else probe_now.seconds()
+        phases["job probe (stand-in rows" + (", beside the sample)" if beside_sample else ")")] = \
+            time.perf_counter() - t0
     m.job_seconds = shared.get(("probe", ekey))
     m.embed_job_seconds = shared.get(("embed probe", ekey))
     t0 = time.perf_counter()
@@ -622,7 +644,11 @@ def forecast_job(job: Any, recipe: Any, m: Measurement) -> JobForecast:
         parts = {**start, **load, "set-up": s.overhead_seconds,
                  f"{iters} outer steps x {s.step_seconds:.3f} s": steps_s,
                  f"{n_val} validations x {val_one:.2f} s": n_val * val_one}
-        peak = loaded + s.peak_bytes
+        # the stage was measured validating on a few val rows: a validation's students and its scoring of every
+        # val row are the student primitives' (on top of the loaded rows, as the stage's graph is freed by then)
+        val_peak = 0 if m.level == "tokens" else max(
+            (call_bytes(c, m.students[c.student], False) for c in validation_calls(recipe, ipc, m.sizes)), default=0)
+        peak = loaded + max(s.peak_bytes, val_peak)
     elif job.kind == "eval":
         calls = eval_calls(recipe, _stage_of(job), m.sizes)
         seconds, extra, _ = _calls_part(calls, m)

@@ -71,6 +71,34 @@ def test_distill_forecast_scales_with_iterations_validations_and_eval_steps(reci
     assert f4.dominant.startswith("40 outer steps")
 
 
+def test_a_distill_stage_peaks_at_the_larger_of_its_steps_and_a_validation(recipe):
+    """The stages are measured validating on a few val rows (plan_measure.few_rows): a validation's students and
+    its scoring of every val row come from the student primitives, and the stage peaks at whichever is larger."""
+    r = recipe()
+    m = measurement(r)
+    key = planning.student_key(r.student)
+    # validation of ipc 2: val_seeds 2 students on a batch of 6 rows, then scoring 60 val rows with them held
+    m.students[key].peak[(2, 6)] = 70 * 2**20
+    assert planning.forecast_job(job("distill", "distill-ipc2"), r, m).peak_bytes == (200 + 20 + 70) * 2**20
+    m.students[key].peak[(2, 6)] = 5 * 2**20  # less than the stage's own 60 MiB
+    assert planning.forecast_job(job("distill", "distill-ipc2"), r, m).peak_bytes == (200 + 20 + 60) * 2**20
+
+
+def test_measured_stages_validate_on_a_few_val_rows_of_every_class():
+    import torch
+
+    rows = plan_measure.stand_in_of_labels({"train": torch.arange(30) % 3, "val": torch.arange(300) // 100},
+                                           ["a", "b", "c"], 8)
+    few = plan_measure.few_rows(rows, "val", 9)
+    assert len(few.splits["val"].y) == 9 and few.splits["val"].X.shape == (9, 8)
+    assert few.class_counts["val"] == [3, 3, 3] and rows.class_counts["val"] == [100, 100, 100]  # not changed
+    assert torch.equal(few.splits["val"].X[0], rows.splits["val"].X[0])
+    assert torch.equal(few.splits["val"].X[-1], rows.splits["val"].X[-1])
+    assert few.splits["train"] is rows.splits["train"] and len(rows.splits["val"].y) == 300
+    assert plan_measure.few_rows(rows, "val", 300) is rows  # already that few
+    assert plan_measure.few_rows(rows, "test", 9) is rows  # no such split
+
+
 def test_max_seconds_caps_a_stage_with_its_validations_so_far(recipe):
     r = recipe()
     outer = {**r.to_dict()["distill"]["outer"], "iterations": 1000, "max_seconds": 20}
@@ -209,6 +237,48 @@ def test_probes_run_at_once_are_each_timed_to_their_own_end():
     assert got[2] is None and fast.cleaned and slow.cleaned and failing.cleaned
 
 
+def test_a_probe_read_after_its_job_ended_is_timed_to_that_end(tmp_path):
+    """A stand-in probe started while the plan waits for its stages is read after them: its job's end is noted
+    as it happens, not when it is read."""
+    import sys
+    import time
+
+    probe = plan_measure.JobProbe.__new__(plan_measure.JobProbe)
+    probe.args, probe.env, probe.ended, probe._cleanup = [], None, None, lambda: None
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(sys, "executable", str(tmp_path / "no-python-here" / "python"))  # no distillctl script beside
+    try:
+        import subprocess
+
+        real = subprocess.Popen
+        monkey.setattr(subprocess, "Popen", lambda cmd, **kw: real(["sleep", "0.2"], **kw))
+        probe.start()
+    finally:
+        monkey.undo()
+    time.sleep(1.0)  # the caller was busy with something else
+    assert 0.15 < probe.seconds() < 0.6
+
+
+def test_the_samples_largest_batch_uses_every_core_once_the_plan_only_waits(monkeypatch):
+    """The largest batch measures memory only: it runs on every allowed core once the plan has closed the
+    child's stdin (it waits for the sample and nothing else), on the job's threads while the plan is at work."""
+    import os
+
+    import torch
+
+    monkeypatch.setattr("distillctl.threads.allowed_cores", lambda *a, **k: (3, "test"))
+    before = torch.get_num_threads()
+    read, write = os.pipe()
+    try:
+        with os.fdopen(read) as child_stdin:
+            torch.set_num_threads(1)
+            assert not plan_measure.every_core_once_closed(child_stdin) and torch.get_num_threads() == 1
+            os.close(write)  # the plan waits: communicate() closed the pipe
+            assert plan_measure.every_core_once_closed(child_stdin) and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_stages_measured_beside_come_back_as_stages_or_none(recipe, tmp_path, monkeypatch):
     """The child prints the stages as one JSON line (read back as StageMeasure); a child that fails gives None,
     and the caller measures in-process."""
@@ -218,9 +288,20 @@ def test_stages_measured_beside_come_back_as_stages_or_none(recipe, tmp_path, mo
     child = plan_measure.StagesBeside(recipe(), tmp_path, 1)
     got = child.result()
     assert got == ({5: stage}, tmp_path / "stage5") and child.succeeded()  # done: the sample may encode
-    # a missing cache: the child is told the stand-in rows' width (0: the cached rows)
-    monkeypatch.setattr(plan_measure, "_STAGES_CODE", f"import sys; sys.argv[3] == '12' and print({line!r})")
-    assert plan_measure.StagesBeside(recipe(), tmp_path, 1, dim=12).result() == got
+    # a missing cache: the child is given the stand-in rows' labels in a file, and makes the same rows from it
+    # ('-': the cached rows)
+    import torch
+
+    rows = plan_measure.stand_in_of_labels({"train": torch.tensor([0, 1, 1, 0]), "val": torch.tensor([1, 0])},
+                                           ["a", "b"], 12)
+    monkeypatch.setattr(plan_measure, "_STAGES_CODE", f"import sys; sys.argv[3] != '-' and print({line!r})")
+    assert plan_measure.StagesBeside(recipe(), tmp_path, 1, stand_in=rows).result() == got
+    given = torch.load(tmp_path / "stand-in-labels.pt")
+    again = plan_measure.stand_in_of_labels(given["labels"], given["label_names"], given["dim"])
+    assert again.label_names == ["a", "b"] and again.dim == 12
+    for name in ("train", "val"):
+        assert torch.equal(again.splits[name].X, rows.splits[name].X)
+        assert torch.equal(again.splits[name].y, rows.splits[name].y)
     assert plan_measure.StagesBeside(recipe(), tmp_path, 1).result() is None
     monkeypatch.setattr(plan_measure, "_STAGES_CODE", "raise SystemExit(3)")
     failed = plan_measure.StagesBeside(recipe(), tmp_path, 1)

@@ -376,15 +376,16 @@ def _finish_entry(recipe, entry: Path, key: str, data, splits: dict, shards: dic
     return manifest, contents
 
 
-def write_stand_in_entry(recipe, root: Path, dim: int) -> Path:
+def write_stand_in_entry(recipe, root: Path, dim: int, data: Any = None) -> Path:
     """A complete, verified cache entry for a vector-level ``recipe`` under the cache folder ``root`` (as
     ``$DISTILLCTL_CACHE``), keyed as the real one, with the dataset's real texts, labels and splits and random
     vectors of width ``dim``: files of the real sizes, so a job run on it (``DISTILLCTL_CACHE=root``) loads and
-    verifies what the real job will. ``distillctl plan`` times a whole job on it when the real cache is missing."""
+    verifies what the real job will. ``distillctl plan`` times a whole job on it when the real cache is missing.
+    ``data``: the recipe's dataset as the caller loaded it already (else it is read here)."""
     import torch
 
     source, encoder, ds_id, enc_id, key = _identities(recipe)
-    data, splits = _read_splits(recipe, source)
+    data, splits = _read_splits(recipe, source, data)
     dtype = torch.float16 if recipe.embed.dtype == "float16" else torch.float32
     g = torch.Generator().manual_seed(0)
     shards = {name: [{"X": torch.randn(len(sp), dim, generator=g).to(dtype)}] for name, sp in splits.items()}
@@ -395,9 +396,9 @@ def write_stand_in_entry(recipe, root: Path, dim: int) -> Path:
     return entry
 
 
-def _read_splits(recipe, source) -> tuple[Any, dict]:
-    """The dataset and its non-empty native splits (train, val, test order), labels checked."""
-    data = _load_dataset(source, recipe.embed.bad_rows)
+def _read_splits(recipe, source, data: Any = None) -> tuple[Any, dict]:
+    """The dataset (``data``, or read) and its non-empty native splits (train, val, test order), labels checked."""
+    data = _load_dataset(source, recipe.embed.bad_rows) if data is None else data
     splits = {name: s for name, s in data.splits.items() if name in SPLIT_ORDER and len(s) > 0}
     if "train" not in splits:
         raise UserError(f"dataset {recipe.dataset.name!r}: no 'train' split with rows")
