@@ -50,10 +50,10 @@ from distillctl.plan_measure import (MEASURE_STAGE_SECONDS, MEASURE_STEPS, TOKEN
                                      PeakMemory, StageMeasure, Startup, StudentCost, batch_cost, own_peak_bytes,
                                      stage_times)
 
-#: a missing cache's job probe on stand-in rows (2-3.5 s) that is left for the end of the plan (beside the
-#: sample's child where it still encodes, else alone) runs only when the plan has taken less than this so far
-#: (its own start included), so that plan stays within 30 s on 2 cores (agnews-mlp-ratbptt, whose jobs use both
-#: cores, reaches it at ~22 s). Recipes whose stages are measured beside run it while they wait for them.
+#: a missing cache's job probe on stand-in rows (2-3.5 s) runs while the plan waits for stages measured beside,
+#: else beside the report's measurement where the sample is encoded by then; one left for the end of the plan
+#: (beside the sample's child, which still encodes) runs only when the plan has taken less than this so far (its
+#: own start included), so that plan stays within 30 s on 2 cores
 STAND_IN_PROBE_BEFORE = 25.0
 #: full-earlystop's forecast steps on a first run. Vector students: the earliest stop, the best at the first
 #: check then EARLYSTOP_PATIENCE checks without a better one (1.25 x eval.steps of 1000): where 8 of the 10
@@ -518,11 +518,21 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
             t0 = time.perf_counter()
             shared[("probe", ekey)] = stand_in_probe.seconds()
             phases["job probe (stand-in rows, beside the stages)"] = time.perf_counter() - t0
-        # 4. the report of the last measured stage's run
+        # 4. the report of the last measured stage's run; where the sample is encoded already (or was, before
+        #    the rest: jobs that use every core), a whole job on a stand-in entry beside it: both are mostly one
+        #    thread of Python, and at the end, alone, the probe added 2 s to the plan (mrpc-mlp-ratbptt's
+        #    reached 27 s, past STAND_IN_PROBE_BEFORE, and its majority job was forecast from this process's start)
+        report_probe = None
+        if wants_stand_in_probe() and not (em.running is not None and em.running()):
+            report_probe = start_stand_in_probe()
         t0 = time.perf_counter()
         row = m.students[student_key(_distill_sections(recipe)[0])].row if tokens else 0.0
         m.report = pm.measure_report(recipe, run, emb, row)
         phases["report"] = time.perf_counter() - t0
+        if report_probe is not None:
+            t0 = time.perf_counter()
+            shared[("probe", ekey)] = report_probe.seconds()
+            phases["job probe (stand-in rows, beside the report)"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if probe is not None:
         if probe.proc is None:
@@ -538,7 +548,7 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
     so_far = so_far if so_far is not None else time.perf_counter() - t_start
     if wants_stand_in_probe() and so_far < STAND_IN_PROBE_BEFORE:
         # while the sample's child still encodes on the other core (this process waits for it anyway), else
-        # alone: the sample is encoded already where the jobs use every core
+        # alone (a probe that could not start beside the report)
         t0 = time.perf_counter()
         beside_sample = em.running is not None and em.running()
         em.go()
@@ -670,6 +680,10 @@ def forecast_job(job: Any, recipe: Any, m: Measurement) -> JobForecast:
             if m.level != "tokens":
                 parts["full-logreg"] = m.logreg[0]
                 extra = max(extra, m.logreg[1])
+                if not m.embed.cached:
+                    notes.append("full-logreg measured on stand-in random vectors (the embedding cache is missing): "
+                                 "its solver's iterations depend on the real vectors (agnews-mlp-defaults: 21 s on "
+                                 "them, 3 s on stand-ins); plan again after `embed` to measure it on them")
             upper = sum(parts.values()) + sum(c_s * (cap / c.steps - 1) for c, c_s in es)
             runs = sorted({m.earlystop_runs[c.student][1] for c, _ in es if c.student in m.earlystop_runs})
             why = (f"as it ran in {', '.join(runs)} (the same rows, seeds and budget)" if runs

@@ -141,6 +141,18 @@ def test_a_fine_tuned_students_first_run_earlystop_is_its_best_epochs_then_the_p
     assert planning.earlystop_steps(r) == (400, 8, 2000)  # rows unknown: 2 eval budgets
 
 
+def test_a_full_baseline_planned_before_embed_says_its_logreg_was_measured_on_stand_ins(recipe):
+    """The logistic regression's solver runs as many iterations as the real vectors need: random stand-ins
+    cannot tell (AG News: 21 s on the real rows, 3 s on stand-ins), so the forecast says so."""
+    r = recipe()
+    argv = ["x", "baseline", "r", "--kind", "full"]
+    cached = planning.forecast_job(job("baseline", "baseline-full", argv), r, measurement(r))
+    assert not any("stand-in" in n for n in cached.notes) and cached.parts["full-logreg"] == 2.0
+    cold = measurement(r, embed=EmbedMeasure(False, 30.0, 10 * 2**20, 0.5, 20 * 2**20))
+    f = planning.forecast_job(job("baseline", "baseline-full", argv), r, cold)
+    assert any("full-logreg measured on stand-in" in n and "plan again after `embed`" in n for n in f.notes)
+
+
 def test_full_earlystop_is_forecast_at_the_steps_an_identical_earlier_run_took(recipe, tmp_path, monkeypatch):
     """Where full-earlystop stops cannot be measured in a few steps; an earlier run (of any recipe under
     runs_dir) with the same seed, data, embedding and eval sections ran the same training, so the plan takes its
