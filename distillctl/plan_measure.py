@@ -375,6 +375,10 @@ class EmbedMeasure:
             self.release()
             self.release = None
 
+    def encoding(self) -> bool:
+        """Whether a cache miss's sample child is still at work (waiting for :meth:`go` counts)."""
+        return self.running is not None and self.running()
+
     def finish(self) -> None:
         self.go()
         if self.pending is not None:
@@ -777,8 +781,8 @@ def stage_rows(recipe: Any, ipc: int, C: int) -> int:
 def measure_stages(recipe: Any, emb: Any, tmp: Path) -> tuple[dict[int, StageMeasure], Path | None]:
     """The first and the last stage of the chain, each as a one-stage distill of MEASURE_STEPS outer steps
     (TOKEN_STAGE_STEPS at the token level), validating with one training step on FEW_ROWS val rows (at
-    the token level on TOKEN_VAL_ROWS val rows): vector validations are forecast from the student primitives. The stages between them
-    are interpolated by :func:`stage_rows`.
+    the token level on TOKEN_VAL_ROWS val rows): vector validations are forecast from the student primitives.
+    The stages between them are interpolated by :func:`stage_rows`.
     Returns the stages and the run folder of the last one (its sets feed the report's measurement)."""
     from distillctl.distillation.distill import distill
     from distillctl.runs import read_jsonl

@@ -523,7 +523,7 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
         #    thread of Python, and at the end, alone, the probe added 2 s to the plan (mrpc-mlp-ratbptt's
         #    reached 27 s, past STAND_IN_PROBE_BEFORE, and its majority job was forecast from this process's start)
         report_probe = None
-        if wants_stand_in_probe() and not (em.running is not None and em.running()):
+        if wants_stand_in_probe() and not em.encoding():
             report_probe = start_stand_in_probe()
         t0 = time.perf_counter()
         row = m.students[student_key(_distill_sections(recipe)[0])].row if tokens else 0.0
@@ -550,7 +550,7 @@ def measure(recipe: Any, *, device: str | None = None, startup: Startup | None =
         # while the sample's child still encodes on the other core (this process waits for it anyway), else
         # alone (a probe that could not start beside the report)
         t0 = time.perf_counter()
-        beside_sample = em.running is not None and em.running()
+        beside_sample = em.encoding()
         em.go()
         probe_now = start_stand_in_probe()
         shared[("probe", ekey)] = None if probe_now is None else probe_now.seconds()
