@@ -318,9 +318,10 @@ def distill_cmd(
         raise UserError("missing RECIPE (or --resume RUN_DIR to continue a run with its own recipe)")
     recipe = load_recipe(recipe_file, overrides) if recipe_file else open_run_dir(resume).load_recipe(overrides)
     from distillctl.errors import Interrupted
+    from distillctl.interrupts import signals_interrupt
 
     try:
-        with _sigterm_interrupts():
+        with signals_interrupt():  # SIGTERM (a scheduler's cancel) stops the run like Ctrl-C
             result = distill(recipe, run_dir=run_dir, resume=resume, stage=stage)
     except Interrupted as exc:  # said here: typer turns a KeyboardInterrupt into a silent exit 130
         typer.echo(str(exc) or "interrupted", err=True)
@@ -331,32 +332,6 @@ def distill_cmd(
     for s in result.sets:
         typer.echo(f"ipc {s['ipc']:>4}  val accuracy {s['val_accuracy']:.4f}  {s['path']}")
     typer.echo(f"run directory: {result.run_dir}")
-
-
-def _sigterm_interrupts():
-    """SIGTERM (a scheduler's cancel, `kill`) raises KeyboardInterrupt in the main thread, like Ctrl-C, so the
-    command stops the same way: locks released, where it stopped and how to continue printed."""
-    import contextlib
-    import signal
-
-    from distillctl.errors import Interrupted
-
-    def raise_interrupt(signum, frame):
-        raise Interrupted("", signal_name="SIGTERM")
-
-    @contextlib.contextmanager
-    def installed():
-        try:
-            before = signal.signal(signal.SIGTERM, raise_interrupt)
-        except ValueError:  # not the main thread (a library caller): leave the signal alone
-            yield
-            return
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, before)
-
-    return installed()
 
 
 # --- eval / baseline / report ---

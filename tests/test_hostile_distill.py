@@ -129,6 +129,49 @@ def test_ctrl_c_says_where_the_run_stopped_and_the_resume_command_continues_it_e
         assert torch.equal(a.x, b.x) and a.meta["val_accuracy"] == b.meta["val_accuracy"]
 
 
+def test_a_sigterm_that_lands_inside_a_pydantic_serializer_still_stops_the_run_with_its_resume_command(
+        env, cli, monkeypatch):
+    """CI saw it: the signal's handler ran inside a model_serializer, pydantic re-raised the interrupt as
+    PydanticSerializationError, and the run failed (exit 1) instead of stopping (exit 143)."""
+    import pydantic
+
+    import distillctl.distillation.distill as d
+
+    class Serialized(pydantic.BaseModel):
+        @pydantic.model_serializer(mode="plain")
+        def _flatten(self) -> dict:
+            os.kill(os.getpid(), signal.SIGTERM)  # its handler runs at the next bytecode, inside pydantic's call
+            return {"step": 1}
+
+    real = d._clip_scale
+
+    def signal_inside_a_serializer(outer, loop, norm):
+        if loop.step == 6:
+            Serialized().model_dump()
+        return real(outer, loop, norm)
+
+    monkeypatch.setattr(d, "_clip_scale", signal_inside_a_serializer)
+    run = env.tmp / "run"
+    r = cli("distill", write(env.tmp / "r.yaml", recipe_data()), "--run-dir", run)
+    assert r.code == 143, r
+    assert "PydanticSerializationError" not in r.err, r
+    assert (f"interrupted (SIGTERM) at stage ipc=1, after outer step 6 of 10; the newest checkpoint is step 4 "
+            f"(ipc1-step0000004.safetensors), where the resume continues; continue with: "
+            f"distillctl distill --resume {run.resolve()}") in r.err, r
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler went with the command
+
+
+def test_an_error_with_no_signal_behind_it_is_still_a_failed_run(env, cli, monkeypatch):
+    import distillctl.distillation.distill as d
+
+    def fails(outer, loop, norm):
+        raise ValueError("a real failure")
+
+    monkeypatch.setattr(d, "_clip_scale", fails)
+    r = cli("distill", write(env.tmp / "r.yaml", recipe_data()), "--run-dir", env.tmp / "run")
+    assert r.code == 1 and "run failed: ValueError: a real failure" in r.err, r
+
+
 def test_sigterm_stops_a_distill_process_with_the_resume_command(tmp_path):
     data = recipe_data()
     data["distill"]["outer"].update(iterations=100_000, val_every=50_000, ckpt_every=2)

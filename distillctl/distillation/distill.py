@@ -40,6 +40,7 @@ from distillctl.distillation.synthetic import SyntheticSet
 from distillctl.distillation.tokens import (InnerSteps, TokenRows, TokenSpace, attention_targets, finetune_and_score,
                                             initial_attention, initial_rows)
 from distillctl.errors import Interrupted, RunError, UserError
+from distillctl.interrupts import interrupt_signal
 from distillctl.evaluation.protocol import check_ipc_fits, check_split_sizes, fixed_val_rows, split_of
 from distillctl.evaluation import training  # training.train_and_score: looked up per call (tests script it)
 from distillctl.evaluation.training import TrainBudget, student_builder
@@ -120,8 +121,10 @@ def distill(recipe, *, run_dir: str | Path | None = None, resume: str | Path | N
                 result.sets.append({"ipc": ipc, "path": chain.set_path(ipc),
                                     "val_accuracy": syn.meta.get("val_accuracy")})
                 previous = syn
-        except KeyboardInterrupt as exc:
-            sig = getattr(exc, "signal_name", None) or "SIGINT"
+        except BaseException as exc:  # an interrupt, or one that a library caught and re-raised as its own error
+            sig = interrupt_signal(exc)
+            if sig is None:
+                raise
             raise Interrupted(_where_stopped(chain, current, stage, sig), signal_name=sig) from None
         return result
 
