@@ -311,6 +311,21 @@ def test_full_logreg_matches_scikit_learn_with_c_chosen_on_val(env):
     assert r["macro_f1"]["values"] == [pytest.approx(f1_score(yt, pred, average="macro"))]
 
 
+def test_full_trims_the_heap_the_students_freed_before_its_logistic_regression(env, monkeypatch):
+    """The regression's float64 copies then reuse the students' freed pages instead of peaking on top of them
+    (MRPC, 5 Transformer students: the job's peak 787 -> 670 MiB; BENCHMARKS.md)."""
+    import distillctl.evaluation.baselines as b
+
+    calls = []
+    real_fit, real_train = b.logreg_reference, b.training.train_and_score
+    monkeypatch.setattr(b, "release_freed_memory", lambda: calls.append("trim"))
+    monkeypatch.setattr(b, "logreg_reference", lambda *a, **k: calls.append("logreg") or real_fit(*a, **k))
+    monkeypatch.setattr(b.training, "train_and_score", lambda *a, **k: calls.append("students") or real_train(*a, **k))
+    _, _, recipe, _, _ = _hard_env(env)
+    b.baseline(recipe, "full", quiet=True)
+    assert "students" in calls and calls[calls.index("trim"):] == ["trim", "logreg"], calls
+
+
 def test_logreg_fit_is_the_minimiser_of_the_regularised_cross_entropy():
     """Closed-form check of the optimum: the gradient of 0.5 ||W||^2 + C * sum_i CE(softmax(W x_i + b), y_i)
     vanishes at the fitted model (scikit-learn's multinomial objective, bias unpenalised)."""
