@@ -303,6 +303,8 @@ def test_full_logreg_matches_scikit_learn_with_c_chosen_on_val(env):
     val = [float((LogisticRegression(C=c, max_iter=1000, tol=1e-6).fit(X, y).predict(Xv) == yv).mean())
            for c in LOGREG_C_GRID]
     assert [v["accuracy"] for v in r["val_by_C"]] == val and [v["C"] for v in r["val_by_C"]] == list(LOGREG_C_GRID)
+    assert [v["iterations"] for v in r["val_by_C"]] == [
+        int(LogisticRegression(C=c, max_iter=1000, tol=1e-6).fit(X, y).n_iter_.max()) for c in LOGREG_C_GRID]
     assert len(set(val)) > 1  # the choice matters on this data
     chosen = LOGREG_C_GRID[val.index(max(val))]
     assert r["chosen_C"] == chosen

@@ -34,7 +34,7 @@ def measurement(r, **over) -> Measurement:
         cost.step[(K, B)] = 0.001 * B ** 0.5
         cost.peak[(K, B)] = (K + B // 100) * 2**20
     m.students = {key: cost}
-    m.logreg = (2.0, 40 * 2**20)
+    m.logreg = (2.0, 40 * 2**20, 30.0)
     m.report = (2.5, 15 * 2**20)
     for k, v in over.items():
         setattr(m, k, v)
@@ -151,6 +151,35 @@ def test_a_full_baseline_planned_before_embed_says_its_logreg_was_measured_on_st
     cold = measurement(r, embed=EmbedMeasure(False, 30.0, 10 * 2**20, 0.5, 20 * 2**20))
     f = planning.forecast_job(job("baseline", "baseline-full", argv), r, cold)
     assert any("full-logreg measured on stand-in" in n and "plan again after `embed`" in n for n in f.notes)
+    # what it can promise: the bound (every C at its iteration cap), in the upper bound submit's --time covers
+    assert f.upper_seconds - cached.upper_seconds == pytest.approx(30.0 - 2.0, abs=0.2)
+    assert planning.slurm_limits(f)[0] >= math.ceil(f.upper_seconds / 60)
+
+
+def test_the_logreg_bound_is_every_c_at_its_iteration_cap_at_the_measured_pace(monkeypatch):
+    """plan_measure.logreg's bound: seconds per lbfgs iteration as measured, x the grid's iteration caps, x the
+    rows (an iteration's products are linear in them)."""
+    import time as time_module
+
+    import torch
+
+    import distillctl.evaluation.baselines as baselines
+    from distillctl.evaluation.baselines import LOGREG_C_GRID, LOGREG_MAX_ITER
+
+    labels = {"train": torch.arange(8000) % 4, "val": torch.arange(40) % 4, "test": torch.arange(40) % 4}
+    emb = plan_measure.stand_in_of_labels(labels, ["a", "b", "c", "d"], 8)
+
+    def paced_fit(X, *a, **k):  # 5 iterations per C, 0.1 s in all
+        time_module.sleep(0.1)
+        return {"val_by_C": [{"C": c, "iterations": 5} for c in LOGREG_C_GRID]}
+
+    monkeypatch.setattr(baselines, "logreg_reference", paced_fit)
+    seconds, _, rows, upper = plan_measure.logreg(emb)
+    assert rows == 2000  # a quarter of the training rows
+    per_iteration = 0.1 / (5 * len(LOGREG_C_GRID))  # seconds on 2,000 rows
+    bound = per_iteration * 4 * LOGREG_MAX_ITER * len(LOGREG_C_GRID)
+    assert bound <= upper <= 1.5 * bound + 1.0  # the sleep lasts at least 0.1 s; an import can add a little
+    assert seconds < upper
 
 
 def test_full_earlystop_is_forecast_at_the_steps_an_identical_earlier_run_took(recipe, tmp_path, monkeypatch):
