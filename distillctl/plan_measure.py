@@ -23,6 +23,7 @@ Peak memory of each block is the resident set's high-water mark (Linux ``VmHWM``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-#: outer steps measured per stage (or as many as MEASURE_STAGE_SECONDS allows): the first warms up, the median
+#: outer steps measured per stage (or as many as MEASURE_STAGE_SECONDS allows): the first warms up, the (lower) median
 #: of the intervals between the others is the steady step time (one interval alone varied by 2x between plans:
 #: mrpc-mlp's ipc-25 step measured at 0.71 and 1.1 s, 0.65 s in the run)
 MEASURE_STEPS = 6
@@ -329,8 +330,6 @@ def warm_up(recipe: Any) -> None:
     """What torch sets up the first time a process trains (allocator pools, vmapped autograd), which every job
     pays once: two tiny vector students trained two steps. (A token-level job's fine-tuned student is measured
     on its own: its first steps are in its primitive's warm-up.)"""
-    import dataclasses
-
     import torch
 
     from distillctl.evaluation.training import TrainBudget, train_and_score
@@ -752,7 +751,9 @@ def stage_times(records: list[dict], ipc: int) -> tuple[float, float, float, flo
     end = max((r.get("elapsed") or 0.0) for r in rows) if rows else 0.0
     plain = [r for r in steps if "val_accuracy" not in r]  # steps without a validation in their elapsed
     if len(plain) >= 2:
-        step = statistics.median((b["elapsed"] - a["elapsed"]) / (b["step"] - a["step"])
+        # the lower median: what slows a step here (page faults on fresh memory, another process) only adds,
+        # and two intervals such as mrpc-mlp's 1.56 and 0.85 s (0.65 s steady) have the mean for their median
+        step = statistics.median_low((b["elapsed"] - a["elapsed"]) / (b["step"] - a["step"])
                                  for a, b in zip(plain, plain[1:]) if b["step"] > a["step"])
         a = plain[0]
         warm = max(0.0, a["elapsed"] - first_val - step * a["step"])
@@ -813,23 +814,24 @@ def measure_stages(recipe: Any, emb: Any, tmp: Path) -> tuple[dict[int, StageMea
             distill(r, run_dir=run, embeddings=rows, quiet=True)
             wall = time.perf_counter() - t0
         step, warm, val_one, elapsed, n = stage_times(read_jsonl(run / "metrics.jsonl"), ipc)
-        peak = mem.extra
-        if not tokens and n < 2:
-            # the first step outlasted MEASURE_STAGE_SECONDS: it carries the stage's warm-up (mrpc-mlp's ipc-1
-            # stage: 4.5 s, then 0.6 s a step), so it alone is no steady step (forecast 4.7 s a step for 0.65).
-            # Two more steps, uncapped: the second is the steady one; the warm-up is the first's excess.
-            again = tmp / f"stage{ipc}-steady"
-            with PeakMemory() as mem2:
-                distill(small(recipe, sets + [f"distill.ipc=[{ipc}]", "distill.outer.iterations=2",
-                                              "distill.outer.val_every=2", "distill.outer.ckpt_every=2",
-                                              "distill.outer.max_seconds=null"]),
-                        run_dir=again, embeddings=rows, quiet=True)
-            first = step
-            step = stage_times(read_jsonl(again / "metrics.jsonl"), ipc)[0]
-            warm, peak = max(0.0, first - step), max(peak, mem2.extra)
         out[ipc] = StageMeasure(ipc, step * scale, warm * scale, max(0.0, wall - elapsed), val_one, n,
-                                int(peak * scale))
+                                int(mem.extra * scale))
+    if not tokens:
+        out = bound_first_stage(out)
     return interpolate_stages(recipe, out, chain, int(emb.num_classes)), run
+
+
+def bound_first_stage(stages: dict[int, StageMeasure]) -> dict[int, StageMeasure]:
+    """The measured vector stages, the first one's step bounded by the last one's: a first stage that ran a
+    single step (it outlasted MEASURE_STAGE_SECONDS) timed its warm-up with it (mrpc-mlp's ipc-1 stage: 4.5 s,
+    then 0.6 s a step; forecast at 4.7 s a step). A steady step is no longer on fewer rows, so where the last
+    stage measured a steady step that is shorter, that is the first stage's, and the rest was warm-up."""
+    lo, hi = min(stages), max(stages)
+    a, b = stages[lo], stages[hi]
+    if a.steps_measured < 2 <= b.steps_measured and a.step_seconds > b.step_seconds:
+        return {**stages, lo: dataclasses.replace(a, step_seconds=b.step_seconds,
+                                                  warmup_seconds=a.warmup_seconds + a.step_seconds - b.step_seconds)}
+    return stages
 
 
 class StagesBeside:
@@ -893,8 +895,6 @@ _STAGES_CODE = ("import sys; from distillctl.plan_measure import _stages_child; 
 def _stages_child(recipe_file: str, tmp: str, rows: str = "-") -> None:
     """The child of :class:`StagesBeside`: prints the stages as one JSON line. ``rows``: a file of the stand-in
     rows' labels (the cache is missing), or ``-``: the cached rows."""
-    import dataclasses
-
     import torch
 
     from distillctl.recipe import load_recipe
@@ -1165,8 +1165,6 @@ def chain_sets(run: Path, chain: Sequence[int]) -> list[int]:
     whole run has them: the report draws a PCA panel of every set with a numbered label per row and reads each
     one out, and a 5-stage report took 5.4 s where its last stage's alone was forecast at 3.6 s. Returns the
     stages added."""
-    import dataclasses
-
     from distillctl.distillation.synthetic import SyntheticSet
     from distillctl.evaluation.protocol import set_files
     from distillctl.runs import open_run_dir, record_set

@@ -156,6 +156,22 @@ def test_a_full_baseline_planned_before_embed_says_its_logreg_was_measured_on_st
     assert planning.slurm_limits(f)[0] >= math.ceil(f.upper_seconds / 60)
 
 
+def test_a_first_stage_measured_for_one_step_takes_the_last_stages_steady_step_where_that_is_shorter():
+    """mrpc-mlp: the ipc-1 stage's one step (4.7 s, over the 4-s cap) was its warm-up, then 0.6 s a step; the
+    ipc-25 stage measured 0.76 s steady over 4 steps. Fewer rows cannot step slower: 0.76 s, the rest warm-up."""
+    one = StageMeasure(1, step_seconds=4.7, warmup_seconds=0.0, overhead_seconds=0.3, val_seconds=0.03,
+                       steps_measured=1, peak_bytes=2 * 2**30)
+    last = StageMeasure(25, 0.76, 0.9, 0.3, 0.03, 4, 2 * 2**30)
+    out = plan_measure.bound_first_stage({1: one, 25: last})
+    assert out[1].step_seconds == 0.76 and out[1].warmup_seconds == pytest.approx(4.7 - 0.76)
+    assert out[1].steps_measured == 1 and out[1].peak_bytes == one.peak_bytes and out[25] == last
+    # left alone: a first stage with a steady step of its own, a last stage of one step, a slower last stage
+    for a, b in [(StageMeasure(1, 4.7, 0.0, 0.3, 0.03, 2, 1), last),
+                 (one, StageMeasure(25, 0.76, 0.9, 0.3, 0.03, 1, 1)),
+                 (one, StageMeasure(25, 5.0, 0.9, 0.3, 0.03, 4, 1))]:
+        assert plan_measure.bound_first_stage({1: a, 25: b}) == {1: a, 25: b}
+
+
 def test_the_logreg_bound_is_every_c_at_its_iteration_cap_at_the_measured_pace(monkeypatch):
     """plan_measure.logreg's bound: seconds per lbfgs iteration as measured, x the grid's iteration caps, x the
     rows (an iteration's products are linear in them)."""
@@ -567,7 +583,7 @@ def test_stage_times_from_metrics_records():
     assert warm == pytest.approx(0.2)
 
 
-def test_the_steady_step_is_the_median_of_the_measured_intervals():
+def test_the_steady_step_is_the_lower_median_of_the_measured_intervals():
     """One slow step (a page fault storm, another process) does not set the forecast of 400."""
     el = [1.7, 2.2, 2.7, 4.7, 5.2, 5.7]  # steps 1-6 plain; the step 3 -> 4 interval took 2.0 s
     rows = [{"ipc": 1, "step": 0, "val_accuracy": 0.5, "elapsed": 1.0, "val_seconds": 1.0}]
@@ -576,10 +592,13 @@ def test_the_steady_step_is_the_median_of_the_measured_intervals():
     assert step == pytest.approx(0.5) and warm == pytest.approx(0.2) and n == 6
     rows[-1]["elapsed"] = 4.7 + 0.5 + 1.1  # intervals 0.5, 0.5, 2.0, 0.5, 1.1: median 0.5
     assert planning.stage_times(rows, 1)[0] == pytest.approx(0.5)
-    rows = rows[:-1]  # four intervals 0.5, 0.5, 2.0, 0.5: the mean of the middle two
+    rows = rows[:-1]  # four intervals 0.5, 0.5, 2.0, 0.5: the lower of the middle two
     assert planning.stage_times(rows, 1)[0] == pytest.approx(0.5)
-    rows[3]["elapsed"] = 2.2 + 0.7  # 0.5, 0.7, 1.8, 0.5 -> (0.5 + 0.7) / 2
-    assert planning.stage_times(rows, 1)[0] == pytest.approx(0.6)
+    rows[3]["elapsed"] = 2.2 + 0.7  # 0.5, 0.7, 1.8, 0.5 -> 0.5 (slowing only adds: not their mean, 0.6)
+    assert planning.stage_times(rows, 1)[0] == pytest.approx(0.5)
+    # two intervals (mrpc-mlp's ipc-1 stage: 1.56 then 0.85 s, 0.65 s steady in the job): the shorter
+    two = rows[:1] + [{"ipc": 1, "step": i + 1, "loss": 1.0, "elapsed": e} for i, e in enumerate([3.0, 4.56, 5.41])]
+    assert planning.stage_times(two, 1)[0] == pytest.approx(0.85)
 
 
 def test_slurm_limits_state_their_margin():
