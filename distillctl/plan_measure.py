@@ -1137,11 +1137,11 @@ def logreg(emb: Any) -> tuple[float, int, int, float]:
         seconds = time.perf_counter() - t0
     held = (len(val.y) + len(test.y)) * int(train.X.shape[1]) * 8  # float64 copies of val and test
     per_row = max(0, mem.extra - held) / k
+    forecast = t_import + seconds * (n / k) ** LOGREG_EXPONENT
     grid = fit["val_by_C"]
     per_iteration = seconds / max(1, sum(c["iterations"] for c in grid))  # on k rows
     upper = t_import + per_iteration * (n / k) * LOGREG_MAX_ITER * len(grid)
-    return (t_import + seconds * (n / k) ** LOGREG_EXPONENT, int(lib.extra + held + per_row * n), k,
-            max(upper, t_import + seconds * (n / k) ** LOGREG_EXPONENT))
+    return forecast, int(lib.extra + held + per_row * n), k, max(upper, forecast)
 
 
 def coreset_cost(emb: Any, kind: str, ipc: int) -> tuple[float, int]:
