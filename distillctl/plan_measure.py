@@ -253,8 +253,12 @@ class JobProbe:
         import os
         import shutil
 
+        import weakref
+
         self.tmp = tempfile.mkdtemp(prefix="distillctl-plan-")
-        self._cleanup = lambda: shutil.rmtree(self.tmp, ignore_errors=True)
+        # removed once (by wait_probes), or when the probe is dropped unread (a measurement that raised
+        # between making it and waiting for it), or at exit
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.tmp, ignore_errors=True)
         self.env = None
         if stand_in:
             from distillctl.data.cache import CACHE_ENV, file_hashes_path
@@ -449,8 +453,10 @@ class _SampleChild:
     def __init__(self, recipe: Any, gate: str = "-"):
         import shutil
 
+        import weakref
+
         self.tmp = tempfile.mkdtemp(prefix="distillctl-plan-")
-        self._cleanup = lambda: shutil.rmtree(self.tmp, ignore_errors=True)
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.tmp, ignore_errors=True)  # (as JobProbe's)
         path = Path(self.tmp) / "recipe.yaml"
         path.write_text(recipe.to_yaml(), encoding="utf-8")
         code = "import sys; from distillctl.plan_measure import _embed_child; _embed_child(sys.argv[1], sys.argv[2])"

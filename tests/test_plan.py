@@ -316,6 +316,27 @@ def test_a_probe_read_after_its_job_ended_is_timed_to_that_end(tmp_path):
     assert 0.15 < probe.seconds() < 0.6
 
 
+
+def test_a_probe_dropped_unread_leaves_no_folder_behind(recipe):
+    """A probe is made before the measurement and read after it: where the measurement raises in between, the
+    probe is dropped unread, and its temporary folder (the recipe it would run) must go with it (a CI run left
+    one in /tmp for every such plan)."""
+    import gc
+
+    r = recipe()
+    probe = plan_measure.JobProbe(r)
+    folder = Path(probe.tmp)
+    assert (folder / "recipe.yaml").exists()
+    del probe
+    gc.collect()
+    assert not folder.exists()
+    # read as usual: removed once, and a second removal is a no-op
+    probe = plan_measure.JobProbe(r)
+    folder = Path(probe.tmp)
+    plan_measure.wait_probes([probe])
+    assert not folder.exists()
+    probe._cleanup()
+
 def test_the_samples_largest_batch_uses_every_core_once_the_plan_only_waits(monkeypatch):
     """The largest batch measures memory only: it runs on every allowed core once the plan has closed the
     child's stdin (it waits for the sample and nothing else), on the job's threads while the plan is at work."""
