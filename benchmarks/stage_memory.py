@@ -1,7 +1,7 @@
 """How much a Boost-DD stage's resident memory moves between processes, and what its tensors need.
 
 `plan` measures a vector stage for a few outer steps and takes its peak resident set as the job's. On
-mrpc-mlp (full BPTT through 100 inner Adam steps) that peak is 1.4-2.2 GiB above the loaded process from one
+mrpc-mlp (full BPTT through 100 inner Adam steps) that peak is 1.5-2.3 GiB above the loaded process from one
 fresh process to the next, with the same code, data and seeds: glibc keeps every freed tensor in its heap and
 how tightly it packs the next step's tensors there depends on the heap the process had. This script runs the
 stage as `plan` does (the cached rows, torch warmed up, validation on 64 rows) in ``--runs`` fresh processes of
@@ -39,9 +39,7 @@ recipe = load_recipe(recipe_file)
 emb = pm.embeddings(recipe)[0]
 pm.warm_up(recipe)
 rows = pm.few_rows(emb, "val")
-r = pm.small(recipe, [f"distill.outer.iterations={steps}", f"distill.outer.val_every={steps}",
-                      f"distill.outer.ckpt_every={steps}", "distill.outer.patience=null",
-                      "distill.outer.max_seconds=3600", "eval.steps=1", f"distill.ipc=[{ipc}]"])
+r = pm.small(recipe, pm.stage_overrides(recipe, steps, 3600) + [f"distill.ipc=[{ipc}]"])  # as plan, uncapped
 samples, done = [], threading.Event()
 
 def sample():  # the resident set every 3 ms: which step reached which peak
@@ -57,12 +55,12 @@ with pm.PeakMemory() as mem:
     distill(r, run_dir=run, embeddings=rows, quiet=True)
     done.set()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-ends = sorted((x["step"], x["elapsed"]) for x in read_jsonl(run / "metrics.jsonl") if "loss" in x)
-peaks, prev = [], 0.0
-for step, end in ends:  # the highest resident set up to the end of each step, above the start
+ends = [x["elapsed"] for x in sorted(read_jsonl(run / "metrics.jsonl"), key=lambda x: x.get("step", 0)) if "loss" in x]
+peaks = []
+for end in ends:  # the highest resident set up to the end of each step, above the start
     upto = [kib for t, kib in samples if t - t0 <= end + 0.05]
     peaks.append(max(upto) * 1024 - mem.start if upto else 0)
-print(json.dumps({"extra": mem.extra, "step_seconds": [b - a for a, b in zip([0.0] + [e for _, e in ends], [e for _, e in ends])],
+print(json.dumps({"extra": mem.extra, "step_seconds": [b - a for a, b in zip([0.0] + ends, ends)],
                   "peak_after_step": peaks, "fault_bytes": faults * 4096, "steps": len(ends)}))
 """
 

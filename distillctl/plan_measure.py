@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -240,6 +241,16 @@ def startup_probe(recipe: Any = None) -> Startup:
         return Startup(0.0, 0)
 
 
+def _plan_folder(owner: Any) -> tuple[str, weakref.finalize]:
+    """A ``distillctl-plan-*`` temporary folder for ``owner`` (a probe or a child) and its removal: run once,
+    by the owner's reader (:func:`wait_probes`, ``result``), or when the owner is dropped unread (a measurement
+    that raised between making it and reading it), or at exit."""
+    import shutil
+
+    folder = tempfile.mkdtemp(prefix="distillctl-plan-")
+    return folder, weakref.finalize(owner, shutil.rmtree, folder, ignore_errors=True)
+
+
 class JobProbe:
     """A real job that trains nothing, as ``submit`` starts it: ``distillctl baseline RECIPE --kind majority``
     into a temporary run folder, or with ``embed=True`` the embed job itself (the cache must be there: it would
@@ -253,12 +264,7 @@ class JobProbe:
         import os
         import shutil
 
-        import weakref
-
-        self.tmp = tempfile.mkdtemp(prefix="distillctl-plan-")
-        # removed once (by wait_probes), or when the probe is dropped unread (a measurement that raised
-        # between making it and waiting for it), or at exit
-        self._cleanup = weakref.finalize(self, shutil.rmtree, self.tmp, ignore_errors=True)
+        self.tmp, self._cleanup = _plan_folder(self)
         self.env = None
         if stand_in:
             from distillctl.data.cache import CACHE_ENV, file_hashes_path
@@ -451,12 +457,7 @@ class _SampleChild:
     ``encode`` after printing the width, ``-`` nowhere."""
 
     def __init__(self, recipe: Any, gate: str = "-"):
-        import shutil
-
-        import weakref
-
-        self.tmp = tempfile.mkdtemp(prefix="distillctl-plan-")
-        self._cleanup = weakref.finalize(self, shutil.rmtree, self.tmp, ignore_errors=True)  # (as JobProbe's)
+        self.tmp, self._cleanup = _plan_folder(self)
         path = Path(self.tmp) / "recipe.yaml"
         path.write_text(recipe.to_yaml(), encoding="utf-8")
         code = "import sys; from distillctl.plan_measure import _embed_child; _embed_child(sys.argv[1], sys.argv[2])"
@@ -785,6 +786,16 @@ def stage_rows(recipe: Any, ipc: int, C: int) -> int:
     return (min(ipc, per) if per else ipc) * C
 
 
+def stage_overrides(recipe: Any, steps: int, max_seconds: float) -> list[str]:
+    """The ``--set`` overrides of a measured one-stage distill (add ``distill.ipc=[k]``): ``steps`` outer steps
+    or ``max_seconds``, one validation at the end, no patience, and validations that cost little (vectors: one
+    training step; tokens: TOKEN_VAL_ROWS val rows), since they are forecast apart from the student primitives."""
+    sets = [f"distill.outer.iterations={steps}", f"distill.outer.val_every={steps}",
+            f"distill.outer.ckpt_every={steps}", "distill.outer.patience=null",
+            f"distill.outer.max_seconds={max_seconds}"]
+    return sets + ([f"distill.tokens.val_rows={TOKEN_VAL_ROWS}"] if _level(recipe) == "tokens" else ["eval.steps=1"])
+
+
 def measure_stages(recipe: Any, emb: Any, tmp: Path) -> tuple[dict[int, StageMeasure], Path | None]:
     """The first and the last stage of the chain, each as a one-stage distill of MEASURE_STEPS outer steps
     (TOKEN_STAGE_STEPS at the token level), validating with one training step on FEW_ROWS val rows (at
@@ -797,11 +808,8 @@ def measure_stages(recipe: Any, emb: Any, tmp: Path) -> tuple[dict[int, StageMea
     chain = list(recipe.distill.ipc)
     tokens = _level(recipe) == "tokens"
     measured = sorted({chain[0], chain[-1]})
-    steps = TOKEN_STAGE_STEPS if tokens else MEASURE_STEPS
-    sets = [f"distill.outer.iterations={steps}", f"distill.outer.val_every={steps}",
-            f"distill.outer.ckpt_every={steps}", "distill.outer.patience=null",
-            f"distill.outer.max_seconds={TOKEN_STAGE_SECONDS if tokens else MEASURE_STAGE_SECONDS}"]
-    sets += [f"distill.tokens.val_rows={TOKEN_VAL_ROWS}"] if tokens else ["eval.steps=1"]  # validations: forecast apart
+    sets = stage_overrides(recipe, TOKEN_STAGE_STEPS if tokens else MEASURE_STEPS,
+                           TOKEN_STAGE_SECONDS if tokens else MEASURE_STAGE_SECONDS)
     # bptt's inner population trains vmapped, each student on its own: measured with MEASURE_POPULATION of them,
     # its step time and memory scaled to the recipe's (a population of 12 Transformers: one step ~10 s here)
     pop = recipe.distill.inner.population

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from distillctl.console import info, is_quiet
-from distillctl.devices import release_freed_memory
 from distillctl.data import embed  # embed.load_embeddings: looked up per call (tests stand in for it)
+from distillctl.devices import release_freed_memory
 from distillctl.errors import UserError
 from distillctl.evaluation import training  # training.train_and_score: looked up per call (tests script it)
 from distillctl.evaluation.protocol import (TEST_SPLIT, check_ipc_fits, check_split_sizes, eval_seeds, majority_line, result_record,
